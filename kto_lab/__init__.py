@@ -1,0 +1,18 @@
+"""kto_lab: Diffusion-KTO and its baselines, from a 2-D toy to Stable Diffusion.
+
+The shared core is :mod:`kto_lab.objectives` (losses as functions of per-sample denoising
+errors), :mod:`kto_lab.schedule` (noise schedule) and :mod:`kto_lab.step` (one step's loss).
+Heavy parts (diffusers, transformers) are imported lazily by the sub-packages that need them.
+"""
+
+__version__ = "0.1.0"
+
+
+def train(config, **overrides):
+    """Fine-tune Stable Diffusion: ``kto_lab.train(TrainConfig | "config.yaml" | dict)``.
+
+    See :func:`kto_lab.sd.trainer.train`.
+    """
+    from .sd.trainer import train as _train
+
+    return _train(config, **overrides)

@@ -1,0 +1,312 @@
+"""Every alignment objective of kto_lab, as functions of per-sample denoising errors.
+
+This module is the shared core: the 2-D toy (``toy/``) and the Stable Diffusion trainer
+(``kto_lab/sd/``) call these exact functions. Nothing here knows whether the errors came
+from an MLP or a UNet.
+
+Conventions (``DESIGN.md``, "The one idea"): for a noised sample ``x_t`` of ``x_0``,
+
+    err(m) = mean over non-batch dims of || target - m(x_t, t, c) ||^2     (per sample)
+    g      = err(ref) - err(policy)        # > 0: the policy denoises this sample better
+    reward = beta * g                      # implicit reward Q(a, s), Diffusion-KTO sec. 3.3
+
+``g`` is, up to a positive constant per timestep, the per-step log-likelihood ratio
+``log pi_theta(x_{t-1}|x_t) / pi_ref(x_{t-1}|x_t)`` (Diffusion-DPO eq. 9-10), so ``beta``
+absorbs that constant exactly as in the official code bases.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional
+
+import torch
+import torch.nn.functional as F
+
+from .config import check_positive
+
+Tensor = torch.Tensor
+
+# --------------------------------------------------------------------------------------
+# Utility functions U (Diffusion-KTO sec. 4.2, appendix D.4, Figure 9)
+# --------------------------------------------------------------------------------------
+
+UtilityFn = Callable[[Tensor], Tensor]
+UTILITIES: Dict[str, UtilityFn] = {}
+
+
+def register_utility(name: str, fn: Optional[UtilityFn] = None):
+    """Register a utility ``U: R -> R`` (monotonically increasing) under ``name``.
+
+    Usable as ``register_utility("mine", fn)`` or as a decorator ``@register_utility("mine")``.
+    The objective maximises ``U`` (Diffusion-KTO eq. 8); only its gradient matters, so a
+    constant offset is irrelevant (sec. 4.2).
+    """
+
+    def _register(f: UtilityFn) -> UtilityFn:
+        if not callable(f):
+            raise TypeError(f"utility {name!r} must be callable, got {type(f).__name__}")
+        UTILITIES[name] = f
+        return f
+
+    return _register(fn) if fn is not None else _register
+
+
+def get_utility(name: str) -> UtilityFn:
+    """Look up a registered utility; the error lists the known names."""
+    try:
+        return UTILITIES[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown utility {name!r}; known utilities: {', '.join(sorted(UTILITIES))}"
+        ) from None
+
+
+@register_utility("kto")
+def kto_utility(x: Tensor) -> Tensor:
+    """Kahneman-Tversky model as adapted by KTO: ``U(x) = sigmoid(x)`` (sec. 4.2). The default."""
+    return torch.sigmoid(x)
+
+
+@register_utility("loss_averse")
+def loss_averse_utility(x: Tensor) -> Tensor:
+    """Loss-averse (concave): ``U(x) = log sigmoid(x)`` (sec. 4.2, D.4); the Diffusion-DPO form."""
+    return F.logsigmoid(x)
+
+
+@register_utility("risk_seeking")
+def risk_seeking_utility(x: Tensor) -> Tensor:
+    """Risk-seeking (convex): ``U(x) = -log sigmoid(-x)`` = softplus(x) (sec. 4.2, D.4). Unbounded above."""
+    return -F.logsigmoid(-x)
+
+
+def prospect_value(alpha: float = 0.88, lam: float = 2.25) -> UtilityFn:
+    """The value function of prospect theory (Tversky & Kahneman 1992).
+
+    ``v(x) = x**alpha`` for gains, ``-lam * (-x)**alpha`` for losses: concave in gains,
+    convex and ``lam`` times steeper in losses. ``alpha = 0.88, lam = 2.25`` are their
+    estimates. Not used by the paper (which uses the sigmoid as its stand-in); offered as
+    an extra to explore. Its slope is infinite at 0, so ``|x|`` is floored at 1e-6 there.
+    """
+    if not 0 < alpha <= 1:
+        raise ValueError(f"prospect_value: alpha must be in (0, 1], got {alpha}")
+    if lam <= 0:
+        raise ValueError(f"prospect_value: lam must be > 0, got {lam}")
+
+    def value(x: Tensor) -> Tensor:
+        mag = x.abs().clamp_min(1e-6) ** alpha
+        return torch.where(x >= 0, mag, -lam * mag)
+
+    return value
+
+
+register_utility("prospect", prospect_value())
+
+
+def centered(utility: UtilityFn) -> UtilityFn:
+    """``U_centered(x) = U(x) - U(0)`` so that ``U_centered(0) = 0`` (sec. 4.2, Figure 9)."""
+
+    def u(x: Tensor) -> Tensor:
+        return utility(x) - utility(torch.zeros((), dtype=x.dtype, device=x.device))
+
+    return u
+
+
+# --------------------------------------------------------------------------------------
+# Errors, implicit rewards and the reference point
+# --------------------------------------------------------------------------------------
+
+
+def denoising_error(prediction: Tensor, target: Tensor) -> Tensor:
+    """Per-sample squared error, mean over all non-batch dims (the summand of eq. 1).
+
+    Computed in float32 whatever the model's precision, so bf16 UNets give stable rewards.
+    """
+    diff = prediction.float() - target.float()
+    return diff.pow(2).reshape(diff.shape[0], -1).mean(dim=1)
+
+
+def implicit_reward(err_policy: Tensor, err_ref: Tensor, beta: float) -> Tensor:
+    """``beta * (err_ref - err_policy)``: the implicit reward Q(a, s) (sec. 3.3, eq. 7)."""
+    return beta * (err_ref - err_policy)
+
+
+REFERENCE_POINTS = ("unrelated", "batch", "none")
+
+
+def reference_point(
+    err_policy: Tensor,
+    err_ref: Tensor,
+    reduce_mean: Optional[Callable[[Tensor], Tensor]] = None,
+) -> Tensor:
+    """Reference point ``z_ref = max(0, mean(err_ref - err_policy))``, detached (sec. 4.1).
+
+    The paper evaluates it on a batch of *unrelated* pairs (``(x', c')`` with the captions
+    rolled by one position, KTO's convention): pass the errors of those forward passes.
+    The cheaper variant passes the matched batch's own errors. ``reduce_mean`` averages the
+    per-process mean across processes (e.g. ``lambda t: accelerator.reduce(t, "mean")``)
+    *before* the clamp, so every rank uses the same ``z_ref``.
+
+    Returns a 0-dim tensor in units of ``g`` (multiply by ``beta`` for reward units).
+    """
+    with torch.no_grad():
+        z = (err_ref.detach().float() - err_policy.detach().float()).mean()
+        if reduce_mean is not None:
+            z = reduce_mean(z)
+        return z.clamp_min(0.0)
+
+
+# --------------------------------------------------------------------------------------
+# Objectives. Each returns an ObjectiveOutput: the scalar loss and detached diagnostics.
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class ObjectiveOutput:
+    loss: Tensor
+    metrics: Dict[str, float] = field(default_factory=dict)
+
+
+def _labels_as_sign(labels: Tensor) -> Tensor:
+    """Map labels (bool, {0,1} or {-1,+1}) to ``w(x0) = +1 / -1`` (eq. 8)."""
+    labels = labels.float()
+    return torch.where(labels > 0, 1.0, -1.0)
+
+
+def _check_beta(beta: float) -> None:
+    check_positive("beta", beta)
+
+
+def _reward_metrics(rewards: Tensor, sign: Tensor) -> Dict[str, float]:
+    """TRL-style names: rewards of the desirable ('chosen') and undesirable ('rejected') samples."""
+    rewards = rewards.detach().float()
+    des, und = sign > 0, sign < 0
+    m: Dict[str, float] = {}
+    if des.any():
+        m["rewards/desirable"] = rewards[des].mean().item()
+    if und.any():
+        m["rewards/undesirable"] = rewards[und].mean().item()
+    if des.any() and und.any():
+        m["rewards/margin"] = m["rewards/desirable"] - m["rewards/undesirable"]
+    m["rewards/accuracy"] = (torch.sign(rewards) == sign).float().mean().item()
+    return m
+
+
+def kto_loss(
+    err_policy: Tensor,
+    err_ref: Tensor,
+    labels: Tensor,
+    *,
+    beta: float,
+    z_ref: Tensor | float = 0.0,
+    utility: str | UtilityFn = "kto",
+    lambda_desirable: float = 1.0,
+    lambda_undesirable: float = 1.0,
+) -> ObjectiveOutput:
+    """Diffusion-KTO, eq. 8: ``mean( lambda_y * (1 - U( w * beta * (g - z_ref) )) )``.
+
+    ``g = err_ref - err_policy`` per sample, ``w = +1`` for desirable and ``-1`` for
+    undesirable samples, ``z_ref`` from :func:`reference_point` (0 for "none"). The paper
+    maximises ``E[U(.)]``; we minimise ``lambda_y * (1 - U(.))``, which differs by a
+    constant and has the same gradient.
+    """
+    _check_beta(beta)
+    U = get_utility(utility) if isinstance(utility, str) else utility
+    sign = _labels_as_sign(labels).to(err_policy.device)
+    g = err_ref.float() - err_policy.float()
+    z = torch.as_tensor(z_ref, dtype=g.dtype, device=g.device).detach()
+    utility_value = U(sign * beta * (g - z))
+    weight = torch.where(sign > 0, float(lambda_desirable), float(lambda_undesirable))
+    loss = (weight * (1.0 - utility_value)).mean()
+    metrics = _reward_metrics(beta * g, sign)
+    metrics["z_ref"] = float(beta * z)
+    metrics["kl"] = float(z)
+    return ObjectiveOutput(loss, metrics)
+
+
+def dpo_loss(
+    err_policy_w: Tensor,
+    err_ref_w: Tensor,
+    err_policy_l: Tensor,
+    err_ref_l: Tensor,
+    *,
+    beta: float,
+) -> ObjectiveOutput:
+    """Diffusion-DPO, its eq. 14, with the official code's scaling (``beta/2``):
+
+        loss = -log sigmoid( -beta/2 * ((err_p(w) - err_r(w)) - (err_p(l) - err_r(l))) )
+
+    Winner ``w`` and loser ``l`` of a pair share the noise and the timestep. ``beta`` here is
+    the official ``beta_dpo`` (2000-5000 for SD 1.5), so values are comparable with theirs.
+    The per-image implicit reward reported is ``beta/2 * g``.
+    """
+    _check_beta(beta)
+    g_w = err_ref_w.float() - err_policy_w.float()
+    g_l = err_ref_l.float() - err_policy_l.float()
+    inside = 0.5 * beta * (g_w - g_l)
+    loss = -F.logsigmoid(inside).mean()
+    rewards = torch.cat([0.5 * beta * g_w, 0.5 * beta * g_l])
+    sign = torch.cat([torch.ones_like(g_w), -torch.ones_like(g_l)])
+    metrics = _reward_metrics(rewards, sign)
+    metrics["rewards/pair_accuracy"] = (inside > 0).float().mean().item()
+    metrics["kl"] = float(-0.5 * (g_w + g_l).detach().mean())  # mean excess error of the policy
+    return ObjectiveOutput(loss, metrics)
+
+
+def sft_loss(err_policy: Tensor, labels: Tensor) -> ObjectiveOutput:
+    """SFT baseline: the plain denoising loss (eq. 1, lambda(t)=1) on desirable samples only."""
+    sign = _labels_as_sign(labels).to(err_policy.device)
+    desirable = sign > 0
+    if not desirable.any():
+        # No desirable sample in this batch: a zero loss that keeps the graph.
+        return ObjectiveOutput(err_policy.sum() * 0.0, {"sft/desirable_in_batch": 0.0})
+    loss = err_policy[desirable].float().mean()
+    return ObjectiveOutput(loss, {"sft/desirable_in_batch": desirable.float().sum().item()})
+
+
+CSFT_PREFIXES = ("good image, ", "bad image, ")
+
+
+def csft_caption(caption: str, desirable: bool) -> str:
+    """Conditional SFT: prefix the caption by label (Diffusion-KTO sec. 5, baselines)."""
+    return (CSFT_PREFIXES[0] if desirable else CSFT_PREFIXES[1]) + caption
+
+
+def csft_loss(err_policy: Tensor) -> ObjectiveOutput:
+    """CSFT: the plain denoising loss on *all* samples; the label enters through the caption
+    prefix (:func:`csft_caption`) or, in the toy, a class input. Sample with the "good" prefix."""
+    return ObjectiveOutput(err_policy.float().mean(), {})
+
+
+def bce_loss(err_policy: Tensor, labels: Tensor) -> ObjectiveOutput:
+    """BCE baseline of the LoRA study (its sec. 3.1.3, eq. 3): ``BCE(logit = -err_policy, y)``.
+
+    ``y = 1`` for desirable samples, 0 otherwise. No reference model is involved.
+    """
+    y = (_labels_as_sign(labels) > 0).float().to(err_policy.device)
+    logits = -err_policy.float()
+    loss = F.binary_cross_entropy_with_logits(logits, y)
+    acc = ((logits > 0) == (y > 0)).float().mean().item()  # sigmoid(logit) > 0.5
+    return ObjectiveOutput(loss, {"bce/accuracy": acc})
+
+
+OBJECTIVES = ("kto", "dpo", "sft", "csft", "bce")
+# Which objectives need a reference model's errors, and which need (winner, loser) pairs.
+NEEDS_REFERENCE = {"kto": True, "dpo": True, "sft": False, "csft": False, "bce": False}
+NEEDS_PAIRS = {"kto": False, "dpo": True, "sft": False, "csft": False, "bce": False}
+
+
+def check_objective(name: str) -> str:
+    """Validate an objective name; the error lists the known ones. (SPIN is DPO with
+    self-generated losers: use ``dpo`` with :mod:`kto_lab.spin`.)"""
+    if name not in OBJECTIVES:
+        raise ValueError(f"unknown objective {name!r}; known objectives: {', '.join(OBJECTIVES)}")
+    return name
+
+
+def check_finite(loss: Tensor, *, where: str) -> Tensor:
+    """Raise a clear error if ``loss`` is NaN/inf. ``where`` names method and step."""
+    if not torch.isfinite(loss).all():
+        raise FloatingPointError(f"non-finite loss ({loss.detach().float().item()}) at {where}")
+    return loss

@@ -1,0 +1,160 @@
+"""One training step's loss for any objective: noise -> errors of policy and reference -> objective.
+
+This is the whole algorithm of a step, shared verbatim by the toy trainer and the SD trainer.
+A *denoiser* is any callable ``fn(x_t, t, cond) -> prediction`` (an MLP, a UNet wrapper, a
+UNet with its LoRA adapters disabled); ``cond`` is a tensor whose first dim is the batch
+(text embeddings for SD, class ids for the toy) or ``None``.
+
+Forward passes per step for Diffusion-KTO with the paper's reference point (sec. 4.1):
+
+1. policy on the matched batch, with grad                       (B samples)
+2. reference on the matched batch and the unrelated batch,      (2B samples, ONE forward)
+   batched together under ``no_grad``
+3. policy on the unrelated batch under ``no_grad``               (B samples)
+
+The unrelated batch pairs every image with the caption of its neighbour (captions rolled by
+one position, KTO's convention) and draws its own noise and timestep.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional
+
+import torch
+
+from . import objectives as O
+from .config import check_choice, check_positive, check_range
+from .schedule import NoiseSchedule
+
+Tensor = torch.Tensor
+Denoiser = Callable[[Tensor, Tensor, Optional[Tensor]], Tensor]
+
+
+@dataclass
+class ObjectiveConfig:
+    """Which loss, and its hyper-parameters. Defaults: Diffusion-KTO appendix A.1."""
+
+    objective: str = "kto"  # kto | dpo | sft | csft | bce
+    utility: str = "kto"  # a name in objectives.UTILITIES (sec. 4.2; "kto" = sigmoid is best, D.4)
+    beta: float = 5000.0  # sec. A.1 (D.3: rising from 2000 to 5000, flat after)
+    reference_point: str = "unrelated"  # unrelated (the paper, sec. 4.1) | batch | none
+    lambda_desirable: float = 1.0  # KTO's class weights lambda_D, lambda_U (eq. 5)
+    lambda_undesirable: float = 1.0
+
+    def validate(self) -> "ObjectiveConfig":
+        O.check_objective(self.objective)
+        O.get_utility(self.utility)
+        check_positive("beta", self.beta)
+        check_choice("reference_point", self.reference_point, O.REFERENCE_POINTS)
+        check_range("lambda_desirable", self.lambda_desirable, low=0.0, low_open=True)
+        check_range("lambda_undesirable", self.lambda_undesirable, low=0.0, low_open=True)
+        return self
+
+
+@dataclass
+class StepOutput:
+    loss: Tensor
+    metrics: Dict[str, float] = field(default_factory=dict)
+    err_policy: Optional[Tensor] = None  # detached, per sample (for accuracy, logging)
+    err_ref: Optional[Tensor] = None
+
+
+def _roll(cond: Optional[Tensor]) -> Optional[Tensor]:
+    return None if cond is None else torch.roll(cond, shifts=1, dims=0)
+
+
+def _cat(a: Optional[Tensor], b: Optional[Tensor]) -> Optional[Tensor]:
+    return None if a is None else torch.cat([a, b], dim=0)
+
+
+def _randn_like(x: Tensor, generator: Optional[torch.Generator]) -> Tensor:
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+def objective_step(
+    cfg: ObjectiveConfig,
+    schedule: NoiseSchedule,
+    policy: Denoiser,
+    x0: Tensor,
+    labels: Tensor,
+    cond: Optional[Tensor] = None,
+    *,
+    reference: Optional[Denoiser] = None,
+    x0_loser: Optional[Tensor] = None,
+    generator: Optional[torch.Generator] = None,
+    reduce_mean: Optional[Callable[[Tensor], Tensor]] = None,
+) -> StepOutput:
+    """Compute the loss of ``cfg.objective`` on one batch.
+
+    ``x0``: clean samples (latents for SD), ``labels``: 1 desirable / 0 undesirable.
+    For ``dpo``, ``x0`` holds the winners and ``x0_loser`` the losers of the same captions
+    ``cond``; winner and loser share noise and timestep (Diffusion-DPO eq. 14).
+    ``reduce_mean`` averages the reference point across processes (sec. 4.1).
+    """
+    name = cfg.objective
+    if O.NEEDS_REFERENCE[name] and reference is None:
+        raise ValueError(f"objective {name!r} needs a reference denoiser")
+    if O.NEEDS_PAIRS[name] and x0_loser is None:
+        raise ValueError(f"objective {name!r} needs pairs: pass x0_loser")
+
+    if name == "dpo":
+        x0 = torch.cat([x0, x0_loser], dim=0)
+        cond = _cat(cond, cond)
+    n = x0.shape[0]
+    t = schedule.sample_timesteps(n if name != "dpo" else n // 2, x0.device, generator)
+    noise = _randn_like(x0[: t.shape[0]], generator)
+    if name == "dpo":  # shared noise and timestep within a pair
+        t, noise = torch.cat([t, t]), torch.cat([noise, noise])
+    x_t = schedule.add_noise(x0, noise, t)
+    target = schedule.target(x0, noise, t)
+
+    err_p = O.denoising_error(policy(x_t, t, cond), target)
+    err_r = None
+    metrics: Dict[str, float] = {}
+
+    if name == "kto":
+        if cfg.reference_point == "unrelated":
+            t_u = schedule.sample_timesteps(n, x0.device, generator)
+            noise_u = _randn_like(x0, generator)
+            x_u = schedule.add_noise(x0, noise_u, t_u)
+            target_u = schedule.target(x0, noise_u, t_u)
+            cond_u = _roll(cond)
+            with torch.no_grad():
+                err_r_all = O.denoising_error(
+                    reference(torch.cat([x_t, x_u]), torch.cat([t, t_u]), _cat(cond, cond_u)),
+                    torch.cat([target, target_u]),
+                )
+                err_r, err_r_u = err_r_all[:n], err_r_all[n:]
+                err_p_u = O.denoising_error(policy(x_u, t_u, cond_u), target_u)
+            z_ref = O.reference_point(err_p_u, err_r_u, reduce_mean)
+        else:
+            with torch.no_grad():
+                err_r = O.denoising_error(reference(x_t, t, cond), target)
+            z_ref = (
+                O.reference_point(err_p, err_r, reduce_mean)
+                if cfg.reference_point == "batch"
+                else torch.zeros((), device=x0.device)
+            )
+        out = O.kto_loss(
+            err_p, err_r, labels, beta=cfg.beta, z_ref=z_ref, utility=cfg.utility,
+            lambda_desirable=cfg.lambda_desirable, lambda_undesirable=cfg.lambda_undesirable,
+        )
+    elif name == "dpo":
+        with torch.no_grad():
+            err_r = O.denoising_error(reference(x_t, t, cond), target)
+        h = n // 2
+        out = O.dpo_loss(err_p[:h], err_r[:h], err_p[h:], err_r[h:], beta=cfg.beta)
+    elif name == "sft":
+        out = O.sft_loss(err_p, labels)
+    elif name == "csft":
+        out = O.csft_loss(err_p)
+    else:  # bce
+        out = O.bce_loss(err_p, labels)
+
+    metrics.update(out.metrics)
+    metrics["loss"] = out.loss.detach().float().item()
+    metrics["err/policy"] = err_p.detach().float().mean().item()
+    if err_r is not None:
+        metrics["err/reference"] = err_r.float().mean().item()
+    return StepOutput(out.loss, metrics, err_p.detach(), None if err_r is None else err_r.detach())
