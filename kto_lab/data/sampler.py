@@ -1,0 +1,57 @@
+"""Gamma sampling of binary feedback (Diffusion-KTO sec. 4.2 and appendix D.2).
+
+Each training sample is drawn uniformly from the desirable set with probability ``gamma``
+and uniformly from the undesirable set otherwise (paper: gamma = 0.8). Used by the toy and
+the SD trainer alike. The sampler's state (its generator) goes into checkpoints, so a
+resumed run draws the same indices as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from ..config import ConfigError
+
+
+def check_gamma(gamma: float) -> float:
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not (0.0 < gamma <= 1.0):
+        raise ConfigError(f"gamma={gamma!r} must be in (0, 1] (share of desirable samples; paper: 0.8)")
+    return float(gamma)
+
+
+class GammaSampler:
+    """Draw record indices: desirable with probability ``gamma``, else undesirable."""
+
+    def __init__(self, labels: Sequence[int] | torch.Tensor, gamma: float = 0.8, seed: int = 0):
+        self.gamma = check_gamma(gamma)
+        labels = torch.as_tensor(labels)
+        self.desirable = torch.nonzero(labels > 0).flatten()
+        self.undesirable = torch.nonzero(labels <= 0).flatten()
+        if len(self.desirable) == 0:
+            raise ValueError(f"no desirable record among {len(labels)}: gamma sampling needs at least one")
+        if self.gamma < 1.0 and len(self.undesirable) == 0:
+            raise ValueError(
+                f"no undesirable record among {len(labels)} but gamma={self.gamma} < 1: "
+                "add undesirable records or set gamma=1"
+            )
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def sample(self, n: int) -> torch.Tensor:
+        """``n`` indices into the record table (with replacement, as in the paper)."""
+        if n < 1:
+            raise ValueError(f"number of samples must be >= 1, got {n}")
+        g = self.generator
+        take_desirable = torch.rand(n, generator=g) < self.gamma
+        d = self.desirable[torch.randint(len(self.desirable), (n,), generator=g)]
+        if len(self.undesirable) == 0:
+            return d
+        u = self.undesirable[torch.randint(len(self.undesirable), (n,), generator=g)]
+        return torch.where(take_desirable, d, u)
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "gamma": self.gamma}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])

@@ -1,0 +1,33 @@
+"""Shared fixtures. No test touches the network: HF_HUB_OFFLINE is forced here too."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+TINY_WORDS = ("a", "red", "green", "blue", "circle", "square", "small", "large", "on", "background", "good", "bad", "image")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_path(tmp_path_factory) -> Path:
+    """A tiny Stable Diffusion pipeline (random weights) saved once per session; load it with
+    ``kto_lab.sd.models.load_pipeline(path)`` like a real one. Treat it as read-only."""
+    from kto_lab.sd.models import build_tiny_sd
+
+    return build_tiny_sd(tmp_path_factory.mktemp("tiny_sd"), words=TINY_WORDS)
+
+
+@pytest.fixture(scope="session")
+def partiprompts_tsv() -> Path:
+    path = SHARED_DATA / "prompts" / "PartiPrompts.tsv"
+    if not path.is_file():
+        pytest.skip(f"shared data not found at {path}")
+    return path

@@ -1,0 +1,23 @@
+"""Execute a notebook top to bottom with small parameters (papermill-style, with nbclient).
+
+The notebook's cell tagged ``parameters`` is followed by an injected cell assigning the
+given values, so a notebook keeps its full-size defaults for users and runs small in CI.
+"""
+
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_notebook(name: str, workdir: Path, timeout: int = 900, **parameters):
+    nb = nbformat.read(REPO / "notebooks" / name, as_version=4)
+    tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if not tagged:
+        raise AssertionError(f"notebook {name} has no cell tagged 'parameters'")
+    src = "# injected by tests\n" + "\n".join(f"{k} = {v!r}" for k, v in parameters.items())
+    nb.cells.insert(tagged[0] + 1, nbformat.v4.new_code_cell(src))
+    NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}).execute()
+    return nb
