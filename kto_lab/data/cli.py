@@ -1,0 +1,142 @@
+"""``kto-lab data``: build and inspect binary-feedback tables.
+
+    kto-lab data pickapic --shards DIR_OR_FILES... --out records.parquet [--partition at_least_once|win_only] [--image-dir DIR]
+    kto-lab data pairs    --shards DIR_OR_FILES... --out pairs.parquet [--image-dir DIR]
+    kto-lab data threshold TABLE --out records.parquet [--score-column aesthetic] [--threshold 7]
+    kto-lab data label     TABLE --out records.parquet --fn package.module:function
+    kto-lab data stats     TABLE... [--check-images]
+
+Converters print their stats (class counts included) as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+
+
+def _print(stats: dict) -> None:
+    print(json.dumps(stats, indent=2, default=str))
+
+
+def _pickapic(args) -> int:
+    from .pickapic import pickapic_to_records
+
+    _print(pickapic_to_records(args.shards, args.out, partition=args.partition, image_dir=args.image_dir,
+                               on_missing_image=args.on_missing_image, drop_repeated_rankings=args.drop_repeated_rankings))
+    return 0
+
+
+def _pairs(args) -> int:
+    from .pickapic import pickapic_to_pairs
+
+    _print(pickapic_to_pairs(args.shards, args.out, image_dir=args.image_dir, on_missing_image=args.on_missing_image,
+                            drop_repeated_rankings=args.drop_repeated_rankings))
+    return 0
+
+
+def _threshold(args) -> int:
+    from .converters import threshold_records
+
+    _print(threshold_records(args.table, args.out, score_column=args.score_column, threshold=args.threshold))
+    return 0
+
+
+def load_callable(spec: str):
+    """``package.module:attribute`` -> the callable it names."""
+    module, sep, attr = spec.partition(":")
+    if not sep or not module or not attr:
+        raise ValueError(f"--fn {spec!r} must look like package.module:function")
+    fn = importlib.import_module(module)
+    for part in attr.split("."):
+        fn = getattr(fn, part)
+    if not callable(fn):
+        raise TypeError(f"--fn {spec!r} is not callable")
+    return fn
+
+
+def _label(args) -> int:
+    from .converters import label_with_function
+
+    _print(label_with_function(args.table, args.out, load_callable(args.fn), on_missing_image=args.on_missing_image))
+    return 0
+
+
+def _stats(args) -> int:
+    from .records import load_pairs, load_records
+    from .tables import table_columns
+
+    columns = table_columns(args.tables[0])
+    pairs = "label" not in columns and "image_w" in columns
+    load = load_pairs if pairs else load_records
+    table = load(args.tables, on_missing_image="skip" if args.check_images else "error")
+    stats = {"tables": [str(t) for t in args.tables], "kind": "pairs" if pairs else "records", "rows": len(table)}
+    if not pairs:
+        stats.update(table.counts())
+        if table.scores is not None:
+            finite = table.scores[table.scores == table.scores]  # NaN = no score
+            stats["score_mean"] = float(finite.mean()) if len(finite) else None
+    if args.check_images:
+        stats["unreadable_images"] = table.check_images(progress=True)
+        stats["unreadable"] = [{"index": i, "image": where, "reason": why} for i, where, why in table.skipped[:20]]
+    _print(stats)
+    if not pairs and 0 in table.counts().values():
+        print("warning: one class is empty; gamma sampling with 0 < gamma < 1 needs both (Diffusion-KTO sec. 4.2)",
+              file=sys.stderr)
+    return 0
+
+
+def _clean_errors(action):
+    """Bad input (a ValueError or OSError whose message names the file, row and column) -> one line, exit 2."""
+    def run(args) -> int:
+        try:
+            return action(args)
+        except (ValueError, OSError) as exc:
+            print(f"kto-lab data {args.data_command}: error: {exc}", file=sys.stderr)
+            return 2
+    return run
+
+
+def add_parser(subparsers, name: str, help: str) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(name, help=help, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+
+    def shards_args(p):
+        p.add_argument("--shards", nargs="+", required=True, help="Pick-a-Pic v2 parquet shards: files, directories or globs")
+        p.add_argument("--out", required=True, help="output table (.parquet keeps image bytes; .csv/.jsonl need --image-dir)")
+        p.add_argument("--image-dir", default=None, help="write each image once as a file here instead of keeping bytes")
+        p.add_argument("--on-missing-image", choices=("error", "skip"), default="error")
+        p.add_argument("--drop-repeated-rankings", action="store_true",
+                       help="count a decisive row whose ranking_id was seen before only once (default: keep it)")
+
+    p = sub.add_parser("pickapic", help="Pick-a-Pic v2 shards -> per-image records")
+    shards_args(p)
+    p.add_argument("--partition", choices=("at_least_once", "win_only"), default="at_least_once",
+                   help="desirable = preferred at least once (paper) or always preferred (appendix D.1)")
+    p.set_defaults(func=_clean_errors(_pickapic))
+
+    p = sub.add_parser("pairs", help="Pick-a-Pic v2 shards -> (winner, loser) pairs for Diffusion-DPO")
+    shards_args(p)
+    p.set_defaults(func=_clean_errors(_pairs))
+
+    p = sub.add_parser("threshold", help="scored images -> records, desirable iff score >= threshold")
+    p.add_argument("table", help="table with image, caption and the score column")
+    p.add_argument("--out", required=True)
+    p.add_argument("--score-column", default="score")
+    p.add_argument("--threshold", type=float, default=7.0, help="paper appendix C: aesthetic score >= 7")
+    p.set_defaults(func=_clean_errors(_threshold))
+
+    p = sub.add_parser("label", help="images -> records labelled by a Python function fn(image, caption) -> bool")
+    p.add_argument("table", help="table with image and caption")
+    p.add_argument("--out", required=True)
+    p.add_argument("--fn", required=True, help="package.module:function returning True for desirable")
+    p.add_argument("--on-missing-image", choices=("error", "skip"), default="error")
+    p.set_defaults(func=_clean_errors(_label))
+
+    p = sub.add_parser("stats", help="print the class counts of record (or pair) tables")
+    p.add_argument("tables", nargs="+")
+    p.add_argument("--check-images", action="store_true", help="read every image once and count the unreadable ones")
+    p.set_defaults(func=_clean_errors(_stats))
+    return parser

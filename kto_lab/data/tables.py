@@ -1,0 +1,398 @@
+"""Table files (CSV / JSONL / Parquet) with lazily read image columns, and a streaming writer.
+
+This is the file layer under :mod:`kto_lab.data.records`; it knows nothing about labels.
+
+Reading keeps every *small* column (captions, labels, scores, ids) in memory and never the
+images: an image column is either a column of paths (relative to the table file's directory,
+or absolute) or, in Parquet only, a binary column of encoded image bytes. Bytes are read one
+Parquet row group at a time (``ParquetFile.read_row_group(k, columns=[col])``) and only the
+last row group read is cached, so memory holds at most one row group of one image column.
+Write tables with small row groups (:data:`DEFAULT_ROW_GROUP_SIZE` rows, the writer's default)
+so random access stays cheap.
+
+Writing streams: rows are buffered up to one row group (Parquet) or written line by line
+(CSV / JSONL) into ``<path>.partial``, which is renamed to ``path`` only when all rows are in.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+
+import numpy as np
+
+PathLike = Union[str, os.PathLike]
+
+FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
+DEFAULT_ROW_GROUP_SIZE = 64  # rows per Parquet row group: ~64 images in memory at most per column
+
+
+class ImageLoadError(OSError):
+    """An image that is missing or cannot be decoded; the message names the file, table and row."""
+
+
+def table_format(path: PathLike) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise ValueError(f"{path}: unknown table format {suffix!r}; use one of {sorted(FORMATS)}")
+    return FORMATS[suffix]
+
+
+# --- image columns ------------------------------------------------------------------------
+
+
+def decode_image(data: Union[bytes, str, Path], where: str):
+    """Decode encoded bytes or a file into an RGB PIL image; any failure -> ImageLoadError naming ``where``."""
+    from PIL import Image
+
+    try:
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            if len(data) == 0:
+                raise ValueError("empty image bytes")
+            image = Image.open(io.BytesIO(bytes(data)))
+        else:
+            image = Image.open(data)
+        image.load()  # decode now, so a truncated file fails here and not in the trainer
+        return image.convert("RGB")
+    except Exception as exc:  # FileNotFoundError, UnidentifiedImageError, truncated data, ...
+        raise ImageLoadError(f"cannot read image {where}: {type(exc).__name__}: {exc}") from exc
+
+
+class PathImageColumn:
+    """Images stored as files; values are paths relative to the table's directory, or absolute."""
+
+    def __init__(self, table: Path, column: str, values: Sequence[Any]):
+        self.table, self.column = table, column
+        self.values = list(values)
+        for row, value in enumerate(self.values):
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"{table}, row {row}, column {column!r}: image path {value!r} must be a non-empty string")
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def raw(self, row: int) -> str:
+        """The image's absolute path."""
+        return str((self.table.parent / self.values[row]).resolve())
+
+    def describe(self, row: int) -> str:
+        return self.raw(row)
+
+    def open(self, row: int):
+        path = self.raw(row)
+        return decode_image(path, f"'{path}' (table {self.table}, row {row}, column {self.column!r})")
+
+
+class ParquetBytesColumn:
+    """Encoded image bytes in a Parquet column, read one row group at a time (one cached).
+
+    The file is opened lazily and the handle is dropped when pickled, so a table can be
+    sent to DataLoader worker processes; each opens its own handle.
+    """
+
+    def __init__(self, table: Path, column: str, row_group_rows: Sequence[int]):
+        self.table, self.column = table, column
+        self.offsets = np.concatenate([[0], np.cumsum(np.asarray(row_group_rows, dtype=np.int64))])
+        self._file = None
+        self._cached: Optional[tuple] = None  # (row group index, pyarrow array of that group's images)
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_file"], state["_cached"] = None, None
+        return state
+
+    def raw(self, row: int) -> Optional[bytes]:
+        """The encoded bytes of one image (None where the cell is null)."""
+        if not 0 <= row < len(self):
+            raise IndexError(f"{self.table}: row {row} out of range (table has {len(self)} rows)")
+        group = int(np.searchsorted(self.offsets, row, side="right") - 1)
+        if self._cached is None or self._cached[0] != group:
+            import pyarrow.parquet as pq
+
+            if self._file is None:
+                self._file = pq.ParquetFile(self.table)
+            array = self._file.read_row_group(group, columns=[self.column]).column(0).combine_chunks()
+            self._cached = (group, array)
+        return self._cached[1][row - int(self.offsets[group])].as_py()
+
+    def describe(self, row: int) -> str:
+        return f"<bytes in {self.table}, row {row}, column {self.column!r}>"
+
+    def open(self, row: int):
+        where = f"(table {self.table}, row {row}, column {self.column!r})"
+        data = self.raw(row)
+        if data is None:
+            raise ImageLoadError(f"cannot read image {where}: the cell is null")
+        return decode_image(data, where)
+
+
+ImageColumn = Union[PathImageColumn, ParquetBytesColumn]
+
+
+# --- reading ------------------------------------------------------------------------------
+
+
+class TableFile:
+    """One table file: small columns in memory (``columns``), image columns lazy (``images``)."""
+
+    def __init__(self, path: Path, columns: Dict[str, list], images: Dict[str, ImageColumn], n: int):
+        self.path, self.columns, self.images, self.n = path, columns, images, n
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def _check_columns(path: Path, present: Sequence[str], required: Sequence[str]) -> None:
+    missing = [c for c in required if c not in present]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}; the table has {list(present)}")
+
+
+def read_table(
+    path: PathLike, *, required: Sequence[str], optional: Sequence[str] = (), image_columns: Sequence[str] = ("image",)
+) -> TableFile:
+    """Read a table's ``required`` + present ``optional`` columns; image columns become lazy."""
+    path = Path(path)
+    fmt = table_format(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"table file not found: {path}")
+    if fmt == "parquet":
+        return _read_parquet(path, required, optional, image_columns)
+    if fmt == "csv":
+        import pandas as pd
+
+        try:
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        except Exception as exc:
+            raise ValueError(f"{path}: not a readable CSV table: {exc}") from exc
+        present = list(frame.columns)
+        data = {c: frame[c].tolist() for c in present}
+        n = len(frame)
+    else:
+        data, present, n = _read_jsonl(path)
+    _check_columns(path, present, required)
+    wanted = list(required) + [c for c in optional if c in present and c not in required]
+    columns = {c: data[c] for c in wanted if c not in image_columns}
+    images = {c: PathImageColumn(path, c, data[c]) for c in wanted if c in image_columns}
+    return TableFile(path, columns, images, n)
+
+
+def _read_jsonl(path: Path):
+    rows: List[dict] = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}, line {line_no}: not valid JSON: {exc}") from exc
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}, line {line_no}: each line must be a JSON object, got {type(row).__name__}")
+            rows.append(row)
+    present: List[str] = []
+    for row in rows:
+        present.extend(k for k in row if k not in present)
+    data = {c: [row.get(c) for row in rows] for c in present}
+    return data, present, len(rows)
+
+
+def _read_parquet(path: Path, required, optional, image_columns) -> TableFile:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        file = pq.ParquetFile(path)
+    except Exception as exc:
+        raise ValueError(f"{path}: not a readable Parquet file: {exc}") from exc
+    schema = file.schema_arrow
+    present = list(schema.names)
+    _check_columns(path, present, required)
+    wanted = list(required) + [c for c in optional if c in present and c not in required]
+    images: Dict[str, ImageColumn] = {}
+    small = []
+    for c in wanted:
+        if c not in image_columns:
+            small.append(c)
+            continue
+        kind = schema.field(c).type
+        if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+            rows = [file.metadata.row_group(k).num_rows for k in range(file.num_row_groups)]
+            images[c] = ParquetBytesColumn(path, c, rows)
+        elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
+            small.append(c)  # paths: small, read with the rest
+        else:
+            raise ValueError(f"{path}: column {c!r} has type {kind}; an image column holds paths (string) or encoded bytes (binary)")
+    table = file.read(columns=small) if small else None
+    columns = {c: table.column(c).to_pylist() for c in small} if small else {}
+    for c in list(columns):
+        if c in image_columns:
+            images[c] = PathImageColumn(path, c, columns.pop(c))
+    return TableFile(path, columns, images, file.metadata.num_rows)
+
+
+# --- writing ------------------------------------------------------------------------------
+
+
+def portable_path(value: str, table_dir: Path) -> str:
+    """An image path as stored in a table written to ``table_dir``: relative where the image lies
+    under that directory (so the folder can be moved as a whole), absolute otherwise."""
+    p = Path(value)
+    if not p.is_absolute():
+        return value
+    try:
+        return p.resolve().relative_to(table_dir.resolve()).as_posix()
+    except ValueError:
+        return str(p)
+
+
+class TableWriter:
+    """Stream rows (dicts with the same keys) into a CSV / JSONL / Parquet table.
+
+    Image columns hold paths (str; absolute paths under the table's directory are stored
+    relative to it) or encoded bytes (Parquet only). Column types are fixed by the first row
+    group; ``types`` pins some (e.g. ``{"label": "int64", "score": "float64"}``).
+    """
+
+    def __init__(self, path: PathLike, *, image_columns: Sequence[str] = ("image",),
+                 types: Optional[Dict[str, str]] = None, row_group_size: int = DEFAULT_ROW_GROUP_SIZE):
+        self.path = Path(path)
+        self.format = table_format(self.path)
+        self.image_columns = tuple(image_columns)
+        self.types = dict(types or {})
+        self.row_group_size = int(row_group_size)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.partial = self.path.with_name(self.path.name + ".partial")
+        self.keys: Optional[List[str]] = None
+        self.rows_written = 0
+        self._buffer: List[dict] = []
+        self._file = None
+        self._parquet = None
+        self._schema = None
+
+    def __enter__(self) -> "TableWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._abort()
+
+    def write(self, row: Dict[str, Any]) -> None:
+        where = f"{self.path}, row {self.rows_written + len(self._buffer)}"
+        if self.keys is None:
+            self.keys = list(row)
+            if self.format != "parquet":
+                self._file = open(self.partial, "w", encoding="utf-8", newline="")
+                if self.format == "csv":
+                    self._csv = csv.DictWriter(self._file, fieldnames=self.keys)
+                    self._csv.writeheader()
+        elif set(row) != set(self.keys):
+            raise ValueError(f"{where}: columns {sorted(row)} differ from the first row's {sorted(self.keys)}")
+        row = dict(row)
+        for c in self.image_columns:
+            value = row.get(c)
+            if isinstance(value, (bytes, bytearray, memoryview)):
+                if self.format != "parquet":
+                    raise ValueError(f"{where}: column {c!r} holds image bytes, which only a .parquet table can store")
+                row[c] = bytes(value)
+            elif isinstance(value, (str, os.PathLike)) and str(value):
+                row[c] = portable_path(str(value), self.path.parent)
+            elif c in row:
+                raise ValueError(f"{where}: column {c!r} must be an image path or encoded bytes, got {value!r}")
+        if self.format == "parquet":
+            self._buffer.append(row)
+            if len(self._buffer) >= self.row_group_size:
+                self._flush()
+            return
+        if self.format == "csv":
+            self._csv.writerow({k: ("" if v is None or (isinstance(v, float) and math.isnan(v)) else v) for k, v in row.items()})
+        else:
+            row = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}  # NaN -> null
+            self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self.rows_written += 1
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not self._buffer:
+            return
+        if self._schema is None:
+            fields = []
+            for c in self.keys:
+                if c in self.types:
+                    kind = pa.type_for_alias(self.types[c])
+                elif c in self.image_columns:
+                    kind = pa.binary() if isinstance(self._buffer[0][c], bytes) else pa.string()
+                else:
+                    kind = pa.array([r[c] for r in self._buffer]).type
+                    kind = pa.string() if pa.types.is_null(kind) else kind
+                fields.append(pa.field(c, kind))
+            self._schema = pa.schema(fields)
+            self._parquet = pq.ParquetWriter(self.partial, self._schema)
+        try:
+            table = pa.Table.from_pylist(self._buffer, schema=self._schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as exc:
+            raise ValueError(f"{self.path}, rows {self.rows_written}..{self.rows_written + len(self._buffer) - 1}: "
+                             f"values do not fit the column types {self._schema}: {exc}") from exc
+        self._parquet.write_table(table, row_group_size=self.row_group_size)
+        self.rows_written += len(self._buffer)
+        self._buffer = []
+
+    def close(self) -> Path:
+        """Finish the file and move it into place; a table with no rows is an error."""
+        if self.keys is None:
+            raise ValueError(f"{self.path}: no rows to write")
+        if self.format == "parquet":
+            self._flush()
+            self._parquet.close()
+        else:
+            self._file.close()
+        os.replace(self.partial, self.path)
+        return self.path
+
+    def _abort(self) -> None:
+        for handle in (self._parquet, self._file):
+            try:
+                if handle is not None:
+                    handle.close()
+            except Exception:
+                pass
+        if self.partial.exists():
+            self.partial.unlink()
+
+
+def write_table(rows: Iterable[Dict[str, Any]], path: PathLike, **kwargs) -> Path:
+    with TableWriter(path, **kwargs) as writer:
+        for row in rows:
+            writer.write(row)
+    return writer.path
+
+
+def table_columns(path: PathLike) -> List[str]:
+    """The column names of a table file, read without reading its rows."""
+    path = Path(path)
+    fmt = table_format(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"table file not found: {path}")
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        return list(pq.read_schema(path).names)
+    with open(path, encoding="utf-8", newline="") as f:
+        if fmt == "csv":
+            return next(csv.reader(f), [])
+        for line in f:
+            if line.strip():
+                return list(json.loads(line))
+    return []
