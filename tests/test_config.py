@@ -1,0 +1,101 @@
+"""kto_lab.config: dataclasses <- YAML <- key=value overrides, with clear errors."""
+
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
+
+import pytest
+
+from kto_lab.config import (ConfigError, check_choice, check_positive, check_range, from_dict, load_config,
+                            parse_overrides, to_dict)
+from kto_lab.step import ObjectiveConfig
+
+
+@dataclass
+class Inner:
+    rank: int = 4
+    alpha: float = 1.0
+
+
+@dataclass
+class Outer:
+    name: str = "x"
+    steps: int = 10
+    lr: float = 1e-4
+    flag: bool = False
+    tags: List[str] = field(default_factory=list)
+    shape: Tuple[int, ...] = (1, 2)
+    maybe: Optional[float] = None
+    inner: Inner = field(default_factory=Inner)
+
+    def validate(self):
+        check_positive("lr", self.lr)
+        return self
+
+
+def test_parse_overrides_builds_nested_typed_values():
+    assert parse_overrides(["a.b=1", "a.c=x", "d=2.5", "e=true", "f=[1, 2]"]) == {
+        "a": {"b": 1, "c": "x"}, "d": 2.5, "e": True, "f": [1, 2]}
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_overrides(["nonsense"])
+
+
+def test_load_config_from_yaml_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: run\nsteps: 20\ninner:\n  rank: 8\n")
+    cfg = load_config(Outer, path, ["inner.alpha=2", "flag=yes", "tags=a,b", "shape=[3, 4]", "maybe=none"])
+    assert (cfg.name, cfg.steps, cfg.inner.rank, cfg.inner.alpha, cfg.flag) == ("run", 20, 8, 2.0, True)
+    assert cfg.tags == ["a", "b"] and cfg.shape == (3, 4) and cfg.maybe is None
+    assert to_dict(cfg)["inner"] == {"rank": 8, "alpha": 2.0}
+    assert load_config(Outer, overrides={"steps": "30"}).steps == 30
+
+
+def test_unknown_keys_list_the_known_ones():
+    with pytest.raises(ConfigError, match=r"unknown config key\(s\) \['stepz'\].*'steps'"):
+        from_dict(Outer, {"stepz": 3})
+    with pytest.raises(ConfigError, match=r"\['inner.rnk'\].*'rank'"):
+        load_config(Outer, overrides=["inner.rnk=3"])
+
+
+def test_bad_values_name_the_field():
+    with pytest.raises(ConfigError, match="steps must be an integer, got 2.5"):
+        load_config(Outer, overrides=["steps=2.5"])
+    with pytest.raises(ConfigError, match="lr must be a number"):
+        load_config(Outer, overrides=["lr=fast"])
+    with pytest.raises(ConfigError, match="flag must be true or false"):
+        load_config(Outer, overrides=["flag=maybe"])
+    with pytest.raises(ConfigError, match="lr=-1"):
+        load_config(Outer, overrides=["lr=-1"])  # validate() runs
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(Outer, tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="mapping at top level"):
+        load_config(Outer, bad)
+    bad.write_text("a: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(Outer, bad)
+
+
+def test_checks():
+    check_choice("x", "a", ["a", "b"])
+    with pytest.raises(ConfigError, match=r"x='c' is not allowed; choose one of \['a', 'b'\]"):
+        check_choice("x", "c", ["a", "b"])
+    check_range("gamma", 1.0, low=0.0, high=1.0, low_open=True)
+    with pytest.raises(ConfigError, match="gamma=0 must be > 0"):
+        check_range("gamma", 0, low=0.0, low_open=True)
+    with pytest.raises(ConfigError, match="must be <= 1"):
+        check_range("gamma", 1.5, high=1.0)
+    for bad in (float("nan"), "3", True, None):
+        with pytest.raises(ConfigError, match="finite number"):
+            check_positive("beta", bad)
+
+
+def test_objective_config_loads_and_validates():
+    cfg = load_config(ObjectiveConfig, overrides=["objective=dpo", "beta=2500"])
+    assert cfg.objective == "dpo" and cfg.beta == 2500.0
+    assert ObjectiveConfig().beta == 5000.0 and ObjectiveConfig().reference_point == "unrelated"
+    with pytest.raises(ValueError, match="known utilities"):
+        load_config(ObjectiveConfig, overrides=["utility=nope"])

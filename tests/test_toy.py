@@ -1,0 +1,178 @@
+"""The toy: world, model, metrics, config errors, divergence, determinism, end to end, CLI."""
+
+import json
+import math
+import re
+
+import pytest
+import torch
+
+from kto_lab.cli import main
+from kto_lab.config import ConfigError
+from toy import FIGURE6_METHODS, ToyConfig, ToyDivergenceError, finetune, parse_method, pretrain
+from toy.data import DESIRABLE, PRETRAIN, UNDESIRABLE, make_feedback
+from toy.metrics import energy_distance, region_shares, sample_metrics
+from toy.model import ToyDenoiser
+from toy.run import run_figure6, run_seed
+from toy.sample import sample
+
+# Small enough for CI on a shared 2-core machine.
+TINY = dict(hidden=16, emb_size=8, num_blocks=1, batch_size=64, pretrain_steps=20, steps=5,
+            n_feedback=64, n_samples=200)
+
+
+def test_world_matches_section_6():
+    assert PRETRAIN.mean == (0.5, 0.8) and PRETRAIN.var == 0.04
+    assert DESIRABLE.mean == (0.3, 0.8) and DESIRABLE.var == 0.01
+    assert UNDESIRABLE.mean == (0.3, 0.6) and UNDESIRABLE.var == 0.01
+    x = DESIRABLE.sample(20000, torch.Generator().manual_seed(0))
+    assert torch.allclose(x.mean(0), torch.tensor([0.3, 0.8]), atol=0.005)
+    assert torch.allclose(x.std(0), torch.tensor([0.1, 0.1]), atol=0.005)
+    ref = torch.distributions.MultivariateNormal(torch.tensor([0.3, 0.8]), 0.01 * torch.eye(2))
+    assert torch.allclose(DESIRABLE.log_prob(x[:10]), ref.log_prob(x[:10]), atol=1e-5)
+    fb = make_feedback(5, 3)
+    assert fb.labels.tolist() == [1] * 5 + [0] * 3 and fb.desirable.shape == (5, 2) and fb.undesirable.shape == (3, 2)
+    with pytest.raises(ValueError, match="number of samples must be >= 1, got 0"):
+        DESIRABLE.sample(0)
+
+
+def test_metrics():
+    g = torch.Generator().manual_seed(0)
+    a, b = DESIRABLE.sample(500, g), DESIRABLE.sample(500, g)
+    assert energy_distance(a, b) < 0.01 < energy_distance(a, UNDESIRABLE.sample(500, g))
+    shares = region_shares(a)
+    assert sum(shares.values()) == pytest.approx(1.0)
+    assert shares["share_desirable"] > 0.6 > shares["share_undesirable"]
+    m = sample_metrics(a, b, a)
+    assert m["energy_to_pretrained"] == pytest.approx(0.0, abs=1e-9) and m["logp_desirable"] > m["logp_undesirable"]
+    with pytest.raises(FloatingPointError, match="1 of 500 samples are not finite"):
+        sample_metrics(torch.cat([a[:-1], torch.tensor([[math.nan, 0.0]])]), b)
+
+
+def test_class_input_starts_as_the_unconditional_model():
+    model = ToyDenoiser(hidden=16, emb_size=8)
+    x, t = torch.randn(4, 2), torch.tensor([0, 5, 10, 49])
+    assert torch.equal(model(x, t), model(x, t, torch.tensor([1, 0, 1, 0])))
+
+
+def test_parse_method_and_unknown_names():
+    assert parse_method("pretrained") == (None, None)
+    assert parse_method("kto:loss_averse") == ("kto", "loss_averse")
+    assert parse_method("kto") == ("kto", "kto")
+    assert parse_method("dpo") == ("dpo", None)
+    with pytest.raises(ConfigError, match="not one of kto, dpo, sft, csft, bce"):
+        parse_method("ppo")
+    with pytest.raises(ConfigError, match="known utilities: .*loss_averse"):
+        parse_method("kto:greedy")
+    with pytest.raises(ConfigError, match="only 'kto' takes a utility"):
+        parse_method("sft:kto")
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("beta", 0.0, "beta=0.0 must be > 0"),
+    ("beta", -2.0, "beta=-2.0"),
+    ("gamma", 0.0, r"gamma=0.0 must be in \(0, 1\]"),
+    ("gamma", 1.5, r"gamma=1.5 must be in \(0, 1\]"),
+    ("n_samples", 0, "n_samples=0 must be an integer >= 1"),
+    ("methods", ("sft", "kto:nope"), "known utilities"),
+    ("methods", ("rlhf",), "known objectives|not one of"),
+    ("method_overrides", {"dpo": {"hidden": 3}}, "cannot be overridden per method"),
+    ("method_overrides", {"dpo": {"beta": -1.0}}, "beta=-1.0"),
+])
+def test_bad_config_values_are_named(field, value, match):
+    with pytest.raises(ConfigError, match=match):
+        ToyConfig(**{field: value}).validate()
+
+
+def test_sampling_rejects_bad_counts():
+    with pytest.raises(ValueError, match="number of samples must be an integer >= 1, got 0"):
+        sample(ToyDenoiser(hidden=16, emb_size=8), ToyConfig().schedule(), 0)
+
+
+def test_end_to_end_every_method_and_deterministic_under_a_seed():
+    cfg = ToyConfig(**TINY).validate()
+    a = run_seed(cfg, seed=3)
+    b = run_seed(cfg, seed=3)
+    assert list(a.metrics) == list(FIGURE6_METHODS)
+    for method in FIGURE6_METHODS:
+        assert a.samples[method].shape == (200, 2)
+        assert torch.equal(a.samples[method], b.samples[method]), method
+        assert a.metrics[method] == b.metrics[method]
+        assert all(math.isfinite(v) for v in a.metrics[method].values())
+    assert a.metrics["pretrained"]["param_change"] == 0.0 and a.metrics["kto:kto"]["param_change"] > 0
+    c = run_seed(cfg, seed=4, methods=["pretrained"])
+    assert not torch.equal(a.samples["pretrained"], c.samples["pretrained"])
+
+
+def test_kto_moves_mass_from_undesirable_to_desirable():
+    """A short real run: Diffusion-KTO raises the log-density of its samples under P_d relative
+    to P_u compared with the pretrained model (the direction of Figure 6)."""
+    cfg = ToyConfig(hidden=32, emb_size=16, batch_size=256, pretrain_steps=300, steps=150, lr=1e-3,
+                    n_feedback=256, n_samples=1000, methods=("pretrained", "kto:kto")).validate()
+    r = run_seed(cfg, seed=0)
+    gap = {m: r.metrics[m]["logp_desirable"] - r.metrics[m]["logp_undesirable"] for m in r.metrics}
+    assert gap["kto:kto"] > gap["pretrained"] + 0.5, gap
+    assert r.metrics["kto:kto"]["share_desirable"] > r.metrics["pretrained"]["share_desirable"]
+
+
+def test_divergence_stops_with_the_method_and_step():
+    cfg = ToyConfig(**{**TINY, "steps": 300, "lr": 0.05, "divergence_factor": 3.0},
+                    method_overrides={}).validate()
+    model = pretrain(cfg)
+    feedback = make_feedback(64, 64, torch.Generator().manual_seed(0))
+    with pytest.raises(ToyDivergenceError, match=r"'kto:risk_seeking' step \d+ .*diverged.*lower beta or lr"):
+        finetune(cfg, "kto:risk_seeking", model, feedback)
+    feedback.x[0, 0] = math.nan
+    with pytest.raises(ToyDivergenceError, match=r"non-finite loss \(nan\) at toy fine-tune 'sft' step 0"):
+        finetune(dataclass_replace(cfg, gamma=1.0), "sft", model, feedback)
+
+
+def dataclass_replace(cfg, **kw):
+    import dataclasses
+
+    return dataclasses.replace(cfg, **kw)
+
+
+def test_figure6_python_api_writes_the_files(tmp_path):
+    from toy import write_figure6
+
+    cfg = ToyConfig(**{**TINY, "methods": ("pretrained", "sft", "kto:kto")})
+    result = run_figure6(cfg, seeds=2, progress=False)
+    paths = write_figure6(result, tmp_path, command="test")
+    metrics = json.loads(paths["json"].read_text())
+    assert list(metrics) == ["pretrained", "sft", "kto:kto"]
+    assert len(metrics["sft"]["share_desirable"]["values"]) == 2 and metrics["sft"]["share_desirable"]["sd"] >= 0
+    assert (tmp_path / "figure6.png").stat().st_size > 10000
+    table = (tmp_path / "figure6_metrics.md").read_text()
+    assert "| kto:kto |" in table and "data: P_d" in table and " ± " in table
+    with pytest.raises(ValueError, match="seeds must be an integer >= 1, got 0"):
+        run_figure6(cfg, seeds=0)
+
+
+def test_cli_figure6_figure9_ablations(tmp_path):
+    tiny = [f"--set={k}={v}" for k, v in TINY.items() if k not in ("steps", "pretrain_steps", "n_samples")]
+    assert main(["toy", "figure9", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "figure9.png").is_file()
+    assert main(["toy", "figure6", "--out", str(tmp_path), "--seeds", "1", "--steps", "2", "--pretrain-steps", "3",
+                 "--samples", "50", "--set=methods=[pretrained,csft,dpo]", *tiny]) == 0
+    assert list(json.loads((tmp_path / "figure6_metrics.json").read_text())) == ["pretrained", "csft", "dpo"]
+    assert main(["toy", "ablations", "--out", str(tmp_path), "--seeds", "1", "--steps", "2", "--pretrain-steps", "3",
+                 "--set=n_samples=50", *tiny]) == 0
+    abl = json.loads((tmp_path / "ablation_metrics.json").read_text())
+    assert set(abl) >= {"beta", "gamma", "utility"} and "3.0" in abl["beta"] and "kto" in abl["utility"]
+    assert (tmp_path / "ablation.png").is_file()
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--set", "gamma=0"], r"gamma=0.0 must be in \(0, 1\]"),
+    (["--set", "beta=-1"], "beta=-1.0 must be > 0"),
+    (["--samples", "0"], "n_samples=0 must be an integer >= 1"),
+    (["--seeds", "0"], "--seeds=0 must be >= 1"),
+    (["--set", "methods=[kto:nope]"], "known utilities"),
+    (["--set", "betta=3"], r"unknown config key\(s\) \['betta'\].*'beta'"),
+])
+def test_cli_bad_input_fails_before_training(tmp_path, capsys, args, match):
+    assert main(["toy", "figure6", "--out", str(tmp_path), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.search(match, err) and err.startswith("kto-lab toy: error:") and "Traceback" not in err
+    assert not (tmp_path / "figure6.png").exists()

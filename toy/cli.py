@@ -1,0 +1,100 @@
+"""``kto-lab toy figure6|figure9|ablations``: the toy's figures from the command line.
+
+    kto-lab toy figure6 --out figures --seeds 3 [--steps 600] [--pretrain-steps 1500] [--set beta=3 ...]
+    kto-lab toy figure9 --out figures
+    kto-lab toy ablations --out figures [--seeds 2]
+
+``--set key=value`` overrides any :class:`toy.train.ToyConfig` field (``--config C.yaml``
+too); bad values fail before any training starts.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from kto_lab.config import ConfigError, load_config, parse_overrides
+
+
+def _config(args):
+    from .train import ToyConfig
+
+    overrides = parse_overrides(args.set or [])
+    if args.steps is not None:
+        overrides["steps"] = args.steps
+    if args.pretrain_steps is not None:
+        overrides["pretrain_steps"] = args.pretrain_steps
+    if getattr(args, "samples", None) is not None:
+        overrides["n_samples"] = args.samples
+    return load_config(ToyConfig, args.config, overrides)
+
+
+def _command() -> str:
+    return "kto-lab " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "kto-lab toy"
+
+
+def _check_seeds(seeds):
+    if seeds < 1:
+        raise ConfigError(f"--seeds={seeds} must be >= 1")
+
+
+def cmd_figure6(args) -> int:
+    from .figures import write_figure6
+    from .run import run_figure6
+
+    _check_seeds(args.seeds)
+    cfg = _config(args)
+    t0 = time.perf_counter()
+    result = run_figure6(cfg, seeds=args.seeds)
+    paths = write_figure6(result, Path(args.out), command=_command())
+    print(f"figure 6: {args.seeds} seed(s) in {time.perf_counter() - t0:.1f}s -> {paths['png']}, {paths['json']}")
+    return 0
+
+
+def cmd_figure9(args) -> int:
+    from .figures import PAPER_UTILITIES, write_figure9
+
+    path = write_figure9(Path(args.out), args.utilities or PAPER_UTILITIES)
+    print(f"figure 9 -> {path}")
+    return 0
+
+
+def cmd_ablations(args) -> int:
+    from .figures import write_ablations
+    from .run import run_ablations
+
+    _check_seeds(args.seeds)
+    cfg = _config(args)
+    t0 = time.perf_counter()
+    result = run_ablations(cfg, seeds=args.seeds)
+    paths = write_ablations(result, Path(args.out), command=_command(), config=cfg)
+    print(f"ablations: {args.seeds} seed(s) in {time.perf_counter() - t0:.1f}s -> {paths['png']}, {paths['json']}")
+    return 0
+
+
+def _common(p, seeds_default):
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--seeds", type=int, default=seeds_default, help=f"number of seeds (default {seeds_default})")
+    p.add_argument("--steps", type=int, default=None, help="fine-tuning steps per method")
+    p.add_argument("--pretrain-steps", type=int, default=None, help="pretraining steps")
+    p.add_argument("--config", default=None, help="YAML file of ToyConfig fields")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a ToyConfig field (repeatable)")
+
+
+def add_parser(subparsers, name: str = "toy", help: str = "2-D Gaussian toy"):
+    parser = subparsers.add_parser(name, help=help, description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="toy_command", required=True, metavar="FIGURE")
+    p6 = sub.add_parser("figure6", help="Figure 6: every method on the 2-D toy, metrics over seeds")
+    _common(p6, 3)
+    p6.add_argument("--samples", type=int, default=None, help="points sampled per model (paper: 3500)")
+    p6.set_defaults(func=cmd_figure6)
+    p9 = sub.add_parser("figure9", help="Figure 9: utilities and their derivatives, centred")
+    p9.add_argument("--out", required=True, help="output directory")
+    p9.add_argument("--utilities", nargs="+", default=None, help="registered utility names (default: the paper's three)")
+    p9.set_defaults(func=cmd_figure9)
+    pa = sub.add_parser("ablations", help="Diffusion-KTO against beta, gamma and the utility (appendix D, in small)")
+    _common(pa, 2)
+    pa.set_defaults(func=cmd_ablations)
+    return parser
