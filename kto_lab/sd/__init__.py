@@ -1,0 +1,5 @@
+"""Stable Diffusion: models (``models``), encoding helpers (``encoding``), the trainer's config
+(``config``), data sources (``data``), latent cache (``cache``), the trainer (``trainer``).
+
+Submodules import diffusers lazily; ``from kto_lab.sd.trainer import Trainer, train``.
+"""

@@ -44,7 +44,9 @@ def write_clip_tokenizer(directory: str | Path, words: Iterable[str] = (), model
     vocab_list = chars + [c + "</w>" for c in chars]
     merges: list[str] = []
     seen = set(vocab_list)
-    for word in sorted({w.lower() for w in words if w}):
+    # longest words first: a short word's first merge (e.g. "r i" of "right") must not pre-empt
+    # the chain of a longer word that contains the pair ("triangle" needs "t r" first)
+    for word in sorted({w.lower() for w in words if w}, key=lambda w: (-len(w), w)):
         symbols = list(word[:-1]) + [word[-1] + "</w>"]
         while len(symbols) > 1:
             a, b = symbols[0], symbols[1]

@@ -1,0 +1,184 @@
+"""The trainer's models: load them, attach LoRA, build the reference, save the result.
+
+* :func:`load_components` reads the UNet, VAE, text encoder, tokenizer and noise schedule of
+  an SD 1.x/2.x pipeline (local dir or hub id) with diffusers/transformers ``from_pretrained``.
+* :func:`add_lora` attaches peft LoRA adapters through diffusers' ``unet.add_adapter``.
+* :func:`frozen_reference` makes the frozen low-precision copy kept on the device.
+* :func:`save_unet` / :func:`save_lora` write the diffusers UNet format and
+  ``pytorch_lora_weights.safetensors`` (loadable by ``StableDiffusionPipeline.load_lora_weights``).
+* :func:`unet_from_config` builds a randomly initialised UNet from a config JSON
+  (``kto_lab/configs/sd15_unet.json`` for benchmarks).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+
+from ..schedule import NoiseSchedule
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+
+
+@dataclass
+class Components:
+    """What a training step needs. Only ``unet`` and ``schedule`` are required (a cached run or a
+    benchmark feeds latents and text embeddings directly)."""
+
+    unet: Any
+    schedule: NoiseSchedule
+    vae: Any = None
+    text_encoder: Any = None
+    tokenizer: Any = None
+    reference_unet: Any = None  # a given reference (e.g. the previous SPIN iteration); None = copy of unet
+    scheduler_config: Optional[Dict[str, Any]] = None  # the noise scheduler's config (for validation sampling)
+
+
+def _local_only() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+
+
+def _check_pipeline_dir(path: str) -> None:
+    p = Path(path)
+    looks_local = p.exists() or path.startswith((".", "/", "~")) or path.count("/") > 1
+    if looks_local and not (p / "model_index.json").is_file():
+        raise FileNotFoundError(f"model.pretrained={path!r} is not a diffusers pipeline directory "
+                                f"(expected {p / 'model_index.json'})")
+
+
+def load_unet(path: str | Path, **kwargs):
+    """A ``UNet2DConditionModel`` from a UNet directory (config.json) or a pipeline directory (unet/)."""
+    from diffusers import UNet2DConditionModel
+
+    p = Path(path)
+    if (p / "config.json").is_file():
+        return UNet2DConditionModel.from_pretrained(p, **kwargs)
+    if (p / "unet" / "config.json").is_file():
+        return UNet2DConditionModel.from_pretrained(p, subfolder="unet", **kwargs)
+    if p.exists() or str(path).startswith((".", "/", "~")):
+        raise FileNotFoundError(f"{str(path)!r} is neither a UNet directory (config.json) nor a pipeline (unet/config.json)")
+    return UNet2DConditionModel.from_pretrained(str(path), subfolder="unet", local_files_only=_local_only(), **kwargs)
+
+
+def load_components(model_cfg, *, need_text: bool = True, need_vae: bool = True) -> Components:
+    """Load the parts of ``model_cfg.pretrained`` (optionally another policy UNet or reference)."""
+    from diffusers import AutoencoderKL, DDPMScheduler
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    src = str(model_cfg.pretrained)
+    _check_pipeline_dir(src)
+    kw = {"local_files_only": _local_only()}
+    scheduler = DDPMScheduler.from_pretrained(src, subfolder="scheduler", **kw)
+    unet = load_unet(model_cfg.unet) if model_cfg.unet else load_unet(src)
+    reference = load_unet(model_cfg.reference) if model_cfg.reference else None
+    return Components(
+        unet=unet,
+        schedule=NoiseSchedule.from_diffusers(scheduler),
+        vae=AutoencoderKL.from_pretrained(src, subfolder="vae", **kw) if need_vae else None,
+        text_encoder=CLIPTextModel.from_pretrained(src, subfolder="text_encoder", **kw) if need_text else None,
+        tokenizer=CLIPTokenizer.from_pretrained(src, subfolder="tokenizer", **kw) if need_text else None,
+        reference_unet=reference,
+        scheduler_config=dict(scheduler.config),
+    )
+
+
+def unet_from_config(config: str | Path | Dict[str, Any] = "sd15_unet.json", seed: int = 0):
+    """A randomly initialised ``UNet2DConditionModel`` from a config dict, a JSON file, or the name
+    of a JSON file in ``kto_lab/configs`` (default: SD 1.5's UNet)."""
+    from diffusers import UNet2DConditionModel
+
+    if not isinstance(config, dict):
+        p = Path(config)
+        if not p.is_file():
+            p = CONFIG_DIR / str(config)
+        if not p.is_file():
+            raise FileNotFoundError(f"UNet config {str(config)!r} not found (also looked in {CONFIG_DIR})")
+        config = json.loads(p.read_text())
+    torch.manual_seed(seed)
+    return UNet2DConditionModel.from_config(config)
+
+
+def add_lora(unet, rank: int, alpha: float, target_modules) -> None:
+    """Attach LoRA adapters (peft, via diffusers' ``add_adapter``); only they are trainable.
+
+    ``init_lora_weights="gaussian"`` as diffusers' LoRA script: B = 0, so the policy starts
+    equal to the reference (LoRA study sec. 3.1).
+    """
+    from peft import LoraConfig
+
+    unet.requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian",
+                                target_modules=list(target_modules)))
+    if not any(p.requires_grad for p in unet.parameters()):
+        raise ValueError(f"lora.target_modules={list(target_modules)} matched no module of the UNet")
+
+
+def cast_trainable_to_fp32(model) -> None:
+    """Trainable parameters in fp32 even when the frozen base is fp16/bf16 (diffusers' cast_training_params)."""
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+
+
+def move(model, device, dtype: torch.dtype):
+    """``model.to(device, dtype)``, casting only if the dtype differs (diffusers warns on no-op casts)."""
+    current = next(model.parameters()).dtype
+    return model.to(device) if current == dtype else model.to(device=device, dtype=dtype)
+
+
+def frozen_reference(unet, dtype: torch.dtype, device) -> Any:
+    """A frozen copy of ``unet`` in ``dtype`` on ``device``: the reference of a full fine-tune.
+
+    It stays on the device (bf16/fp16 halves its memory); the official Diffusion-DPO script moves
+    its reference between CPU and GPU on every step instead.
+    """
+    ref = copy.deepcopy(unet)
+    ref = move(ref, next(ref.parameters()).device, dtype)  # cast where it lies (the host for a fresh load)
+    ref = ref.to(device)
+    ref.requires_grad_(False)
+    ref.eval()
+    return ref
+
+
+def lora_state_dict(unet) -> Dict[str, torch.Tensor]:
+    """The LoRA weights of ``unet`` in diffusers' key format."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    return convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+
+
+def save_lora(unet, directory: str | Path) -> Path:
+    """``directory/pytorch_lora_weights.safetensors``, readable by ``pipe.load_lora_weights(directory)``."""
+    from diffusers import StableDiffusionPipeline
+
+    StableDiffusionPipeline.save_lora_weights(str(directory), unet_lora_layers=lora_state_dict(unet),
+                                              safe_serialization=True)
+    return Path(directory) / LORA_WEIGHTS
+
+
+def load_lora(unet, directory: str | Path) -> None:
+    """Load ``pytorch_lora_weights.safetensors`` from ``directory`` into ``unet``'s (existing) adapter."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_unet_state_dict_to_peft
+    from peft.utils import set_peft_model_state_dict
+
+    state, _ = StableDiffusionPipeline.lora_state_dict(str(directory))
+    state = {k[len("unet."):]: v for k, v in state.items() if k.startswith("unet.")}
+    result = set_peft_model_state_dict(unet, convert_unet_state_dict_to_peft(state), adapter_name="default")
+    unexpected = getattr(result, "unexpected_keys", None)
+    if unexpected:
+        raise ValueError(f"LoRA weights in {str(directory)!r} have unexpected keys, e.g. {unexpected[:3]}")
+
+
+def save_unet(unet, directory: str | Path) -> Path:
+    """The UNet in diffusers format (``config.json`` + ``diffusion_pytorch_model.safetensors``)."""
+    unet.save_pretrained(str(directory), safe_serialization=True)
+    return Path(directory)

@@ -1,0 +1,237 @@
+"""The Stable Diffusion trainer's config: one dataclass per section, paper defaults, early checks.
+
+Defaults come from the Diffusion-KTO paper, appendix A.1 (full fine-tune of SD v1-5: Adam,
+lr 1e-7, 1,000 warm-up steps, 10,000 steps, beta 5000, gamma 0.8, batch 2 per GPU on 4 GPUs)
+and, for LoRA runs, from the LoRA study (lora-preference-alignment-study, sec. 3.3/4: rank 8,
+AdamW with weight decay 0.01, lr 1e-4, 500 warm-up steps). Fields whose paper value depends
+on full vs LoRA fine-tuning default to ``None`` and are resolved by :meth:`TrainConfig.resolved`.
+
+Load with ``load_config(TrainConfig, "config.yaml", ["objective.beta=2000"])`` or
+:func:`load_train_config`; every check runs before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from ..config import ConfigError, check_choice, check_positive, check_range, load_config
+from ..data.sampler import check_gamma
+from ..step import ObjectiveConfig
+
+MIXED_PRECISION = ("no", "fp16", "bf16")
+REFERENCE_DTYPES = ("auto", "fp32", "fp16", "bf16")
+LORA_REFERENCES = ("disabled_adapters", "frozen_copy")
+MISSING_IMAGE_POLICIES = ("error", "skip")
+OPTIMIZERS = ("adamw", "adam")
+LR_SCHEDULERS = ("constant_with_warmup", "linear", "cosine")
+LATENT_MODES = ("sample", "mode")
+
+
+@dataclass
+class ModelConfig:
+    # A diffusers SD 1.x/2.x pipeline: a local directory or a hub id (read with from_pretrained).
+    pretrained: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    # Start the policy from this UNet (a diffusers UNet dir, or a pipeline dir with unet/) instead.
+    unet: Optional[str] = None
+    # The reference: None = a frozen copy of the initial policy (the paper). A path (UNet dir or
+    # pipeline dir) = that model, e.g. the previous SPIN iteration. Always a frozen copy then.
+    reference: Optional[str] = None
+    # Precision of a frozen reference copy kept on the device. auto = the mixed-precision dtype
+    # (bf16/fp16), fp32 without mixed precision. The official DPO script swaps it CPU<->GPU; we don't.
+    reference_dtype: str = "auto"
+    gradient_checkpointing: bool = False
+    # torch.compile the policy UNet (and a frozen reference copy) in place after accelerate.prepare:
+    # the first steps pay the compilation; see benchmarks/README.md for the measured gain.
+    compile: bool = False
+
+    def validate(self) -> "ModelConfig":
+        if not self.pretrained:
+            raise ConfigError("model.pretrained must name a pipeline directory or hub id")
+        check_choice("model.reference_dtype", self.reference_dtype, REFERENCE_DTYPES)
+        return self
+
+
+@dataclass
+class DataConfig:
+    # Binary-feedback record table(s) (CSV/JSONL/Parquet: image, caption, label); for objective=dpo
+    # a pair table (kto_lab.data.records.load_pairs). Not needed when cache_dir holds a cache.
+    train: List[str] = field(default_factory=list)
+    resolution: int = 512  # SD 1.5 trains at 512x512
+    center_crop: bool = True  # False: random crop
+    random_flip: bool = False
+    on_missing_image: str = "error"  # error: stop naming the file | skip: skip it, count it
+    gamma: float = 0.8  # share of desirable samples (sec. 4.2, A.1: 0.8)
+    # Optional cache of VAE latent moments and text embeddings (kto_lab.sd.cache): built once,
+    # then a training step runs only the UNets. Built here if the directory does not exist.
+    cache_dir: Optional[str] = None
+    cache_shard_size: int = 1024
+    latent_mode: str = "sample"  # sample the VAE posterior (diffusers / official scripts) or take its mode
+    seed: int = 0
+
+    def validate(self) -> "DataConfig":
+        check_range("data.resolution", self.resolution, low=8)
+        if self.resolution % 8:
+            raise ConfigError(f"data.resolution={self.resolution} must be a multiple of 8")
+        check_choice("data.on_missing_image", self.on_missing_image, MISSING_IMAGE_POLICIES)
+        try:
+            check_gamma(self.gamma)
+        except ConfigError as e:
+            raise ConfigError(f"data.{e}") from None
+        check_range("data.cache_shard_size", self.cache_shard_size, low=1)
+        check_choice("data.latent_mode", self.latent_mode, LATENT_MODES)
+        if isinstance(self.train, str):
+            self.train = [self.train]
+        if self.cache_dir and self.random_flip:
+            raise ConfigError("data.random_flip=true cannot be used with data.cache_dir (latents are cached unflipped)")
+        return self
+
+
+@dataclass
+class OptimConfig:
+    max_steps: int = 10_000  # optimizer steps (A.1: 10,000; LoRA study: 10,000)
+    batch_size: int = 2  # per device (A.1: 2 per GPU x 4 GPUs)
+    gradient_accumulation_steps: int = 1
+    learning_rate: Optional[float] = None  # None: 1e-7 full (A.1), 1e-4 LoRA (LoRA study 3.3)
+    warmup_steps: Optional[int] = None  # None: 1000 full (A.1), 500 LoRA (LoRA study 3.3)
+    lr_scheduler: str = "constant_with_warmup"
+    optimizer: str = "adamw"  # AdamW with weight_decay 0 is Adam (A.1)
+    weight_decay: Optional[float] = None  # None: 0.0 full (Adam, A.1), 0.01 LoRA (LoRA study 3.3)
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0  # clipping as in diffusers' and Diffusion-DPO's scripts; 0 = off
+    mixed_precision: str = "no"  # no | fp16 | bf16 (bf16 on A100/H100)
+    allow_tf32: bool = True
+
+    def validate(self) -> "OptimConfig":
+        check_range("optim.max_steps", self.max_steps, low=1)
+        check_range("optim.batch_size", self.batch_size, low=1)
+        check_range("optim.gradient_accumulation_steps", self.gradient_accumulation_steps, low=1)
+        if self.learning_rate is not None:
+            check_positive("optim.learning_rate", self.learning_rate)
+        if self.warmup_steps is not None:
+            check_range("optim.warmup_steps", self.warmup_steps, low=0)
+        if self.weight_decay is not None:
+            check_range("optim.weight_decay", self.weight_decay, low=0.0)
+        check_choice("optim.lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
+        check_choice("optim.optimizer", self.optimizer, OPTIMIZERS)
+        check_range("optim.adam_beta1", self.adam_beta1, low=0.0, high=1.0, high_open=True)
+        check_range("optim.adam_beta2", self.adam_beta2, low=0.0, high=1.0, high_open=True)
+        check_positive("optim.adam_epsilon", self.adam_epsilon)
+        check_range("optim.max_grad_norm", self.max_grad_norm, low=0.0)
+        check_choice("optim.mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        return self
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    rank: int = 8  # LoRA study 3.1: rank 8 in the UNet's attention
+    alpha: Optional[float] = None  # None: = rank (scale 1, diffusers' examples)
+    target_modules: List[str] = field(default_factory=lambda: ["to_k", "to_q", "to_v", "to_out.0"])
+    # The reference of a LoRA run: the same UNet with adapters disabled (exact, no extra memory,
+    # a few % slower) or a frozen low-precision copy of the base UNet (more memory, faster).
+    reference: str = "disabled_adapters"
+
+    def validate(self) -> "LoraConfig":
+        check_range("lora.rank", self.rank, low=1)
+        if self.alpha is not None:
+            check_positive("lora.alpha", self.alpha)
+        if not self.target_modules:
+            raise ConfigError("lora.target_modules is empty")
+        check_choice("lora.reference", self.reference, LORA_REFERENCES)
+        return self
+
+
+@dataclass
+class LoggingConfig:
+    log_every: int = 10  # optimizer steps between metric rows (the only host syncs for metrics)
+    tensorboard: bool = False
+    progress_bar: bool = True
+    validation_prompts: List[str] = field(default_factory=list)
+    validation_every: int = 0  # optimizer steps; 0 = off
+    validation_inference_steps: int = 25
+    validation_guidance_scale: float = 7.5
+    validation_seed: int = 0
+
+    def validate(self) -> "LoggingConfig":
+        check_range("logging.log_every", self.log_every, low=1)
+        check_range("logging.validation_every", self.validation_every, low=0)
+        check_range("logging.validation_inference_steps", self.validation_inference_steps, low=1)
+        check_range("logging.validation_guidance_scale", self.validation_guidance_scale, low=0.0)
+        return self
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 1000  # optimizer steps; 0 = only the final save
+    keep: int = 2  # newest checkpoints kept (0 = keep all)
+    resume: Optional[str] = None  # "latest" (newest under output_dir/checkpoints) or a checkpoint dir
+
+    def validate(self) -> "CheckpointConfig":
+        check_range("checkpoint.every", self.every, low=0)
+        check_range("checkpoint.keep", self.keep, low=0)
+        return self
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/sd"
+    seed: int = 0
+    cpu: bool = False  # force CPU even if a GPU is visible (torchrun CPU runs, tests)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    def validate(self) -> "TrainConfig":
+        if not self.output_dir:
+            raise ConfigError("output_dir must be set")
+        for name in ("model", "data", "optim", "lora", "logging", "checkpoint"):
+            getattr(self, name).validate()
+        try:
+            self.objective.validate()
+        except (ValueError, ConfigError) as e:
+            raise ConfigError(f"objective: {e}") from None
+        if self.model.reference is not None and self.lora.enabled and self.lora.reference == "disabled_adapters":
+            raise ConfigError(
+                "model.reference is set but lora.reference=disabled_adapters uses the base UNet; "
+                "set lora.reference=frozen_copy to use the given reference"
+            )
+        return self
+
+    def resolved(self) -> "TrainConfig":
+        """A copy with the mode-dependent paper defaults filled in (full: A.1; LoRA: the study)."""
+        cfg = dataclasses.replace(self, optim=dataclasses.replace(self.optim), lora=dataclasses.replace(self.lora))
+        lora = cfg.lora.enabled
+        if cfg.optim.learning_rate is None:
+            cfg.optim.learning_rate = 1e-4 if lora else 1e-7
+        if cfg.optim.warmup_steps is None:
+            cfg.optim.warmup_steps = 500 if lora else 1000
+        if cfg.optim.weight_decay is None:
+            cfg.optim.weight_decay = 0.01 if lora else 0.0
+        if cfg.lora.alpha is None:
+            cfg.lora.alpha = float(cfg.lora.rank)
+        return cfg
+
+
+def load_train_config(config: Any = None, overrides: Sequence[str] | Dict[str, Any] = ()) -> TrainConfig:
+    """``TrainConfig`` | YAML path | dict (+ overrides) -> a validated ``TrainConfig``."""
+    if isinstance(config, TrainConfig):
+        if not overrides:
+            return config.validate()
+        config = dataclasses.asdict(config)
+    if config is None or isinstance(config, (str, Path)):
+        return load_config(TrainConfig, config, overrides)
+    if isinstance(config, dict):
+        from ..config import _merge, parse_overrides
+
+        extra = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
+        return load_config(TrainConfig, None, _merge(config, extra))
+    raise ConfigError(f"config must be a TrainConfig, a YAML path or a dict, got {type(config).__name__}")

@@ -1,0 +1,229 @@
+"""Batches for the SD trainer: images -> tensors, gamma sampling, the missing-image policy.
+
+A *batch* is a dict of tensors (what :meth:`kto_lab.sd.trainer.Trainer.step` takes):
+
+    pixel_values (B,3,H,W) in [-1,1]   or  latents (B,C,h,w)  or  latent_moments (B,2C,h,w)
+    input_ids (B,L)                    or  encoder_hidden_states (B,L,D)
+    labels (B,)                        1 desirable / 0 undesirable
+    pixel_values_l / latents_l / latent_moments_l   the losers, for objective "dpo"
+
+A *source* produces batches and has ``state_dict``/``load_state_dict`` so a resumed run draws
+exactly the batches of an uninterrupted one:
+
+* :class:`RecordSource`: per-image binary feedback (:func:`kto_lab.data.records.load_records`),
+  indices from :class:`~kto_lab.data.sampler.GammaSampler` (Diffusion-KTO sec. 4.2: desirable
+  with probability gamma). For CSFT the caption gets the "good image, "/"bad image, " prefix.
+* :class:`PairSource`: (winner, loser) pairs for Diffusion-DPO / SPIN
+  (:func:`kto_lab.data.records.load_pairs`), drawn uniformly with replacement.
+* :class:`kto_lab.sd.cache.CachedSource`: the same, read from a latent/embedding cache.
+
+Missing or unreadable images: ``on_missing_image="error"`` stops with the table's error naming
+the file; ``"skip"`` counts the image (``source.skipped``) and draws another of the same class.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..data.sampler import GammaSampler
+from ..objectives import csft_caption
+
+Tensor = torch.Tensor
+
+
+# --------------------------------------------------------------------------------------
+# Image transforms (no torchvision): resize shorter side, crop, optional flip, to [-1, 1]
+# --------------------------------------------------------------------------------------
+
+
+def image_to_tensor(
+    image, resolution: int, *, center_crop: bool = True, flip: bool = False,
+    generator: Optional[torch.Generator] = None,
+) -> Tensor:
+    """PIL image -> ``(3, resolution, resolution)`` float tensor in [-1, 1].
+
+    Resize so the shorter side is ``resolution`` (bilinear, as diffusers' training scripts),
+    then crop the centre (``center_crop``) or a random window drawn from ``generator``, then
+    mirror horizontally if ``flip``.
+    """
+    from PIL import Image
+
+    image = image.convert("RGB")
+    w, h = image.size
+    scale = resolution / min(w, h)
+    new_w, new_h = max(resolution, round(w * scale)), max(resolution, round(h * scale))
+    if (new_w, new_h) != (w, h):
+        image = image.resize((new_w, new_h), Image.BILINEAR)
+    if center_crop:
+        left, top = (new_w - resolution) // 2, (new_h - resolution) // 2
+    else:
+        left = int(torch.randint(0, new_w - resolution + 1, (1,), generator=generator))
+        top = int(torch.randint(0, new_h - resolution + 1, (1,), generator=generator))
+    image = image.crop((left, top, left + resolution, top + resolution))
+    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    tensor = torch.from_numpy(array).permute(2, 0, 1).contiguous()
+    return tensor.flip(-1) if flip else tensor
+
+
+class ImageTransform:
+    """The configured transform; random choices come from the source's generator."""
+
+    def __init__(self, resolution: int, center_crop: bool = True, random_flip: bool = False):
+        self.resolution, self.center_crop, self.random_flip = resolution, center_crop, random_flip
+
+    def __call__(self, image, generator: torch.Generator) -> Tensor:
+        flip = bool(self.random_flip and torch.rand((), generator=generator) < 0.5)
+        return image_to_tensor(image, self.resolution, center_crop=self.center_crop, flip=flip, generator=generator)
+
+
+def tokenize_captions(tokenizer, captions: Sequence[str]) -> Tensor:
+    from .encoding import tokenize
+
+    return tokenize(tokenizer, captions)
+
+
+# --------------------------------------------------------------------------------------
+# Sources
+# --------------------------------------------------------------------------------------
+
+
+class RecordSource:
+    """Gamma-sampled batches of per-image feedback records (KTO, SFT, CSFT, BCE)."""
+
+    def __init__(
+        self, table, tokenizer, transform: ImageTransform, *, batch_size: int, gamma: float = 0.8,
+        seed: int = 0, csft: bool = False,
+    ):
+        self.table, self.tokenizer, self.transform = table, tokenizer, transform
+        self.batch_size, self.csft = batch_size, csft
+        self.labels = np.asarray(table.labels).astype(np.int64)
+        counts = {"desirable": int((self.labels > 0).sum()), "undesirable": int((self.labels <= 0).sum())}
+        if counts["desirable"] == 0 or (gamma < 1.0 and counts["undesirable"] == 0):
+            raise ValueError(
+                f"record table {table!r} has {counts['desirable']} desirable and {counts['undesirable']} "
+                f"undesirable records; gamma={gamma} needs " + ("both" if gamma < 1.0 else "desirable ones")
+            )
+        self.sampler = GammaSampler(self.labels, gamma=gamma, seed=seed)
+        self.generator = torch.Generator().manual_seed(seed + 1)  # crops, flips, replacements
+
+    @property
+    def skipped(self) -> int:
+        return len(getattr(self.table, "skipped", ()))
+
+    def _replacement(self, i: int) -> int:
+        """Another record of the same class, for a skipped image."""
+        same = np.flatnonzero((self.labels > 0) == (self.labels[i] > 0))
+        usable = [j for j in same if not self.table.is_skipped(int(j))]
+        if not usable:
+            kind = "desirable" if self.labels[i] > 0 else "undesirable"
+            raise RuntimeError(f"every {kind} image of {self.table!r} is missing or unreadable")
+        return int(usable[int(torch.randint(len(usable), (1,), generator=self.generator))])
+
+    def _load(self, i: int):
+        image = self.table.load_image(i)  # raises ImageLoadError naming the file under "error"
+        while image is None:  # "skip": counted by the table; draw another of the same class
+            i = self._replacement(i)
+            image = self.table.load_image(i)
+        return i, image
+
+    def next_batch(self) -> Dict[str, Tensor]:
+        pixels, captions, labels = [], [], []
+        for i in self.sampler.sample(self.batch_size).tolist():
+            i, image = self._load(i)
+            label = int(self.labels[i] > 0)
+            caption = self.table.captions[i]
+            pixels.append(self.transform(image, self.generator))
+            captions.append(csft_caption(caption, bool(label)) if self.csft else caption)
+            labels.append(label)
+        return {
+            "pixel_values": torch.stack(pixels),
+            "input_ids": tokenize_captions(self.tokenizer, captions),
+            "labels": torch.tensor(labels, dtype=torch.long),
+        }
+
+    def state_dict(self) -> dict:
+        return {"sampler": self.sampler.state_dict(), "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state["sampler"])
+        self.generator.set_state(state["generator"])
+
+
+class PairSource:
+    """Uniformly drawn (winner, loser) pairs sharing a caption (Diffusion-DPO, SPIN)."""
+
+    def __init__(self, table, tokenizer, transform: ImageTransform, *, batch_size: int, seed: int = 0):
+        if len(table) == 0:
+            raise ValueError(f"pair table {table!r} is empty")
+        self.table, self.tokenizer, self.transform, self.batch_size = table, tokenizer, transform, batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @property
+    def skipped(self) -> int:
+        return len(getattr(self.table, "skipped", ()))
+
+    def _draw(self) -> int:
+        return int(torch.randint(len(self.table), (1,), generator=self.generator))
+
+    def next_batch(self) -> Dict[str, Tensor]:
+        winners, losers, captions = [], [], []
+        for _ in range(self.batch_size):
+            for _attempt in range(10 * len(self.table) + 10):
+                i = self._draw()
+                if self.table.is_skipped(i):
+                    continue
+                pair = self.table.load_pair(i)
+                if pair is not None:
+                    break
+            else:
+                raise RuntimeError(f"no readable pair found in {self.table!r}")
+            # The same flip/crop for winner and loser, as the official DPO script does.
+            state = self.generator.get_state()
+            winners.append(self.transform(pair[0], self.generator))
+            self.generator.set_state(state)
+            losers.append(self.transform(pair[1], self.generator))
+            captions.append(self.table.captions[i])
+        return {
+            "pixel_values": torch.stack(winners),
+            "pixel_values_l": torch.stack(losers),
+            "input_ids": tokenize_captions(self.tokenizer, captions),
+            "labels": torch.ones(len(captions), dtype=torch.long),
+        }
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+
+def open_table(paths: List[str], objective: str, on_missing_image: str):
+    """Record table (or pair table for DPO) from the configured file(s)."""
+    from ..data.records import load_pairs, load_records
+
+    loader = load_pairs if objective == "dpo" else load_records
+    return loader(paths if len(paths) > 1 else paths[0], on_missing_image=on_missing_image)
+
+
+def make_source(cfg, tokenizer, rank: int = 0):
+    """The configured source: a cache if ``data.cache_dir`` holds one, else the table(s).
+
+    Each process gets its own seed (``data.seed + 1000 * rank``) so ranks draw different samples.
+    """
+    from pathlib import Path
+
+    seed = cfg.data.seed + 1000 * rank
+    d, o = cfg.data, cfg.objective.objective
+    if d.cache_dir and (Path(d.cache_dir) / "cache.json").is_file():
+        from .cache import CachedSource
+
+        return CachedSource(d.cache_dir, cfg, batch_size=cfg.optim.batch_size, seed=seed)
+    transform = ImageTransform(d.resolution, d.center_crop, d.random_flip)
+    table = open_table(d.train, o, d.on_missing_image)
+    if o == "dpo":
+        return PairSource(table, tokenizer, transform, batch_size=cfg.optim.batch_size, seed=seed)
+    return RecordSource(table, tokenizer, transform, batch_size=cfg.optim.batch_size, gamma=d.gamma, seed=seed,
+                        csft=(o == "csft"))

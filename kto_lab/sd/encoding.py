@@ -1,0 +1,118 @@
+"""From Stable Diffusion components to what :func:`kto_lab.step.objective_step` consumes.
+
+* :func:`encode_prompts`: captions -> CLIP text embeddings (the UNet's ``encoder_hidden_states``).
+* :func:`encode_images`: pixels in [-1, 1] -> VAE latents scaled by ``vae.config.scaling_factor``
+  (the ``x_0`` of latent diffusion, Diffusion-KTO sec. 3.1).
+* :func:`unet_denoiser` / :func:`reference_denoiser`: wrap a ``UNet2DConditionModel`` as a
+  denoiser ``fn(x_t, t, cond) -> prediction``; the reference variant runs the same UNet with its
+  LoRA adapters disabled (an exact, free reference for LoRA runs; ``DESIGN.md``).
+
+These are used by the trainer, the latent cache and the evaluation (implicit-reward accuracy).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Optional, Sequence
+
+import torch
+
+Tensor = torch.Tensor
+Denoiser = Callable[[Tensor, Tensor, Optional[Tensor]], Tensor]
+
+LATENT_MODES = ("sample", "mode")
+
+
+def tokenize(tokenizer, captions: Sequence[str]) -> Tensor:
+    """Captions -> ``input_ids`` padded/truncated to the tokenizer's ``model_max_length``."""
+    return tokenizer(
+        list(captions), padding="max_length", max_length=tokenizer.model_max_length,
+        truncation=True, return_tensors="pt",
+    ).input_ids
+
+
+def embed_input_ids(text_encoder, input_ids: Tensor) -> Tensor:
+    """``input_ids`` -> last hidden state of the text encoder (what SD's UNet cross-attends to)."""
+    return text_encoder(input_ids.to(text_encoder.device), return_dict=False)[0]
+
+
+@torch.no_grad()
+def encode_prompts(tokenizer, text_encoder, captions: Sequence[str], device=None) -> Tensor:
+    """Captions -> ``encoder_hidden_states`` of shape ``(B, max_length, hidden)``, no grad.
+
+    ``device``: where the result goes (default: the text encoder's device).
+    """
+    if isinstance(captions, str):
+        raise TypeError("encode_prompts expects a sequence of captions, not a single string")
+    hidden = embed_input_ids(text_encoder, tokenize(tokenizer, captions))
+    return hidden if device is None else hidden.to(device)
+
+
+@torch.no_grad()
+def encode_images(vae, pixel_values: Tensor, mode: str = "sample", generator: Optional[torch.Generator] = None) -> Tensor:
+    """Pixels ``(B, 3, H, W)`` in [-1, 1] -> latents ``* vae.config.scaling_factor``.
+
+    ``mode="sample"`` draws from the VAE posterior (what diffusers' training scripts and the
+    Diffusion-DPO/KTO code do); ``mode="mode"`` takes its mean (deterministic; used by caches
+    that want one latent per image).
+    """
+    if mode not in LATENT_MODES:
+        raise ValueError(f"encode_images: mode={mode!r}; choose one of {LATENT_MODES}")
+    pixel_values = pixel_values.to(device=vae.device, dtype=vae.dtype)
+    dist = vae.encode(pixel_values).latent_dist
+    latents = dist.sample(generator=generator) if mode == "sample" else dist.mode()
+    return latents * vae.config.scaling_factor
+
+
+def unet_denoiser(unet) -> Denoiser:
+    """``UNet2DConditionModel`` -> ``fn(x_t, t, encoder_hidden_states) -> prediction``.
+
+    Inputs are cast to the UNet's dtype (a bf16 reference takes fp32 latents); the prediction
+    keeps the UNet's dtype (errors are computed in fp32 by ``denoising_error``).
+    """
+
+    def denoise(x_t: Tensor, t: Tensor, cond: Optional[Tensor]) -> Tensor:
+        dtype = _dtype_of(unet)
+        cond = None if cond is None else cond.to(dtype)
+        return unet(x_t.to(dtype), t, encoder_hidden_states=cond, return_dict=False)[0]
+
+    return denoise
+
+
+@contextmanager
+def adapters_disabled(unet):
+    """Run ``unet`` as its base model: LoRA adapters off inside the block, back on after."""
+    base = unwrap_model(unet)
+    base.disable_adapters()
+    try:
+        yield unet
+    finally:
+        base.enable_adapters()
+
+
+def reference_denoiser(unet) -> Denoiser:
+    """The reference for a LoRA run: the policy UNet with its adapters disabled (exact)."""
+    policy = unet_denoiser(unet)
+
+    def denoise(x_t: Tensor, t: Tensor, cond: Optional[Tensor]) -> Tensor:
+        with adapters_disabled(unet):
+            return policy(x_t, t, cond)
+
+    return denoise
+
+
+def unwrap_model(model):
+    """The bare module under DDP / torch.compile wrappers."""
+    while True:
+        if hasattr(model, "module"):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def _dtype_of(model) -> torch.dtype:
+    base = unwrap_model(model)
+    dtype = getattr(base, "dtype", None)
+    return dtype if isinstance(dtype, torch.dtype) else next(base.parameters()).dtype

@@ -1,0 +1,484 @@
+"""Fine-tune Stable Diffusion with Diffusion-KTO, Diffusion-DPO, SFT, CSFT or BCE on 🤗 Accelerate.
+
+    trainer = Trainer("kto_lab/configs/tiny_kto.yaml")      # or a TrainConfig / dict
+    trainer.fit()                                            # or: kto_lab.train(config)
+
+One step (:meth:`Trainer.step`) takes a batch dict (``kto_lab.sd.data``), turns it into latents
+and text embeddings (skipped when they come cached), and calls the shared
+:func:`kto_lab.step.objective_step` with the UNet as the policy and, for KTO and DPO, the
+reference: a frozen low-precision copy kept on the device (full fine-tune, or LoRA with
+``lora.reference=frozen_copy``) or the same UNet with its LoRA adapters disabled. The
+reference point comes from unrelated pairs (captions rolled inside the batch) and is averaged
+across processes (Diffusion-KTO sec. 4.1). Mixed precision, gradient accumulation and
+multi-GPU / multi-node (DDP, DeepSpeed) come from ``accelerate launch``.
+
+Host syncs: one per step, the loss's finiteness, read after the backward pass is queued and
+before the update (so the device idles only while the optimizer step is launched). Metrics and
+the gradient norm stay on the device, summed there, and are copied to the host in one transfer
+on log steps. A non-finite loss stops the run before the update, so the last checkpoint stays
+usable.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from dataclasses import dataclass, asdict
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+import yaml
+
+from .. import objectives as O
+from ..config import ConfigError
+from ..step import objective_step
+from .components import (Components, LORA_WEIGHTS, add_lora, cast_trainable_to_fp32, frozen_reference, load_components,
+                         load_lora, move, save_lora, save_unet)
+from .config import TrainConfig, load_train_config
+from .encoding import unwrap_model, embed_input_ids, encode_images, reference_denoiser, unet_denoiser
+
+Tensor = torch.Tensor
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss became NaN/inf; raised before the update, so the last checkpoint is intact."""
+
+
+@dataclass
+class TrainResult:
+    output_dir: str
+    global_step: int
+    weights: Optional[str]  # output_dir/unet (full) or output_dir/pytorch_lora_weights.safetensors (LoRA)
+    metrics_path: str
+    last_metrics: Dict[str, float]
+    skipped_images: int
+
+
+def make_accelerator(cfg: TrainConfig):
+    from accelerate import Accelerator
+
+    return Accelerator(
+        mixed_precision=cfg.optim.mixed_precision,
+        gradient_accumulation_steps=cfg.optim.gradient_accumulation_steps,
+        cpu=cfg.cpu,
+        step_scheduler_with_optimizer=False,  # the LR schedule steps once per optimizer step, here
+    )
+
+
+def find_checkpoint(output_dir: str | Path, resume: Optional[str]) -> Optional[Path]:
+    """``"latest"`` -> the newest complete ``checkpoint-N`` (None if there is none); a path -> it."""
+    if resume is None:
+        return None
+    if resume != "latest":
+        p = Path(resume)
+        if not (p / "trainer_state_0.pt").is_file():
+            raise FileNotFoundError(f"checkpoint.resume={resume!r} is not a checkpoint directory (no trainer_state_0.pt)")
+        return p
+    root = Path(output_dir) / "checkpoints"
+    done = sorted(p for p in root.glob(CHECKPOINT_PREFIX + "*") if (p / "trainer_state_0.pt").is_file()) if root.is_dir() else []
+    return done[-1] if done else None
+
+
+class Trainer:
+    """Built from a config; :meth:`step` runs one micro-batch, :meth:`fit` the whole run."""
+
+    def __init__(self, config: Any, *, overrides=(), accelerator=None, components: Optional[Components] = None,
+                 source=None):
+        cfg = load_train_config(config, overrides).resolved()
+        self.cfg = cfg
+        ckpt_to_load = find_checkpoint(cfg.output_dir, cfg.checkpoint.resume)  # a bad path fails before loading
+        cache_ready = bool(cfg.data.cache_dir) and (Path(cfg.data.cache_dir) / "cache.json").is_file()
+        if source is None and not cfg.data.train and not cache_ready:
+            raise ConfigError("data.train is empty: give a record table (or data.cache_dir with a built cache)")
+
+        from accelerate.utils import set_seed
+
+        self.accelerator = acc = accelerator or make_accelerator(cfg)
+        if getattr(acc.state, "deepspeed_plugin", None) is not None:
+            acc.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.optim.batch_size
+        set_seed(cfg.seed)
+        if cfg.optim.allow_tf32 and torch.cuda.is_available():
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.device = acc.device
+        self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(str(acc.mixed_precision), torch.float32)
+
+        # --- models ----------------------------------------------------------------------
+        validating = cfg.logging.validation_every > 0 and bool(cfg.logging.validation_prompts)
+        if components is None:
+            need_encoders = validating or not cache_ready
+            components = load_components(cfg.model, need_text=need_encoders, need_vae=need_encoders)
+        self.components = c = components
+        self.schedule = c.schedule
+        for frozen in (c.vae, c.text_encoder):
+            if frozen is not None:
+                move(frozen.requires_grad_(False).eval(), self.device, self.weight_dtype)
+        self.scaling_factor = float(c.vae.config.scaling_factor) if c.vae is not None else None
+
+        unet = c.unet
+        needs_reference = O.NEEDS_REFERENCE[cfg.objective.objective]
+        ref_dtype = self.weight_dtype if cfg.model.reference_dtype == "auto" else DTYPES[cfg.model.reference_dtype]
+        self.reference_unet = None
+        if cfg.lora.enabled:
+            move(unet, self.device, self.weight_dtype)  # the frozen base in low precision
+            if needs_reference and cfg.lora.reference == "frozen_copy":
+                self.reference_unet = frozen_reference(c.reference_unet or unet, ref_dtype, self.device)
+            add_lora(unet, cfg.lora.rank, cfg.lora.alpha, cfg.lora.target_modules)
+            cast_trainable_to_fp32(unet)
+        else:
+            if needs_reference:  # copied before the policy moves: no transient fp32 copy on the device
+                self.reference_unet = frozen_reference(c.reference_unet or unet, ref_dtype, self.device)
+            move(unet, self.device, torch.float32).requires_grad_(True)
+        unet.train()
+        if cfg.model.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+        self.trainable = [p for p in unet.parameters() if p.requires_grad]
+
+        o = cfg.optim
+        opt_cls = torch.optim.AdamW if o.optimizer == "adamw" else torch.optim.Adam
+        fused = {"fused": True} if self.device.type == "cuda" else {}  # one kernel for the whole update
+        optimizer = opt_cls(self.trainable, lr=o.learning_rate, betas=(o.adam_beta1, o.adam_beta2),
+                            weight_decay=o.weight_decay, eps=o.adam_epsilon, **fused)
+        from diffusers.optimization import get_scheduler
+
+        self.lr_scheduler = get_scheduler(o.lr_scheduler, optimizer, num_warmup_steps=o.warmup_steps,
+                                          num_training_steps=o.max_steps)
+        self.unet, self.optimizer = acc.prepare(unet, optimizer)
+        if cfg.model.compile:
+            self.compile_unets()
+        acc.register_save_state_pre_hook(self._save_model_hook)
+        acc.register_load_state_pre_hook(self._load_model_hook)
+
+        self.policy = unet_denoiser(self.unet)
+        if not needs_reference:
+            self.reference = None
+        elif self.reference_unet is not None:
+            self.reference = unet_denoiser(self.reference_unet)
+        else:
+            self.reference = reference_denoiser(self.unet)
+        multi = acc.num_processes > 1
+        self.reduce_mean = (lambda t: acc.reduce(t, "mean")) if multi else None
+
+        # Every random draw of a step comes from this generator (one stream per process).
+        self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed * 1000 + acc.process_index)
+        self.global_step = 0
+        self.last_checkpoint: Optional[Path] = None
+        self._grad_norm: Optional[Tensor] = None
+        self._lr = 0.0
+
+        # --- data ------------------------------------------------------------------------
+        if source is None:
+            if cfg.data.cache_dir and not cache_ready:
+                if acc.is_main_process:
+                    from .cache import build_cache
+
+                    build_cache(cfg, c.vae, c.text_encoder, c.tokenizer, progress=cfg.logging.progress_bar)
+                acc.wait_for_everyone()
+            from .data import make_source
+
+            source = make_source(cfg, c.tokenizer, rank=acc.process_index)
+        self.source = source
+        manifest = getattr(source, "manifest", None)
+        if self.scaling_factor is None and manifest is not None:
+            self.scaling_factor = float(manifest["scaling_factor"])
+
+        if ckpt_to_load is not None:
+            self.load_checkpoint(ckpt_to_load)
+
+    def compile_unets(self) -> None:
+        """``torch.compile`` the policy UNet and a frozen reference copy, in place: the denoisers,
+        the adapters switch and the checkpoints keep seeing the same modules."""
+        unwrap_model(self.unet).compile()
+        if self.reference_unet is not None:
+            self.reference_unet.compile()
+
+    # ------------------------------------------------------------------------------------
+    # one step
+    # ------------------------------------------------------------------------------------
+
+    def _latents(self, batch: Dict[str, Tensor], suffix: str = "") -> Optional[Tensor]:
+        from .cache import sample_latents
+
+        mode = self.cfg.data.latent_mode
+        if "latents" + suffix in batch:
+            return batch["latents" + suffix].to(self.device, torch.float32)
+        if "latent_moments" + suffix in batch:
+            if self.scaling_factor is None:
+                raise ValueError("batch has latent_moments but the trainer has no VAE scaling factor")
+            return sample_latents(batch["latent_moments" + suffix].to(self.device), self.scaling_factor, mode,
+                                  self.generator)
+        if "pixel_values" + suffix in batch:
+            if self.components.vae is None:
+                raise ValueError("batch has pixel_values but the trainer has no VAE")
+            return encode_images(self.components.vae, batch["pixel_values" + suffix], mode, self.generator).float()
+        if suffix:
+            return None
+        raise KeyError(f"batch needs latents, latent_moments or pixel_values; got keys {sorted(batch)}")
+
+    def _text(self, batch: Dict[str, Tensor]) -> Tensor:
+        if "encoder_hidden_states" in batch:
+            return batch["encoder_hidden_states"].to(self.device)
+        if "input_ids" in batch:
+            if self.components.text_encoder is None:
+                raise ValueError("batch has input_ids but the trainer has no text encoder")
+            with torch.no_grad():
+                return embed_input_ids(self.components.text_encoder, batch["input_ids"].to(self.device))
+        raise KeyError(f"batch needs encoder_hidden_states or input_ids; got keys {sorted(batch)}")
+
+    def step(self, batch: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        """One micro-batch: loss (shared ``objective_step``), backward, and on the last micro-batch
+        of an accumulation window, clipping, optimizer and LR-schedule steps."""
+        acc, cfg = self.accelerator, self.cfg
+        with acc.accumulate(self.unet):
+            x0 = self._latents(batch)
+            x0_l = self._latents(batch, "_l")
+            cond = self._text(batch)
+            labels = batch["labels"].to(self.device)
+            out = objective_step(cfg.objective, self.schedule, self.policy, x0, labels, cond,
+                                 reference=self.reference, x0_loser=x0_l, generator=self.generator,
+                                 reduce_mean=self.reduce_mean)
+            acc.backward(out.loss)
+            self._check_finite(out.metrics["loss"])  # the step's one host sync, before the update
+            if acc.sync_gradients and cfg.optim.max_grad_norm > 0:
+                norm = acc.clip_grad_norm_(self.trainable, cfg.optim.max_grad_norm)
+                self._grad_norm = None if norm is None else norm.detach()
+            self.optimizer.step()
+            if acc.sync_gradients:
+                self._lr = self.lr_scheduler.get_last_lr()[0]  # the rate this step used
+                self.lr_scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        if acc.sync_gradients:
+            self.global_step += 1
+        return out.metrics  # 0-dim tensors on the device (O.metrics_to_floats)
+
+    def _check_finite(self, loss: Tensor) -> None:
+        bad = (~torch.isfinite(loss)).float()
+        if self.accelerator.num_processes > 1:  # every rank must stop together
+            bad = self.accelerator.reduce(bad, "sum")
+        if bad.item() > 0:
+            where = self.last_checkpoint or "none written yet"
+            raise TrainingDiverged(
+                f"non-finite loss ({loss.item()}) at step {self.global_step + 1} (objective {self.cfg.objective.objective}); "
+                f"stopped before the update. Last checkpoint: {where}. Resume it with checkpoint.resume=latest "
+                f"(e.g. with a lower optim.learning_rate or objective.beta)."
+            )
+
+    # ------------------------------------------------------------------------------------
+    # the run
+    # ------------------------------------------------------------------------------------
+
+    def fit(self, stop_at: Optional[int] = None) -> TrainResult:
+        """Train to ``optim.max_steps`` (or stop early after optimizer step ``stop_at``, as an
+        interruption would). Logs every ``logging.log_every`` steps, checkpoints every
+        ``checkpoint.every``, renders validation images every ``logging.validation_every``."""
+        from tqdm.auto import tqdm
+
+        from .metrics_log import MetricsLogger
+
+        cfg, acc = self.cfg, self.accelerator
+        out = Path(cfg.output_dir)
+        logger = None
+        if acc.is_main_process:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
+            logger = MetricsLogger(out, tensorboard=cfg.logging.tensorboard,
+                                   resume_step=self.global_step if self.last_checkpoint else None)
+        bar = tqdm(total=cfg.optim.max_steps, initial=self.global_step, desc=f"train {cfg.objective.objective}",
+                   disable=not (acc.is_main_process and cfg.logging.progress_bar), dynamic_ncols=True)
+        sums: Dict[str, Tensor] = {}  # on the device; NaN entries (a class absent from a batch) skipped
+        counts: Dict[str, Tensor] = {}
+        last: Dict[str, float] = {}
+        end = cfg.optim.max_steps if stop_at is None else min(stop_at, cfg.optim.max_steps)
+        try:
+            while self.global_step < end:
+                metrics = self.step(self.source.next_batch())
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + torch.nan_to_num(v, nan=0.0)
+                    counts[k] = counts.get(k, 0.0) + (~torch.isnan(v)).float()
+                if not acc.sync_gradients:
+                    continue
+                step = self.global_step
+                bar.update(1)
+                if step % cfg.logging.log_every == 0 or step == cfg.optim.max_steps:
+                    means = {k: sums[k] / counts[k] for k in sums}
+                    if self._grad_norm is not None:
+                        means["grad_norm"] = self._grad_norm
+                    last = {k: v for k, v in O.metrics_to_floats(means).items() if not math.isnan(v)}
+                    last["lr"] = self._lr
+                    last["skipped_images"] = float(getattr(self.source, "skipped", 0))
+                    sums, counts = {}, {}
+                    if logger is not None:
+                        logger.log(step, last)
+                    bar.set_postfix(loss=f"{last['loss']:.4g}")
+                if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < cfg.optim.max_steps:
+                    self.save_checkpoint()
+                if cfg.logging.validation_every and step % cfg.logging.validation_every == 0:
+                    self.validate(logger)
+        finally:
+            bar.close()
+            if logger is not None:
+                logger.close()
+        weights = None
+        if self.global_step >= cfg.optim.max_steps:
+            weights = self.save_final()
+        return TrainResult(str(out), self.global_step, weights, str(out / "metrics.jsonl"), last,
+                           int(getattr(self.source, "skipped", 0)))
+
+    # ------------------------------------------------------------------------------------
+    # checkpoints and weights
+    # ------------------------------------------------------------------------------------
+
+    def _base_unet(self):
+        return unwrap_model(self.accelerator.unwrap_model(self.unet))
+
+    def _save_model_hook(self, models, weights, output_dir):
+        if self.accelerator.is_main_process:
+            for model in models:
+                if self.cfg.lora.enabled:
+                    save_lora(unwrap_model(model), output_dir)
+                else:
+                    save_unet(unwrap_model(model), Path(output_dir) / "unet")
+                if weights:
+                    weights.pop()
+
+    def _load_model_hook(self, models, input_dir):
+        from .components import load_unet
+
+        while models:
+            model = unwrap_model(models.pop())
+            if self.cfg.lora.enabled:
+                load_lora(model, input_dir)
+            else:
+                loaded = load_unet(Path(input_dir) / "unet")
+                model.load_state_dict(loaded.state_dict())
+                del loaded
+
+    def state_dict(self) -> Dict[str, Any]:
+        """This process's part of a checkpoint (beside accelerate's model/optimizer/RNG state)."""
+        return {
+            "global_step": self.global_step,
+            "generator": self.generator.get_state(),
+            "lr_scheduler": self.lr_scheduler.state_dict(),
+            "source": self.source.state_dict(),
+        }
+
+    def save_checkpoint(self) -> Path:
+        """``output_dir/checkpoints/checkpoint-NNNNNNN``, written atomically (temp dir, then rename)."""
+        acc = self.accelerator
+        root = Path(self.cfg.output_dir) / "checkpoints"
+        final = root / f"{CHECKPOINT_PREFIX}{self.global_step:07d}"
+        tmp = root / f".tmp-{final.name}"
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        torch.save(self.state_dict(), tmp / f"trainer_state_{acc.process_index}.pt")
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            self._prune(root)
+        acc.wait_for_everyone()
+        self.last_checkpoint = final
+        return final
+
+    def _prune(self, root: Path) -> None:
+        keep = self.cfg.checkpoint.keep
+        done = sorted(p for p in root.glob(CHECKPOINT_PREFIX + "*") if p.is_dir())
+        for old in done[:-keep] if keep else []:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Continue the run saved in ``path``: weights, optimizer, RNG, LR schedule, data position."""
+        acc = self.accelerator
+        path = Path(path)
+        state_file = path / f"trainer_state_{acc.process_index}.pt"
+        if not state_file.is_file():
+            raise FileNotFoundError(f"{state_file} is missing: was {path} written by a run with as many processes?")
+        acc.load_state(str(path))
+        state = torch.load(state_file, map_location="cpu", weights_only=True)
+        self.global_step = int(state["global_step"])
+        self.generator.set_state(state["generator"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        self.source.load_state_dict(state["source"])
+        self.last_checkpoint = path
+
+    def save_final(self) -> Optional[str]:
+        """``output_dir/unet`` (diffusers format) or ``output_dir/pytorch_lora_weights.safetensors``."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        out = Path(self.cfg.output_dir)
+        target = out / (LORA_WEIGHTS if self.cfg.lora.enabled else "unet")
+        if acc.is_main_process:
+            if self.cfg.lora.enabled:
+                save_lora(self._base_unet(), out)
+            else:
+                tmp = out / ".tmp-unet"
+                shutil.rmtree(tmp, ignore_errors=True)
+                save_unet(self._base_unet(), tmp)
+                shutil.rmtree(target, ignore_errors=True)
+                os.replace(tmp, target)
+        acc.wait_for_everyone()
+        return str(target)
+
+    # ------------------------------------------------------------------------------------
+    # validation images
+    # ------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def validate(self, logger=None) -> Optional[Path]:
+        """Images for ``logging.validation_prompts`` with a fixed seed (main process only)."""
+        cfg, c, acc = self.cfg, self.components, self.accelerator
+        if not acc.is_main_process or not cfg.logging.validation_prompts:
+            return None
+        if c.vae is None or c.text_encoder is None or c.scheduler_config is None:
+            raise ValueError("validation images need the VAE, text encoder and scheduler config")
+        from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+        pipe = StableDiffusionPipeline(
+            vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=self._base_unet(),
+            scheduler=DPMSolverMultistepScheduler.from_config(c.scheduler_config),
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        out = Path(cfg.output_dir) / "validation" / f"step-{self.global_step:07d}"
+        out.mkdir(parents=True, exist_ok=True)
+        images = []
+        was_training = self.unet.training
+        self.unet.eval()
+        for i, prompt in enumerate(cfg.logging.validation_prompts):
+            g = torch.Generator(device=self.device).manual_seed(cfg.logging.validation_seed + i)
+            with acc.autocast():
+                image = pipe(prompt, num_inference_steps=cfg.logging.validation_inference_steps,
+                             guidance_scale=cfg.logging.validation_guidance_scale, generator=g,
+                             height=cfg.data.resolution, width=cfg.data.resolution).images[0]
+            image.save(out / f"{i:02d}.png")
+            images.append(image)
+        self.unet.train(was_training)
+        if logger is not None:
+            logger.log_images(self.global_step, "validation", images)
+        return out
+
+
+def train(config: Any, overrides=(), **kwargs) -> TrainResult:
+    """``kto_lab.train(config)``: build a :class:`Trainer` and run it to the end.
+
+    ``config``: a ``TrainConfig``, a YAML path or a dict; ``overrides``: ``["objective.beta=2000"]``
+    or a nested dict; keyword overrides use ``__`` for dots (``optim__max_steps=10``).
+    """
+    from ..config import _merge, _set_dotted, parse_overrides
+
+    extra: Dict[str, Any] = {}
+    for k, v in kwargs.items():
+        _set_dotted(extra, k.replace("__", "."), v)
+    if extra:
+        base = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
+        overrides = _merge(base, extra)
+    return Trainer(config, overrides=overrides).fit()

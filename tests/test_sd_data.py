@@ -1,0 +1,109 @@
+"""Image transforms, gamma-sampled record batches, the missing-image policy, encoding helpers."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from kto_lab.sd.data import ImageTransform, PairSource, RecordSource, image_to_tensor
+from sd_helpers import write_pairs, write_records
+
+
+def test_image_to_tensor_resizes_crops_and_normalises():
+    a = np.zeros((40, 80, 3), np.uint8)
+    a[:, :40] = 255  # left half white
+    t = image_to_tensor(Image.fromarray(a), 16)
+    assert t.shape == (3, 16, 16) and t.min() >= -1 and t.max() <= 1
+    # centre crop of a 2:1 image keeps the middle: left half of the crop white, right half black
+    assert t[:, :, :7].mean() > 0.9 and t[:, :, 9:].mean() < -0.9
+    flipped = image_to_tensor(Image.fromarray(a), 16, flip=True)
+    assert torch.equal(flipped, t.flip(-1))
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_sd_path):
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(tiny_sd_path, subfolder="tokenizer")
+
+
+def test_record_source_gamma_and_csft_prefix(tmp_path, tokenizer):
+    from kto_lab.data.records import load_records
+
+    table = load_records(write_records(tmp_path))
+    src = RecordSource(table, tokenizer, ImageTransform(16), batch_size=200, gamma=0.8, seed=0, csft=True)
+    batch = src.next_batch()
+    assert batch["pixel_values"].shape == (200, 3, 16, 16)
+    assert 0.7 < batch["labels"].float().mean() < 0.9  # gamma = 0.8 desirable
+    good = tokenizer(["good image, a red square"], padding="max_length", max_length=tokenizer.model_max_length,
+                     truncation=True, return_tensors="pt").input_ids[0]
+    i = int(torch.nonzero(batch["labels"] == 1)[0])
+    assert torch.equal(batch["input_ids"][i], good)
+    # state round trip: the same next batch
+    state = src.state_dict()
+    a = src.next_batch()
+    src.load_state_dict(state)
+    assert torch.equal(src.next_batch()["labels"], a["labels"])
+
+
+def test_missing_image_skip_counts_and_replaces_error_names_file(tmp_path, tokenizer):
+    from kto_lab.data.records import ImageLoadError, load_records
+
+    path = write_records(tmp_path, missing=("red0.png",))
+    skip = RecordSource(load_records(path, on_missing_image="skip"), tokenizer, ImageTransform(8),
+                        batch_size=50, gamma=1.0, seed=0)
+    batch = skip.next_batch()
+    assert skip.skipped == 1 and batch["labels"].eq(1).all()  # replaced by the other red image
+    strict = RecordSource(load_records(path), tokenizer, ImageTransform(8), batch_size=50, gamma=1.0, seed=0)
+    with pytest.raises(ImageLoadError, match="red0.png"):
+        strict.next_batch()
+
+
+def test_empty_undesirable_set_with_gamma_below_one_is_an_error(tmp_path, tokenizer):
+    from kto_lab.data.records import load_records
+
+    table = load_records(write_records(tmp_path, desirable=("red", "green", "blue")))
+    with pytest.raises(ValueError, match="undesirable"):
+        RecordSource(table, tokenizer, ImageTransform(8), batch_size=2, gamma=0.8)
+    RecordSource(table, tokenizer, ImageTransform(8), batch_size=2, gamma=1.0)  # fine: only desirable wanted
+
+
+def test_pair_source_same_transform_for_winner_and_loser(tmp_path, tokenizer):
+    from kto_lab.data.records import load_pairs
+
+    src = PairSource(load_pairs(write_pairs(tmp_path)), tokenizer, ImageTransform(16, random_flip=True),
+                     batch_size=4, seed=0)
+    b = src.next_batch()
+    assert b["pixel_values"].shape == b["pixel_values_l"].shape == (4, 3, 16, 16)
+    assert (b["pixel_values"][:, 0].mean((1, 2)) > 0.5).all()  # winners are red
+
+
+def test_encoding_helpers(tiny_sd_path):
+    from peft import LoraConfig
+
+    from kto_lab.sd.encoding import encode_images, encode_prompts, reference_denoiser, unet_denoiser
+    from kto_lab.sd.models import load_pipeline
+
+    pipe = load_pipeline(tiny_sd_path)
+    h = encode_prompts(pipe.tokenizer, pipe.text_encoder, ["a red square", "blue"])
+    assert h.shape == (2, pipe.tokenizer.model_max_length, pipe.text_encoder.config.hidden_size)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    lat = encode_images(pipe.vae, x, mode="mode")
+    expected = pipe.vae.encode(x).latent_dist.mode() * pipe.vae.config.scaling_factor
+    assert torch.allclose(lat, expected)
+    g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    assert torch.equal(encode_images(pipe.vae, x, generator=g1), encode_images(pipe.vae, x, generator=g2))
+
+    unet = pipe.unet
+    base = unet_denoiser(unet)
+    t = torch.tensor([10, 500])
+    before = base(lat, t, h).detach()
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    with torch.no_grad():
+        for n, p in unet.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    policy_out = base(lat, t, h).detach()
+    assert not torch.allclose(policy_out, before)  # the adapters change the output ...
+    assert torch.allclose(reference_denoiser(unet)(lat, t, h), before, atol=1e-6)  # ... disabled: the base
+    assert torch.allclose(base(lat, t, h), policy_out)  # and are back on afterwards
