@@ -1,0 +1,194 @@
+"""``kto-lab eval``: generate, score, compare (win rates), implicit reward accuracy, or all at once.
+
+    kto-lab eval run --config eval.yaml [key=value ...]
+    kto-lab eval generate --pipeline SD --name base --prompts PartiPrompts.tsv --out runs/eval [-n 5]
+    kto-lab eval generate --pipeline SD --lora out/lora --name kto --prompts PartiPrompts.tsv --out runs/eval
+    kto-lab eval score --out runs/eval --models base kto --scorer redness --scorer pickscore:path=/m/PickScore_v1
+    kto-lab eval compare --out runs/eval --pair kto:base [--ci bootstrap] [--on-failure loss]
+    kto-lab eval implicit --pipeline SD --lora out/lora --records heldout.parquet
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Dict
+
+
+def parse_scorer(spec: str):
+    """``name`` or ``name:key=value,key=value`` -> ScorerSpec (validated)."""
+    from kto_lab.config import ConfigError, from_dict
+    from kto_lab.eval.run import ScorerSpec
+
+    name, _, rest = spec.partition(":")
+    data: Dict[str, str] = {"name": name}
+    for item in filter(None, rest.split(",")):
+        if "=" not in item:
+            raise ConfigError(f"scorer option {item!r} in {spec!r} must look like key=value")
+        k, v = item.split("=", 1)
+        data[k.strip()] = v
+    s = from_dict(ScorerSpec, data, prefix="scorer.")
+    s.validate("scorer")
+    return s
+
+
+def cmd_run(args) -> int:
+    from kto_lab.config import load_config
+    from kto_lab.eval.run import EvalConfig, run_evaluation
+
+    cfg = load_config(EvalConfig, args.config, args.overrides)
+    result = run_evaluation(cfg, make_plots=not args.no_plots)
+    print(Path(result.paths["report"]).read_text())
+    _print_failures(result.generation)
+    return 0
+
+
+def _print_failures(generation: Dict[str, Dict[str, int]]) -> None:
+    for model, c in generation.items():
+        if c.get("failed"):
+            print(f"WARNING: {model}: {c['failed']} image(s) failed to generate (see its manifest.jsonl)", file=sys.stderr)
+
+
+def cmd_generate(args) -> int:
+    import torch
+
+    from kto_lab.eval.generate import SafetyChecker, generate_images
+    from kto_lab.eval.prompts import load_prompts, save_prompts
+    from kto_lab.eval.run import resolve_device
+    from kto_lab.sd.models import load_pipeline
+
+    prompts = load_prompts(args.prompts, args.prompt_format, limit=args.limit, per_style=args.per_style)
+    device = resolve_device(args.device)
+    dtype = None if args.dtype == "float32" else getattr(torch, args.dtype)
+    checker = SafetyChecker.from_pretrained(args.safety_checker, device=device) if args.safety_checker else None
+    pipe = load_pipeline(args.pipeline, torch_dtype=dtype, unet_path=args.unet, lora_path=args.lora).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    out = Path(args.out)
+    save_prompts(prompts, out / "prompts.jsonl")
+    counts = generate_images(pipe, prompts, out / args.name, model_name=args.name, n_per_prompt=args.n,
+                             base_seed=args.seed, batch_size=args.batch_size, num_inference_steps=args.steps,
+                             guidance_scale=args.guidance_scale, height=args.height, width=args.width,
+                             safety_checker=checker)
+    print(json.dumps({args.name: counts}))
+    _print_failures({args.name: counts})
+    return 0
+
+
+def cmd_score(args) -> int:
+    from kto_lab.eval.protocol import score_model
+    from kto_lab.eval.run import build_scorers, resolve_device
+
+    scorers = build_scorers([parse_scorer(s) for s in args.scorer], resolve_device(args.device), args.batch_size)
+    for m in args.models:
+        df = score_model(Path(args.out) / m, scorers, batch_size=args.batch_size)
+        print(f"{m}: scored {int((df['status'] == 'ok').sum())} images, {int((df['status'] != 'ok').sum())} failed")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from kto_lab.config import ConfigError
+    from kto_lab.eval.protocol import load_scores
+    from kto_lab.eval.run import EvalConfig, ModelSpec, compare_all
+
+    pairs = [tuple(p.split(":")) for p in args.pair]
+    if any(len(p) != 2 for p in pairs):
+        raise ConfigError(f"--pair takes model_a:model_b, got {args.pair}")
+    models = list(dict.fromkeys(m for p in pairs for m in p))
+    scores = load_scores(args.out, models)
+    if args.prompts_file:
+        from kto_lab.eval.prompts import load_prompts
+
+        scores = scores[scores["prompt_id"].isin({p.id for p in load_prompts(args.prompts_file)})]
+    from kto_lab.eval.protocol import metrics_in
+
+    metrics = args.metrics or metrics_in(scores)
+    cfg = EvalConfig(prompts="-", models=[ModelSpec(m, "-") for m in models], compare=list(args.pair),
+                     out_dir=args.out, ci_method=args.ci, on_failure=args.on_failure, n_bootstrap=args.n_bootstrap,
+                     seed=args.seed)
+    cfg.validate()
+    _, _, _, paths = compare_all(cfg, scores, metrics, make_plots=not args.no_plots)
+    print(Path(paths["report"]).read_text())
+    return 0
+
+
+def cmd_implicit(args) -> int:
+    from kto_lab.eval.implicit import evaluate_implicit_accuracy
+    from kto_lab.eval.run import resolve_device
+
+    res = evaluate_implicit_accuracy(args.pipeline, args.records, unet_path=args.unet, lora_path=args.lora,
+                                     beta=args.beta, n_draws=args.draws, seed=args.seed, batch_size=args.batch_size,
+                                     device=resolve_device(args.device), limit=args.limit)
+    print(json.dumps(res.to_dict()))
+    return 0
+
+
+def _model_args(p):
+    p.add_argument("--pipeline", required=True, help="base diffusers pipeline directory (e.g. SD v1-5)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--unet", help="fine-tuned UNet directory (diffusers format)")
+    g.add_argument("--lora", help="LoRA weights file or directory")
+    p.add_argument("--device", default="auto")
+
+
+def add_parser(subparsers, name: str, help: str):
+    parser = subparsers.add_parser(name, help=help, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="eval_command", required=True, metavar="STEP")
+
+    p = sub.add_parser("run", help="generate + score + compare from one YAML config")
+    p.add_argument("--config", help="YAML file of kto_lab.eval.run.EvalConfig")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. n_per_prompt=2")
+    p.add_argument("--no-plots", action="store_true")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("generate", help="N images per prompt for one model (resumable, manifest.jsonl)")
+    _model_args(p)
+    p.add_argument("--name", required=True, help="model name (its folder under --out)")
+    p.add_argument("--prompts", required=True, help="PartiPrompts .tsv | HPS v2 dir | Pick-a-Pic .parquet | .txt")
+    p.add_argument("--prompt-format", default="auto")
+    p.add_argument("--limit", type=int)
+    p.add_argument("--per-style", type=int)
+    p.add_argument("--out", required=True)
+    p.add_argument("-n", type=int, default=5, help="images per prompt (paper: 5)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--guidance-scale", type=float, default=7.5)
+    p.add_argument("--height", type=int)
+    p.add_argument("--width", type=int)
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--safety-checker", help="SD pipeline dir with safety_checker/ and feature_extractor/")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("score", help="score generated images with one or more scorers (scores.csv)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--models", nargs="+", required=True)
+    p.add_argument("--scorer", action="append", required=True,
+                   help="name or name:path=...,processor_path=...,clip_path=... (repeatable)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("compare", help="win rates with CIs, mean scores, NSFW share; tables and plots")
+    p.add_argument("--out", required=True)
+    p.add_argument("--pair", action="append", required=True, help="model_a:model_b (repeatable)")
+    p.add_argument("--metrics", nargs="*")
+    p.add_argument("--prompts-file", help="restrict to these prompts (e.g. <out>/prompts.jsonl)")
+    p.add_argument("--ci", default="bootstrap", choices=["bootstrap", "wilson", "normal"])
+    p.add_argument("--on-failure", default="loss", choices=["loss", "exclude"])
+    p.add_argument("--n-bootstrap", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-plots", action="store_true")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("implicit", help="implicit reward accuracy on held-out binary labels")
+    _model_args(p)
+    p.add_argument("--records", required=True, help="held-out records (image, caption, label)")
+    p.add_argument("--beta", type=float, default=5000.0)
+    p.add_argument("--draws", type=int, default=4, help="(t, noise) draws per image")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--limit", type=int)
+    p.set_defaults(func=cmd_implicit)
+    return parser

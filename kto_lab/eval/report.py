@@ -1,0 +1,129 @@
+"""Tables (CSV + Markdown, the paper's Tables 1-3 layout) and figures of an evaluation.
+
+* win-rate table: rows ``A vs B``, columns metrics, cells ``win% [low, high]`` (Tables 1, 3-5);
+* mean-score table: rows models, columns metrics, cells ``mean ± half-width of the 95% CI`` (Table 2);
+* a win-rate bar chart with CI error bars, and per-metric score distributions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+
+def markdown_table(df: pd.DataFrame, index: bool = True) -> str:
+    """A GitHub-flavoured Markdown table (no dependency on ``tabulate``)."""
+    frame = df.reset_index() if index else df
+    cols = [str(c) for c in frame.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for row in frame.itertuples(index=False):
+        lines.append("| " + " | ".join(_fmt(v) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return "nan" if np.isnan(v) else f"{v:.4g}"
+    return str(v)
+
+
+def win_rate_wide(wins: pd.DataFrame, style: str = "all") -> pd.DataFrame:
+    """Rows ``A vs B``, columns metrics, cells ``62.5 [55.0, 70.0]`` (percent)."""
+    w = wins[wins["style"] == style].copy()
+    w["pair"] = w["model_a"] + " vs " + w["model_b"]
+    w["cell"] = [f"{r:.1f} [{lo:.1f}, {hi:.1f}]" for r, lo, hi in zip(w.win_rate, w.ci_low, w.ci_high)]
+    return w.pivot(index="pair", columns="metric", values="cell")
+
+
+def mean_wide(means: pd.DataFrame, style: str = "all") -> pd.DataFrame:
+    """Rows models, columns metrics, cells ``mean ± half-width``."""
+    m = means[means["style"] == style].copy()
+    m["cell"] = [f"{mu:.4g} ± {(hi - lo) / 2:.2g}" for mu, lo, hi in zip(m["mean"], m.ci_low, m.ci_high)]
+    return m.pivot(index="model", columns="metric", values="cell")
+
+
+def write_report(out_dir, wins: pd.DataFrame, means: pd.DataFrame, nsfw: Optional[pd.DataFrame] = None,
+                 title: str = "Evaluation") -> Dict[str, Path]:
+    """Write win_rates.csv, mean_scores.csv, nsfw.csv and report.md under ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"win_rates": out_dir / "win_rates.csv", "mean_scores": out_dir / "mean_scores.csv",
+             "report": out_dir / "report.md"}
+    wins.to_csv(paths["win_rates"], index=False)
+    means.to_csv(paths["mean_scores"], index=False)
+    md: List[str] = [f"# {title}\n"]
+    if len(wins):
+        method = wins["ci_method"].iloc[0]
+        md += [f"## Win rate (%) of A over B, median of N images per prompt, ties count half; 95% CI ({method})\n",
+               markdown_table(win_rate_wide(wins))]
+        styles = [s for s in wins["style"].unique() if s != "all"]
+        for s in styles:
+            md += [f"\n### Style: {s}\n", markdown_table(win_rate_wide(wins, s))]
+        fails = wins[(wins["style"] == "all")][["model_a", "model_b", "metric", "n_prompts", "failed_a", "failed_b",
+                                                 "excluded", "on_failure"]]
+        md += ["\n### Prompts with no generated image (counted, see `on_failure`)\n", markdown_table(fails, index=False)]
+    if len(means):
+        md += ["\n## Mean score over all images (95% t-interval of the mean)\n", markdown_table(mean_wide(means))]
+        for s in [s for s in means["style"].unique() if s != "all"]:
+            md += [f"\n### Style: {s}\n", markdown_table(mean_wide(means, s))]
+    if nsfw is not None and len(nsfw):
+        paths["nsfw"] = out_dir / "nsfw.csv"
+        nsfw.to_csv(paths["nsfw"], index=False)
+        md += ["\n## Share of images flagged by the safety checker (%)\n", markdown_table(nsfw, index=False)]
+    paths["report"].write_text("\n".join(md), encoding="utf-8")
+    return paths
+
+
+def plot_win_rates(wins: pd.DataFrame, path, style: str = "all"):
+    """Grouped bars: one group per metric, one bar per ``A vs B``, 95% CI error bars, 50% line."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    w = wins[wins["style"] == style]
+    metrics = list(dict.fromkeys(w["metric"]))
+    pairs = list(dict.fromkeys(w["model_a"] + " vs " + w["model_b"]))
+    width = 0.8 / max(1, len(pairs))
+    fig, ax = plt.subplots(figsize=(1.2 + 1.4 * len(metrics), 3.2))
+    for j, pair in enumerate(pairs):
+        sel = w[(w["model_a"] + " vs " + w["model_b"]) == pair].set_index("metric").reindex(metrics)
+        x = np.arange(len(metrics)) + (j - (len(pairs) - 1) / 2) * width
+        err = np.stack([sel.win_rate - sel.ci_low, sel.ci_high - sel.win_rate])
+        ax.bar(x, sel.win_rate, width, yerr=err, capsize=3, label=pair)
+    ax.axhline(50, color="k", lw=0.8, ls="--")
+    ax.set_xticks(np.arange(len(metrics)), metrics)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("win rate (%)")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_score_distributions(df: pd.DataFrame, metrics: Sequence[str], path):
+    """One panel per metric: a histogram of all image scores per model."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 2.8), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        ok = df[df["status"] == "ok"]
+        values = ok[metric].dropna()
+        bins = np.linspace(values.min(), values.max(), 21) if len(values) and values.max() > values.min() else 10
+        for model, g in ok.groupby("model", sort=False):
+            ax.hist(g[metric].dropna(), bins=bins, alpha=0.5, label=model)
+        ax.set_title(metric)
+        ax.set_xlabel("score")
+    axes[0][0].set_ylabel("images")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,222 @@
+"""A whole evaluation from one config: generate -> score -> compare -> tables and figures.
+
+    from kto_lab.config import load_config
+    from kto_lab.eval.run import EvalConfig, run_evaluation
+    cfg = load_config(EvalConfig, "eval.yaml", ["n_per_prompt=2"])
+    result = run_evaluation(cfg)        # result.wins, result.means, result.paths
+
+The same as ``kto-lab eval run --config eval.yaml n_per_prompt=2``. Defaults follow the paper
+(appendix A.2: 5 images per prompt; SD's usual 50 steps, guidance 7.5).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import pandas as pd
+
+from kto_lab.config import ConfigError, check_choice, check_range, to_dict
+from kto_lab.eval.prompts import PROMPT_FORMATS
+from kto_lab.eval.scorers import MODEL_SCORERS, Scorer, get_scorer, known_scorers
+from kto_lab.eval.stats import CI_METHODS
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+@dataclass
+class ModelSpec:
+    """A model to evaluate: a base pipeline, optionally with a fine-tuned UNet or a LoRA."""
+
+    name: str = ""
+    pipeline: str = ""  # local diffusers pipeline dir (or hub id when online), e.g. SD v1-5
+    unet: Optional[str] = None  # a fine-tuned UNet directory (diffusers format)
+    lora: Optional[str] = None  # pytorch_lora_weights.safetensors or its directory
+
+    def validate(self, where: str) -> None:
+        if not self.name or "/" in self.name:
+            raise ConfigError(f"{where}.name={self.name!r} must be a non-empty name without '/'")
+        if not self.pipeline:
+            raise ConfigError(f"{where}.pipeline is required (a diffusers pipeline directory)")
+        if self.unet and self.lora:
+            raise ConfigError(f"{where}: give unet or lora, not both")
+
+
+@dataclass
+class ScorerSpec:
+    """A scorer by registry name with its local weights (see kto_lab.eval.model_scorers)."""
+
+    name: str = "redness"
+    path: Optional[str] = None  # model dir / weights file
+    processor_path: Optional[str] = None  # PickScore / CLIP: processor dir if not in path
+    clip_path: Optional[str] = None  # aesthetic: CLIP ViT-L/14 dir; HPS v2: CLIP ViT-H-14 dir (config + processor)
+    med_config: Optional[str] = None  # ImageReward
+
+    def kwargs(self) -> Dict[str, str]:
+        return {k: v for k, v in (("path", self.path), ("processor_path", self.processor_path),
+                                  ("clip_path", self.clip_path), ("med_config", self.med_config)) if v is not None}
+
+    def validate(self, where: str) -> None:
+        check_choice(f"{where}.name", self.name, known_scorers())
+        if self.name in MODEL_SCORERS and not self.path:
+            raise ConfigError(f"{where}: scorer {self.name!r} needs path= (its local weights; nothing is downloaded)")
+        if self.name in ("aesthetic", "hpsv2") and not self.clip_path:
+            raise ConfigError(f"{where}: scorer {self.name!r} needs clip_path= (its CLIP directory)")
+
+
+@dataclass
+class EvalConfig:
+    prompts: str = ""  # PartiPrompts .tsv | HPS v2 dir of <style>.json | Pick-a-Pic .parquet | .txt
+    prompt_format: str = "auto"
+    limit: Optional[int] = None  # first n prompts (quick runs)
+    per_style: Optional[int] = None  # first n prompts per style (the paper's user study: 25 per HPS style)
+    models: List[ModelSpec] = field(default_factory=list)
+    # pairs to compare as "a:b"; empty: the FIRST model against each of the others
+    compare: List[str] = field(default_factory=list)
+    scorers: List[ScorerSpec] = field(default_factory=lambda: [ScorerSpec("redness")])
+    out_dir: str = "eval_out"
+    n_per_prompt: int = 5  # appendix A.2: 5 images per prompt and method, median-scoring one wins
+    seed: int = 0  # image k of prompt i uses seed + i * n_per_prompt + k, for every model
+    batch_size: int = 4
+    num_inference_steps: int = 50
+    guidance_scale: float = 7.5
+    height: Optional[int] = None
+    width: Optional[int] = None
+    device: str = "auto"  # auto | cpu | cuda | cuda:0 ...
+    dtype: str = "float32"
+    safety_checker: Optional[str] = None  # SD pipeline dir with safety_checker/ + feature_extractor/ (appendix F)
+    ci_method: str = "bootstrap"  # bootstrap (over prompts) | wilson | normal
+    n_bootstrap: int = 2000
+    on_failure: str = "loss"  # a prompt with no image counts as a loss ("loss") or is left out ("exclude")
+    score_batch_size: int = 16
+
+    def validate(self) -> "EvalConfig":
+        if not self.prompts:
+            raise ConfigError("prompts is required (a prompt file or directory)")
+        check_choice("prompt_format", self.prompt_format, PROMPT_FORMATS)
+        if not self.models:
+            raise ConfigError("models must list at least one model (name, pipeline[, unet | lora])")
+        names = [m.name for m in self.models]
+        for i, m in enumerate(self.models):
+            m.validate(f"models[{i}]")
+        if len(set(names)) != len(names):
+            raise ConfigError(f"models have duplicate names: {names}")
+        for pair in self.comparisons():
+            for n in pair:
+                if n not in names:
+                    raise ConfigError(f"compare: model {n!r} is not in models {names}")
+        if not self.scorers:
+            raise ConfigError("scorers must list at least one scorer")
+        for i, s in enumerate(self.scorers):
+            s.validate(f"scorers[{i}]")
+        for name in ("n_per_prompt", "batch_size", "num_inference_steps", "n_bootstrap", "score_batch_size"):
+            check_range(name, getattr(self, name), low=1)
+        check_range("guidance_scale", self.guidance_scale, low=0)
+        check_choice("dtype", self.dtype, DTYPES)
+        check_choice("ci_method", self.ci_method, CI_METHODS)
+        check_choice("on_failure", self.on_failure, ("loss", "exclude"))
+        if not (self.device == "auto" or self.device == "cpu" or self.device.startswith(("cuda", "mps"))):
+            raise ConfigError(f"device={self.device!r}; use auto, cpu, cuda, cuda:N or mps")
+        return self
+
+    def comparisons(self) -> List[tuple]:
+        if self.compare:
+            out = []
+            for c in self.compare:
+                if c.count(":") != 1:
+                    raise ConfigError(f"compare entry {c!r} must look like 'model_a:model_b'")
+                out.append(tuple(c.split(":")))
+            return out
+        return [(self.models[0].name, m.name) for m in self.models[1:]]
+
+
+@dataclass
+class EvalResult:
+    scores: pd.DataFrame
+    wins: pd.DataFrame
+    means: pd.DataFrame
+    nsfw: pd.DataFrame
+    generation: Dict[str, Dict[str, int]]
+    paths: Dict[str, Path]
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def build_scorers(specs: List[ScorerSpec], device: str = "cpu", batch_size: int = 16) -> Dict[str, Scorer]:
+    out = {}
+    for s in specs:
+        kwargs = s.kwargs()
+        if s.name in MODEL_SCORERS:
+            kwargs.update(device=device, batch_size=batch_size)
+        out[s.name] = get_scorer(s.name, **kwargs)
+    return out
+
+
+def generate_all(cfg: EvalConfig, prompts, progress: bool = True) -> Dict[str, Dict[str, int]]:
+    import torch
+
+    from kto_lab.eval.generate import SafetyChecker, generate_images
+    from kto_lab.sd.models import load_pipeline
+
+    device = resolve_device(cfg.device)
+    dtype = None if cfg.dtype == "float32" else getattr(torch, cfg.dtype)
+    checker = SafetyChecker.from_pretrained(cfg.safety_checker, device=device) if cfg.safety_checker else None
+    counts = {}
+    for m in cfg.models:
+        pipe = load_pipeline(m.pipeline, torch_dtype=dtype, unet_path=m.unet, lora_path=m.lora).to(device)
+        pipe.set_progress_bar_config(disable=True)
+        counts[m.name] = generate_images(
+            pipe, prompts, Path(cfg.out_dir) / m.name, model_name=m.name, n_per_prompt=cfg.n_per_prompt,
+            base_seed=cfg.seed, batch_size=cfg.batch_size, num_inference_steps=cfg.num_inference_steps,
+            guidance_scale=cfg.guidance_scale, height=cfg.height, width=cfg.width, safety_checker=checker,
+            progress=progress,
+        )
+        del pipe
+    return counts
+
+
+def compare_all(cfg: EvalConfig, scores: pd.DataFrame, metrics: List[str], make_plots: bool = True):
+    from kto_lab.eval.protocol import mean_scores, nsfw_shares, win_rates
+    from kto_lab.eval.report import plot_score_distributions, plot_win_rates, write_report
+
+    wins = pd.concat([win_rates(scores, a, b, metrics, method=cfg.ci_method, on_failure=cfg.on_failure,
+                                n_bootstrap=cfg.n_bootstrap, seed=cfg.seed) for a, b in cfg.comparisons()]
+                     or [pd.DataFrame()], ignore_index=True)
+    means = mean_scores(scores, metrics)
+    nsfw = nsfw_shares(scores)
+    paths = write_report(cfg.out_dir, wins, means, nsfw)
+    if make_plots:
+        if len(wins):
+            paths["win_rates_png"] = plot_win_rates(wins, Path(cfg.out_dir) / "win_rates.png")
+        paths["scores_png"] = plot_score_distributions(scores, metrics, Path(cfg.out_dir) / "score_distributions.png")
+    return wins, means, nsfw, paths
+
+
+def run_evaluation(cfg: EvalConfig, *, progress: bool = True, make_plots: bool = True) -> EvalResult:
+    """Generate (resumable), score, compare; write tables and figures under ``cfg.out_dir``."""
+    import yaml
+
+    from kto_lab.eval.prompts import load_prompts, save_prompts
+    from kto_lab.eval.protocol import load_scores, score_model
+
+    cfg.validate()
+    prompts = load_prompts(cfg.prompts, cfg.prompt_format, limit=cfg.limit, per_style=cfg.per_style)
+    scorers = build_scorers(cfg.scorers, resolve_device(cfg.device), cfg.score_batch_size)  # fail before generating
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    save_prompts(prompts, out / "prompts.jsonl")
+    generation = generate_all(cfg, prompts, progress)
+    for m in cfg.models:
+        score_model(out / m.name, scorers, batch_size=cfg.score_batch_size, progress=progress)
+    scores = load_scores(out, [m.name for m in cfg.models])
+    scores = scores[scores["prompt_id"].isin({p.id for p in prompts})]  # older runs may hold other prompts
+    wins, means, nsfw, paths = compare_all(cfg, scores, list(scorers), make_plots)
+    return EvalResult(scores, wins, means, nsfw, generation, paths)

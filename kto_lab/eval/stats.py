@@ -1,0 +1,140 @@
+"""Statistics of the paper's automatic evaluation (Diffusion-KTO appendix A.2 and B, Tables 1-3).
+
+* :func:`median_index`: which of a prompt's N images is "the median-scoring image" (A.2:
+  "we generate 5 images per method and report the win-rate using the median scoring images").
+  For even N we take the LOWER median (the (N-1)//2-th smallest; ties broken by sample index),
+  so the chosen score is always one real image's score, never an average of two.
+* :func:`win_rate`: per-prompt outcome 1 (A's median image scores higher), 1/2 (tie), 0; the
+  win rate is their mean, with a 95% CI by one of
+  ``bootstrap`` (percentile bootstrap over prompts, fixed seed; the default),
+  ``wilson`` (Wilson score interval with ``wins + ties/2`` successes out of n), or
+  ``normal`` (mean +- z * sd/sqrt(n) of the outcomes, ddof=0: Wald's interval when there are no ties).
+* :func:`mean_ci`: mean score with the t-based 95% CI of the mean (Table 2, over all N images).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import numpy as np
+from scipy import stats as sps
+
+CI_METHODS = ("bootstrap", "wilson", "normal")
+
+
+def median_index(scores) -> int:
+    """Index of the (lower) median of ``scores`` (NaNs are not allowed: filter failures first)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim != 1 or scores.size == 0:
+        raise ValueError(f"median_index needs a non-empty 1-D array, got shape {scores.shape}")
+    if np.isnan(scores).any():
+        raise ValueError("median_index: scores contain NaN")
+    order = np.argsort(scores, kind="stable")  # ties keep sample order
+    return int(order[(scores.size - 1) // 2])
+
+
+def median_score(scores) -> float:
+    scores = np.asarray(scores, dtype=np.float64)
+    return float(scores[median_index(scores)])
+
+
+def outcomes(a, b) -> np.ndarray:
+    """Per-prompt outcome of A vs B: 1 win, 0.5 tie, 0 loss (a and b aligned by prompt)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"outcomes: a and b must be aligned 1-D arrays, got {a.shape} and {b.shape}")
+    return np.where(a > b, 1.0, np.where(a == b, 0.5, 0.0))
+
+
+@dataclass
+class WinRate:
+    rate: float  # in [0, 1]
+    low: float
+    high: float
+    n: int
+    wins: int
+    ties: int
+    losses: int
+    method: str
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def _z(level: float) -> float:
+    return float(sps.norm.ppf(0.5 + level / 2))
+
+
+def wilson_interval(successes: float, n: int, level: float = 0.95):
+    """Wilson score interval for a proportion (successes may be fractional: ties count half)."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    z = _z(level)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return float(centre - half), float(centre + half)
+
+
+def win_rate_from_outcomes(o, method: str = "bootstrap", level: float = 0.95, n_bootstrap: int = 2000,
+                           seed: int = 0) -> WinRate:
+    if method not in CI_METHODS:
+        raise ValueError(f"ci method {method!r} is not known; choose one of {list(CI_METHODS)}")
+    o = np.asarray(o, dtype=np.float64)
+    n = int(o.size)
+    wins, ties = int((o == 1).sum()), int((o == 0.5).sum())
+    if n == 0:
+        return WinRate(float("nan"), float("nan"), float("nan"), 0, 0, 0, 0, method)
+    rate = float(o.mean())
+    if method == "wilson":
+        low, high = wilson_interval(wins + ties / 2, n, level)
+    elif method == "normal":
+        half = _z(level) * o.std() / np.sqrt(n)
+        low, high = rate - half, rate + half
+    else:
+        rng = np.random.default_rng(seed)
+        means = o[rng.integers(0, n, size=(n_bootstrap, n))].mean(axis=1)
+        low, high = np.quantile(means, [0.5 - level / 2, 0.5 + level / 2])
+    return WinRate(rate, float(max(0.0, low)), float(min(1.0, high)), n, wins, ties, n - wins - ties, method)
+
+
+def win_rate(a, b, method: str = "bootstrap", level: float = 0.95, n_bootstrap: int = 2000, seed: int = 0) -> WinRate:
+    """Win rate of A over B from per-prompt scores (ties count half) with its CI."""
+    return win_rate_from_outcomes(outcomes(a, b), method, level, n_bootstrap, seed)
+
+
+@dataclass
+class MeanCI:
+    mean: float
+    low: float
+    high: float
+    n: int
+    std: float
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def mean_ci(x, level: float = 0.95) -> MeanCI:
+    """Mean with the Student-t CI of the mean: ``mean +- t_{n-1} * s / sqrt(n)`` (s with ddof=1)."""
+    x = np.asarray(x, dtype=np.float64)
+    x = x[~np.isnan(x)]
+    n = int(x.size)
+    if n == 0:
+        return MeanCI(float("nan"), float("nan"), float("nan"), 0, float("nan"))
+    m = float(x.mean())
+    if n == 1:
+        return MeanCI(m, float("nan"), float("nan"), 1, float("nan"))
+    s = float(x.std(ddof=1))
+    half = float(sps.t.ppf(0.5 + level / 2, df=n - 1)) * s / np.sqrt(n)
+    return MeanCI(m, m - half, m + half, n, s)
+
+
+def share_ci(flags, level: float = 0.95) -> Optional[WinRate]:
+    """Share of True among ``flags`` (e.g. NSFW-flagged images) with a Wilson interval."""
+    flags = np.asarray(flags, dtype=bool)
+    k, n = int(flags.sum()), int(flags.size)
+    low, high = wilson_interval(k, n, level)
+    return WinRate(k / n if n else float("nan"), low, high, n, k, 0, n - k, "wilson")

@@ -1,0 +1,167 @@
+"""End-to-end evaluation of tiny Stable Diffusion pipelines (base, base again, base + LoRA,
+base + another UNet): generate -> score -> win rates, from Python and from the command line;
+implicit reward accuracy on held-out labels."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from kto_lab.config import ConfigError, load_config
+from kto_lab.eval.run import EvalConfig, run_evaluation
+
+
+STEPS, N = 2, 2
+
+
+@pytest.fixture(scope="module")
+def lora_dir(tiny_sd_path, tmp_path_factory):
+    """A LoRA for the tiny UNet with non-zero weights (so it changes the images)."""
+    from diffusers import UNet2DConditionModel
+
+    from kto_lab.sd.components import add_lora, save_lora
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_sd_path / "unet")
+    add_lora(unet, rank=4, alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in unet.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    out = tmp_path_factory.mktemp("lora")
+    save_lora(unet, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def other_unet(tiny_sd_path, tmp_path_factory):
+    """A 'fine-tuned' UNet: the tiny UNet with its weights perturbed, in diffusers format."""
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_sd_path / "unet")
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    out = tmp_path_factory.mktemp("unet")
+    unet.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def evaluation(tiny_sd_path, lora_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    hps = root / "hps"
+    hps.mkdir()
+    (hps / "anime.json").write_text(json.dumps(["a red circle", "a blue square"]))
+    (hps / "photo.json").write_text(json.dumps(["a small green circle"]))
+    overrides = {
+        "prompts": str(hps), "out_dir": str(root / "out"), "n_per_prompt": N, "num_inference_steps": STEPS,
+        "batch_size": 4, "n_bootstrap": 200, "device": "cpu",
+        "models": [{"name": "base", "pipeline": str(tiny_sd_path)},
+                   {"name": "base_again", "pipeline": str(tiny_sd_path)},
+                   {"name": "lora", "pipeline": str(tiny_sd_path), "lora": str(lora_dir)}],
+        "compare": ["lora:base", "base_again:base"],
+        "scorers": [{"name": "redness"}, {"name": "brightness"}],
+    }
+    cfg = load_config(EvalConfig, overrides=overrides)
+    return cfg, run_evaluation(cfg, progress=False)
+
+
+def test_same_model_twice_ties_everywhere(evaluation):
+    _, result = evaluation
+    w = result.wins[(result.wins.model_a == "base_again")]
+    assert set(w["style"]) == {"all", "anime", "photo"}
+    assert (w["win_rate"] == 50.0).all() and (w["ties"] == w["n_prompts"]).all()
+    assert w[w["style"] == "all"]["n_prompts"].tolist() == [3, 3]
+
+
+def test_shared_seeds_and_a_lora_changes_images(evaluation):
+    cfg, result = evaluation
+    s = result.scores
+    base, lora = (s[s.model == m].sort_values(["prompt_id", "k"]) for m in ("base", "lora"))
+    assert base["seed"].tolist() == lora["seed"].tolist() == list(range(6))  # seed + i * N + k
+    a = np.asarray(Image.open(f"{cfg.out_dir}/base/{base.file.iloc[0]}"))
+    b = np.asarray(Image.open(f"{cfg.out_dir}/base_again/{base.file.iloc[0]}"))
+    c = np.asarray(Image.open(f"{cfg.out_dir}/lora/{lora.file.iloc[0]}"))
+    assert a.shape == (32, 32, 3) and np.array_equal(a, b) and not np.array_equal(a, c)
+    w = result.wins[(result.wins.model_a == "lora") & (result.wins["style"] == "all")]
+    assert (w["ties"] < w["n_prompts"]).all() and (w["failed_a"] == 0).all()
+    assert (w["ci_low"] <= w["win_rate"]).all() and (w["win_rate"] <= w["ci_high"]).all()
+
+
+def test_outputs_written_and_resume_skips_everything(evaluation):
+    cfg, result = evaluation
+    for key in ("report", "win_rates", "mean_scores", "win_rates_png", "scores_png"):
+        assert result.paths[key].is_file()
+    assert "| lora vs base |" in result.paths["report"].read_text()
+    m = result.means[(result.means["style"] == "all")]
+    assert set(m.model) == {"base", "base_again", "lora"} and (m.n_images == 6).all()
+    again = run_evaluation(cfg, progress=False, make_plots=False)
+    assert all(c == {"ok": 0, "failed": 0, "skipped": 6} for c in again.generation.values())
+    pd.testing.assert_frame_equal(again.wins, result.wins)
+
+
+def test_cli_score_and_compare_on_the_generated_images(evaluation, capsys):
+    from kto_lab.cli import main
+
+    cfg, _ = evaluation
+    assert main(["eval", "score", "--out", cfg.out_dir, "--models", "base", "lora", "--scorer", "saturation"]) == 0
+    assert main(["eval", "compare", "--out", cfg.out_dir, "--pair", "lora:base", "--ci", "wilson",
+                 "--metrics", "saturation", "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    kept = pd.read_csv(f"{cfg.out_dir}/base/scores.csv").columns
+    assert {"redness", "brightness", "saturation"} <= set(kept)  # scoring a new metric keeps the earlier ones
+    assert "| lora vs base |" in out and "saturation" in out and "wilson" in out
+    assert main(["eval", "score", "--out", cfg.out_dir, "--models", "base", "--scorer", "pickscore"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kto-lab eval: error:") and "needs path=" in err and "Traceback" not in err
+
+
+def test_config_errors_before_any_model_loads(tiny_sd_path):
+    ok = {"prompts": "p.txt", "models": [{"name": "a", "pipeline": str(tiny_sd_path)}]}
+    with pytest.raises(ConfigError, match="not in models"):
+        load_config(EvalConfig, overrides={**ok, "compare": ["a:b"]})
+    with pytest.raises(ConfigError, match="scorers\\[0\\].name='pick'"):
+        load_config(EvalConfig, overrides={**ok, "scorers": [{"name": "pick"}]})
+    with pytest.raises(ConfigError, match="clip_path"):
+        load_config(EvalConfig, overrides={**ok, "scorers": [{"name": "hpsv2", "path": "x.pt"}]})
+    with pytest.raises(ConfigError, match="unknown config key"):
+        load_config(EvalConfig, overrides={**ok, "n_images": 5})
+    with pytest.raises(ConfigError, match="on_failure"):
+        load_config(EvalConfig, overrides={**ok, "on_failure": "drop"})
+
+
+def test_implicit_reward_accuracy(tiny_sd_path, other_unet, lora_dir, evaluation, tmp_path):
+    from kto_lab.data.records import write_records
+    from kto_lab.eval.implicit import evaluate_implicit_accuracy, sign_accuracy
+
+    cfg, result = evaluation
+    s = result.scores[result.scores.model == "base"].head(4)
+    rows = [{"image": f"{cfg.out_dir}/base/{f}", "caption": p, "label": i % 2} for i, (f, p) in enumerate(zip(s.file, s.prompt))]
+    records = write_records(rows, tmp_path / "heldout.jsonl")
+
+    same = evaluate_implicit_accuracy(tiny_sd_path, records, unet_path=tiny_sd_path / "unet", n_draws=2, progress=False)
+    assert (same.rewards == 0).all() and same.accuracy == 0.5  # policy == reference: every reward is 0 (counts half)
+
+    res = evaluate_implicit_accuracy(tiny_sd_path, records, lora_path=lora_dir, n_draws=2, batch_size=3, progress=False)
+    assert res.n == 4 and np.isfinite(res.rewards).all() and (res.rewards != 0).all()
+    assert res.accuracy == sign_accuracy(res.rewards, res.labels).accuracy
+    assert sign_accuracy(res.rewards, 1 - res.labels).accuracy == pytest.approx(1 - res.accuracy)
+    again = evaluate_implicit_accuracy(tiny_sd_path, records, lora_path=lora_dir, n_draws=2, batch_size=3, progress=False)
+    np.testing.assert_array_equal(again.rewards, res.rewards)  # fixed seed: same (t, noise) draws
+    full = evaluate_implicit_accuracy(tiny_sd_path, records, unet_path=other_unet, n_draws=1, progress=False)
+    assert (full.rewards != 0).all()
+    with pytest.raises(ValueError, match="exactly one"):
+        evaluate_implicit_accuracy(tiny_sd_path, records)
+
+
+def test_sign_accuracy_known_values():
+    from kto_lab.eval.implicit import sign_accuracy
+
+    acc = sign_accuracy([1.0, -2.0, 0.0, 3.0], [1, 0, 1, 0])  # right, right, half, wrong
+    assert acc.accuracy == pytest.approx(2.5 / 4)
+    assert acc.accuracy_desirable == pytest.approx(0.75) and acc.accuracy_undesirable == pytest.approx(0.5)

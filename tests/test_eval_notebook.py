@@ -1,0 +1,12 @@
+"""The evaluation notebook runs top to bottom on a tiny pipeline with programmatic scorers."""
+
+from notebooks import run_notebook
+
+
+def test_evaluation_notebook_runs(tmp_path):
+    nb = run_notebook("evaluation.ipynb", tmp_path, timeout=600, LIMIT=3, N_PER_PROMPT=2, STEPS=2, TORCH_THREADS=1,
+                      OUT_DIR=str(tmp_path / "out"))
+    assert (tmp_path / "out" / "eval" / "report.md").is_file()
+    assert (tmp_path / "out" / "eval" / "win_rates.png").is_file()
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "tuned" in text

@@ -1,0 +1,62 @@
+"""Prompt sets from local files: PartiPrompts, HPS v2 per-style JSON, Pick-a-Pic parquet, text."""
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from kto_lab.eval.prompts import HPS_STYLES, Prompt, load_prompts, save_prompts
+
+
+def test_partiprompts_tsv_with_category_as_style(partiprompts_tsv):
+    prompts = load_prompts(partiprompts_tsv)
+    assert len(prompts) == 1632
+    assert prompts[0] == Prompt("parti-00000", "bond", "Abstract")
+    assert {"Animals", "Vehicles", "People"} <= {p.style for p in prompts}
+    assert len({p.id for p in prompts}) == len(prompts)
+    two_each = load_prompts(partiprompts_tsv, per_style=2)
+    assert len(two_each) == 2 * len({p.style for p in prompts})
+    assert len(load_prompts(partiprompts_tsv, limit=5)) == 5
+
+
+def test_hps_directory_of_style_files(tmp_path):
+    for i, style in enumerate(HPS_STYLES):
+        (tmp_path / f"{style}.json").write_text(json.dumps([f"{style} prompt {j}" for j in range(i + 1)]))
+    prompts = load_prompts(tmp_path)
+    assert len(prompts) == 1 + 2 + 3 + 4
+    assert [p.style for p in prompts if p.text == "photo prompt 3"] == ["photo"]
+    assert {p.style for p in prompts} == set(HPS_STYLES)
+    (tmp_path / "anime.json").write_text(json.dumps({"not": "a list"}))
+    with pytest.raises(ValueError, match="anime.json.*JSON list of strings"):
+        load_prompts(tmp_path)
+
+
+def test_pickapic_parquet_is_deduplicated_in_order(tmp_path):
+    path = tmp_path / "test.parquet"
+    pq.write_table(pa.table({"caption": ["a cat", "a dog", "a cat", " ", "a bird"], "x": [1, 2, 3, 4, 5]}), path)
+    assert [p.text for p in load_prompts(path)] == ["a cat", "a dog", "a bird"]
+    pq.write_table(pa.table({"prompt": ["a"]}), path)
+    with pytest.raises(ValueError, match=r"no 'caption' column.*\['prompt'\]"):
+        load_prompts(path)
+
+
+def test_text_file_and_jsonl_round_trip(tmp_path):
+    path = tmp_path / "p.txt"
+    path.write_text("a red circle\n\n# a comment\n  a blue square  \n")
+    prompts = load_prompts(path)
+    assert [p.text for p in prompts] == ["a red circle", "a blue square"]
+    back = load_prompts(save_prompts(prompts, tmp_path / "p.jsonl"))
+    assert back == prompts
+
+
+def test_missing_files_and_unknown_format_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.tsv"):
+        load_prompts(tmp_path / "missing.tsv")
+    with pytest.raises(ValueError, match="choose one of"):
+        load_prompts(tmp_path, fmt="csv")
+    with pytest.raises(FileNotFoundError, match="no \\*.json files"):
+        load_prompts(tmp_path)
+    (tmp_path / "bad.tsv").write_text("text\tcat\nx\ty\n")
+    with pytest.raises(ValueError, match="expected 'Prompt'"):
+        load_prompts(tmp_path / "bad.tsv")

@@ -1,0 +1,168 @@
+"""The protocol on cheap stand-ins: a fake pipeline (a colour per seed) for generation mechanics
+(shared seeds, resume, failures), hand-made score tables for the median-of-N rule and win rates,
+a tiny safety checker built from config."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from kto_lab.eval.generate import SafetyChecker, generate_images, image_seed, read_manifest
+from kto_lab.eval.prompts import Prompt
+from kto_lab.eval.protocol import load_scores, mean_scores, median_table, nsfw_shares, score_model, win_rates
+from kto_lab.eval.report import markdown_table, plot_score_distributions, plot_win_rates, write_report
+from kto_lab.eval.scorers import get_scorer
+
+
+PROMPTS = [Prompt("p0", "a red circle", "anime"), Prompt("p1", "a FAIL square", "photo"), Prompt("p2", "green", "photo")]
+
+
+class FakePipe:
+    """Stands in for StableDiffusionPipeline: image colour drawn from the image's own generator."""
+
+    def __init__(self, shift=0.0, fail_on=()):
+        self.shift, self.fail_on, self.calls = shift, fail_on, []
+
+    def __call__(self, prompt, generator, num_inference_steps, guidance_scale, output_type, **kw):
+        self.calls.append(len(prompt))
+        if any(f in p for p in prompt for f in self.fail_on):
+            raise RuntimeError("boom")
+        images = []
+        for g in generator:
+            rgb = np.clip(torch.rand(3, generator=g).numpy() + self.shift, 0, 1)
+            images.append(Image.fromarray(np.tile((rgb * 255).astype(np.uint8), (8, 8, 1))))
+        return SimpleNamespace(images=images)
+
+
+def run(pipe, out, name, **kw):
+    return generate_images(pipe, PROMPTS, out / name, model_name=name, n_per_prompt=3, base_seed=10,
+                           progress=False, **kw)
+
+
+def test_seeds_are_shared_across_models_and_independent_of_batching(tmp_path):
+    run(FakePipe(), tmp_path, "a", batch_size=4)
+    run(FakePipe(), tmp_path, "b", batch_size=1)
+    rows_a = {(r["prompt_id"], r["k"]): r for r in read_manifest(tmp_path / "a")}
+    rows_b = {(r["prompt_id"], r["k"]): r for r in read_manifest(tmp_path / "b")}
+    assert rows_a.keys() == rows_b.keys() and len(rows_a) == 9
+    for (pid, k), r in rows_a.items():
+        i = [p.id for p in PROMPTS].index(pid)
+        assert r["seed"] == rows_b[(pid, k)]["seed"] == image_seed(10, i, k, 3) == 10 + 3 * i + k
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "a" / r["file"])),
+                              np.asarray(Image.open(tmp_path / "b" / rows_b[(pid, k)]["file"])))
+    scorers = {"redness": get_scorer("redness")}
+    for m in "ab":
+        score_model(tmp_path / m, scorers, progress=False)
+    wins = win_rates(load_scores(tmp_path, ["a", "b"]), "a", "b", method="wilson")
+    overall = wins[wins["style"] == "all"].iloc[0]
+    assert overall.win_rate == 50.0 and overall.ties == 3 and overall.n_prompts == 3  # identical images: all ties
+
+
+def test_failures_are_recorded_counted_and_retried_on_resume(tmp_path):
+    counts = run(FakePipe(fail_on=("FAIL",)), tmp_path, "b", batch_size=2)
+    assert counts == {"ok": 6, "failed": 3, "skipped": 0}
+    failed = [r for r in read_manifest(tmp_path / "b") if r["status"] == "failed"]
+    assert {r["prompt_id"] for r in failed} == {"p1"} and all("boom" in r["error"] for r in failed)
+    run(FakePipe(shift=0.3), tmp_path, "a")  # a redder model, no failures
+    scorers = {"redness": get_scorer("redness"), "brightness": get_scorer("brightness")}
+    for m in "ab":
+        score_model(tmp_path / m, scorers, progress=False)
+    scores = load_scores(tmp_path, ["a", "b"])
+    assert scores.loc[(scores.model == "b") & (scores.prompt_id == "p1"), "redness"].isna().all()
+
+    loss = win_rates(scores, "a", "b", ["redness"], method="normal", on_failure="loss")
+    row = loss[loss["style"] == "all"].iloc[0]
+    assert (row.n_prompts, row.failed_a, row.failed_b, row.excluded) == (3, 0, 1, 0)
+    photo = loss[loss["style"] == "photo"].iloc[0]
+    assert photo.failed_b == 1 and photo.n_prompts == 2
+    excl = win_rates(scores, "a", "b", ["redness"], method="normal", on_failure="exclude")
+    row = excl[excl["style"] == "all"].iloc[0]
+    assert (row.n_prompts, row.failed_b, row.excluded) == (2, 1, 1)
+    # a model that lost a prompt to failures is beaten there: b vs a gives a loss for b on p1
+    rev = win_rates(scores, "b", "a", ["redness"], method="normal")
+    assert rev[rev["style"] == "all"].iloc[0].failed_a == 1
+
+    means = mean_scores(scores, ["redness"])
+    mb = means[(means.model == "b") & (means["style"] == "all")].iloc[0]
+    assert (mb.n_images, mb.n_failed_images) == (6, 3)
+
+    # resume: a deleted image is regenerated, failed ones are retried, the rest skipped
+    done = [r for r in read_manifest(tmp_path / "b") if r["status"] == "ok"]
+    (tmp_path / "b" / done[0]["file"]).unlink()
+    pipe = FakePipe()
+    assert run(pipe, tmp_path, "b") == {"ok": 4, "failed": 0, "skipped": 5}
+    assert all(r["status"] == "ok" for r in read_manifest(tmp_path / "b"))
+    rescored = score_model(tmp_path / "b", scorers, progress=False)
+    assert rescored["redness"].notna().all() and len(rescored) == 9
+
+
+def test_median_of_n_decides_the_winner_not_the_best_image():
+    rows = []
+    for model, vals in (("a", [1.0, 5.0, 3.0]), ("b", [2.0, 2.0, 9.0])):
+        for k, v in enumerate(vals):
+            rows.append({"model": model, "prompt_id": "p0", "prompt": "x", "style": "", "k": k, "status": "ok", "m": v})
+    df = pd.DataFrame(rows)
+    med = median_table(df, "m").set_index("model")
+    assert med.loc["a", "median"] == 3.0 and med.loc["a", "k"] == 2
+    assert med.loc["b", "median"] == 2.0 and med.loc["b", "k"] == 1  # lower index among tied 2.0s
+    wins = win_rates(df, "a", "b", ["m"], method="wilson", by_style=False)
+    assert wins.iloc[0].win_rate == 100.0  # a's median 3 beats b's median 2 though b has the best image
+    # a failed image is left out of the median: b's 9.0 failed -> median of (2, 2) is 2
+    df.loc[(df.model == "b") & (df.k == 2), ["status", "m"]] = ["failed", np.nan]
+    assert median_table(df, "m").set_index("model").loc["b", "n_failed_images"] == 1
+
+
+@pytest.fixture(scope="module")
+def tiny_safety_checker(tmp_path_factory):
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    root = tmp_path_factory.mktemp("sd_with_checker")
+    cfg = CLIPConfig(text_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2),
+                     vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                        image_size=16, patch_size=8), projection_dim=8)
+    checker = StableDiffusionSafetyChecker(cfg)
+    checker.save_pretrained(root / "safety_checker")
+    CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(root / "feature_extractor")
+    return root
+
+
+def test_safety_checker_share_is_counted_and_images_are_kept(tiny_safety_checker, tmp_path):
+    checker = SafetyChecker.from_pretrained(tiny_safety_checker)
+    for threshold, name, share in ((-2.0, "flag_all", 100.0), (2.0, "flag_none", 0.0)):
+        with torch.no_grad():  # cosine - threshold > 0 for every concept (or none)
+            checker.model.concept_embeds_weights.fill_(threshold)
+            checker.model.special_care_embeds_weights.fill_(threshold)
+        run(FakePipe(), tmp_path, name, safety_checker=checker)
+        score_model(tmp_path / name, {"brightness": get_scorer("brightness")}, progress=False)
+    df = load_scores(tmp_path, ["flag_all", "flag_none"])
+    assert (df.loc[df.model == "flag_all", "brightness"] > 0).all()  # flagged images were NOT blacked out
+    shares = nsfw_shares(df).set_index("model")
+    assert shares.loc["flag_all", "nsfw_share"] == 100.0 and shares.loc["flag_none", "nsfw_share"] == 0.0
+    assert shares.loc["flag_all", "n_images"] == 9
+    with pytest.raises(FileNotFoundError, match="feature_extractor"):
+        SafetyChecker.from_pretrained(tiny_safety_checker / "safety_checker", feature_extractor_path=tmp_path)
+
+
+def test_report_tables_and_plots(tmp_path):
+    run(FakePipe(shift=0.2), tmp_path, "kto")
+    run(FakePipe(), tmp_path, "base")
+    scorers = {"redness": get_scorer("redness"), "saturation": get_scorer("saturation")}
+    for m in ("kto", "base"):
+        score_model(tmp_path / m, scorers, progress=False)
+    df = load_scores(tmp_path, ["kto", "base"])
+    wins = win_rates(df, "kto", "base", n_bootstrap=100)
+    paths = write_report(tmp_path / "report", wins, mean_scores(df), nsfw_shares(df))
+    text = paths["report"].read_text()
+    assert "| kto vs base |" in text and "### Style: photo" in text and "Mean score" in text
+    assert pd.read_csv(paths["win_rates"]).shape[0] == len(wins)
+    assert plot_win_rates(wins, tmp_path / "w.png").stat().st_size > 0
+    assert plot_score_distributions(df, ["redness", "saturation"], tmp_path / "d.png").stat().st_size > 0
+    assert markdown_table(pd.DataFrame({"x": [1.5]}), index=False) == "| x |\n|---|\n| 1.5 |\n"
+    with pytest.raises(KeyError, match="model 'sft' not in the scores"):
+        win_rates(df, "sft", "base")
+    with pytest.raises(FileNotFoundError, match="eval generate"):
+        score_model(tmp_path / "nothing", scorers)
