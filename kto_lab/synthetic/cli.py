@@ -1,0 +1,104 @@
+"""``kto-lab synthetic ...``: the shapes world.
+
+    kto-lab synthetic base    --out figures/synthetic/base     [base.unet_steps=3000 ...]
+    kto-lab synthetic compare --base figures/synthetic/base/pipeline --out runs/synthetic/red [align.user=red ...]
+    kto-lab synthetic figures --run runs/synthetic/red --out figures/synthetic/red
+    kto-lab synthetic samples --base figures/synthetic/base/pipeline --out figures/synthetic/base_samples.png
+
+Overrides are ``section.field=value`` on :class:`~kto_lab.synthetic.experiment.BaseConfig`
+(``base.``) or :class:`~kto_lab.synthetic.experiment.AlignConfig` (``align.``); a bad value
+fails before anything is trained.
+"""
+
+from __future__ import annotations
+
+import json
+
+
+def _threads(n: int) -> None:
+    import torch
+
+    if n > 0:
+        torch.set_num_threads(n)
+
+
+def _load(cls, prefix: str, overrides):
+    from kto_lab.config import ConfigError, load_config, parse_overrides
+
+    data = parse_overrides(overrides)
+    extra = set(data) - {prefix}
+    if extra:
+        raise ConfigError(f"overrides must start with '{prefix}.' here, got {sorted(extra)}")
+    return load_config(cls, None, data.get(prefix, {}))
+
+
+def cmd_base(args) -> int:
+    from .experiment import BaseConfig, build_base
+
+    cfg = _load(BaseConfig, "base", args.overrides)
+    _threads(args.threads)
+    card = build_base(args.out, cfg, progress=not args.quiet)
+    print(json.dumps(card, indent=2))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .experiment import AlignConfig, run_comparison
+
+    cfg = _load(AlignConfig, "align", args.overrides)
+    _threads(args.threads)
+    summary = run_comparison(args.base, args.out, cfg, progress=not args.quiet)
+    print(json.dumps({"win_rates": summary["win_rates"], "seconds": summary["seconds"]}, indent=1, default=float))
+    return 0
+
+
+def cmd_figures(args) -> int:
+    from .figures import make_figures
+
+    for path in make_figures(args.run, args.out):
+        print(path)
+    return 0
+
+
+def cmd_samples(args) -> int:
+    from .figures import sample_grid
+
+    _threads(args.threads)
+    print(sample_grid(args.base, args.out, unet=args.unet))
+    return 0
+
+
+def add_parser(subparsers, name: str, help: str):
+    p = subparsers.add_parser(name, help=help, description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="synthetic_command", required=True, metavar="STEP")
+
+    def common(q):
+        q.add_argument("--threads", type=int, default=1,
+                       help="torch CPU threads (default 1: fastest on a shared 2-core machine; 0 = torch's default)")
+        q.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    b = sub.add_parser("base", help="train the base shapes pipeline from scratch and measure its fidelity")
+    b.add_argument("--out", required=True, help="output directory (the pipeline goes to OUT/pipeline)")
+    b.add_argument("overrides", nargs="*", help="base.FIELD=VALUE")
+    common(b)
+    b.set_defaults(func=cmd_base)
+
+    c = sub.add_parser("compare", help="align the base to a synthetic user with every method; evaluate vs base")
+    c.add_argument("--base", required=True, help="the base pipeline directory")
+    c.add_argument("--out", required=True, help="run directory (curves.csv, win_rates.csv, mean_scores.csv, ...)")
+    c.add_argument("overrides", nargs="*", help="align.FIELD=VALUE")
+    common(c)
+    c.set_defaults(func=cmd_compare)
+
+    f = sub.add_parser("figures", help="plots and tables of a comparison run")
+    f.add_argument("--run", required=True)
+    f.add_argument("--out", required=True)
+    f.set_defaults(func=cmd_figures)
+
+    s = sub.add_parser("samples", help="a grid of generations of a pipeline with their captions")
+    s.add_argument("--base", required=True)
+    s.add_argument("--unet", default=None, help="another UNet directory to sample with")
+    s.add_argument("--out", required=True, help="PNG path")
+    common(s)
+    s.set_defaults(func=cmd_samples)
+    return p
