@@ -7,12 +7,15 @@
     kto-lab synthetic ...                       -> kto_lab.synthetic.cli
 
 Sub-command modules are imported lazily, so ``kto-lab toy`` never imports diffusers.
+Bad input (a config error, a missing file) and a diverged run end with one line naming the
+problem, not a traceback (exit 2 and 3); set ``KTO_LAB_TRACEBACK=1`` to see the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import List, Optional
 
@@ -44,7 +47,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     if not hasattr(args, "func"):
         parser.parse_args([args.command, "--help"])
-    return int(args.func(args) or 0)
+    from .config import ConfigError
+
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, FileNotFoundError, NotADirectoryError, FloatingPointError) as exc:
+        if os.environ.get("KTO_LAB_TRACEBACK"):
+            raise
+        kind = "diverged" if isinstance(exc, FloatingPointError) else "error"
+        print(f"kto-lab {args.command}: {kind}: {exc}", file=sys.stderr)
+        return 3 if kind == "diverged" else 2
 
 
 if __name__ == "__main__":

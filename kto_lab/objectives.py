@@ -17,7 +17,6 @@ absorbs that constant exactly as in the official code bases.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional
 
@@ -164,8 +163,25 @@ def reference_point(
 
 @dataclass
 class ObjectiveOutput:
+    """``metrics`` are detached 0-dim float32 tensors on the loss's device: computing them never
+    waits for the device. Turn them into numbers with :func:`metrics_to_floats` when logging."""
+
     loss: Tensor
-    metrics: Dict[str, float] = field(default_factory=dict)
+    metrics: Dict[str, Tensor] = field(default_factory=dict)
+
+
+def metrics_to_floats(metrics: Dict[str, Tensor]) -> Dict[str, float]:
+    """One device-to-host copy for a whole metrics dict (NaN marks "no sample of that kind")."""
+    if not metrics:
+        return {}
+    values = torch.stack([v.detach().float().reshape(()) for v in metrics.values()]).tolist()
+    return dict(zip(metrics, values))
+
+
+def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``x`` where ``mask``; NaN when the mask is empty. No host sync (unlike ``x[mask]``)."""
+    mask = mask.to(x.dtype)
+    return (x * mask).sum() / mask.sum()
 
 
 def _labels_as_sign(labels: Tensor) -> Tensor:
@@ -178,18 +194,14 @@ def _check_beta(beta: float) -> None:
     check_positive("beta", beta)
 
 
-def _reward_metrics(rewards: Tensor, sign: Tensor) -> Dict[str, float]:
-    """TRL-style names: rewards of the desirable ('chosen') and undesirable ('rejected') samples."""
+def _reward_metrics(rewards: Tensor, sign: Tensor) -> Dict[str, Tensor]:
+    """TRL-style names: rewards of the desirable ('chosen') and undesirable ('rejected') samples.
+    A class absent from the batch gives NaN (skipped when the trainer averages over steps)."""
     rewards = rewards.detach().float()
-    des, und = sign > 0, sign < 0
-    m: Dict[str, float] = {}
-    if des.any():
-        m["rewards/desirable"] = rewards[des].mean().item()
-    if und.any():
-        m["rewards/undesirable"] = rewards[und].mean().item()
-    if des.any() and und.any():
-        m["rewards/margin"] = m["rewards/desirable"] - m["rewards/undesirable"]
-    m["rewards/accuracy"] = (torch.sign(rewards) == sign).float().mean().item()
+    m = {"rewards/desirable": _masked_mean(rewards, sign > 0),
+         "rewards/undesirable": _masked_mean(rewards, sign < 0)}
+    m["rewards/margin"] = m["rewards/desirable"] - m["rewards/undesirable"]
+    m["rewards/accuracy"] = (torch.sign(rewards) == sign).float().mean()
     return m
 
 
@@ -220,8 +232,8 @@ def kto_loss(
     weight = torch.where(sign > 0, float(lambda_desirable), float(lambda_undesirable))
     loss = (weight * (1.0 - utility_value)).mean()
     metrics = _reward_metrics(beta * g, sign)
-    metrics["z_ref"] = float(beta * z)
-    metrics["kl"] = float(z)
+    metrics["z_ref"] = beta * z
+    metrics["kl"] = z.clone()
     return ObjectiveOutput(loss, metrics)
 
 
@@ -249,20 +261,18 @@ def dpo_loss(
     rewards = torch.cat([0.5 * beta * g_w, 0.5 * beta * g_l])
     sign = torch.cat([torch.ones_like(g_w), -torch.ones_like(g_l)])
     metrics = _reward_metrics(rewards, sign)
-    metrics["rewards/pair_accuracy"] = (inside > 0).float().mean().item()
-    metrics["kl"] = float(-0.5 * (g_w + g_l).detach().mean())  # mean excess error of the policy
+    metrics["rewards/pair_accuracy"] = (inside > 0).float().mean()
+    metrics["kl"] = -0.5 * (g_w + g_l).detach().mean()  # mean excess error of the policy
     return ObjectiveOutput(loss, metrics)
 
 
 def sft_loss(err_policy: Tensor, labels: Tensor) -> ObjectiveOutput:
     """SFT baseline: the plain denoising loss (eq. 1, lambda(t)=1) on desirable samples only."""
-    sign = _labels_as_sign(labels).to(err_policy.device)
-    desirable = sign > 0
-    if not desirable.any():
-        # No desirable sample in this batch: a zero loss that keeps the graph.
-        return ObjectiveOutput(err_policy.sum() * 0.0, {"sft/desirable_in_batch": 0.0})
-    loss = err_policy[desirable].float().mean()
-    return ObjectiveOutput(loss, {"sft/desirable_in_batch": desirable.float().sum().item()})
+    desirable = (_labels_as_sign(labels).to(err_policy.device) > 0).float()
+    n = desirable.sum()
+    # a batch without desirable samples gives a zero loss that keeps the graph (no host sync)
+    loss = (err_policy.float() * desirable).sum() / n.clamp_min(1.0)
+    return ObjectiveOutput(loss, {"sft/desirable_in_batch": n})
 
 
 CSFT_PREFIXES = ("good image, ", "bad image, ")
@@ -287,7 +297,7 @@ def bce_loss(err_policy: Tensor, labels: Tensor) -> ObjectiveOutput:
     y = (_labels_as_sign(labels) > 0).float().to(err_policy.device)
     logits = -err_policy.float()
     loss = F.binary_cross_entropy_with_logits(logits, y)
-    acc = ((logits > 0) == (y > 0)).float().mean().item()  # sigmoid(logit) > 0.5
+    acc = ((logits > 0) == (y > 0)).float().mean().detach()  # sigmoid(logit) > 0.5
     return ObjectiveOutput(loss, {"bce/accuracy": acc})
 
 

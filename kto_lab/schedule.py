@@ -29,6 +29,7 @@ class NoiseSchedule:
                 f"prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}"
             )
         self.alphas_cumprod = self.alphas_cumprod.detach().float()
+        self._on_device = {}  # device -> alphas_cumprod there: no host-to-device copy per step
 
     # --- construction -----------------------------------------------------------------
     @classmethod
@@ -66,7 +67,10 @@ class NoiseSchedule:
         return torch.randint(0, self.num_timesteps, (n,), device=device, generator=generator)
 
     def _coefs(self, t: Tensor, like: Tensor):
-        abar = self.alphas_cumprod.to(like.device)[t].to(like.dtype)
+        table = self._on_device.get(like.device)
+        if table is None:
+            table = self._on_device[like.device] = self.alphas_cumprod.to(like.device)
+        abar = table[t].to(like.dtype)
         shape = (-1,) + (1,) * (like.dim() - 1)
         return abar.sqrt().view(shape), (1.0 - abar).sqrt().view(shape)
 

@@ -55,7 +55,7 @@ class ObjectiveConfig:
 @dataclass
 class StepOutput:
     loss: Tensor
-    metrics: Dict[str, float] = field(default_factory=dict)
+    metrics: Dict[str, Tensor] = field(default_factory=dict)  # 0-dim tensors: O.metrics_to_floats
     err_policy: Optional[Tensor] = None  # detached, per sample (for accuracy, logging)
     err_ref: Optional[Tensor] = None
 
@@ -111,7 +111,7 @@ def objective_step(
 
     err_p = O.denoising_error(policy(x_t, t, cond), target)
     err_r = None
-    metrics: Dict[str, float] = {}
+    metrics: Dict[str, Tensor] = {}
 
     if name == "kto":
         if cfg.reference_point == "unrelated":
@@ -153,8 +153,8 @@ def objective_step(
         out = O.bce_loss(err_p, labels)
 
     metrics.update(out.metrics)
-    metrics["loss"] = out.loss.detach().float().item()
-    metrics["err/policy"] = err_p.detach().float().mean().item()
+    metrics["loss"] = out.loss.detach().float()
+    metrics["err/policy"] = err_p.detach().float().mean()
     if err_r is not None:
-        metrics["err/reference"] = err_r.float().mean().item()
+        metrics["err/reference"] = err_r.float().mean()
     return StepOutput(out.loss, metrics, err_p.detach(), None if err_r is None else err_r.detach())

@@ -1,0 +1,539 @@
+"""Benchmark one training step of Stable Diffusion 1.5's UNet (issue 6): kto_lab's trainer vs an
+official-script-like baseline.
+
+    python benchmarks/sd_step.py --config sd15 --device cuda --batch-size 8 --out sd15_b8.json
+    python benchmarks/sd_step.py --config tiny --device cpu --batch-size 2 --steps 2 --out tiny.json
+
+What one *step* is: one micro-batch through ``Trainer.step`` (latents and text embeddings ->
+:func:`kto_lab.step.objective_step` -> backward -> grad clipping -> AdamW step), i.e. the real
+trainer with its real optimisations. Configurations (``--configs``):
+
+    kto_full            Diffusion-KTO, full fine-tune; frozen low-precision reference copy on the device
+    kto_lora_disabled   Diffusion-KTO, LoRA rank 8; reference = the same UNet with adapters disabled
+    kto_lora_copy       Diffusion-KTO, LoRA rank 8; reference = a frozen low-precision copy of the base
+    dpo                 Diffusion-DPO, full fine-tune (batch = pairs: 2x the images of a KTO batch)
+    official_like       a mimic of the official Diffusion-KTO script's per-step work (train_kto_sd_v1.5.py
+                        in jacklishufan/diffusion-kto): VAE encode of the pixel batch in fp32 and a text
+                        encoder forward on every step; the reference weights live on the CPU (diffusers'
+                        EMAModel) and are swapped into the policy UNet around the reference forward
+                        (store: GPU->CPU, copy_to: CPU->GPU, restore: CPU->GPU). Its loss goes through
+                        the same ``objective_step``, so only the systems differ.
+
+Switches that apply to the kto_lab configurations (the baseline always runs the official way: no
+cache, no checkpointing, no compile): ``--no-cache`` (feed pixels + token ids: the trainer encodes
+them each step with its bf16 VAE/text encoder, instead of cached VAE moments + text embeddings),
+``--grad-checkpointing``, ``--compile`` (``torch.compile`` of the UNets), ``--precision`` (the
+accelerate mixed precision: bf16 | fp16 | no).
+
+Measured per configuration: samples/s (KTO: images, DPO: pairs), peak GPU memory
+(``torch.cuda.max_memory_allocated`` from after the models are built to the end of the timed steps,
+so weights + optimizer state + activations), FLOPs per step counted by
+``torch.utils.flop_counter.FlopCounterMode`` over one eager step (all matmul/conv/attention FLOPs:
+policy forward+backward, no-grad reference and unrelated-pair forwards, and VAE/text encoding when
+not cached; gradient-checkpointing recompute is *not* counted: model FLOPs, not hardware FLOPs),
+achieved TFLOP/s = FLOPs / step time, the share of the device's dense peak (MFU), and the speed-up
+over ``official_like`` measured in the same run. Weights are random: throughput does not depend on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as _dt
+import gc
+import json
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import torch
+
+BENCH_DIR = Path(__file__).resolve().parent
+CONFIG_DIR = BENCH_DIR / "configs"
+CONFIGS = ("kto_full", "kto_lora_disabled", "kto_lora_copy", "dpo", "official_like")
+BASELINE = "official_like"
+PRECISIONS = ("bf16", "fp16", "no")
+REFERENCE_POINTS = ("unrelated", "batch", "none")
+
+
+@dataclass(frozen=True)
+class ModelSet:
+    """Where the architectures of one benchmark size come from (configs only, random weights)."""
+
+    unet: str  # a JSON in benchmarks/configs or the name of one in kto_lab/configs
+    vae: str
+    text_encoder: str
+    resolution: int  # pixels; latents are resolution / VAE downsampling
+    default_batch_size: int
+
+
+MODEL_SETS = {
+    # SD 1.5: the UNet config shipped with kto_lab, VAE and CLIP ViT-L/14 text tower from benchmarks/configs.
+    "sd15": ModelSet("sd15_unet.json", "sd15_vae.json", "sd15_text_encoder.json", 512, 8),
+    "tiny": ModelSet("tiny_unet.json", "tiny_vae.json", "tiny_text_encoder.json", 32, 2),
+}
+
+# Dense (no sparsity) peak tensor-core TFLOP/s per GPU from NVIDIA's datasheets. "tf32" is what fp32
+# matmuls run at with allow_tf32 (the trainer's default). First match of the device name wins.
+PEAK_TFLOPS: List[tuple] = [
+    ("H200", {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7}),
+    ("H100 PCIe", {"bf16": 756.5, "fp16": 756.5, "tf32": 378.0}),
+    ("H100 NVL", {"bf16": 835.5, "fp16": 835.5, "tf32": 417.5}),
+    ("H100", {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7}),  # SXM5 ("NVIDIA H100 80GB HBM3")
+    ("A100", {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0}),
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# models from configs
+# ----------------------------------------------------------------------------------------------
+
+
+def _config_path(name: str) -> Path:
+    from kto_lab.sd.components import CONFIG_DIR as KTO_CONFIG_DIR
+
+    for d in (CONFIG_DIR, KTO_CONFIG_DIR):
+        if (d / name).is_file():
+            return d / name
+    raise FileNotFoundError(f"model config {name!r} is in neither {CONFIG_DIR} nor {KTO_CONFIG_DIR}")
+
+
+def _read_config(name: str) -> Dict[str, Any]:
+    return {k: v for k, v in json.loads(_config_path(name).read_text()).items() if k != "_comment"}
+
+
+def build_unet(models: ModelSet, seed: int = 0):
+    from kto_lab.sd.components import unet_from_config
+
+    return unet_from_config(_read_config(models.unet), seed=seed)
+
+
+def build_vae(models: ModelSet, seed: int = 0):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL.from_config(_read_config(models.vae))
+
+
+def build_text_encoder(models: ModelSet, seed: int = 0):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    return CLIPTextModel(CLIPTextConfig.from_dict(_read_config(models.text_encoder)))
+
+
+def sd_schedule():
+    """SD 1.x's DDPM schedule (scaled_linear, 1000 steps, epsilon prediction)."""
+    from kto_lab.schedule import NoiseSchedule
+
+    return NoiseSchedule.scaled_linear(1000)
+
+
+# ----------------------------------------------------------------------------------------------
+# synthetic batches (what the data source / latent cache would deliver, on the host)
+# ----------------------------------------------------------------------------------------------
+
+
+def make_batch(*, cached: bool, pairs: bool, batch_size: int, resolution: int, latent_channels: int,
+               vae_downsample: int, text_len: int, text_dim: int, vocab: int, gamma: float = 0.8,
+               seed: int = 0, pin: bool = False) -> Dict[str, torch.Tensor]:
+    """A batch in the trainer's format. Cached: fp16 VAE moments + text embeddings (``kto_lab.sd.cache``);
+    not cached: pixels in [-1, 1] + token ids. Labels: desirable with probability ``gamma`` (sec. 4.2)."""
+    g = torch.Generator().manual_seed(seed)
+    b, h = batch_size, resolution // vae_downsample
+    batch: Dict[str, torch.Tensor] = {"labels": (torch.rand(b, generator=g) < gamma).long()}
+    suffixes = ("", "_l") if pairs else ("",)
+    for s in suffixes:
+        if cached:
+            mean = torch.randn(b, latent_channels, h, h, generator=g)
+            logvar = torch.full_like(mean, -6.0)
+            batch["latent_moments" + s] = torch.cat([mean, logvar], 1).half()
+        else:
+            batch["pixel_values" + s] = torch.rand(b, 3, resolution, resolution, generator=g) * 2 - 1
+    if cached:
+        batch["encoder_hidden_states"] = torch.randn(b, text_len, text_dim, generator=g).half()
+    else:
+        batch["input_ids"] = torch.randint(0, vocab, (b, text_len), generator=g)
+    if pin:
+        batch = {k: v.pin_memory() for k, v in batch.items()}
+    return batch
+
+
+# ----------------------------------------------------------------------------------------------
+# kto_lab configurations: the real Trainer
+# ----------------------------------------------------------------------------------------------
+
+
+def train_config(name: str, args, output_dir: str) -> Dict[str, Any]:
+    """The ``TrainConfig`` (as a dict) of one kto_lab configuration; everything else is the paper default."""
+    lora = name.startswith("kto_lora")
+    return {
+        "output_dir": output_dir,
+        "cpu": args.device == "cpu",
+        "seed": args.seed,
+        "model": {"pretrained": "random-weights-from-config", "gradient_checkpointing": args.grad_checkpointing},
+        "objective": {"objective": "dpo" if name == "dpo" else "kto", "reference_point": args.reference_point},
+        "optim": {"batch_size": args.batch_size, "mixed_precision": args.precision, "max_steps": 1_000_000,
+                  "warmup_steps": 0},
+        "lora": {"enabled": lora, "reference": "frozen_copy" if name == "kto_lora_copy" else "disabled_adapters"},
+        "logging": {"progress_bar": False},
+        "checkpoint": {"every": 0},
+    }
+
+
+def build_trainer(name: str, args, base: Dict[str, Any], output_dir: str):
+    """A ``kto_lab.sd.trainer.Trainer`` on fresh copies of the base models. With the cache only the
+    UNet is given (as a cached run loads it); without, also the VAE and text encoder."""
+    from kto_lab.sd.components import Components
+    from kto_lab.sd.trainer import Trainer
+
+    cached = not args.no_cache
+    components = Components(
+        unet=copy.deepcopy(base["unet"]), schedule=sd_schedule(),
+        vae=None if cached else copy.deepcopy(base["vae"]),
+        text_encoder=None if cached else copy.deepcopy(base["text_encoder"]),
+    )
+    source = SimpleNamespace(manifest={"scaling_factor": float(base["vae"].config.scaling_factor)}, skipped=0)
+    return Trainer(train_config(name, args, output_dir), components=components, source=source)
+
+
+@contextmanager
+def checkpointing_paused(unet):
+    """Gradient checkpointing off inside the block (so the FLOP count has no recompute), restored after."""
+    from kto_lab.sd.encoding import unwrap_model
+
+    base = unwrap_model(unet)
+    was = bool(getattr(base, "is_gradient_checkpointing", False))
+    if was:
+        base.disable_gradient_checkpointing()
+    try:
+        yield
+    finally:
+        if was:
+            base.enable_gradient_checkpointing()
+
+
+# ----------------------------------------------------------------------------------------------
+# the official-script-like baseline
+# ----------------------------------------------------------------------------------------------
+
+
+class OfficialLikeStep:
+    """The per-step work of the official Diffusion-KTO script for a full fine-tune, with the loss of
+    :func:`kto_lab.step.objective_step`:
+
+    * VAE (fp32, as the script: "vae.to(device, dtype=torch.float32)") encodes the pixel batch, posterior sample;
+    * the text encoder (in the mixed-precision dtype, as the script) embeds the token ids;
+    * the reference is a diffusers ``EMAModel`` holding the reference weights on the CPU; its forward runs
+      the policy UNet after ``store`` (policy weights GPU->CPU), ``copy_to`` (reference CPU->GPU), and is
+      followed by ``restore`` (policy CPU->GPU): three full-UNet transfers per step;
+    * AdamW on the fp32 UNet under accelerate's autocast, gradient clipping at 1.0.
+
+    Not mimicked: the script also casts the policy UNet to the mixed-precision dtype around the reference
+    forward (``ref_unet.to(device, dtype=weight_dtype)``), which would turn the trained weights into bf16;
+    here the reference forward runs the fp32 weights under autocast like the policy.
+    """
+
+    def __init__(self, args, base: Dict[str, Any]):
+        from accelerate import Accelerator
+        from diffusers.training_utils import EMAModel
+
+        from kto_lab.sd.encoding import unet_denoiser
+        from kto_lab.step import ObjectiveConfig
+
+        self.acc = acc = Accelerator(mixed_precision=args.precision, cpu=args.device == "cpu")
+        self.device = acc.device
+        weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.precision, torch.float32)
+        if torch.cuda.is_available() and args.device == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True  # the script's --allow_tf32
+        self.vae = copy.deepcopy(base["vae"]).to(self.device, torch.float32).requires_grad_(False).eval()
+        self.text_encoder = copy.deepcopy(base["text_encoder"]).to(self.device, weight_dtype).requires_grad_(False).eval()
+        self.scaling_factor = float(self.vae.config.scaling_factor)
+        unet = copy.deepcopy(base["unet"]).to(self.device, torch.float32).train()
+        self.reference_weights = EMAModel(copy.deepcopy(base["unet"]).parameters())  # stays on the CPU
+        self.params = [p for p in unet.parameters()]
+        optimizer = torch.optim.AdamW(self.params, lr=1e-7, weight_decay=0.0)
+        self.unet, self.optimizer = acc.prepare(unet, optimizer)
+        self.policy = unet_denoiser(self.unet)
+        self.schedule = sd_schedule()
+        self.objective = ObjectiveConfig(objective="kto", reference_point=args.reference_point).validate()
+        self.generator = torch.Generator(device=self.device).manual_seed(args.seed)
+
+    def reference(self, x_t, t, cond):
+        self.reference_weights.store(self.params)  # policy weights -> CPU
+        self.reference_weights.copy_to(self.params)  # reference weights CPU -> GPU
+        try:
+            with torch.no_grad():
+                return self.policy(x_t, t, cond)
+        finally:
+            self.reference_weights.restore(self.params)  # policy weights CPU -> GPU
+
+    def step(self, batch: Dict[str, torch.Tensor]) -> Dict[str, float]:
+        from kto_lab.step import objective_step
+
+        with torch.no_grad():
+            pixels = batch["pixel_values"].to(self.device, torch.float32)
+            latents = self.vae.encode(pixels).latent_dist.sample(generator=self.generator) * self.scaling_factor
+            cond = self.text_encoder(batch["input_ids"].to(self.device), return_dict=False)[0]
+        labels = batch["labels"].to(self.device)
+        out = objective_step(self.objective, self.schedule, self.policy, latents.float(), labels, cond,
+                             reference=self.reference, generator=self.generator)
+        self.acc.backward(out.loss)
+        self.acc.clip_grad_norm_(self.params, 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return out.metrics
+
+
+# ----------------------------------------------------------------------------------------------
+# measuring
+# ----------------------------------------------------------------------------------------------
+
+
+def _register_cpu_attention_flops() -> None:
+    """torch's flop counter knows the CUDA attention kernels but not CPU flash attention; count it the same way."""
+    from torch.utils import flop_counter as fc
+
+    aten = torch.ops.aten
+    fwd = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    bwd = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
+    if fwd is None or fwd in fc.flop_registry:
+        return
+
+    @fc.register_flop_formula(fwd)
+    def _cpu_sdpa(query, key, value, *args, out_shape=None, **kwargs) -> int:
+        return fc.sdpa_flop_count(query, key, value)
+
+    if bwd is not None:
+        @fc.register_flop_formula(bwd)
+        def _cpu_sdpa_bwd(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+            return fc.sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+def count_flops(step: Callable[[], Any]) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    _register_cpu_attention_flops()
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return int(counter.get_total_flops())
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_peak_tflops(device: str, precision: str, override: Optional[float]) -> Optional[float]:
+    if override:
+        return float(override)
+    if device != "cuda":
+        return None
+    name = torch.cuda.get_device_name()
+    kind = "tf32" if precision == "no" else precision
+    for key, peaks in PEAK_TFLOPS:
+        if key.lower() in name.lower():
+            return peaks[kind]
+    return None
+
+
+def measure(name: str, args, base: Dict[str, Any], output_dir: str) -> Dict[str, Any]:
+    """Build one configuration, count its FLOPs, warm it up, time ``args.steps`` steps."""
+    official = name == BASELINE
+    cached = not (official or args.no_cache)
+    te_cfg = base["text_encoder"].config
+    batch = make_batch(
+        cached=cached, pairs=name == "dpo", batch_size=args.batch_size, resolution=args.resolution,
+        latent_channels=base["vae"].config.latent_channels,
+        vae_downsample=2 ** (len(base["vae"].config.block_out_channels) - 1),
+        text_len=te_cfg.max_position_embeddings, text_dim=te_cfg.hidden_size, vocab=te_cfg.vocab_size,
+        seed=args.seed, pin=args.device == "cuda",
+    )
+    if args.device == "cuda":
+        torch.cuda.empty_cache()
+    runner = OfficialLikeStep(args, base) if official else build_trainer(name, args, base, output_dir)
+    after_build = torch.cuda.memory_allocated() if args.device == "cuda" else None
+
+    with checkpointing_paused(runner.unet):  # eager, no recompute: model FLOPs
+        flops = count_flops(lambda: runner.step(batch))
+    if args.compile and not official:
+        runner.compile_unets()  # after the count: compiled kernels are invisible to the flop counter
+    if args.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    for _ in range(args.warmup):
+        runner.step(batch)
+    _sync(args.device)
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        metrics = runner.step(batch)
+    _sync(args.device)
+    step_s = (time.perf_counter() - start) / args.steps
+
+    pairs = name == "dpo"
+    peak = device_peak_tflops(args.device, args.precision, args.peak_tflops)
+    achieved = flops / step_s / 1e12
+    row = {
+        "config": name,
+        "objective": "dpo" if pairs else "kto",
+        "lora": name.startswith("kto_lora"),
+        "reference": {"kto_lora_disabled": "disabled_adapters", "kto_lora_copy": "frozen_copy",
+                      BASELINE: "cpu_swap"}.get(name, "frozen_copy"),
+        "cache": cached,
+        "precision": args.precision,
+        "grad_checkpointing": bool(args.grad_checkpointing and not official),
+        "compile": bool(args.compile and not official),
+        "batch_size": args.batch_size,
+        "images_per_sample": 2 if pairs else 1,
+        "step_s": step_s,
+        "samples_per_s": args.batch_size / step_s,
+        "images_per_s": args.batch_size * (2 if pairs else 1) / step_s,
+        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else None,
+        "mem_after_build_gib": after_build / 2**30 if after_build is not None else None,
+        "tflop_per_step": flops / 1e12,
+        "achieved_tflops": achieved,
+        "peak_tflops": peak,
+        "mfu": achieved / peak if peak else None,
+        "loss": float(metrics["loss"]),
+    }
+    del runner, batch
+    gc.collect()
+    if args.device == "cuda":
+        torch.cuda.empty_cache()
+    if args.compile:
+        torch._dynamo.reset()
+    return row
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", choices=sorted(MODEL_SETS), default="sd15", help="model sizes (default sd15)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--batch-size", type=int, default=None, help="per step (KTO: images; DPO: pairs). "
+                   "Default: 8 for sd15, 2 for tiny")
+    p.add_argument("--steps", type=int, default=10, help="timed steps")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps after the FLOP-counting step")
+    p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma list from {', '.join(CONFIGS)}")
+    p.add_argument("--precision", choices=PRECISIONS, default=None, help="mixed precision (default bf16 on cuda, no on cpu)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the UNets of the kto_lab configurations")
+    p.add_argument("--grad-checkpointing", action="store_true", help="gradient checkpointing in the kto_lab configurations")
+    p.add_argument("--no-cache", action="store_true", help="kto_lab configurations encode pixels/token ids every step")
+    p.add_argument("--reference-point", choices=REFERENCE_POINTS, default="unrelated",
+                   help="KTO reference point of every configuration (the paper, sec. 4.1: unrelated; "
+                        "the official script computes the cheaper batch mean)")
+    p.add_argument("--resolution", type=int, default=None, help="pixels (default 512 for sd15, 32 for tiny)")
+    p.add_argument("--peak-tflops", type=float, default=None, help="device peak for the MFU column "
+                   "(default: from the GPU's name; none on CPU)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice; "
+                   "1 is much faster on a CPU shared with other jobs)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    args = p.parse_args(argv)
+
+    names = [c.strip() for c in args.configs.split(",") if c.strip()]
+    unknown = [c for c in names if c not in CONFIGS]
+    if unknown or not names:
+        p.error(f"--configs: unknown {unknown or 'empty list'}; choose from {', '.join(CONFIGS)}")
+    args.configs = list(dict.fromkeys(names))
+    models = MODEL_SETS[args.config]
+    args.batch_size = models.default_batch_size if args.batch_size is None else args.batch_size
+    args.resolution = models.resolution if args.resolution is None else args.resolution
+    args.precision = args.precision or ("bf16" if args.device == "cuda" else "no")
+    for flag in ("batch_size", "steps", "resolution"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if args.threads is not None and args.threads < 1:
+        p.error(f"--threads must be >= 1, got {args.threads}")
+    if args.warmup < 0:
+        p.error(f"--warmup must be >= 0, got {args.warmup}")
+    if args.resolution % 8:
+        p.error(f"--resolution must be a multiple of 8, got {args.resolution}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is visible (use --device cpu --config tiny)")
+    return args
+
+
+def markdown_table(rows: List[Dict[str, Any]]) -> str:
+    cols = [("config", "config", "{}"), ("cache", "cache", "{}"), ("samples/s", "samples_per_s", "{:.3g}"),
+            ("step ms", "step_s", "ms"), ("peak GiB", "peak_mem_gib", "{:.2f}"),
+            ("TFLOP/step", "tflop_per_step", "{:.3g}"), ("TFLOP/s", "achieved_tflops", "{:.3g}"),
+            ("MFU", "mfu", "{:.1%}"), ("x official", "speedup_vs_official", "{:.2f}")]
+
+    def fmt(v, spec):
+        if v is None:
+            return "n/a"
+        if spec == "ms":
+            return f"{1000 * v:.1f}"
+        return spec.format(v)
+
+    lines = ["| " + " | ".join(c[0] for c in cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join(fmt(r.get(key), spec) for _, key, spec in cols) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    import diffusers
+    import transformers
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    models = MODEL_SETS[args.config]
+    torch.manual_seed(args.seed)
+    base = {"unet": build_unet(models, args.seed), "vae": build_vae(models, args.seed),
+            "text_encoder": build_text_encoder(models, args.seed)}  # on the host; each configuration copies them
+    meta = {
+        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name if argv is None else "sd_step.py",
+                                                      *(sys.argv[1:] if argv is None else argv)]),
+        "config": args.config, "device": args.device,
+        "device_name": torch.cuda.get_device_name() if args.device == "cuda" else cpu_name(),
+        "cpu_threads": torch.get_num_threads(), "resolution": args.resolution, "batch_size": args.batch_size,
+        "steps": args.steps, "warmup": args.warmup, "precision": args.precision,
+        "reference_point": args.reference_point, "torch": torch.__version__, "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "unet_params_m": sum(p.numel() for p in base["unet"].parameters()) / 1e6,
+    }
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="kto_bench_") as tmp:
+        for name in args.configs:
+            print(f"[sd_step] {name} ...", file=sys.stderr, flush=True)
+            rows.append(measure(name, args, base, tmp))
+    official = next((r for r in rows if r["config"] == BASELINE), None)
+    for r in rows:
+        r["speedup_vs_official"] = r["samples_per_s"] / official["samples_per_s"] if official else None
+    print(f"# {meta['config']} on {meta['device_name']} ({meta['device']}), batch {args.batch_size}, "
+          f"{args.resolution}px, precision {args.precision}, {args.steps} timed steps, {meta['date']}")
+    print(markdown_table(rows))
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
+        print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Smoke test of benchmarks/sd_step.py: the tiny CPU configuration runs every configuration end to end
+(the real Trainer.step and the official-like baseline) and writes well-formed results. Behaviour only:
+no assertion on how fast anything is."""
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "sd_step.py"
+
+
+def _load_module():
+    spec = importlib.util.spec_from_file_location("sd_step", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("sd_step", module)  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny_results(tmp_path_factory):
+    """One run of all five configurations (a subprocess: the benchmark owns its accelerate state)."""
+    out = tmp_path_factory.mktemp("bench") / "tiny.json"
+    cmd = [sys.executable, str(SCRIPT), "--config", "tiny", "--device", "cpu", "--batch-size", "2",
+           "--steps", "1", "--warmup", "0", "--threads", "1", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text()), proc.stdout
+
+
+def test_tiny_cpu_run_reports_every_configuration(tiny_results):
+    data, stdout = tiny_results
+    sd_step = _load_module()
+    meta, rows = data["meta"], data["results"]
+    assert meta["config"] == "tiny" and meta["device"] == "cpu" and meta["batch_size"] == 2
+    assert "--config tiny" in meta["command"] and meta["date"]
+    assert [r["config"] for r in rows] == list(sd_step.CONFIGS)
+    for r in rows:
+        for key in ("step_s", "samples_per_s", "images_per_s", "tflop_per_step", "achieved_tflops", "speedup_vs_official"):
+            assert math.isfinite(r[key]) and r[key] > 0, (r["config"], key, r[key])
+        assert math.isfinite(r["loss"]), r
+        assert r["peak_mem_gib"] is None and r["mfu"] is None  # no GPU, no device peak
+    by = {r["config"]: r for r in rows}
+    assert by["official_like"]["speedup_vs_official"] == pytest.approx(1.0)
+    assert by["official_like"]["cache"] is False and by["kto_full"]["cache"] is True
+    assert by["dpo"]["images_per_s"] == pytest.approx(2 * by["dpo"]["samples_per_s"])
+    # LoRA trains no base weights: its backward has no weight gradients of the frozen convs/linears.
+    assert by["kto_lora_copy"]["tflop_per_step"] < by["kto_full"]["tflop_per_step"]
+    # the baseline also encodes pixels and text every step
+    assert by["official_like"]["tflop_per_step"] > by["kto_full"]["tflop_per_step"]
+    assert "| kto_full |" in stdout and "x official" in stdout
+
+
+def test_peak_flops_and_mfu_use_the_override():
+    sd_step = _load_module()
+    assert sd_step.device_peak_tflops("cpu", "no", None) is None
+    assert sd_step.device_peak_tflops("cpu", "bf16", 123.0) == 123.0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--configs", "kto_full,ppo"], "unknown ['ppo']"),
+    (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--resolution", "100"], "multiple of 8"),
+    (["--config", "sd21"], "invalid choice"),
+])
+def test_bad_arguments_fail_before_any_model_is_built(argv, message, capsys):
+    sd_step = _load_module()
+    with pytest.raises(SystemExit):
+        sd_step.parse_args(["--device", "cpu", *argv])
+    assert message in capsys.readouterr().err
