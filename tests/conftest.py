@@ -17,7 +17,8 @@ import torch
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+# The project's shared public data (PartiPrompts, ...), next to the checkout; KTO_LAB_SHARED_DATA overrides.
+SHARED_DATA = Path(os.environ.get("KTO_LAB_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 TINY_WORDS = ("a", "red", "green", "blue", "circle", "square", "small", "large", "on", "background", "good", "bad", "image")
 

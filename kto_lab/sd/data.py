@@ -108,14 +108,20 @@ class RecordSource:
             )
         self.sampler = GammaSampler(self.labels, gamma=gamma, seed=seed)
         self.generator = torch.Generator().manual_seed(seed + 1)  # crops, flips, replacements
+        self._by_class = {True: np.flatnonzero(self.labels > 0), False: np.flatnonzero(self.labels <= 0)}
 
     @property
     def skipped(self) -> int:
         return len(getattr(self.table, "skipped", ()))
 
-    def _replacement(self, i: int) -> int:
-        """Another record of the same class, for a skipped image."""
-        same = np.flatnonzero((self.labels > 0) == (self.labels[i] > 0))
+    def _replacement(self, i: int, tries: int = 64) -> int:
+        """Another record of the same class, for a skipped image: random draws until one is not known
+        to be unreadable (O(1) per draw at a million records); a full scan only when draws keep failing."""
+        same = self._by_class[bool(self.labels[i] > 0)]
+        for _ in range(tries):
+            j = int(same[int(torch.randint(len(same), (1,), generator=self.generator))])
+            if not self.table.is_skipped(j):
+                return j
         usable = [j for j in same if not self.table.is_skipped(int(j))]
         if not usable:
             kind = "desirable" if self.labels[i] > 0 else "undesirable"
