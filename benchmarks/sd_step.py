@@ -55,12 +55,13 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
+from kto_lab.objectives import REFERENCE_POINTS
+
 BENCH_DIR = Path(__file__).resolve().parent
 CONFIG_DIR = BENCH_DIR / "configs"
 CONFIGS = ("kto_full", "kto_lora_disabled", "kto_lora_copy", "dpo", "official_like")
 BASELINE = "official_like"
 PRECISIONS = ("bf16", "fp16", "no")
-REFERENCE_POINTS = ("unrelated", "batch", "none")
 
 
 @dataclass(frozen=True)
@@ -246,11 +247,12 @@ class OfficialLikeStep:
         from diffusers.training_utils import EMAModel
 
         from kto_lab.sd.encoding import unet_denoiser
+        from kto_lab.sd.trainer import DTYPES
         from kto_lab.step import ObjectiveConfig
 
         self.acc = acc = Accelerator(mixed_precision=args.precision, cpu=args.device == "cpu")
         self.device = acc.device
-        weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.precision, torch.float32)
+        weight_dtype = DTYPES.get(args.precision, torch.float32)  # "no" -> fp32
         if torch.cuda.is_available() and args.device == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True  # the script's --allow_tf32
         self.vae = copy.deepcopy(base["vae"]).to(self.device, torch.float32).requires_grad_(False).eval()

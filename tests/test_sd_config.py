@@ -48,6 +48,9 @@ def test_config_errors_come_before_any_model_load(tmp_path):
     with pytest.raises(FileNotFoundError, match="checkpoint.resume"):
         Trainer({"model": {"pretrained": missing_model}, "data": {"train": ["x.csv"]},
                  "checkpoint": {"resume": str(tmp_path / "nope")}})
+    # a missing record table is named before the (missing) model is loaded
+    with pytest.raises(FileNotFoundError, match=r"data\.train.*no_such_table\.csv"):
+        Trainer({"model": {"pretrained": missing_model}, "data": {"train": [str(tmp_path / "no_such_table.csv")]}})
 
 
 @pytest.mark.parametrize("name", ["sd15_kto_full.yaml", "sd15_kto_lora.yaml", "sd15_dpo.yaml", "tiny_kto.yaml"])

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 
 from sd_helpers import write_records
@@ -26,8 +27,17 @@ WORKER = textwrap.dedent("""
     rows = [metrics_to_floats(trainer.step(trainer.source.next_batch())) for _ in range(3)]
     ckpt = trainer.save_checkpoint()
     rank = acc.process_index
-    json.dump({"world": acc.num_processes, "rows": rows, "checkpoint": str(ckpt)}, open(f"{out}/rank{rank}.json", "w"))
     torch.save(torch.cat([p.detach().flatten() for p in trainer.unet.parameters()]), f"{out}/params{rank}.pt")
+    # one more step through fit(): its log row (written by rank 0) averages the metrics of both ranks
+    own, step = [], trainer.step
+    def recording_step(batch):
+        m = step(batch)
+        own.append(metrics_to_floats(m))
+        return m
+    trainer.step = recording_step
+    trainer.fit(stop_at=4)
+    json.dump({"world": acc.num_processes, "rows": rows, "checkpoint": str(ckpt), "fit_rows": own},
+              open(f"{out}/rank{rank}.json", "w"))
 """)
 
 
@@ -45,7 +55,7 @@ def test_two_process_cpu_run_shares_reference_point_and_parameters(tiny_sd_path,
         "data": {"train": [str(records)], "resolution": 32},
         "objective": {"objective": "kto", "beta": 20.0, "reference_point": "unrelated"},
         "optim": {"max_steps": 10, "batch_size": 2, "learning_rate": 1e-3, "warmup_steps": 0},
-        "logging": {"progress_bar": False},
+        "logging": {"progress_bar": False, "log_every": 1},
     }
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
@@ -67,3 +77,13 @@ def test_two_process_cpu_run_shares_reference_point_and_parameters(tiny_sd_path,
     assert r0["checkpoint"] == str(ckpt)
     assert (ckpt / "trainer_state_0.pt").is_file() and (ckpt / "trainer_state_1.pt").is_file()
     assert (ckpt / "unet" / "config.json").is_file()
+
+    # fit's log row (rank 0 writes it) is the mean over both ranks, not rank 0's share alone
+    from kto_lab.sd.metrics_log import read_metrics
+
+    logged = read_metrics(tmp_path / "run")[-1]
+    assert logged["step"] == 4
+    a, b = r0["fit_rows"][0], r1["fit_rows"][0]
+    assert a["loss"] != b["loss"]
+    for key in ("loss", "rewards/accuracy", "err/policy"):
+        assert logged[key] == pytest.approx((a[key] + b[key]) / 2, rel=1e-5), key

@@ -28,7 +28,6 @@ import numpy as np
 import torch
 
 from ..config import ConfigError
-from ..data.sampler import GammaSampler
 from ..objectives import csft_caption
 
 Tensor = torch.Tensor
@@ -161,6 +160,8 @@ class CachedSource:
     def __init__(self, cache_dir: str | Path, cfg, *, batch_size: int, seed: int = 0):
         from safetensors import safe_open
 
+        from .data import gamma_sampler
+
         self.dir = Path(cache_dir)
         self.manifest = read_manifest(self.dir)
         check_manifest(self.manifest, cfg, self.dir)
@@ -175,7 +176,8 @@ class CachedSource:
         self.keys = ["latent_moments", "encoder_hidden_states"] + (["latent_moments_l"] if self.pairs else [])
         self.skipped = len(self.manifest.get("skipped", []))
         self.generator = torch.Generator().manual_seed(seed)
-        self.sampler = None if self.pairs else GammaSampler(self.labels, gamma=cfg.data.gamma, seed=seed)
+        self.sampler = None if self.pairs else gamma_sampler(self.labels, cfg.data.gamma, seed,
+                                                             f"latent cache {str(self.dir)!r}")
 
     def __len__(self) -> int:
         return int(self.offsets[-1])

@@ -41,16 +41,19 @@ class Components:
     scheduler_config: Optional[Dict[str, Any]] = None  # the noise scheduler's config (for validation sampling)
 
 
-def _local_only() -> bool:
+def local_only() -> bool:
+    """Hub look-ups offline when ``HF_HUB_OFFLINE`` is set (diffusers' ``local_files_only``)."""
     return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
 
 
-def _check_pipeline_dir(path: str) -> None:
+def check_pipeline_dir(path: str | Path, field: Optional[str] = None) -> None:
+    """A path that looks local must be a diffusers pipeline directory; the error names ``field``."""
+    path = str(path)
     p = Path(path)
     looks_local = p.exists() or path.startswith((".", "/", "~")) or path.count("/") > 1
     if looks_local and not (p / "model_index.json").is_file():
-        raise FileNotFoundError(f"model.pretrained={path!r} is not a diffusers pipeline directory "
-                                f"(expected {p / 'model_index.json'})")
+        what = f"{field}={path!r}" if field else repr(path)
+        raise FileNotFoundError(f"{what} is not a diffusers pipeline directory (expected {p / 'model_index.json'})")
 
 
 def load_unet(path: str | Path, **kwargs):
@@ -64,7 +67,7 @@ def load_unet(path: str | Path, **kwargs):
         return UNet2DConditionModel.from_pretrained(p, subfolder="unet", **kwargs)
     if p.exists() or str(path).startswith((".", "/", "~")):
         raise FileNotFoundError(f"{str(path)!r} is neither a UNet directory (config.json) nor a pipeline (unet/config.json)")
-    return UNet2DConditionModel.from_pretrained(str(path), subfolder="unet", local_files_only=_local_only(), **kwargs)
+    return UNet2DConditionModel.from_pretrained(str(path), subfolder="unet", local_files_only=local_only(), **kwargs)
 
 
 def load_components(model_cfg, *, need_text: bool = True, need_vae: bool = True) -> Components:
@@ -73,8 +76,8 @@ def load_components(model_cfg, *, need_text: bool = True, need_vae: bool = True)
     from transformers import CLIPTextModel, CLIPTokenizer
 
     src = str(model_cfg.pretrained)
-    _check_pipeline_dir(src)
-    kw = {"local_files_only": _local_only()}
+    check_pipeline_dir(src, "model.pretrained")
+    kw = {"local_files_only": local_only()}
     scheduler = DDPMScheduler.from_pretrained(src, subfolder="scheduler", **kw)
     unet = load_unet(model_cfg.unet) if model_cfg.unet else load_unet(src)
     reference = load_unet(model_cfg.reference) if model_cfg.reference else None

@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from ..config import ConfigError, check_choice, check_positive, check_range, load_config
 from ..data.sampler import check_gamma
 from ..step import ObjectiveConfig
+from .encoding import LATENT_MODES
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 REFERENCE_DTYPES = ("auto", "fp32", "fp16", "bf16")
@@ -27,7 +28,6 @@ LORA_REFERENCES = ("disabled_adapters", "frozen_copy")
 MISSING_IMAGE_POLICIES = ("error", "skip")
 OPTIMIZERS = ("adamw", "adam")
 LR_SCHEDULERS = ("constant_with_warmup", "linear", "cosine")
-LATENT_MODES = ("sample", "mode")
 
 
 @dataclass

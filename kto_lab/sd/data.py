@@ -23,13 +23,14 @@ the file; ``"skip"`` counts the image (``source.skipped``) and draws another of 
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
 
 from ..data.sampler import GammaSampler
 from ..objectives import csft_caption
+from .encoding import tokenize
 
 Tensor = torch.Tensor
 
@@ -79,18 +80,30 @@ class ImageTransform:
         return image_to_tensor(image, self.resolution, center_crop=self.center_crop, flip=flip, generator=generator)
 
 
-def tokenize_captions(tokenizer, captions: Sequence[str]) -> Tensor:
-    from .encoding import tokenize
-
-    return tokenize(tokenizer, captions)
-
-
 # --------------------------------------------------------------------------------------
 # Sources
 # --------------------------------------------------------------------------------------
 
 
-class RecordSource:
+def gamma_sampler(labels, gamma: float, seed: int, where: str) -> GammaSampler:
+    """A :class:`GammaSampler` whose errors (no desirable / no undesirable record) name ``where``."""
+    try:
+        return GammaSampler(labels, gamma=gamma, seed=seed)
+    except ValueError as e:
+        raise type(e)(f"{where}: {e}") from None
+
+
+class _TableSource:
+    """What the table-backed sources share: the count of skipped (missing/unreadable) images."""
+
+    table = None
+
+    @property
+    def skipped(self) -> int:
+        return len(getattr(self.table, "skipped", ()))
+
+
+class RecordSource(_TableSource):
     """Gamma-sampled batches of per-image feedback records (KTO, SFT, CSFT, BCE)."""
 
     def __init__(
@@ -100,19 +113,9 @@ class RecordSource:
         self.table, self.tokenizer, self.transform = table, tokenizer, transform
         self.batch_size, self.csft = batch_size, csft
         self.labels = np.asarray(table.labels).astype(np.int64)
-        counts = {"desirable": int((self.labels > 0).sum()), "undesirable": int((self.labels <= 0).sum())}
-        if counts["desirable"] == 0 or (gamma < 1.0 and counts["undesirable"] == 0):
-            raise ValueError(
-                f"record table {table!r} has {counts['desirable']} desirable and {counts['undesirable']} "
-                f"undesirable records; gamma={gamma} needs " + ("both" if gamma < 1.0 else "desirable ones")
-            )
-        self.sampler = GammaSampler(self.labels, gamma=gamma, seed=seed)
+        self.sampler = gamma_sampler(self.labels, gamma, seed, f"record table {table!r}")
         self.generator = torch.Generator().manual_seed(seed + 1)  # crops, flips, replacements
-        self._by_class = {True: np.flatnonzero(self.labels > 0), False: np.flatnonzero(self.labels <= 0)}
-
-    @property
-    def skipped(self) -> int:
-        return len(getattr(self.table, "skipped", ()))
+        self._by_class = {True: self.sampler.desirable.numpy(), False: self.sampler.undesirable.numpy()}
 
     def _replacement(self, i: int, tries: int = 64) -> int:
         """Another record of the same class, for a skipped image: random draws until one is not known
@@ -146,7 +149,7 @@ class RecordSource:
             labels.append(label)
         return {
             "pixel_values": torch.stack(pixels),
-            "input_ids": tokenize_captions(self.tokenizer, captions),
+            "input_ids": tokenize(self.tokenizer, captions),
             "labels": torch.tensor(labels, dtype=torch.long),
         }
 
@@ -158,7 +161,7 @@ class RecordSource:
         self.generator.set_state(state["generator"])
 
 
-class PairSource:
+class PairSource(_TableSource):
     """Uniformly drawn (winner, loser) pairs sharing a caption (Diffusion-DPO, SPIN)."""
 
     def __init__(self, table, tokenizer, transform: ImageTransform, *, batch_size: int, seed: int = 0):
@@ -166,10 +169,6 @@ class PairSource:
             raise ValueError(f"pair table {table!r} is empty")
         self.table, self.tokenizer, self.transform, self.batch_size = table, tokenizer, transform, batch_size
         self.generator = torch.Generator().manual_seed(seed)
-
-    @property
-    def skipped(self) -> int:
-        return len(getattr(self.table, "skipped", ()))
 
     def _draw(self) -> int:
         return int(torch.randint(len(self.table), (1,), generator=self.generator))
@@ -195,7 +194,7 @@ class PairSource:
         return {
             "pixel_values": torch.stack(winners),
             "pixel_values_l": torch.stack(losers),
-            "input_ids": tokenize_captions(self.tokenizer, captions),
+            "input_ids": tokenize(self.tokenizer, captions),
             "labels": torch.ones(len(captions), dtype=torch.long),
         }
 

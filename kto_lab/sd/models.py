@@ -147,18 +147,13 @@ def load_pipeline(
     A missing local directory gives an error naming it. Hub ids are resolved by diffusers,
     offline when ``HF_HUB_OFFLINE=1`` (``local_files_only`` defaults to that).
     """
-    import os
-
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
-    p = Path(path_or_id)
-    looks_local = p.exists() or str(path_or_id).startswith((".", "/", "~")) or str(path_or_id).count("/") > 1
-    if looks_local and not (p / "model_index.json").is_file():
-        raise FileNotFoundError(
-            f"{str(path_or_id)!r} is not a diffusers pipeline directory (expected {p / 'model_index.json'})"
-        )
+    from .components import check_pipeline_dir, local_only
+
+    check_pipeline_dir(path_or_id)
     if local_files_only is None:
-        local_files_only = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        local_files_only = local_only()
     kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
     pipe = StableDiffusionPipeline.from_pretrained(
         str(path_or_id), safety_checker=None, requires_safety_checker=False,

@@ -14,9 +14,9 @@ multi-GPU / multi-node (DDP, DeepSpeed) come from ``accelerate launch``.
 
 Host syncs: one per step, the loss's finiteness, read after the backward pass is queued and
 before the update (so the device idles only while the optimizer step is launched). Metrics and
-the gradient norm stay on the device, summed there, and are copied to the host in one transfer
-on log steps. A non-finite loss stops the run before the update, so the last checkpoint stays
-usable.
+the gradient norm stay on the device, summed there, averaged over the processes and copied to
+the host in one transfer on log steps (so a multi-GPU row describes every rank's samples). A
+non-finite loss stops the run before the update, so the last checkpoint stays usable.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import yaml
 from .. import objectives as O
 from ..config import ConfigError
 from ..step import objective_step
+from .cache import sample_latents
 from .components import (Components, LORA_WEIGHTS, add_lora, cast_trainable_to_fp32, frozen_reference, load_components,
                          load_lora, move, save_lora, save_unet)
 from .config import TrainConfig, load_train_config
@@ -92,8 +93,12 @@ class Trainer:
         self.cfg = cfg
         ckpt_to_load = find_checkpoint(cfg.output_dir, cfg.checkpoint.resume)  # a bad path fails before loading
         cache_ready = bool(cfg.data.cache_dir) and (Path(cfg.data.cache_dir) / "cache.json").is_file()
-        if source is None and not cfg.data.train and not cache_ready:
-            raise ConfigError("data.train is empty: give a record table (or data.cache_dir with a built cache)")
+        if source is None and not cache_ready:  # the tables are read after the models load: check them now
+            if not cfg.data.train:
+                raise ConfigError("data.train is empty: give a record table (or data.cache_dir with a built cache)")
+            missing = [str(p) for p in cfg.data.train if not Path(p).is_file()]
+            if missing:
+                raise FileNotFoundError(f"data.train: no such table file {missing} (CSV, JSONL or Parquet)")
 
         from accelerate.utils import set_seed
 
@@ -105,7 +110,7 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         self.device = acc.device
-        self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(str(acc.mixed_precision), torch.float32)
+        self.weight_dtype = DTYPES.get(str(acc.mixed_precision), torch.float32)  # "no" -> fp32
 
         # --- models ----------------------------------------------------------------------
         validating = cfg.logging.validation_every > 0 and bool(cfg.logging.validation_prompts)
@@ -201,8 +206,6 @@ class Trainer:
     # ------------------------------------------------------------------------------------
 
     def _latents(self, batch: Dict[str, Tensor], suffix: str = "") -> Optional[Tensor]:
-        from .cache import sample_latents
-
         mode = self.cfg.data.latent_mode
         if "latents" + suffix in batch:
             return batch["latents" + suffix].to(self.device, torch.float32)
@@ -304,7 +307,7 @@ class Trainer:
                 step = self.global_step
                 bar.update(1)
                 if step % cfg.logging.log_every == 0 or step == cfg.optim.max_steps:
-                    means = {k: sums[k] / counts[k] for k in sums}
+                    means = self._log_means(sums, counts)
                     if self._grad_norm is not None:
                         means["grad_norm"] = self._grad_norm
                     last = {k: v for k, v in O.metrics_to_floats(means).items() if not math.isnan(v)}
@@ -327,6 +330,16 @@ class Trainer:
             weights = self.save_final()
         return TrainResult(str(out), self.global_step, weights, str(out / "metrics.jsonl"), last,
                            int(getattr(self.source, "skipped", 0)))
+
+    def _log_means(self, sums: Dict[str, Tensor], counts: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        """Per-metric means since the last log row, over the steps and over every process: sums and
+        counts are reduced separately (one collective, log steps only), so a class absent from one
+        rank's batches does not turn the mean into NaN. Every process must call this."""
+        keys = list(sums)
+        totals = torch.stack([torch.stack([sums[k] for k in keys]), torch.stack([counts[k] for k in keys])])
+        if self.accelerator.num_processes > 1:
+            totals = self.accelerator.reduce(totals, "sum")
+        return {k: totals[0, i] / totals[1, i] for i, k in enumerate(keys)}
 
     # ------------------------------------------------------------------------------------
     # checkpoints and weights
