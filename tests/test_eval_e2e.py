@@ -121,6 +121,21 @@ def test_cli_score_and_compare_on_the_generated_images(evaluation, capsys):
     assert err.startswith("kto-lab eval: error:") and "needs path=" in err and "Traceback" not in err
 
 
+def test_cli_generate_shares_the_run_seeds_and_checks_values_first(evaluation, tiny_sd_path, tmp_path, capsys):
+    from kto_lab.cli import main
+
+    cfg, result = evaluation
+    args = ["eval", "generate", "--pipeline", str(tiny_sd_path), "--name", "cli", "--prompts", cfg.prompts,
+            "--out", str(tmp_path), "-n", str(N), "--steps", str(STEPS), "--device", "cpu"]
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out) == {"cli": {"ok": 6, "failed": 0, "skipped": 0}}
+    base = result.scores[result.scores.model == "base"]
+    for f in base.file:  # the same seeds as `eval run`: the same images as the base model's
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "cli" / f)), np.asarray(Image.open(f"{cfg.out_dir}/base/{f}")))
+    assert main([*args, "-n", "0"]) == 2  # the last -n wins
+    assert "n_per_prompt" in capsys.readouterr().err
+
+
 def test_config_errors_before_any_model_loads(tiny_sd_path):
     ok = {"prompts": "p.txt", "models": [{"name": "a", "pipeline": str(tiny_sd_path)}]}
     with pytest.raises(ConfigError, match="not in models"):

@@ -60,3 +60,20 @@ def test_missing_files_and_unknown_format_are_named(tmp_path):
     (tmp_path / "bad.tsv").write_text("text\tcat\nx\ty\n")
     with pytest.raises(ValueError, match="expected 'Prompt'"):
         load_prompts(tmp_path / "bad.tsv")
+
+
+def test_malformed_json_names_the_file_and_line(tmp_path):
+    (tmp_path / "p.jsonl").write_text('{"text": "a"}\n{"text": \n')
+    with pytest.raises(ValueError, match=r"p.jsonl.*line 2 is not valid JSON"):
+        load_prompts(tmp_path / "p.jsonl")
+    (tmp_path / "q.jsonl").write_text('["a list"]\n')
+    with pytest.raises(ValueError, match=r"q.jsonl.*line 1 has no 'text'"):
+        load_prompts(tmp_path / "q.jsonl")
+    hps = tmp_path / "hps"
+    hps.mkdir()
+    (hps / "photo.json").write_text("[\"a\",")
+    with pytest.raises(ValueError, match=r"photo.json.*not valid JSON"):
+        load_prompts(hps)
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet")
+    with pytest.raises(ValueError, match=r"bad.parquet.*not a readable parquet"):
+        load_prompts(tmp_path / "bad.parquet")

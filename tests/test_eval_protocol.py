@@ -166,3 +166,69 @@ def test_report_tables_and_plots(tmp_path):
         win_rates(df, "sft", "base")
     with pytest.raises(FileNotFoundError, match="eval generate"):
         score_model(tmp_path / "nothing", scorers)
+
+
+class DroppingPipe(FakePipe):
+    """Returns no image for prompts containing "FAIL" (and fewer images than prompts for its batch)."""
+
+    def __call__(self, prompt, generator, **kw):
+        out = super().__call__(prompt, generator, **kw)
+        return SimpleNamespace(images=[im for p, im in zip(prompt, out.images) if "FAIL" not in p])
+
+
+def test_a_pipeline_returning_too_few_images_records_failures_not_shifted_rows(tmp_path):
+    counts = run(DroppingPipe(), tmp_path, "m", batch_size=4)
+    assert counts == {"ok": 6, "failed": 3, "skipped": 0}
+    rows = read_manifest(tmp_path / "m")
+    assert len(rows) == 9
+    assert {r["prompt_id"] for r in rows if r["status"] == "failed"} == {"p1"}
+    assert all("returned 0 images for 1 prompts" in r["error"] for r in rows if r["status"] == "failed")
+    # every ok image is the one its own seed makes (no image slid onto another prompt's row)
+    for r in rows:
+        if r["status"] == "ok":
+            g = torch.Generator().manual_seed(r["seed"])
+            rgb = (np.clip(torch.rand(3, generator=g).numpy(), 0, 1) * 255).astype(np.uint8)
+            assert (np.asarray(Image.open(tmp_path / "m" / r["file"]))[0, 0] == rgb).all()
+
+
+def test_prompt_ids_must_be_unique(tmp_path):
+    with pytest.raises(ValueError, match=r"unique.*\['p0'\]"):
+        generate_images(FakePipe(), [Prompt("p0", "a"), Prompt("p0", "b")], tmp_path / "m", model_name="m",
+                        progress=False)
+
+
+def test_resume_with_other_seeds_regenerates_and_rescores(tmp_path):
+    scorers = {"redness": get_scorer("redness")}
+    run(FakePipe(), tmp_path, "a")  # n_per_prompt=3: seeds 10 + 3 i + k
+    score_model(tmp_path / "a", scorers, progress=False)
+    counts = generate_images(FakePipe(), PROMPTS, tmp_path / "a", model_name="a", n_per_prompt=2, base_seed=10,
+                             progress=False)
+    assert counts == {"ok": 4, "failed": 0, "skipped": 2}  # only p0's seeds 10, 11 are unchanged
+    rows = {(r["prompt_id"], r["k"]): r for r in read_manifest(tmp_path / "a")}
+    for i, p in enumerate(PROMPTS):
+        for k in range(2):
+            assert rows[(p.id, k)]["seed"] == image_seed(10, i, k, 2)
+    df = score_model(tmp_path / "a", scorers, progress=False)
+    for _, r in df[df["k"] < 2].iterrows():  # no stale score of the image the file held before
+        image = Image.open(tmp_path / "a" / r["file"])
+        assert r["redness"] == pytest.approx(float(get_scorer("redness").score([image])[0]))
+
+
+def test_run_evaluation_compares_this_runs_n_images(tmp_path, monkeypatch):
+    from kto_lab.eval import run as run_module
+    from kto_lab.eval.run import EvalConfig, ModelSpec
+
+    def fake_generate_all(cfg, prompts, progress=True):
+        return {m.name: generate_images(FakePipe(shift=0.1 * j), prompts, tmp_path / "out" / m.name, model_name=m.name,
+                                        n_per_prompt=cfg.n_per_prompt, base_seed=cfg.seed, progress=False)
+                for j, m in enumerate(cfg.models)}
+
+    monkeypatch.setattr(run_module, "generate_all", fake_generate_all)
+    (tmp_path / "p.txt").write_text("a red circle\na blue square\ngreen\n")
+    cfg = EvalConfig(prompts=str(tmp_path / "p.txt"), models=[ModelSpec("a", "-"), ModelSpec("b", "-")],
+                     out_dir=str(tmp_path / "out"), n_per_prompt=3, n_bootstrap=50, device="cpu")
+    run_module.run_evaluation(cfg, progress=False, make_plots=False)
+    cfg.n_per_prompt = 2  # the k = 2 images of the first run stay in the manifests, but are not this run's
+    result = run_module.run_evaluation(cfg, progress=False, make_plots=False)
+    assert sorted(set(result.scores["k"])) == [0, 1]
+    assert (result.means.loc[result.means["style"] == "all", "n_images"] == 6).all()

@@ -24,7 +24,7 @@ from typing import Callable, Dict, Union
 import numpy as np
 
 from .pickapic import pickapic_to_pairs, pickapic_to_records  # noqa: F401  (re-exported)
-from .records import ImageTable, RecordTable, check_on_missing_image, open_image_table, write_records
+from .records import ImageTable, RecordTable, check_on_missing_image, count_labels, open_image_table, write_records
 from .tables import PathLike
 
 __all__ = ["pickapic_to_records", "pickapic_to_pairs", "threshold_records", "label_with_function"]
@@ -35,12 +35,6 @@ AESTHETIC_THRESHOLD = 7.0  # Diffusion-KTO appendix C: LAION aesthetic score >= 
 def _where(table: ImageTable, i: int, column: str) -> str:
     f, row = table.locate(i)
     return f"{f.path}, row {row}, column {column!r}"
-
-
-def _counted(rows, counts: Dict[str, int]):
-    for row in rows:
-        counts["desirable" if row["label"] else "undesirable"] += 1
-        yield row
 
 
 def threshold_records(
@@ -84,7 +78,7 @@ def threshold_records(
             yield row
 
     counts = {"desirable": 0, "undesirable": 0}
-    write_records(_counted(rows(), counts), out_path)
+    write_records(count_labels(rows(), counts), out_path)
     return {"out": str(out_path), "score_column": score_column, "threshold": float(threshold),
             "records": len(table), **counts}
 
@@ -138,5 +132,5 @@ def label_with_function(
             yield row
 
     counts = {"desirable": 0, "undesirable": 0}
-    write_records(_counted(rows(), counts), out_path)
+    write_records(count_labels(rows(), counts), out_path)
     return {"out": str(out_path), "records": sum(counts.values()), "images_skipped": len(table.skipped), **counts}

@@ -48,7 +48,7 @@ import re
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Union
 
-from .records import check_on_missing_image, write_pairs, write_records
+from .records import check_on_missing_image, count_labels, write_pairs, write_records
 from .tables import PathLike, table_format
 
 PARTITIONS = ("at_least_once", "win_only")
@@ -195,14 +195,12 @@ class _ImageSink:
         if self.image_dir is not None:
             self.image_dir.mkdir(parents=True, exist_ok=True)
         self.files: Dict[str, str] = {}
-        self.missing = 0
 
     def put(self, uid, data: Optional[bytes], where: str):
         """The image value for a record (bytes or absolute path), or None if missing under "skip"."""
         if data is None or len(data) == 0:
             if self.on_missing_image == "error":
                 raise ValueError(f"{where}: image {uid!r} has no bytes (set on_missing_image='skip' to skip it)")
-            self.missing += 1
             return None
         if self.image_dir is None:
             return data
@@ -211,6 +209,16 @@ class _ImageSink:
             path.write_bytes(data)
             self.files[uid] = str(path)
         return self.files[uid]
+
+
+def _setup(shards, out_path, image_dir, on_missing_image: str, drop_repeated_rankings: bool):
+    """What both converters check and build before reading a row: the output path, the shard
+    list (each checked for its columns), their optional columns, the image sink, the row counter."""
+    out_path = Path(out_path)
+    shards = expand_shards(shards)
+    optional = _check_shards(shards)
+    sink = _ImageSink(out_path, image_dir, on_missing_image)
+    return out_path, shards, optional, sink, _Comparisons(drop_repeated_rankings)
 
 
 def _progress(shards, desc: str, progress: bool):
@@ -237,13 +245,10 @@ def pickapic_to_records(
     """
     if partition not in PARTITIONS:
         raise ValueError(f"partition={partition!r} is not allowed; choose one of {list(PARTITIONS)}")
-    out_path = Path(out_path)
-    shards = expand_shards(shards)
-    optional = _check_shards(shards)
-    sink = _ImageSink(out_path, image_dir, on_missing_image)
+    out_path, shards, optional, sink, comparisons = _setup(shards, out_path, image_dir, on_missing_image,
+                                                            drop_repeated_rankings)
 
     # pass 1: wins and losses per uid, from the small columns only
-    comparisons = _Comparisons(drop_repeated_rankings)
     tally: Dict[str, list] = {}  # uid -> [wins, losses, caption]
     seen = set()
     for shard in _progress(shards, "pick-a-pic labels", progress):
@@ -284,13 +289,7 @@ def pickapic_to_records(
             raise ValueError(f"{n_missing} labelled image(s) never had bytes in {[str(s) for s in shards]}")
 
     counts = {"desirable": 0, "undesirable": 0}
-
-    def counted(rows):
-        for rec in rows:
-            counts["desirable" if rec["label"] else "undesirable"] += 1
-            yield rec
-
-    write_records(counted(records()), out_path)
+    write_records(count_labels(records(), counts), out_path)
     wl = list(tally.values())
     return {
         "partition": partition, "out": str(out_path), "shards": len(shards), **comparisons.stats,
@@ -318,11 +317,8 @@ def pickapic_to_pairs(
     """Convert Pick-a-Pic v2 shards to a pair table (``caption``, ``image_w``, ``image_l``,
     ``source_id_w``, ``source_id_l``) for Diffusion-DPO: one pair per kept comparison (ties,
     unlabelled and same-image rows dropped; see the module docstring). One streaming pass."""
-    out_path = Path(out_path)
-    shards = expand_shards(shards)
-    optional = _check_shards(shards)
-    sink = _ImageSink(out_path, image_dir, on_missing_image)
-    comparisons = _Comparisons(drop_repeated_rankings)
+    out_path, shards, optional, sink, comparisons = _setup(shards, out_path, image_dir, on_missing_image,
+                                                            drop_repeated_rankings)
     skipped = [0]
 
     def pairs():

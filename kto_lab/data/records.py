@@ -42,7 +42,7 @@ from .tables import ImageLoadError, PathLike, TableFile, read_table, write_table
 
 __all__ = [
     "ImageLoadError", "RecordTable", "PairTable", "load_records", "load_pairs", "write_records", "write_pairs",
-    "parse_label", "ON_MISSING_IMAGE", "check_on_missing_image",
+    "parse_label", "ON_MISSING_IMAGE", "check_on_missing_image", "count_labels",
 ]
 
 ON_MISSING_IMAGE = ("error", "skip")
@@ -78,6 +78,19 @@ def _parse_caption(value: Any, where: str) -> str:
     return value
 
 
+def _parsed_column(files: Sequence[TableFile], name: str, parse, missing: Any = None) -> list:
+    """Column ``name`` over all files, each cell through ``parse(value, where)`` (``where`` names the
+    file, row and column); files without the column give ``missing``."""
+    out: list = []
+    for f in files:
+        values = f.columns.get(name)
+        if values is None:
+            out += [missing] * len(f)
+        else:
+            out += [parse(v, f"{f.path}, row {r}, column {name!r}") for r, v in enumerate(values)]
+    return out
+
+
 def check_on_missing_image(on_missing_image: str) -> str:
     if on_missing_image not in ON_MISSING_IMAGE:
         raise ValueError(f"on_missing_image={on_missing_image!r} is not allowed; choose one of {list(ON_MISSING_IMAGE)}")
@@ -104,9 +117,7 @@ class ImageTable:
         self.on_missing_image = check_on_missing_image(on_missing_image)
         self.files = list(files)
         self.offsets = np.concatenate([[0], np.cumsum([len(f) for f in self.files])]).astype(np.int64)
-        self.captions: List[str] = []
-        for f in self.files:
-            self.captions += [_parse_caption(v, f"{f.path}, row {r}, column 'caption'") for r, v in enumerate(f.columns["caption"])]
+        self.captions: List[str] = _parsed_column(self.files, "caption", _parse_caption)
         self.skipped: List[Tuple[int, str, str]] = []  # (index, image, reason) of images that failed under "skip"
         self._skipped_index: set = set()
 
@@ -175,15 +186,10 @@ class RecordTable(ImageTable):
 
     def __init__(self, files: Sequence[TableFile], on_missing_image: str = "error"):
         super().__init__(files, on_missing_image)
-        labels: List[int] = []
-        for f in self.files:
-            labels += [parse_label(v, f"{f.path}, row {r}, column 'label'") for r, v in enumerate(f.columns["label"])]
-        self.labels = np.asarray(labels, dtype=np.int64)
+        self.labels = np.asarray(_parsed_column(self.files, "label", parse_label), dtype=np.int64)
         self.scores: Optional[np.ndarray] = None
-        if self.column("score") is not None:  # files without the column get NaN
-            self.scores = np.asarray([_parse_score(v, f"{f.path}, row {r}, column 'score'")
-                                      for f in self.files for r, v in enumerate(f.columns.get("score", [None] * len(f)))],
-                                     dtype=np.float64)
+        if any("score" in f.columns for f in self.files):  # files without the column get NaN
+            self.scores = np.asarray(_parsed_column(self.files, "score", _parse_score, math.nan), dtype=np.float64)
         ids = self.column("source_id")
         self.source_ids: Optional[List[Optional[str]]] = None if ids is None else [None if v is None else str(v) for v in ids]
 
@@ -263,6 +269,13 @@ def _normalized_records(rows) -> Iterator[Dict[str, Any]]:
             row["score"] = _parse_score(row["score"], f"record {n}")
         if row.get("source_id") is not None:
             row["source_id"] = str(row["source_id"])
+        yield row
+
+
+def count_labels(rows, counts: Dict[str, int]) -> Iterator[Dict[str, Any]]:
+    """Pass record dicts through, adding each to ``counts["desirable"]`` / ``counts["undesirable"]``."""
+    for row in rows:
+        counts["desirable" if row["label"] else "undesirable"] += 1
         yield row
 
 

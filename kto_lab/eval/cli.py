@@ -52,27 +52,19 @@ def _print_failures(generation: Dict[str, Dict[str, int]]) -> None:
 
 
 def cmd_generate(args) -> int:
-    import torch
-
-    from kto_lab.eval.generate import SafetyChecker, generate_images
     from kto_lab.eval.prompts import load_prompts, save_prompts
-    from kto_lab.eval.run import resolve_device
-    from kto_lab.sd.models import load_pipeline
+    from kto_lab.eval.run import EvalConfig, ModelSpec, generate_all
 
-    prompts = load_prompts(args.prompts, args.prompt_format, limit=args.limit, per_style=args.per_style)
-    device = resolve_device(args.device)
-    dtype = None if args.dtype == "float32" else getattr(torch, args.dtype)
-    checker = SafetyChecker.from_pretrained(args.safety_checker, device=device) if args.safety_checker else None
-    pipe = load_pipeline(args.pipeline, torch_dtype=dtype, unet_path=args.unet, lora_path=args.lora).to(device)
-    pipe.set_progress_bar_config(disable=True)
-    out = Path(args.out)
-    save_prompts(prompts, out / "prompts.jsonl")
-    counts = generate_images(pipe, prompts, out / args.name, model_name=args.name, n_per_prompt=args.n,
-                             base_seed=args.seed, batch_size=args.batch_size, num_inference_steps=args.steps,
-                             guidance_scale=args.guidance_scale, height=args.height, width=args.width,
-                             safety_checker=checker)
-    print(json.dumps({args.name: counts}))
-    _print_failures({args.name: counts})
+    cfg = EvalConfig(prompts=args.prompts, prompt_format=args.prompt_format, limit=args.limit, per_style=args.per_style,
+                     models=[ModelSpec(args.name, args.pipeline, args.unet, args.lora)], out_dir=args.out,
+                     n_per_prompt=args.n, seed=args.seed, batch_size=args.batch_size, num_inference_steps=args.steps,
+                     guidance_scale=args.guidance_scale, height=args.height, width=args.width, device=args.device,
+                     dtype=args.dtype, safety_checker=args.safety_checker).validate()  # bad values fail before loading
+    prompts = load_prompts(cfg.prompts, cfg.prompt_format, limit=cfg.limit, per_style=cfg.per_style)
+    save_prompts(prompts, Path(cfg.out_dir) / "prompts.jsonl")
+    counts = generate_all(cfg, prompts)
+    print(json.dumps(counts))
+    _print_failures(counts)
     return 0
 
 
@@ -88,13 +80,10 @@ def cmd_score(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from kto_lab.config import ConfigError
     from kto_lab.eval.protocol import load_scores
     from kto_lab.eval.run import EvalConfig, ModelSpec, compare_all
 
-    pairs = [tuple(p.split(":")) for p in args.pair]
-    if any(len(p) != 2 for p in pairs):
-        raise ConfigError(f"--pair takes model_a:model_b, got {args.pair}")
+    pairs = EvalConfig(compare=list(args.pair)).comparisons()  # each must be model_a:model_b (ConfigError)
     models = list(dict.fromkeys(m for p in pairs for m in p))
     scores = load_scores(args.out, models)
     if args.prompts_file:

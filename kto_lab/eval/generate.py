@@ -10,8 +10,10 @@ image to ``<out>/<model>/manifest.jsonl``::
 
     {"model", "prompt_id", "prompt", "style", "k", "seed", "file", "status": "ok" | "failed", "error", "nsfw"}
 
-Re-running skips images whose last manifest row is ``ok`` and whose file exists (resume),
-and retries the failed ones. A batch that raises is retried image by image; images that still
+Re-running skips images whose last manifest row is ``ok``, has this run's seed and whose file
+exists (resume), and retries the failed ones; an image made with another seed (an earlier run
+with another ``n_per_prompt``, base seed or prompt order) is made again, so the models compared
+always share their noise. A batch that raises is retried image by image; images that still
 fail are recorded with ``status="failed"`` and their error, never silently dropped (the
 protocol counts them; see :mod:`kto_lab.eval.protocol`).
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -119,15 +122,19 @@ def generate_images(
     """
     from tqdm.auto import tqdm
 
+    dupes = sorted(i for i, c in Counter(pr.id for pr in prompts).items() if c > 1)
+    if dupes:
+        raise ValueError(f"prompt ids must be unique (they name the image files); repeated: {dupes[:10]}")
     model_dir = Path(model_dir)
     (model_dir / "images").mkdir(parents=True, exist_ok=True)
-    done = {(r["prompt_id"], int(r["k"])) for r in read_manifest(model_dir)
+    done = {(r["prompt_id"], int(r["k"]), r.get("seed")) for r in read_manifest(model_dir)
             if r["status"] == "ok" and (model_dir / r["file"]).is_file()}
     todo = []
     for i, pr in enumerate(prompts):
         for k in range(n_per_prompt):
-            if (pr.id, k) not in done:
-                todo.append((pr, k, image_seed(base_seed, i, k, n_per_prompt)))
+            seed = image_seed(base_seed, i, k, n_per_prompt)
+            if (pr.id, k, seed) not in done:
+                todo.append((pr, k, seed))
     counts = {"ok": 0, "failed": 0, "skipped": len(prompts) * n_per_prompt - len(todo)}
     extra = {k: v for k, v in (("height", height), ("width", width)) if v is not None}
 
@@ -135,7 +142,9 @@ def generate_images(
         gens = [torch.Generator(generator_device).manual_seed(seed) for _, _, seed in items]
         out = pipe(prompt=[pr.text for pr, _, _ in items], generator=gens, num_inference_steps=num_inference_steps,
                    guidance_scale=guidance_scale, output_type="pil", **extra)
-        images = out.images
+        images = list(out.images)
+        if len(images) != len(items):  # never lose an image silently: the batch is retried, then recorded failed
+            raise ValueError(f"pipeline returned {len(images)} images for {len(items)} prompts")
         for im in images:
             arr = np.asarray(im)
             if arr.size == 0:

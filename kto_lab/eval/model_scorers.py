@@ -161,30 +161,34 @@ def load_clip(path, what: str, dtype: Optional[torch.dtype] = None):
     return CLIPModel.from_pretrained(p, **kwargs)
 
 
-class PickScoreScorer(CLIPPairScorer):
+class CLIPDirScorer(CLIPPairScorer):
+    """A :class:`CLIPPairScorer` loaded from a CLIP model directory (``path``) and its processor
+    (``processor_path``, default ``path``); ``what`` names them in errors."""
+
+    what = "CLIP"
+
+    def __init__(self, path, processor_path=None, *, device="cpu", dtype=None, batch_size: int = 16):
+        model = load_clip(path, f"{self.what} model", dtype)
+        processor = load_processor(processor_path or path, f"{self.what} processor")
+        super().__init__(model, processor, device=device, dtype=dtype, batch_size=batch_size)
+
+
+class PickScoreScorer(CLIPDirScorer):
     """PickScore (Kirstain et al. 2023): ``path`` = a ``yuvalkirstain/PickScore_v1`` download,
     ``processor_path`` = a ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K`` download (processor files)."""
 
     name = "pickscore"
-
-    def __init__(self, path, processor_path=None, *, device="cpu", dtype=None, batch_size: int = 16):
-        model = load_clip(path, "PickScore model", dtype)
-        processor = load_processor(processor_path or path, "PickScore processor")
-        super().__init__(model, processor, device=device, dtype=dtype, batch_size=batch_size)
+    what = "PickScore"
 
     def scale(self) -> float:
         return float(self.model.logit_scale.detach().exp())
 
 
-class CLIPScoreScorer(CLIPPairScorer):
+class CLIPScoreScorer(CLIPDirScorer):
     """CLIP score ``100 * cos(image, text)`` with any CLIP directory (e.g. ``openai/clip-vit-large-patch14``)."""
 
     name = "clip"
-
-    def __init__(self, path, processor_path=None, *, device="cpu", dtype=None, batch_size: int = 16):
-        model = load_clip(path, "CLIP model", dtype)
-        processor = load_processor(processor_path or path, "CLIP processor")
-        super().__init__(model, processor, device=device, dtype=dtype, batch_size=batch_size)
+    what = "CLIP"
 
     def scale(self) -> float:
         return 100.0

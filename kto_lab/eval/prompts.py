@@ -78,7 +78,10 @@ def load_hps_prompts(path, styles: Optional[Sequence[str]] = None) -> List[Promp
         files = [path]
     out: List[Prompt] = []
     for f in files:
-        data = json.loads(f.read_text(encoding="utf-8"))
+        try:
+            data = json.loads(f.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"HPS v2 prompts: {str(f)!r} is not valid JSON: {exc}") from None
         if not isinstance(data, list) or not all(isinstance(t, str) for t in data):
             raise ValueError(f"HPS v2 prompts: {str(f)!r} must hold a JSON list of strings")
         out += [Prompt(f"hps-{f.stem}-{i:05d}", t.strip(), f.stem) for i, t in enumerate(data) if t.strip()]
@@ -90,7 +93,10 @@ def load_pickapic_prompts(path, column: str = "caption") -> List[Prompt]:
     import pyarrow.parquet as pq
 
     path = _require(Path(path), "Pick-a-Pic prompts", f"a parquet file with a {column!r} column")
-    names = pq.ParquetFile(path).schema_arrow.names
+    try:
+        names = pq.ParquetFile(path).schema_arrow.names
+    except Exception as exc:
+        raise ValueError(f"Pick-a-Pic prompts: {str(path)!r} is not a readable parquet file: {exc}") from None
     if column not in names:
         raise ValueError(f"Pick-a-Pic prompts: {str(path)!r} has no {column!r} column (columns: {names})")
     texts = pq.read_table(path, columns=[column]).column(column).to_pylist()
@@ -110,8 +116,11 @@ def load_jsonl_prompts(path) -> List[Prompt]:
     out = []
     for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
         if line.strip():
-            row = json.loads(line)
-            if "text" not in row:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"JSONL prompts: {str(path)!r} line {i + 1} is not valid JSON: {exc}") from None
+            if not isinstance(row, dict) or "text" not in row:
                 raise ValueError(f"JSONL prompts: {str(path)!r} line {i + 1} has no 'text' field")
             out.append(Prompt(str(row.get("id", f"jsonl-{i:05d}")), row["text"], row.get("style", "")))
     return out

@@ -57,10 +57,11 @@ def score_model(model_dir, scorers: Dict[str, Scorer], batch_size: int = 16, pro
                                 f"(run `kto-lab eval generate` first)")
     df = pd.DataFrame(rows).sort_values(["prompt_id", "k"]).reset_index(drop=True)
     old_path = model_dir / SCORES
-    if old_path.is_file():  # keep every earlier metric; reuse scores of the same image file
+    if old_path.is_file():  # keep every earlier metric; reuse scores of the same image (file and seed)
         old = pd.read_csv(old_path, dtype={"prompt_id": str, "file": str})
-        keep = [c for c in old.columns if c not in _META] + ["prompt_id", "k", "file"]
-        df = df.merge(old[keep], on=["prompt_id", "k", "file"], how="left") if len(keep) > 3 else df
+        key = ["prompt_id", "k", "file"] + (["seed"] if "seed" in old.columns and "seed" in df.columns else [])
+        metrics = [c for c in old.columns if c not in _META]
+        df = df.merge(old[key + metrics], on=key, how="left") if metrics else df
     ok = df["status"] == "ok"
     for name, scorer in scorers.items():
         if name not in df:

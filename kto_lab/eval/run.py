@@ -217,6 +217,7 @@ def run_evaluation(cfg: EvalConfig, *, progress: bool = True, make_plots: bool =
     for m in cfg.models:
         score_model(out / m.name, scorers, batch_size=cfg.score_batch_size, progress=progress)
     scores = load_scores(out, [m.name for m in cfg.models])
-    scores = scores[scores["prompt_id"].isin({p.id for p in prompts})]  # older runs may hold other prompts
+    # older runs in out_dir may hold other prompts, or more images per prompt: keep this run's N
+    scores = scores[scores["prompt_id"].isin({p.id for p in prompts}) & (scores["k"] < cfg.n_per_prompt)]
     wins, means, nsfw, paths = compare_all(cfg, scores, list(scorers), make_plots)
     return EvalResult(scores, wins, means, nsfw, generation, paths)

@@ -83,8 +83,8 @@ def to_pil_list(images: ImageBatch) -> List["PIL.Image.Image"]:  # noqa: F821
 
     if not isinstance(images, np.ndarray) and not hasattr(images, "detach"):
         images = list(images)
-        if all(hasattr(im, "convert") for im in images):
-            return [im.convert("RGB") for im in images]
+        if all(hasattr(im, "convert") for im in images):  # RGB images pass as they are (no copy)
+            return [im if getattr(im, "mode", None) == "RGB" else im.convert("RGB") for im in images]
     arr = to_float_array(images)
     return [Image.fromarray(np.round(a * 255).astype(np.uint8)) for a in arr]
 
