@@ -41,13 +41,6 @@ class SpinIteration:
     last_metrics: Dict[str, float] = field(default_factory=dict)
 
 
-def _save_png(image: np.ndarray, path: Path) -> None:
-    from PIL import Image
-
-    arr = (np.clip(image, 0, 1) * 255).round().astype(np.uint8).transpose(1, 2, 0)
-    Image.fromarray(arr, "RGB").save(path)
-
-
 def spin(
     train_config: Dict[str, Any],
     real_records: str | Path,
@@ -67,9 +60,12 @@ def spin(
     the real (winner) images. ``pairs_per_iteration``: real images drawn per round (all if None).
     """
     from kto_lab.data.records import load_records, write_pairs
+    from kto_lab.synthetic.shapes import to_pil  # (3, H, W) floats in [0, 1] -> PIL, the ``generate`` layout
 
     if iterations < 1:
         raise ValueError(f"spin: iterations must be >= 1, got {iterations}")
+    if pairs_per_iteration is not None and pairs_per_iteration < 1:
+        raise ValueError(f"spin: pairs_per_iteration must be >= 1 (or None for all), got {pairs_per_iteration}")
     out_dir = Path(out_dir)
     table = load_records(real_records)
     real = np.flatnonzero(np.asarray(table.labels) > 0)
@@ -87,6 +83,9 @@ def spin(
         captions = [table.captions[int(i)] for i in pick]
         seeds = [int(s) for s in rng.integers(0, 2**31 - 1, size=len(pick))]
         losers = generate(pretrained, unet_dir, captions, seeds)  # the current model's own images
+        if losers is None or len(losers) != len(captions):
+            got = "None" if losers is None else f"{len(losers)} images"
+            raise ValueError(f"spin: generate returned {got} for {len(captions)} captions (iteration {k})")
         rows = []
         for j, (i, cap) in enumerate(zip(pick, captions)):
             winner = table.raw_image(int(i))
@@ -95,7 +94,7 @@ def spin(
                 table.load_image(int(i)).save(w_path)
                 winner = str(w_path)
             l_path = it_dir / "images" / f"self{j:06d}.png"
-            _save_png(losers[j], l_path)
+            to_pil(losers[j]).save(l_path)
             rows.append({"caption": cap, "image_w": str(Path(winner).resolve()), "image_l": f"images/self{j:06d}.png"})
         pairs = write_pairs(rows, it_dir / "pairs.csv")
 

@@ -76,6 +76,19 @@ def test_spin_needs_real_images(tiny_sd_path, tmp_path):
         spin({"model": {"pretrained": str(tiny_sd_path)}}, records, tmp_path / "s", lambda *a: None)
 
 
+@pytest.mark.parametrize("kwargs, generate, match", [
+    ({"pairs_per_iteration": 0}, lambda *a: None, "pairs_per_iteration must be >= 1.*got 0"),
+    ({}, lambda p, u, caps, seeds: np.zeros((len(caps) - 1, 3, 32, 32), np.float32),
+     r"generate returned 4 images for 5 captions \(iteration 1\)"),
+])
+def test_spin_names_bad_inputs_before_training(tiny_sd_path, tmp_path, kwargs, generate, match):
+    from kto_lab.spin import spin
+
+    records = _real_records(tmp_path)
+    with pytest.raises(ValueError, match=match):
+        spin({"model": {"pretrained": str(tiny_sd_path)}}, records, tmp_path / "s", generate, **kwargs)
+
+
 @pytest.mark.parametrize("args, match", [
     (["base", "--out", "X", "base.unet_steps=0"], "base.unet_steps"),
     (["base", "--out", "X", "base.image_size=20"], "base.image_size"),

@@ -6,7 +6,7 @@ import pytest
 from kto_lab.synthetic.fidelity import FOREGROUND_DISTANCE, check, describe, fidelity
 from kto_lab.synthetic.shapes import (
     COLORS, POSITIONS, SHAPES, SIZES, VOCABULARY, Scene, eval_captions, make_dataset, parse_caption,
-    scene_from_caption,
+    render, scene_from_caption, shape_mask,
 )
 from kto_lab.synthetic.users import USERS, get_user, label_pool, red_filter
 
@@ -71,6 +71,27 @@ def test_red_filter_raises_redness_and_can_cost_fidelity():
     assert user.score(tinted).mean() > user.score(ds.images).mean() + 0.1
     # green turns yellowish, black reddish: the preference competes with the caption
     assert fidelity(tinted, ds.captions)["score"].mean() < 0.99
+
+
+def test_red_filter_on_one_image_tints_only_its_red_channel():
+    img = render(Scene("circle", "green", "blue", "small", "left"))
+    one = red_filter(img, 0.5)
+    assert one.shape == img.shape
+    np.testing.assert_array_equal(one, red_filter(img[None], 0.5)[0])
+    np.testing.assert_array_equal(one[1:], img[1:])  # G and B untouched
+    assert (one[0] > img[0]).all()
+    with pytest.raises(ValueError, match=r"got shape \(16, 16\)"):
+        red_filter(img[0])
+
+
+@pytest.mark.parametrize("args, match", [
+    (("hexagon", "small", "center"), "unknown shape 'hexagon'"),
+    (("circle", "medium", "center"), "unknown size 'medium'"),
+    (("circle", "small", "corner"), "unknown position 'corner'"),
+])
+def test_shape_mask_names_a_bad_attribute(args, match):
+    with pytest.raises(ValueError, match=match):
+        shape_mask(*args)
 
 
 @pytest.mark.parametrize("name", sorted(USERS))

@@ -127,6 +127,20 @@ def test_divergence_stops_with_the_method_and_step():
         finetune(dataclass_replace(cfg, gamma=1.0), "sft", model, feedback)
 
 
+def test_finetune_rejects_bad_log_every_by_value():
+    cfg = ToyConfig(**TINY).validate()
+    feedback = make_feedback(8, 8, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="log_every must be an integer >= 1, got 0"):
+        finetune(cfg, "sft", ToyDenoiser(hidden=16, emb_size=8, num_blocks=1), feedback, log_every=0)
+
+
+def test_panel_labels_accept_no_method_overrides():
+    from toy.figures import _label
+
+    assert _label("dpo", ToyConfig(method_overrides=None).validate()) == "Diffusion-DPO (random pairs)"
+    assert _label("dpo", ToyConfig()) == "Diffusion-DPO (random pairs)\n(beta=300)"
+
+
 def dataclass_replace(cfg, **kw):
     import dataclasses
 

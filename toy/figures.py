@@ -35,8 +35,9 @@ UTILITY_LABELS = {"loss_averse": "Loss-Averse: log σ(x)", "kto": "KTO: σ(x)",
 
 def _label(method: str, cfg=None) -> str:
     label = METHOD_LABELS.get(method, method)
-    if cfg is not None and cfg.method_overrides.get(method):
-        label += "\n(" + ", ".join(f"{k}={v:g}" for k, v in cfg.method_overrides[method].items()) + ")"
+    overrides = (cfg.method_overrides or {}).get(method) if cfg is not None else None
+    if overrides:  # method_overrides may be None (ToyConfig.validate allows it)
+        label += "\n(" + ", ".join(f"{k}={v:g}" for k, v in overrides.items()) + ")"
     return label
 
 

@@ -40,6 +40,11 @@ def torch_threads(n: int):
         torch.set_num_threads(old)
 
 
+def _check_seeds(seeds) -> None:
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"seeds must be an integer >= 1, got {seeds!r}")
+
+
 @dataclass
 class SeedResult:
     seed: int
@@ -123,8 +128,7 @@ class Figure6Result:
 
 def run_figure6(cfg: ToyConfig, seeds: int = 3, progress: bool = True) -> Figure6Result:
     """Figure 6 over ``seeds`` seeds (``cfg.seed``, ``cfg.seed + 1``, ...)."""
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise ValueError(f"seeds must be an integer >= 1, got {seeds!r}")
+    _check_seeds(seeds)
     cfg.validate()
     results = [run_seed(cfg, cfg.seed + k, progress=progress) for k in range(seeds)]
     return Figure6Result(cfg, [r.seed for r in results], summarize([r.metrics for r in results]),
@@ -140,8 +144,7 @@ def run_ablations(cfg: ToyConfig, seeds: int = 2, betas: Sequence[float] = ABLAT
     ``{metric: {mean, sd, values}}`` over ``seeds`` seeds. Other settings are ``cfg``'s;
     per-method overrides are *not* applied, so every row differs from the default in one knob only.
     """
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise ValueError(f"seeds must be an integer >= 1, got {seeds!r}")
+    _check_seeds(seeds)
     base = dataclasses.replace(cfg, method_overrides={}).validate()
     runs = [("beta", b, dataclasses.replace(base, beta=float(b)), "kto:kto") for b in betas]
     runs += [("gamma", g, dataclasses.replace(base, gamma=float(g)), "kto:kto") for g in gammas]

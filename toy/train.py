@@ -225,6 +225,8 @@ def finetune(cfg: ToyConfig, method: str, pretrained: ToyDenoiser, feedback: Fee
     past ``divergence_factor`` times its first-step value stops the run with
     :class:`ToyDivergenceError` naming the method and the step.
     """
+    if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
+        raise ValueError(f"log_every must be an integer >= 1, got {log_every!r}")
     seed = cfg.seed if seed is None else seed
     objective, _ = parse_method(method)
     if objective is None:

@@ -57,13 +57,18 @@ def make_pipeline(pipeline_dir: str | Path, unet=None, *, device: str = "cpu"):
     return pipe.to(device)
 
 
+def image_size_of(pipe) -> int:
+    """The pixel size a pipeline draws at: its UNet's latent size times the VAE's down-sampling."""
+    return pipe.unet.config.sample_size * pipe.vae_scale_factor
+
+
 @torch.no_grad()
 def sample(pipe, captions: Sequence[str], seeds: Sequence[int], *, batch_size: int = 64,
            steps: int = INFERENCE_STEPS, image_size: Optional[int] = None) -> np.ndarray:
     """``(N, 3, H, W)`` float images in [0, 1]; image i from ``torch.Generator().manual_seed(seeds[i])``."""
     if len(captions) != len(seeds):
         raise ValueError(f"sample: {len(captions)} captions but {len(seeds)} seeds")
-    size = image_size or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    size = image_size or image_size_of(pipe)
     was_training = pipe.unet.training
     pipe.unet.eval()
     out = []
@@ -124,7 +129,7 @@ def evaluate_models(
     prompts = [Prompt(id=f"p{i:04d}", text=c) for i, c in enumerate(captions)]
     scorers = {user.scorer: get_scorer(user.scorer), "fidelity": FidelityScorer()}
     for name, pipe in models.items():
-        size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+        size = image_size_of(pipe)
         generate_images(pipe, prompts, out_dir / name, model_name=name, n_per_prompt=n_per_prompt, base_seed=0,
                         batch_size=batch_size, num_inference_steps=INFERENCE_STEPS, guidance_scale=GUIDANCE_SCALE,
                         height=size, width=size, progress=progress)

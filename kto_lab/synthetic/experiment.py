@@ -95,14 +95,15 @@ class AlignConfig:
 # --------------------------------------------------------------------------------------
 
 
-def _train_config(pretrained: str, out_dir: Path, records: Path, *, objective: str, steps: int, batch_size: int,
-                  learning_rate: float, warmup: int, seed: int, gamma: float = 0.8, beta: float = 1000.0,
-                  utility: str = "kto", lr_scheduler: str = "constant_with_warmup", cache: bool = True,
-                  progress: bool = False, unet: Optional[str] = None, reference: Optional[str] = None) -> Dict:
+def _train_config(pretrained: str, out_dir: Path, records: Path, *, resolution: int, objective: str, steps: int,
+                  batch_size: int, learning_rate: float, warmup: int, seed: int, gamma: float = 0.8,
+                  beta: float = 1000.0, utility: str = "kto", lr_scheduler: str = "constant_with_warmup",
+                  cache: bool = True, progress: bool = False) -> Dict:
+    """A ``TrainConfig`` dict for the SD trainer on the shapes pipeline (full UNet fine-tune on CPU)."""
     cfg = {
         "output_dir": str(out_dir), "seed": seed, "cpu": True,
-        "model": {"pretrained": pretrained, "unet": unet, "reference": reference},
-        "data": {"train": [str(records)], "resolution": None, "gamma": gamma, "seed": seed},
+        "model": {"pretrained": pretrained, "unet": None, "reference": None},
+        "data": {"train": [str(records)], "resolution": resolution, "gamma": gamma, "seed": seed},
         "objective": {"objective": objective, "utility": utility, "beta": beta},
         "optim": {"max_steps": steps, "batch_size": batch_size, "learning_rate": learning_rate,
                   "warmup_steps": warmup, "lr_scheduler": lr_scheduler, "weight_decay": 0.0, "max_grad_norm": 1.0},
@@ -111,11 +112,6 @@ def _train_config(pretrained: str, out_dir: Path, records: Path, *, objective: s
     }
     if cache:
         cfg["data"]["cache_dir"] = str(out_dir / "cache")
-    return cfg
-
-
-def _with_resolution(cfg: Dict, size: int) -> Dict:
-    cfg["data"]["resolution"] = size
     return cfg
 
 
@@ -132,10 +128,10 @@ def build_base(out_dir: str | Path, cfg: Optional[BaseConfig] = None, *, progres
     vae = B.train_vae(pipe_dir, data, steps=cfg.vae_steps, batch_size=cfg.batch_size, seed=cfg.seed, progress=progress)
     t_vae = time.time() - t0
     records = B.write_image_records(data.images, data.captions, np.ones(len(data), dtype=int), out_dir / "data")
-    train_cfg = _with_resolution(_train_config(
-        str(pipe_dir), out_dir / "train", records, objective="sft", steps=cfg.unet_steps, batch_size=cfg.batch_size,
-        learning_rate=cfg.learning_rate, warmup=min(200, cfg.unet_steps // 10), seed=cfg.seed, gamma=1.0,
-        lr_scheduler="cosine", progress=progress), cfg.image_size)
+    train_cfg = _train_config(
+        str(pipe_dir), out_dir / "train", records, resolution=cfg.image_size, objective="sft", steps=cfg.unet_steps,
+        batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, warmup=min(200, cfg.unet_steps // 10),
+        seed=cfg.seed, gamma=1.0, lr_scheduler="cosine", progress=progress)
     result = train(train_cfg)
     B.install_unet(result.weights, pipe_dir)
     t_total = time.time() - t0
@@ -214,10 +210,10 @@ def align_one(method: str, base_dir: Path, out_dir: Path, feedback: Dict, cfg: A
 
     objective, utility = _method_objective(method)
     records = feedback["pairs"] if objective == "dpo" else feedback["records"]
-    tcfg = _with_resolution(_train_config(
-        str(base_dir), out_dir / "runs" / method, Path(records), objective=objective, utility=utility,
-        steps=cfg.steps, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, warmup=cfg.warmup_steps,
-        seed=cfg.seed, gamma=cfg.gamma, beta=cfg.beta, progress=progress), image_size)
+    tcfg = _train_config(
+        str(base_dir), out_dir / "runs" / method, Path(records), resolution=image_size, objective=objective,
+        utility=utility, steps=cfg.steps, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
+        warmup=cfg.warmup_steps, seed=cfg.seed, gamma=cfg.gamma, beta=cfg.beta, progress=progress)
     trainer = Trainer(tcfg)
     curve(method, 0, trainer._base_unet())
     step = 0
@@ -235,10 +231,10 @@ def align_spin(base_dir: Path, out_dir: Path, feedback: Dict, cfg: AlignConfig, 
     from kto_lab.spin import spin
 
     steps = max(1, cfg.steps // cfg.spin_iterations)  # the same total budget as the other methods
-    tcfg = _with_resolution(_train_config(
-        str(base_dir), out_dir / "runs" / "spin", Path(feedback["records"]), objective="dpo", steps=steps,
-        batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, warmup=cfg.warmup_steps, seed=cfg.seed,
-        beta=cfg.beta, cache=False, progress=progress), image_size)
+    tcfg = _train_config(
+        str(base_dir), out_dir / "runs" / "spin", Path(feedback["records"]), resolution=image_size, objective="dpo",
+        steps=steps, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, warmup=cfg.warmup_steps,
+        seed=cfg.seed, beta=cfg.beta, cache=False, progress=progress)
     gen_pipe = make_pipeline(base_dir)
     base_unet = gen_pipe.unet
 

@@ -23,7 +23,7 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from .shapes import COLORS, SHAPES, SIZE_FRACTION, SIZES, parse_caption, shape_mask
+from .shapes import COLORS, SHAPES, SIZES, parse_caption, shape_mask, shape_side
 
 _PALETTE_NAMES = list(COLORS)
 _PALETTE = np.asarray([COLORS[c] for c in _PALETTE_NAMES], dtype=np.float32)
@@ -44,8 +44,7 @@ def _templates(image_size: int):
     n = image_size
     for shape in SHAPES:
         for size in SIZES:
-            side = max(4, 2 * int(round(SIZE_FRACTION[size] * n / 2)))
-            half = side // 2
+            half = shape_side(size, n) // 2
             for cy in range(half, n - half + 1):
                 for cx in range(half, n - half + 1):
                     # shape_mask places the centre at n/2 + offset; reach every centre via "center" + jitter

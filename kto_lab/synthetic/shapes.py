@@ -149,10 +149,18 @@ def scene_from_caption(caption: str, rng: np.random.Generator) -> Scene:
 # --------------------------------------------------------------------------------------
 
 
+def shape_side(size: str, image_size: int = 16) -> int:
+    """Side of the shape's bounding box in pixels: even, so the shape sits on the pixel grid."""
+    _check("size", size, SIZES)
+    return max(4, 2 * int(round(SIZE_FRACTION[size] * image_size / 2)))
+
+
 def shape_mask(shape: str, size: str, position: str, image_size: int = 16, jitter: Tuple[int, int] = (0, 0)) -> np.ndarray:
     """Boolean ``(H, W)`` mask of the shape. ``jitter = (dx, dy)`` shifts it by whole pixels."""
+    _check("shape", shape, SHAPES)
+    _check("position", position, POSITIONS)
     n = image_size
-    side = max(4, 2 * int(round(SIZE_FRACTION[size] * n / 2)))  # even, so the shape sits on the pixel grid
+    side = shape_side(size, n)
     margin = (n - side) / 2.0
     ox, oy = POSITION_OFFSET[position]
     cx = n / 2.0 + ox * margin + jitter[0]
@@ -166,11 +174,10 @@ def shape_mask(shape: str, size: str, position: str, image_size: int = 16, jitte
         return dx**2 + dy**2 <= half**2
     if shape == "square":
         return (np.abs(dx) <= half) & (np.abs(dy) <= half)
-    if shape == "triangle":  # apex up, base at the bottom of the box
-        inside_y = (dy >= -half) & (dy <= half)
-        width_at_y = 1.0 + (dy + half) / (2 * half) * (half - 1.0)  # half-width: 1 px at the apex, half at the base
-        return inside_y & (np.abs(dx) <= width_at_y)
-    raise ValueError(f"unknown shape {shape!r}; known: {', '.join(SHAPES)}")
+    # triangle: apex up, base at the bottom of the box
+    inside_y = (dy >= -half) & (dy <= half)
+    width_at_y = 1.0 + (dy + half) / (2 * half) * (half - 1.0)  # half-width: 1 px at the apex, half at the base
+    return inside_y & (np.abs(dx) <= width_at_y)
 
 
 def render(scene: Scene, image_size: int = 16, rng: Optional[np.random.Generator] = None) -> np.ndarray:

@@ -39,11 +39,17 @@ def hwc(images: np.ndarray) -> np.ndarray:
 
 
 def red_filter(images: np.ndarray, strength: float = 0.5) -> np.ndarray:
-    """Enhance the red channel (appendix C): ``R <- R + strength * (1 - R)``; G, B unchanged."""
+    """Enhance the red channel (appendix C): ``R <- R + strength * (1 - R)``; G, B unchanged.
+
+    ``images``: a batch ``(N, 3, H, W)`` or one image ``(3, H, W)``.
+    """
     if not 0.0 < strength <= 1.0:
         raise ValueError(f"red_filter: strength must be in (0, 1], got {strength}")
     out = np.array(images, dtype=np.float32, copy=True)
-    out[:, 0] = out[:, 0] + strength * (1.0 - out[:, 0])
+    if out.ndim not in (3, 4) or out.shape[-3] != 3:
+        raise ValueError(f"red_filter: expected (N, 3, H, W) or (3, H, W) images, got shape {out.shape}")
+    red = out[..., 0, :, :]  # a view: the red channel of every image
+    red += strength * (1.0 - red)
     return out
 
 
