@@ -4,6 +4,7 @@ import pickle
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from kto_lab.data.records import (
@@ -184,3 +185,18 @@ def test_pairs_round_trip(tmp_path):
         load_pairs(tmp_path / "pairs.csv").load_pair(1)
     with pytest.raises(ValueError, match=r"pair 0: missing \['image_l'\]"):
         write_pairs([{"caption": "x", "image_w": "a.png"}], tmp_path / "p.csv")
+
+
+def test_gamma_sampler_resumes_its_sequence_and_refuses_another_gamma():
+    from kto_lab.config import ConfigError
+
+    labels = [1, 1, 0, 1, 0, 0, 1]
+    a = GammaSampler(labels, gamma=0.8, seed=3)
+    a.sample(5)
+    state = a.state_dict()
+    expected = a.sample(6)
+    b = GammaSampler(labels, gamma=0.8, seed=99)
+    b.load_state_dict(state)
+    assert torch.equal(b.sample(6), expected)
+    with pytest.raises(ConfigError, match=r"gamma=0.5 differs from the resumed checkpoint's gamma=0.8"):
+        GammaSampler(labels, gamma=0.5).load_state_dict(state)

@@ -54,4 +54,10 @@ class GammaSampler:
         return {"generator": self.generator.get_state(), "gamma": self.gamma}
 
     def load_state_dict(self, state: dict) -> None:
+        """Continue a saved draw sequence. Resuming continues the same run, so a different gamma is
+        an error (start a new run from the saved weights to change it)."""
+        saved = state.get("gamma", self.gamma)
+        if saved != self.gamma:
+            raise ConfigError(f"gamma={self.gamma} differs from the resumed checkpoint's gamma={saved}: "
+                              "a resumed run continues the same run; start a new run from its weights instead")
         self.generator.set_state(state["generator"])

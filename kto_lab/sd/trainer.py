@@ -345,7 +345,9 @@ class Trainer:
     # checkpoints and weights
     # ------------------------------------------------------------------------------------
 
-    def _base_unet(self):
+    def base_unet(self):
+        """The policy UNet itself, under accelerate's and torch.compile's wrappers (with its LoRA
+        adapters, if any): what checkpoints save and what a caller evaluates mid-run."""
         return unwrap_model(self.accelerator.unwrap_model(self.unet))
 
     def _save_model_hook(self, models, weights, output_dir):
@@ -431,11 +433,11 @@ class Trainer:
         target = out / (LORA_WEIGHTS if self.cfg.lora.enabled else "unet")
         if acc.is_main_process:
             if self.cfg.lora.enabled:
-                save_lora(self._base_unet(), out)
+                save_lora(self.base_unet(), out)
             else:
                 tmp = out / ".tmp-unet"
                 shutil.rmtree(tmp, ignore_errors=True)
-                save_unet(self._base_unet(), tmp)
+                save_unet(self.base_unet(), tmp)
                 shutil.rmtree(target, ignore_errors=True)
                 os.replace(tmp, target)
         acc.wait_for_everyone()
@@ -456,7 +458,7 @@ class Trainer:
         from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
         pipe = StableDiffusionPipeline(
-            vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=self._base_unet(),
+            vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=self.base_unet(),
             scheduler=DPMSolverMultistepScheduler.from_config(c.scheduler_config),
             safety_checker=None, feature_extractor=None, requires_safety_checker=False,
         )

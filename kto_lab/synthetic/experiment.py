@@ -215,12 +215,12 @@ def align_one(method: str, base_dir: Path, out_dir: Path, feedback: Dict, cfg: A
         utility=utility, steps=cfg.steps, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
         warmup=cfg.warmup_steps, seed=cfg.seed, gamma=cfg.gamma, beta=cfg.beta, progress=progress)
     trainer = Trainer(tcfg)
-    curve(method, 0, trainer._base_unet())
+    curve(method, 0, trainer.base_unet())
     step = 0
     while step < cfg.steps:
         step = min(cfg.steps, step + cfg.eval_every)
         trainer.fit(stop_at=step)
-        curve(method, step, trainer._base_unet())
+        curve(method, step, trainer.base_unet())
     return str(Path(tcfg["output_dir"]) / "unet")
 
 
