@@ -269,6 +269,20 @@ _OC_BLOCK = {  # open_clip resblock suffix -> HF layer suffix (q/k/v are split f
     "ln_1": "layer_norm1", "ln_2": "layer_norm2", "attn.out_proj": "self_attn.out_proj",
     "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2",
 }
+_OC_SIMPLE = {  # open_clip key -> HF key, outside the transformer blocks (copied as they are)
+    "token_embedding.weight": "text_model.embeddings.token_embedding.weight",
+    "positional_embedding": "text_model.embeddings.position_embedding.weight",
+    "ln_final.weight": "text_model.final_layer_norm.weight",
+    "ln_final.bias": "text_model.final_layer_norm.bias",
+    "logit_scale": "logit_scale",
+    "visual.class_embedding": "vision_model.embeddings.class_embedding",
+    "visual.conv1.weight": "vision_model.embeddings.patch_embedding.weight",
+    "visual.positional_embedding": "vision_model.embeddings.position_embedding.weight",
+    "visual.ln_pre.weight": "vision_model.pre_layrnorm.weight",
+    "visual.ln_pre.bias": "vision_model.pre_layrnorm.bias",
+    "visual.ln_post.weight": "vision_model.post_layernorm.weight",
+    "visual.ln_post.bias": "vision_model.post_layernorm.bias",
+}
 
 
 def openclip_to_hf(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -292,22 +306,8 @@ def openclip_to_hf(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
                     out[f"{layer}{_OC_BLOCK[mod]}.{kind}"] = v
                 break
         else:
-            simple = {
-                "token_embedding.weight": "text_model.embeddings.token_embedding.weight",
-                "positional_embedding": "text_model.embeddings.position_embedding.weight",
-                "ln_final.weight": "text_model.final_layer_norm.weight",
-                "ln_final.bias": "text_model.final_layer_norm.bias",
-                "logit_scale": "logit_scale",
-                "visual.class_embedding": "vision_model.embeddings.class_embedding",
-                "visual.conv1.weight": "vision_model.embeddings.patch_embedding.weight",
-                "visual.positional_embedding": "vision_model.embeddings.position_embedding.weight",
-                "visual.ln_pre.weight": "vision_model.pre_layrnorm.weight",
-                "visual.ln_pre.bias": "vision_model.pre_layrnorm.bias",
-                "visual.ln_post.weight": "vision_model.post_layernorm.weight",
-                "visual.ln_post.bias": "vision_model.post_layernorm.bias",
-            }
-            if key in simple:
-                out[simple[key]] = v
+            if key in _OC_SIMPLE:
+                out[_OC_SIMPLE[key]] = v
             elif key == "text_projection":
                 out["text_projection.weight"] = v.t().contiguous()
             elif key == "visual.proj":
@@ -324,17 +324,7 @@ def hf_to_openclip(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     out: Dict[str, torch.Tensor] = {}
     inverse_block = {v: k for k, v in _OC_BLOCK.items()}
     towers = (("text_model.encoder.layers.", "transformer.resblocks."), ("vision_model.encoder.layers.", "visual.transformer.resblocks."))
-    simple = {
-        "text_model.embeddings.token_embedding.weight": "token_embedding.weight",
-        "text_model.embeddings.position_embedding.weight": "positional_embedding",
-        "text_model.final_layer_norm.weight": "ln_final.weight", "text_model.final_layer_norm.bias": "ln_final.bias",
-        "logit_scale": "logit_scale",
-        "vision_model.embeddings.class_embedding": "visual.class_embedding",
-        "vision_model.embeddings.patch_embedding.weight": "visual.conv1.weight",
-        "vision_model.embeddings.position_embedding.weight": "visual.positional_embedding",
-        "vision_model.pre_layrnorm.weight": "visual.ln_pre.weight", "vision_model.pre_layrnorm.bias": "visual.ln_pre.bias",
-        "vision_model.post_layernorm.weight": "visual.ln_post.weight", "vision_model.post_layernorm.bias": "visual.ln_post.bias",
-    }
+    simple = {hf: oc for oc, hf in _OC_SIMPLE.items()}
     for key, v in sd.items():
         if key.endswith("position_ids"):
             continue

@@ -44,7 +44,7 @@ class ModelConfig:
     reference_dtype: str = "auto"
     gradient_checkpointing: bool = False
     # torch.compile the policy UNet (and a frozen reference copy) in place after accelerate.prepare:
-    # the first steps pay the compilation; see benchmarks/README.md for the measured gain.
+    # the first steps pay the compilation. The gain is not measured yet (no GPU so far; benchmarks/sd_step.py --compile).
     compile: bool = False
 
     def validate(self) -> "ModelConfig":
