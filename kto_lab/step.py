@@ -2,8 +2,11 @@
 
 This is the whole algorithm of a step, shared verbatim by the toy trainer and the SD trainer.
 A *denoiser* is any callable ``fn(x_t, t, cond) -> prediction`` (an MLP, a UNet wrapper, a
-UNet with its LoRA adapters disabled); ``cond`` is a tensor whose first dim is the batch
-(text embeddings for SD, class ids for the toy) or ``None``.
+UNet with its LoRA adapters disabled). ``cond`` is the conditioning, batch-first: ``None``, a
+tensor (class ids for the toy, text embeddings for SD 1.x/2.x), or a small structure of tensors,
+a tuple or a dict (SDXL: text states, pooled embedding and time ids). The step only ever rolls
+it (:func:`roll_cond`) and concatenates it (:func:`cat_cond`), and both treat every part alike,
+so an unrelated pair moves a caption's text, pooled embedding and time ids together.
 
 Forward passes per step for Diffusion-KTO with the paper's reference point (sec. 4.1):
 
@@ -19,7 +22,7 @@ one position, KTO's convention) and draws its own noise and timestep.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
 
@@ -28,7 +31,8 @@ from .config import check_choice, check_positive, check_range
 from .schedule import NoiseSchedule
 
 Tensor = torch.Tensor
-Denoiser = Callable[[Tensor, Tensor, Optional[Tensor]], Tensor]
+Cond = Union[None, Tensor, Tuple["Cond", ...], Dict[str, "Cond"]]  # batch-first conditioning
+Denoiser = Callable[[Tensor, Tensor, Cond], Tensor]
 
 
 @dataclass
@@ -60,12 +64,28 @@ class StepOutput:
     err_ref: Optional[Tensor] = None
 
 
-def _roll(cond: Optional[Tensor]) -> Optional[Tensor]:
-    return None if cond is None else torch.roll(cond, shifts=1, dims=0)
+def map_cond(fn: Callable[..., Tensor], *conds: Cond) -> Cond:
+    """Apply ``fn`` to the matching tensors of one or more conditionings of the same structure."""
+    first = conds[0]
+    if first is None:
+        return None
+    if isinstance(first, Tensor):
+        return fn(*conds)
+    if isinstance(first, dict):
+        return {k: map_cond(fn, *(c[k] for c in conds)) for k in first}
+    if isinstance(first, (tuple, list)):
+        return type(first)(map_cond(fn, *parts) for parts in zip(*conds))
+    raise TypeError(f"cond must be None, a tensor, a tuple or a dict of tensors; got {type(first).__name__}")
 
 
-def _cat(a: Optional[Tensor], b: Optional[Tensor]) -> Optional[Tensor]:
-    return None if a is None else torch.cat([a, b], dim=0)
+def roll_cond(cond: Cond, shifts: int = 1) -> Cond:
+    """Pair every sample with its neighbour's conditioning (every part rolled alike, dim 0)."""
+    return map_cond(lambda c: torch.roll(c, shifts=shifts, dims=0), cond)
+
+
+def cat_cond(*conds: Cond) -> Cond:
+    """Concatenate conditionings along the batch (every part alike)."""
+    return map_cond(lambda *cs: torch.cat(cs, dim=0), *conds)
 
 
 def _randn_like(x: Tensor, generator: Optional[torch.Generator]) -> Tensor:
@@ -78,7 +98,7 @@ def objective_step(
     policy: Denoiser,
     x0: Tensor,
     labels: Tensor,
-    cond: Optional[Tensor] = None,
+    cond: Cond = None,
     *,
     reference: Optional[Denoiser] = None,
     x0_loser: Optional[Tensor] = None,
@@ -100,7 +120,7 @@ def objective_step(
 
     if name == "dpo":
         x0 = torch.cat([x0, x0_loser], dim=0)
-        cond = _cat(cond, cond)
+        cond = cat_cond(cond, cond)
     n = x0.shape[0]
     t = schedule.sample_timesteps(n if name != "dpo" else n // 2, x0.device, generator)
     noise = _randn_like(x0[: t.shape[0]], generator)
@@ -119,10 +139,10 @@ def objective_step(
             noise_u = _randn_like(x0, generator)
             x_u = schedule.add_noise(x0, noise_u, t_u)
             target_u = schedule.target(x0, noise_u, t_u)
-            cond_u = _roll(cond)
+            cond_u = roll_cond(cond)
             with torch.no_grad():
                 err_r_all = O.denoising_error(
-                    reference(torch.cat([x_t, x_u]), torch.cat([t, t_u]), _cat(cond, cond_u)),
+                    reference(torch.cat([x_t, x_u]), torch.cat([t, t_u]), cat_cond(cond, cond_u)),
                     torch.cat([target, target_u]),
                 )
                 err_r, err_r_u = err_r_all[:n], err_r_all[n:]

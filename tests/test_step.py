@@ -87,6 +87,48 @@ def test_unrelated_reference_point_batches_reference_and_rolls_cond():
     assert not torch.equal(policy.calls[0][0], policy.calls[1][0]), "the unrelated batch draws its own noise"
 
 
+class StructuredRecorder:
+    """A denoiser that takes an SDXL-like structured cond and records it."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, x_t, t, cond):
+        self.calls.append({k: v.clone() for k, v in cond["added"].items()} | {"text": cond["text"].clone()})
+        return 0.5 * x_t
+
+
+def test_structured_cond_rolls_and_concatenates_every_part_together():
+    """Unrelated pairs roll text states, pooled embedding and time ids as one (SDXL conditioning)."""
+    x0, labels = _batch(4)
+    ids = torch.arange(4).float()
+    cond = {"text": ids.view(4, 1, 1).expand(4, 3, 2).clone(),
+            "added": {"text_embeds": 10 + ids.view(4, 1), "time_ids": 100 + ids.view(4, 1).expand(4, 6).clone()}}
+    policy, reference = StructuredRecorder(), StructuredRecorder()
+    objective_step(ObjectiveConfig(beta=1.0), SCHEDULE, policy, x0, labels, cond, reference=reference,
+                   generator=torch.Generator().manual_seed(0))
+    ref = reference.calls[0]
+    rolled = [3, 0, 1, 2]
+    assert ref["text"][:, 0, 0].tolist() == [0, 1, 2, 3] + rolled
+    assert ref["text_embeds"][:, 0].tolist() == [10, 11, 12, 13] + [10 + i for i in rolled]
+    assert ref["time_ids"][:, 0].tolist() == [100, 101, 102, 103] + [100 + i for i in rolled]
+    unrelated = policy.calls[1]
+    assert unrelated["text"][:, 0, 0].tolist() == rolled
+    assert unrelated["time_ids"][:, 5].tolist() == [100 + i for i in rolled]
+
+
+def test_cond_helpers_on_tuples_none_and_bad_types():
+    from kto_lab.step import cat_cond, roll_cond
+
+    a, b = torch.arange(3), torch.arange(3, 6)
+    rolled = roll_cond((a, {"p": b}))
+    assert rolled[0].tolist() == [2, 0, 1] and rolled[1]["p"].tolist() == [5, 3, 4]
+    assert cat_cond((a, b), (b, a))[0].tolist() == [0, 1, 2, 3, 4, 5]
+    assert roll_cond(None) is None and cat_cond(None, None) is None
+    with pytest.raises(TypeError, match="cond must be"):
+        roll_cond("a caption")
+
+
 def test_unconditional_unrelated_batch_uses_fresh_noise_on_the_same_points():
     """The toy's case: cond=None, so rolling is a no-op; z_ref comes from new noise/timesteps."""
     x0, labels = _batch(4)
