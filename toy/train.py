@@ -89,7 +89,7 @@ def parse_method(method: str) -> Tuple[Optional[str], Optional[str]]:
 @dataclass
 class ToyConfig:
     """Everything one toy run needs. Paper values are cited; the rest were chosen by
-    measurement on this toy (README, section "toy")."""
+    measurement on this toy (docs/toy.md)."""
 
     seed: int = 0
     # --- the world (sec. 6) ---

@@ -1,7 +1,7 @@
 """The paper's automatic metrics (Diffusion-KTO sec. 5, appendix A.2), loaded from local weights.
 
 Nothing here downloads: every scorer takes the directories/files the user fetched
-(see the README's evaluation section). All CLIP-family scorers run through
+(see docs/evaluation.md). All CLIP-family scorers run through
 ``transformers.CLIPModel`` (no open_clip, which needs torchvision):
 
 - ``PickScoreScorer``: PickScore_v1 (a fine-tuned CLIP ViT-H-14) + the laion ViT-H-14 processor;

@@ -68,7 +68,7 @@ class AlignConfig:
     batch_size: int = 32
     learning_rate: float = 1e-4  # full fine-tune, AdamW without weight decay (Adam, as A.1)
     warmup_steps: int = 20
-    beta: float = 1000.0  # KTO and DPO beta (A.1 uses 5000 for SD at lr 1e-7; see README)
+    beta: float = 1000.0  # KTO and DPO beta (A.1 uses 5000 for SD at lr 1e-7; see docs/synthetic.md)
     gamma: float = 0.8  # share of desirable samples (sec. 4.2)
     spin_iterations: int = 3
     eval_every: int = 50  # steps between points of the through-training curve
