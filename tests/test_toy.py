@@ -115,6 +115,14 @@ def test_kto_moves_mass_from_undesirable_to_desirable():
     assert r.metrics["kto:kto"]["share_desirable"] > r.metrics["pretrained"]["share_desirable"]
 
 
+def test_sft_trains_on_desirable_points_only():
+    """SFT's batches hold desirable points only (the paper's baseline, sec. 5), whatever gamma says."""
+    cfg = ToyConfig(**TINY, gamma=0.5).validate()
+    feedback = make_feedback(64, 64, torch.Generator().manual_seed(0))
+    history = finetune(cfg, "sft", pretrain(cfg), feedback, log_every=1).history
+    assert [row["sft/desirable_in_batch"] for row in history] == [cfg.batch_size] * cfg.steps
+
+
 def test_divergence_stops_with_the_method_and_step():
     cfg = ToyConfig(**{**TINY, "steps": 300, "lr": 0.05, "divergence_factor": 3.0},
                     method_overrides={}).validate()

@@ -21,6 +21,13 @@ def check_gamma(gamma: float) -> float:
     return float(gamma)
 
 
+def sampling_gamma(objective: str, gamma: float) -> float:
+    """The gamma an objective samples with: 1 for ``sft`` (desirable records only, the paper's
+    SFT baseline, sec. 5), the configured ``gamma`` for every other objective. The one place
+    this rule lives; the toy and every SD source (tables and the latent cache) call it."""
+    return 1.0 if objective == "sft" else gamma
+
+
 class GammaSampler:
     """Draw record indices: desirable with probability ``gamma``, else undesirable."""
 

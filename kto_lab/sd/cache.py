@@ -160,6 +160,7 @@ class CachedSource:
     def __init__(self, cache_dir: str | Path, cfg, *, batch_size: int, seed: int = 0):
         from safetensors import safe_open
 
+        from ..data.sampler import sampling_gamma
         from .data import gamma_sampler
 
         self.dir = Path(cache_dir)
@@ -176,8 +177,8 @@ class CachedSource:
         self.keys = ["latent_moments", "encoder_hidden_states"] + (["latent_moments_l"] if self.pairs else [])
         self.skipped = len(self.manifest.get("skipped", []))
         self.generator = torch.Generator().manual_seed(seed)
-        self.sampler = None if self.pairs else gamma_sampler(self.labels, cfg.data.gamma, seed,
-                                                             f"latent cache {str(self.dir)!r}")
+        gamma = sampling_gamma(cfg.objective.objective, cfg.data.gamma)
+        self.sampler = None if self.pairs else gamma_sampler(self.labels, gamma, seed, f"latent cache {str(self.dir)!r}")
 
     def __len__(self) -> int:
         return int(self.offsets[-1])

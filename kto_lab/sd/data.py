@@ -12,7 +12,7 @@ exactly the batches of an uninterrupted one:
 
 * :class:`RecordSource`: per-image binary feedback (:func:`kto_lab.data.records.load_records`),
   indices from :class:`~kto_lab.data.sampler.GammaSampler` (Diffusion-KTO sec. 4.2: desirable
-  with probability gamma). For CSFT the caption gets the "good image, "/"bad image, " prefix.
+  with probability gamma; SFT draws desirable records only, ``sampling_gamma``). For CSFT the caption gets the "good image, "/"bad image, " prefix.
 * :class:`PairSource`: (winner, loser) pairs for Diffusion-DPO / SPIN
   (:func:`kto_lab.data.records.load_pairs`), drawn uniformly with replacement.
 * :class:`kto_lab.sd.cache.CachedSource`: the same, read from a latent/embedding cache.
@@ -28,7 +28,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from ..data.sampler import GammaSampler
+from ..data.sampler import GammaSampler, sampling_gamma
 from ..objectives import csft_caption
 from .encoding import tokenize
 
@@ -230,5 +230,5 @@ def make_source(cfg, tokenizer, rank: int = 0):
     table = open_table(d.train, o, d.on_missing_image)
     if o == "dpo":
         return PairSource(table, tokenizer, transform, batch_size=cfg.optim.batch_size, seed=seed)
-    return RecordSource(table, tokenizer, transform, batch_size=cfg.optim.batch_size, gamma=d.gamma, seed=seed,
-                        csft=(o == "csft"))
+    return RecordSource(table, tokenizer, transform, batch_size=cfg.optim.batch_size,
+                        gamma=sampling_gamma(o, d.gamma), seed=seed, csft=(o == "csft"))
