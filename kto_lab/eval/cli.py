@@ -5,7 +5,8 @@
     kto-lab eval generate --pipeline SD --lora out/lora --name kto --prompts PartiPrompts.tsv --out runs/eval
     kto-lab eval score --out runs/eval --models base kto --scorer redness --scorer pickscore:path=/m/PickScore_v1
     kto-lab eval compare --out runs/eval --pair kto:base [--ci bootstrap] [--on-failure loss]
-    kto-lab eval implicit --pipeline SD --lora out/lora --records heldout.parquet
+    kto-lab eval implicit --pipeline SD --lora out/lora --pairs heldout_pairs.parquet     # Diffusion-DPO Table 2
+    kto-lab eval implicit --pipeline SD --lora out/lora --records heldout.parquet         # per-image sign accuracy
 """
 
 from __future__ import annotations
@@ -106,7 +107,8 @@ def cmd_implicit(args) -> int:
     from kto_lab.eval.implicit import evaluate_implicit_accuracy
     from kto_lab.eval.run import resolve_device
 
-    res = evaluate_implicit_accuracy(args.pipeline, args.records, unet_path=args.unet, lora_path=args.lora,
+    res = evaluate_implicit_accuracy(args.pipeline, args.records, pairs_path=args.pairs, unet_path=args.unet,
+                                     lora_path=args.lora,
                                      beta=args.beta, n_draws=args.draws, seed=args.seed, batch_size=args.batch_size,
                                      device=resolve_device(args.device), limit=args.limit)
     print(json.dumps(res.to_dict()))
@@ -171,9 +173,14 @@ def add_parser(subparsers, name: str, help: str):
     p.add_argument("--no-plots", action="store_true")
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("implicit", help="implicit reward accuracy on held-out binary labels")
+    p = sub.add_parser("implicit", help="implicit reward accuracy: pairwise on held-out pairs (Diffusion-DPO "
+                                        "Table 2), or per-image sign accuracy on held-out labels")
     _model_args(p)
-    p.add_argument("--records", required=True, help="held-out records (image, caption, label)")
+    t = p.add_mutually_exclusive_group(required=True)
+    t.add_argument("--pairs", help="held-out pairs (caption, image_w, image_l): share of pairs whose winner gets the "
+                                   "higher implicit reward (Diffusion-DPO Table 2; winner and loser share t and noise)")
+    t.add_argument("--records", help="held-out records (image, caption, label): share of images whose implicit reward "
+                                     "has their label's sign (per-image; not the papers' metric)")
     p.add_argument("--beta", type=float, default=5000.0)
     p.add_argument("--draws", type=int, default=4, help="(t, noise) draws per image")
     p.add_argument("--seed", type=int, default=0)
