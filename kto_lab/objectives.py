@@ -249,7 +249,8 @@ def dpo_loss(
 
         loss = -log sigmoid( -beta/2 * ((err_p(w) - err_r(w)) - (err_p(l) - err_r(l))) )
 
-    Winner ``w`` and loser ``l`` of a pair share the noise and the timestep. ``beta`` here is
+    Winner ``w`` and loser ``l`` of a pair share the noise and the timestep (the official ``train.py``
+    repeats one pair member's noise and timestep; the pseudo-code of its supplement S9). ``beta`` here is
     the official ``beta_dpo`` (2000-5000 for SD 1.5), so values are comparable with theirs.
     The per-image implicit reward reported is ``beta/2 * g``.
     """

@@ -109,7 +109,8 @@ def objective_step(
 
     ``x0``: clean samples (latents for SD), ``labels``: 1 desirable / 0 undesirable.
     For ``dpo``, ``x0`` holds the winners and ``x0_loser`` the losers of the same captions
-    ``cond``; winner and loser share noise and timestep (Diffusion-DPO eq. 14).
+    ``cond``; winner and loser share noise and timestep (the official Diffusion-DPO ``train.py``,
+    ``train_method == "dpo"``, and the pseudo-code of its supplement S9; eq. 14 is the loss).
     ``reduce_mean`` averages the reference point across processes (sec. 4.1).
     """
     name = cfg.objective
