@@ -166,7 +166,10 @@ def add_parser(subparsers, name: str, help: str):
     p.add_argument("--pair", action="append", required=True, help="model_a:model_b (repeatable)")
     p.add_argument("--metrics", nargs="*")
     p.add_argument("--prompts-file", help="restrict to these prompts (e.g. <out>/prompts.jsonl)")
-    p.add_argument("--ci", default="bootstrap", choices=["bootstrap", "wilson", "normal"])
+    p.add_argument("--ci", default="bootstrap", choices=["bootstrap", "wilson", "normal", "paper"],
+                   help="interval of the win rates: bootstrap over prompts (default), wilson, normal, or paper "
+                        "(normal approximation over all images, Diffusion-KTO Tables 3-5); the report shows the "
+                        "paper's interval beside the chosen one")
     p.add_argument("--on-failure", default="loss", choices=["loss", "exclude"])
     p.add_argument("--n-bootstrap", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)

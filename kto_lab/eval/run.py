@@ -86,7 +86,9 @@ class EvalConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:0 ...
     dtype: str = "float32"
     safety_checker: Optional[str] = None  # SD pipeline dir with safety_checker/ + feature_extractor/ (appendix F)
-    ci_method: str = "bootstrap"  # bootstrap (over prompts) | wilson | normal
+    # bootstrap (over prompts) | wilson | normal | paper (normal approximation over all images, Diffusion-KTO
+    # Tables 3-5); the report shows the paper's interval beside the chosen one either way
+    ci_method: str = "bootstrap"
     n_bootstrap: int = 2000
     on_failure: str = "loss"  # a prompt with no image counts as a loss ("loss") or is left out ("exclude")
     score_batch_size: int = 16
