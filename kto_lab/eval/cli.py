@@ -57,11 +57,13 @@ def cmd_generate(args) -> int:
     from kto_lab.eval.run import EvalConfig, ModelSpec, generate_all
 
     cfg = EvalConfig(prompts=args.prompts, prompt_format=args.prompt_format, limit=args.limit, per_style=args.per_style,
+                     per_style_seed=args.per_style_seed,
                      models=[ModelSpec(args.name, args.pipeline, args.unet, args.lora)], out_dir=args.out,
                      n_per_prompt=args.n, seed=args.seed, batch_size=args.batch_size, num_inference_steps=args.steps,
                      guidance_scale=args.guidance_scale, height=args.height, width=args.width, device=args.device,
                      dtype=args.dtype, safety_checker=args.safety_checker).validate()  # bad values fail before loading
-    prompts = load_prompts(cfg.prompts, cfg.prompt_format, limit=cfg.limit, per_style=cfg.per_style)
+    prompts = load_prompts(cfg.prompts, cfg.prompt_format, limit=cfg.limit, per_style=cfg.per_style,
+                           per_style_seed=cfg.per_style_seed)
     save_prompts(prompts, Path(cfg.out_dir) / "prompts.jsonl")
     counts = generate_all(cfg, prompts)
     print(json.dumps(counts))
@@ -139,7 +141,8 @@ def add_parser(subparsers, name: str, help: str):
     p.add_argument("--prompts", required=True, help="PartiPrompts .tsv | HPS v2 dir | Pick-a-Pic .parquet | .txt")
     p.add_argument("--prompt-format", default="auto")
     p.add_argument("--limit", type=int)
-    p.add_argument("--per-style", type=int)
+    p.add_argument("--per-style", type=int, help="n prompts per style, drawn at random (the user study: 25 per HPS style)")
+    p.add_argument("--per-style-seed", type=int, default=0, help="seed of the --per-style draw")
     p.add_argument("--out", required=True)
     p.add_argument("-n", type=int, default=5, help="images per prompt (paper: 5)")
     p.add_argument("--seed", type=int, default=0)

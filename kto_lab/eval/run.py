@@ -70,7 +70,8 @@ class EvalConfig:
     prompts: str = ""  # PartiPrompts .tsv | HPS v2 dir of <style>.json | Pick-a-Pic .parquet | .txt
     prompt_format: str = "auto"
     limit: Optional[int] = None  # first n prompts (quick runs)
-    per_style: Optional[int] = None  # first n prompts per style (the paper's user study: 25 per HPS style)
+    per_style: Optional[int] = None  # n random prompts per style (the paper's user study, A.2: 25 per HPS style)
+    per_style_seed: int = 0  # the seed of that random draw
     models: List[ModelSpec] = field(default_factory=list)
     # pairs to compare as "a:b"; empty: the FIRST model against each of the others
     compare: List[str] = field(default_factory=list)
@@ -209,7 +210,8 @@ def run_evaluation(cfg: EvalConfig, *, progress: bool = True, make_plots: bool =
     from kto_lab.eval.protocol import load_scores, score_model
 
     cfg.validate()
-    prompts = load_prompts(cfg.prompts, cfg.prompt_format, limit=cfg.limit, per_style=cfg.per_style)
+    prompts = load_prompts(cfg.prompts, cfg.prompt_format, limit=cfg.limit, per_style=cfg.per_style,
+                           per_style_seed=cfg.per_style_seed)
     scorers = build_scorers(cfg.scorers, resolve_device(cfg.device), cfg.score_batch_size)  # fail before generating
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
