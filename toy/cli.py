@@ -3,6 +3,7 @@
     kto-lab toy figure6 --out figures --seeds 3 [--steps 600] [--pretrain-steps 1500] [--set beta=3 ...]
     kto-lab toy figure9 --out figures
     kto-lab toy ablations --out figures [--seeds 2]
+    kto-lab toy frontier --out figures [--seeds 3]
 
 ``--set key=value`` overrides any :class:`toy.train.ToyConfig` field (``--config C.yaml``
 too); bad values fail before any training starts.
@@ -74,6 +75,18 @@ def cmd_ablations(args) -> int:
     return 0
 
 
+def cmd_frontier(args) -> int:
+    from .frontier import run_frontier, write_frontier
+
+    _check_seeds(args.seeds)
+    cfg = _config(args)
+    t0 = time.perf_counter()
+    rows = run_frontier(cfg, seeds=args.seeds)
+    paths = write_frontier(rows, Path(args.out), command=_command(), config=cfg)
+    print(f"frontier: {args.seeds} seed(s) in {time.perf_counter() - t0:.1f}s -> {paths['png']}, {paths['summary']}")
+    return 0
+
+
 def _common(p, seeds_default):
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--seeds", type=int, default=seeds_default, help=f"number of seeds (default {seeds_default})")
@@ -97,4 +110,8 @@ def add_parser(subparsers, name: str = "toy", help: str = "2-D Gaussian toy"):
     pa = sub.add_parser("ablations", help="Diffusion-KTO against beta, gamma and the utility (appendix D, in small)")
     _common(pa, 2)
     pa.set_defaults(func=cmd_ablations)
+    pf = sub.add_parser("frontier", help="every method over beta / learning rate: desirable vs undesirable share, "
+                                         "distance moved (frontiers over seeds)")
+    _common(pf, 3)
+    pf.set_defaults(func=cmd_frontier)
     return parser
