@@ -81,7 +81,7 @@ def plot_toy_frontier(summary, pretrained: Dict[str, float], path: Path) -> Path
                 title="toy: desirable vs undesirable share (up and left is better)")
     axes[1].set(xlabel="distance moved (energy distance to the pretrained model's samples)",
                 ylabel="share of samples in the desirable region", title="toy: desirable share vs distance moved")
-    axes[0].legend(fontsize=7)
+    axes[1].legend(fontsize=7, loc="lower right")
     return save_figure(fig, path, "labels: beta (KTO, DPO) or learning rate (SFT, CSFT, BCE); bars: 95% interval "
                                   "over seeds", dpi=110)
 
