@@ -78,8 +78,8 @@ def test_tiny_sweep_runs_resumes_and_reports(tmp_path):
     from kto_lab.synthetic.sweep_report import write_report
 
     cfg = SweepConfig(n_captions=60, pool_size=80, steps=2, eval_every=1, n_last=2, n_eval_prompts=2, batch_size=4,
-                      warmup_steps=1, seeds=[0], kto_betas=[1000.0], dpo_betas=[1000.0], learning_rates=[1e-4],
-                      spin_iterations=1, regime_kto_betas=[1000.0], regime_dpo_betas=[1000.0])
+                      warmup_steps=1, seeds=[0], kto_betas=[1000.0], dpo_betas=[1000.0], preference_learning_rates=[],
+                      learning_rates=[1e-4], spin_iterations=1, regime_kto=[[1000.0, 1e-4]], regime_dpo=[[1000.0, 1e-4]])
     out, logs = tmp_path / "sweep", []
     run_sweep("frontier", BASE, out, cfg, log=logs.append)
     run_sweep("regimes", BASE, out, cfg, log=logs.append)

@@ -66,14 +66,16 @@ class SweepConfig:
     seeds: List[int] = field(default_factory=lambda: [0, 1, 2])  # >= 3 for intervals over seeds
     beta: float = 1000.0  # the default KTO/DPO beta (the comparison's, docs/synthetic.md)
     learning_rate: float = 1e-4  # the default learning rate (AdamW, no weight decay)
-    # The frontier plan, on the balanced regime: beta of KTO and of DPO, learning rate of SFT/CSFT/BCE;
-    # KTO's other utilities and SPIN run at the defaults.
+    # The frontier plan, on the balanced regime: KTO and DPO over beta (at the default learning rate) and
+    # over the learning rate (at the default beta: with Adam, beta barely limits how far a model moves);
+    # SFT, CSFT and BCE over the learning rate; KTO's other utilities and SPIN at the defaults.
     kto_betas: List[float] = field(default_factory=lambda: [300.0, 1000.0, 3000.0, 10000.0])
     dpo_betas: List[float] = field(default_factory=lambda: [1000.0, 3000.0, 10000.0, 30000.0])
-    learning_rates: List[float] = field(default_factory=lambda: [1e-5, 1e-4])
-    # The regimes plan: KTO and DPO at these betas in every regime.
-    regime_kto_betas: List[float] = field(default_factory=lambda: [1000.0])
-    regime_dpo_betas: List[float] = field(default_factory=lambda: [1000.0, 10000.0])
+    preference_learning_rates: List[float] = field(default_factory=lambda: [3e-6, 1e-5])  # KTO and DPO
+    learning_rates: List[float] = field(default_factory=lambda: [3e-6, 1e-5, 1e-4])  # SFT, CSFT, BCE
+    # The regimes plan: KTO and DPO at these [beta, learning rate] settings in every regime.
+    regime_kto: List[List[float]] = field(default_factory=lambda: [[1000.0, 1e-4]])
+    regime_dpo: List[List[float]] = field(default_factory=lambda: [[1000.0, 1e-4], [1000.0, 1e-5]])
 
     def validate(self) -> "SweepConfig":
         check_choice("sweep.user", self.user, list(USERS))
@@ -87,9 +89,15 @@ class SweepConfig:
             raise ValueError("sweep.seeds is empty")
         for name in ("beta", "learning_rate"):
             check_range(f"sweep.{name}", getattr(self, name), low=0.0, low_open=True)
-        for name in ("kto_betas", "dpo_betas", "learning_rates", "regime_kto_betas", "regime_dpo_betas"):
+        for name in ("kto_betas", "dpo_betas", "preference_learning_rates", "learning_rates"):
             for v in getattr(self, name):
                 check_range(f"sweep.{name}[]", v, low=0.0, low_open=True)
+        for name in ("regime_kto", "regime_dpo"):
+            for setting in getattr(self, name):
+                if len(setting) != 2:
+                    raise ValueError(f"sweep.{name}: each setting is [beta, learning_rate], got {setting!r}")
+                for v in setting:
+                    check_range(f"sweep.{name}[]", v, low=0.0, low_open=True)
         return self
 
     def checkpoints(self) -> List[int]:
@@ -125,16 +133,17 @@ def plan_cells(plan: str, cfg: SweepConfig) -> List[Cell]:
     cells: List[Cell] = []
     for seed in cfg.seeds:
         if plan == "frontier":
-            cells += [make_cell("balanced", "kto", seed, b, cfg.learning_rate) for b in cfg.kto_betas]
-            cells += [make_cell("balanced", "dpo", seed, b, cfg.learning_rate) for b in cfg.dpo_betas]
+            for method, betas in (("kto", cfg.kto_betas), ("dpo", cfg.dpo_betas)):
+                cells += [make_cell("balanced", method, seed, b, cfg.learning_rate) for b in betas]
+                cells += [make_cell("balanced", method, seed, cfg.beta, lr) for lr in cfg.preference_learning_rates]
             cells += [make_cell("balanced", m, seed, cfg.beta, lr) for m in ("sft", "csft", "bce")
                       for lr in cfg.learning_rates]
             cells += [make_cell("balanced", m, seed, cfg.beta, cfg.learning_rate)
                       for m in ("kto_loss_averse", "kto_risk_seeking", "spin")]
         else:
             for regime in [r for r in REGIMES if r != "balanced"] + ["balanced"]:  # the frontier plan runs balanced too
-                cells += [make_cell(regime, "kto", seed, b, cfg.learning_rate) for b in cfg.regime_kto_betas]
-                cells += [make_cell(regime, "dpo", seed, b, cfg.learning_rate) for b in cfg.regime_dpo_betas]
+                cells += [make_cell(regime, "kto", seed, b, lr) for b, lr in cfg.regime_kto]
+                cells += [make_cell(regime, "dpo", seed, b, lr) for b, lr in cfg.regime_dpo]
     return list(dict.fromkeys(cells))  # a setting listed twice runs once
 
 
@@ -228,6 +237,8 @@ def run_sweep(plan: str, base_dir: str | Path, out: str | Path, cfg: Optional[Sw
     out.mkdir(parents=True, exist_ok=True)
     _check_same_world(out, cfg)
     cells = plan_cells(plan, cfg)
+    (out / "plans").mkdir(exist_ok=True)  # what each plan asked for: the report shows those settings
+    (out / "plans" / f"{plan}.json").write_text(json.dumps([dataclasses.asdict(c) for c in cells]))
     done = 0
     for k, cell in enumerate(cells):
         path = out / "cells" / f"{cell.name}.json"
@@ -293,6 +304,14 @@ def _check_same_world(out: Path, cfg: SweepConfig) -> None:
                              "use another --out")
     else:
         path.write_text(json.dumps(world, indent=2))
+
+
+def plan_settings(out: str | Path, plan: str) -> Optional[set]:
+    """The (regime, method, beta, learning_rate) settings a plan asked for in ``out`` (None if never run)."""
+    path = Path(out) / "plans" / f"{plan}.json"
+    if not path.is_file():
+        return None
+    return {(c["regime"], c["method"], c["beta"], c["learning_rate"]) for c in json.loads(path.read_text())}
 
 
 def load_cells(out: str | Path) -> Iterator[Dict]:

@@ -23,7 +23,7 @@ from ..eval.frontier import plot_frontier, save_figure, summarize_over_seeds
 from ..eval.stats import mean_ci, outcomes
 from .figures import LABELS, SCORE_NAMES
 from .regimes import REGIMES
-from .sweep import SweepConfig, load_cells, uses_beta
+from .sweep import SweepConfig, load_cells, plan_settings, uses_beta
 
 METRICS = ("score", "fidelity", "fidelity_all", "distance")
 SETTING = ["regime", "method", "beta", "learning_rate"]
@@ -40,6 +40,33 @@ def cells_frame(run: str | Path):
     df["beta"] = df["beta"].astype(float)  # NaN for methods without beta
     df["knob"] = np.where(df["method"].map(uses_beta), df["beta"], df["learning_rate"])
     return df
+
+
+def frontier_series(summary):
+    """One curve per knob: KTO and DPO get a beta curve (at the default learning rate) and a learning-rate
+    curve (at the default beta; the default setting is on both); SFT, CSFT, BCE a learning-rate curve; a
+    method with one setting (KTO's other utilities, SPIN) is a single point. Adds ``series`` and ``knob``."""
+    import pandas as pd
+
+    d = SweepConfig()
+    parts = []
+    for method, g in summary.groupby("method", sort=False):
+        if len(g) == 1 or not uses_beta(method):
+            parts.append(g.assign(series=method, knob=g.learning_rate))
+            continue
+        for knob, part in (("beta", g[g.learning_rate == d.learning_rate]), ("learning rate", g[g.beta == d.beta])):
+            if len(part) > 1:
+                parts.append(part.assign(series=f"{method}, {knob}",
+                                         knob=part.beta if knob == "beta" else part.learning_rate))
+    return pd.concat(parts, ignore_index=True)
+
+
+def series_labels() -> Dict[str, str]:
+    out = dict(LABELS)
+    for m, label in LABELS.items():
+        out[f"{m}, beta"] = f"{label}, over beta"
+        out[f"{m}, learning rate"] = f"{label}, over the learning rate"
+    return out
 
 
 def _base(run) -> Dict[str, float]:
@@ -73,16 +100,18 @@ def plot_frontiers(summary, base: Dict[str, float], score_name: str, path: Path)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
-    plot_frontier(axes[0], summary, "fidelity", "score", labels=LABELS, base=base)
-    plot_frontier(axes[1], summary, "distance", "score", labels=LABELS, base=base, maximize_x=False)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
+    curves = frontier_series(summary)
+    for ax, x in zip(axes, ("fidelity", "distance")):
+        plot_frontier(ax, curves, x, "score", method_col="series", labels=series_labels(), base=base,
+                      maximize_x=x == "fidelity")
     axes[0].set(xlabel="prompt fidelity (share of named attributes right)", ylabel=f"mean {score_name}",
                 title=f"{score_name} vs prompt fidelity (up and right is better)")
     axes[1].set(xlabel="distance from the base model (RMS pixel change, same caption and seed)",
                 ylabel=f"mean {score_name}", title=f"{score_name} vs distance moved (up and left is better)")
     axes[0].legend(fontsize=7, loc="best")
-    return save_figure(fig, path, "labels: beta (KTO, DPO) or learning rate (SFT, CSFT, BCE); bars: 95% interval "
-                                  "over seeds; each point: mean over the last checkpoints")
+    return save_figure(fig, path, "point labels: the knob's value (beta or learning rate); bars: 95% interval over "
+                                  "seeds; each point: mean over the last checkpoints")
 
 
 def head_to_head(cell_a: Dict, cell_b: Dict, metric: str) -> float:
@@ -94,30 +123,32 @@ def head_to_head(cell_a: Dict, cell_b: Dict, metric: str) -> float:
 
 
 def regime_table(run, methods=("kto", "dpo")):
-    """Per regime and (KTO beta, DPO beta): win rate of KTO over DPO (score, fidelity) over seeds, and
-    each method's mean score and fidelity."""
+    """Per regime and pair of settings (KTO's beta and learning rate, DPO's): win rate of KTO over DPO
+    (score, fidelity) over seeds, and each method's mean score and fidelity."""
     import pandas as pd
 
+    wanted = plan_settings(run, "regimes")  # the frontier's balanced cells take part only where this plan asked
     cells = {}
     for c in load_cells(run):
         k = c["cell"]
-        if k["method"] in methods:
-            cells.setdefault((k["regime"], k["method"], k["beta"]), {})[k["seed"]] = c
+        if k["method"] in methods and (wanted is None or (k["regime"], k["method"], k["beta"], k["learning_rate"]) in wanted):
+            cells.setdefault((k["regime"], k["method"], k["beta"], k["learning_rate"]), {})[k["seed"]] = c
     rows = []
     for regime in REGIMES:
-        kto = sorted(b for (r, m, b) in cells if r == regime and m == methods[0])
-        dpo = sorted(b for (r, m, b) in cells if r == regime and m == methods[1])
-        for bk in kto:
-            for bd in dpo:
-                a, b = cells[(regime, methods[0], bk)], cells[(regime, methods[1], bd)]
+        kto = sorted((b, lr) for (r, m, b, lr) in cells if r == regime and m == methods[0])
+        dpo = sorted((b, lr) for (r, m, b, lr) in cells if r == regime and m == methods[1])
+        for bk, lk in kto:
+            for bd, ld in dpo:
+                a, b = cells[(regime, methods[0], bk, lk)], cells[(regime, methods[1], bd, ld)]
                 seeds = sorted(set(a) & set(b))
                 if not seeds:
                     continue
-                row = {"regime": regime, "kto_beta": bk, "dpo_beta": bd, "n_seeds": len(seeds),
-                       "counts": a[seeds[0]]["feedback"]["counts"]}
+                row = {"regime": regime, "kto_beta": bk, "kto_lr": lk, "dpo_beta": bd, "dpo_lr": ld,
+                       "n_seeds": len(seeds), "counts": a[seeds[0]]["feedback"]["counts"]}
                 for metric in ("score", "fidelity"):
                     ci = mean_ci([head_to_head(a[s], b[s], metric) for s in seeds])
                     row.update({f"win_{metric}": ci.mean, f"win_{metric}_low": ci.low, f"win_{metric}_high": ci.high})
+                for metric in ("score", "fidelity", "distance"):
                     for name, cs in (("kto", a), ("dpo", b)):
                         m = mean_ci([cs[s]["final"][metric] for s in seeds])
                         row.update({f"{name}_{metric}": m.mean, f"{name}_{metric}_low": m.low,
@@ -126,29 +157,39 @@ def regime_table(run, methods=("kto", "dpo")):
     return pd.DataFrame(rows)
 
 
+def _pairing(r) -> str:
+    return f"KTO beta {r['kto_beta']:g} lr {r['kto_lr']:g} vs DPO beta {r['dpo_beta']:g} lr {r['dpo_lr']:g}"
+
+
 def plot_regimes(table, score_name: str, path: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    settings = table[["kto_beta", "dpo_beta"]].drop_duplicates().values.tolist()
+    pairings = list(dict.fromkeys(table.apply(_pairing, axis=1)))
     regimes = [r for r in REGIMES if r in set(table.regime)]
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    width = 0.8 / max(len(settings), 1)
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5))
+    width = 0.8 / max(len(pairings), 1)
     x = np.arange(len(regimes))
-    for k, (bk, bd) in enumerate(settings):
-        t = table[(table.kto_beta == bk) & (table.dpo_beta == bd)].set_index("regime").reindex(regimes)
+    drawn = set()
+    for k, pairing in enumerate(pairings):
+        t = table[table.apply(_pairing, axis=1) == pairing].set_index("regime").reindex(regimes)
         for ax, metric in zip(axes[:2], ("score", "fidelity")):
             mid = 100 * t[f"win_{metric}"]
             err = 100 * np.abs(np.vstack([t[f"win_{metric}"] - t[f"win_{metric}_low"],
                                           t[f"win_{metric}_high"] - t[f"win_{metric}"]]))
-            ax.bar(x + (k - (len(settings) - 1) / 2) * width, mid, width, yerr=np.nan_to_num(err), capsize=3,
-                   label=f"KTO beta {bk:g} vs DPO beta {bd:g}")
+            ax.bar(x + (k - (len(pairings) - 1) / 2) * width, mid, width, yerr=np.nan_to_num(err), capsize=3,
+                   label=pairing, color=f"C{k}")
         for name, marker in (("kto", "o"), ("dpo", "s")):
-            axes[2].errorbar(t[f"{name}_fidelity"], t[f"{name}_score"], fmt=marker, ms=5,
-                             color=f"C{k}", mfc="none" if name == "dpo" else f"C{k}",
-                             label=f"{LABELS[name]} beta {bk if name == 'kto' else bd:g}")
+            setting = (name, t[f"{name}_beta"].iloc[0], t[f"{name}_lr"].iloc[0])
+            if setting in drawn:
+                continue
+            drawn.add(setting)
+            color = f"C{len(drawn) - 1}"
+            axes[2].errorbar(t[f"{name}_fidelity"], t[f"{name}_score"], fmt=marker, ms=5, color=color,
+                             mfc="none" if name == "dpo" else color,
+                             label=f"{LABELS[name]} beta {setting[1]:g} lr {setting[2]:g}")
             for r, (fx, sy) in zip(regimes, zip(t[f"{name}_fidelity"], t[f"{name}_score"])):
                 axes[2].annotate(r, (fx, sy), fontsize=6, xytext=(3, 2), textcoords="offset points")
     for ax, metric in zip(axes[:2], (score_name, "prompt fidelity")):
@@ -164,14 +205,14 @@ def plot_regimes(table, score_name: str, path: Path) -> Path:
 
 
 def regime_markdown(table, score_name: str) -> str:
-    lines = [f"| regime | data (images / liked / pairs) | KTO beta | DPO beta | seeds | KTO win rate, {score_name} | "
-             f"KTO win rate, fidelity | KTO {score_name} | DPO {score_name} | KTO fidelity | DPO fidelity |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"| regime | data (images / liked / pairs) | KTO (beta, lr) | DPO (beta, lr) | seeds | "
+             f"KTO win rate, {score_name} | KTO win rate, fidelity | KTO {score_name} | DPO {score_name} | "
+             "KTO fidelity | DPO fidelity |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in table.iterrows():
         c = r["counts"]
         pct = lambda m: f"{100 * r[m]:.1f}% ({100 * r[m + '_low']:.1f}, {100 * r[m + '_high']:.1f})"
-        lines.append(f"| {r.regime} | {c['images']} / {c['desirable']} / {c['pairs']} | {r.kto_beta:g} | {r.dpo_beta:g} | "
-                     f"{r.n_seeds} | {pct('win_score')} | {pct('win_fidelity')} | "
+        lines.append(f"| {r.regime} | {c['images']} / {c['desirable']} / {c['pairs']} | {r.kto_beta:g}, {r.kto_lr:g} | "
+                     f"{r.dpo_beta:g}, {r.dpo_lr:g} | {r.n_seeds} | {pct('win_score')} | {pct('win_fidelity')} | "
                      + " | ".join(_fmt(r, m) for m in ("kto_score", "dpo_score", "kto_fidelity", "dpo_fidelity")) + " |")
     return "\n".join(lines)
 
