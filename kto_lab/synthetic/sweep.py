@@ -149,7 +149,8 @@ def plan_cells(plan: str, cfg: SweepConfig) -> List[Cell]:
 
 
 def _atomic_dir(path: Path) -> Path:
-    partial = path.with_name(path.name + ".partial")
+    """A fresh ``<path>.partial-<pid>`` to write into (two sweep processes may write the same directory)."""
+    partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     return partial
@@ -171,8 +172,10 @@ def write_regime_feedback(out: Path, cfg: SweepConfig, regime: str, seed: int, i
                 "mean_score": {"labelled_desirable": float(liked.mean()) if len(liked) else float("nan"),
                                "labelled_undesirable": float(data.scores[data.labels == 0].mean())}}
         (partial / "feedback.json").write_text(json.dumps(info, indent=2))
-        shutil.rmtree(d, ignore_errors=True)
-        os.replace(partial, d)
+        try:
+            os.replace(partial, d)
+        except OSError:  # another process finished the same (deterministic) directory first
+            shutil.rmtree(partial, ignore_errors=True)
     info = json.loads((d / "feedback.json").read_text())
     return {**info, "records": str(d / "records.csv"), "pairs": str(d / "pairs.csv")}
 
