@@ -95,21 +95,29 @@ def comparison_table(df, score_name: str):
 
 
 def plot_frontiers(summary, base: Dict[str, float], score_name: str, path: Path) -> Path:
+    """Three panels: the user's score against fidelity (all settings, then zoomed on the settings that keep
+    at least half the base's fidelity) and against the distance from the base."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
+    fig, axes = plt.subplots(1, 3, figsize=(19, 6))
     curves = frontier_series(summary)
-    for ax, x in zip(axes, ("fidelity", "distance")):
+    for ax, x in zip(axes, ("fidelity", "fidelity", "distance")):
         plot_frontier(ax, curves, x, "score", method_col="series", labels=series_labels(), base=base,
-                      maximize_x=x == "fidelity")
+                      maximize_x=x == "fidelity", annotate=ax is not axes[0])
+    kept = curves[curves.fidelity >= base["fidelity"] / 2]
+    pad_x, pad_y = 0.01, 0.02
+    axes[1].set(xlim=(kept.fidelity.min() - pad_x, max(kept.fidelity.max(), base["fidelity"]) + pad_x),
+                ylim=(min(kept.score.min(), base["score"]) - pad_y, kept.score.max() + pad_y))
     axes[0].set(xlabel="prompt fidelity (share of named attributes right)", ylabel=f"mean {score_name}",
                 title=f"{score_name} vs prompt fidelity (up and right is better)")
-    axes[1].set(xlabel="distance from the base model (RMS pixel change, same caption and seed)",
+    axes[1].set(xlabel="prompt fidelity", ylabel=f"mean {score_name}",
+                title="zoomed: settings keeping at least half the base's fidelity")
+    axes[2].set(xlabel="distance from the base model (RMS pixel change, same caption and seed)",
                 ylabel=f"mean {score_name}", title=f"{score_name} vs distance moved (up and left is better)")
-    axes[0].legend(fontsize=7, loc="best")
+    axes[0].legend(fontsize=7, loc="lower left")
     return save_figure(fig, path, "point labels: the knob's value (beta or learning rate); bars: 95% interval over "
                                   "seeds; each point: mean over the last checkpoints")
 
@@ -146,8 +154,9 @@ def regime_table(run, methods=("kto", "dpo")):
                 row = {"regime": regime, "kto_beta": bk, "kto_lr": lk, "dpo_beta": bd, "dpo_lr": ld,
                        "n_seeds": len(seeds), "counts": a[seeds[0]]["feedback"]["counts"]}
                 for metric in ("score", "fidelity"):
-                    ci = mean_ci([head_to_head(a[s], b[s], metric) for s in seeds])
-                    row.update({f"win_{metric}": ci.mean, f"win_{metric}_low": ci.low, f"win_{metric}_high": ci.high})
+                    ci = mean_ci([head_to_head(a[s], b[s], metric) for s in seeds])  # t interval, clipped to [0, 1]
+                    row.update({f"win_{metric}": ci.mean, f"win_{metric}_low": max(0.0, ci.low),
+                                f"win_{metric}_high": min(1.0, ci.high)})
                 for metric in ("score", "fidelity", "distance"):
                     for name, cs in (("kto", a), ("dpo", b)):
                         m = mean_ci([cs[s]["final"][metric] for s in seeds])
@@ -181,12 +190,13 @@ def plot_regimes(table, score_name: str, path: Path) -> Path:
                                           t[f"win_{metric}_high"] - t[f"win_{metric}"]]))
             ax.bar(x + (k - (len(pairings) - 1) / 2) * width, mid, width, yerr=np.nan_to_num(err), capsize=3,
                    label=pairing, color=f"C{k}")
-        for name, marker in (("kto", "o"), ("dpo", "s")):
+        for name, marker in (("kto", "o"), ("dpo", "s")):  # DPO in its pairing's colour, KTO in greys
             setting = (name, t[f"{name}_beta"].iloc[0], t[f"{name}_lr"].iloc[0])
             if setting in drawn:
                 continue
             drawn.add(setting)
-            color = f"C{len(drawn) - 1}"
+            n_kto = sum(d[0] == "kto" for d in drawn)
+            color = f"C{k}" if name == "dpo" else str(min(0.6, 0.3 * (n_kto - 1)))
             axes[2].errorbar(t[f"{name}_fidelity"], t[f"{name}_score"], fmt=marker, ms=5, color=color,
                              mfc="none" if name == "dpo" else color,
                              label=f"{LABELS[name]} beta {setting[1]:g} lr {setting[2]:g}")
@@ -205,7 +215,7 @@ def plot_regimes(table, score_name: str, path: Path) -> Path:
 
 
 def regime_markdown(table, score_name: str) -> str:
-    lines = [f"| regime | data (images / liked / pairs) | KTO (beta, lr) | DPO (beta, lr) | seeds | "
+    lines = [f"| regime | data, seed 0 (images / liked / pairs) | KTO (beta, lr) | DPO (beta, lr) | seeds | "
              f"KTO win rate, {score_name} | KTO win rate, fidelity | KTO {score_name} | DPO {score_name} | "
              "KTO fidelity | DPO fidelity |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in table.iterrows():
