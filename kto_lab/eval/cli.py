@@ -16,10 +16,12 @@ import sys
 from pathlib import Path
 from typing import Dict
 
+from kto_lab.config import ConfigError
+
 
 def parse_scorer(spec: str):
     """``name`` or ``name:key=value,key=value`` -> ScorerSpec (validated)."""
-    from kto_lab.config import ConfigError, from_dict
+    from kto_lab.config import from_dict
     from kto_lab.eval.run import ScorerSpec
 
     name, _, rest = spec.partition(":")
@@ -54,12 +56,14 @@ def _print_failures(generation: Dict[str, Dict[str, int]]) -> None:
 def cmd_generate(args) -> int:
     from kto_lab.eval.prompts import load_prompts, save_prompts
     from kto_lab.eval.run import EvalConfig, ModelSpec, generate_all
+    from kto_lab.sd.models import check_model_paths
 
     cfg = EvalConfig(prompts=args.prompts, prompt_format=args.prompt_format, limit=args.limit, per_style=args.per_style,
                      models=[ModelSpec(args.name, args.pipeline, args.unet, args.lora)], out_dir=args.out,
                      n_per_prompt=args.n, seed=args.seed, batch_size=args.batch_size, num_inference_steps=args.steps,
                      guidance_scale=args.guidance_scale, height=args.height, width=args.width, device=args.device,
                      dtype=args.dtype, safety_checker=args.safety_checker).validate()  # bad values fail before loading
+    check_model_paths(args.pipeline, args.unet, args.lora, prefix="--")
     prompts = load_prompts(cfg.prompts, cfg.prompt_format, limit=cfg.limit, per_style=cfg.per_style)
     save_prompts(prompts, Path(cfg.out_dir) / "prompts.jsonl")
     counts = generate_all(cfg, prompts)
@@ -105,6 +109,12 @@ def cmd_compare(args) -> int:
 def cmd_implicit(args) -> int:
     from kto_lab.eval.implicit import evaluate_implicit_accuracy
     from kto_lab.eval.run import resolve_device
+    from kto_lab.sd.models import check_model_paths
+
+    if not (args.unet or args.lora):
+        raise ConfigError("eval implicit compares a fine-tuned model with its base --pipeline: give --unet DIR "
+                          "(a fine-tuned UNet) or --lora PATH (LoRA weights)")
+    check_model_paths(args.pipeline, args.unet, args.lora, prefix="--")
 
     res = evaluate_implicit_accuracy(args.pipeline, args.records, unet_path=args.unet, lora_path=args.lora,
                                      beta=args.beta, n_draws=args.draws, seed=args.seed, batch_size=args.batch_size,

@@ -19,7 +19,7 @@ import pandas as pd
 
 from kto_lab.config import ConfigError, check_choice, check_range, to_dict
 from kto_lab.eval.prompts import PROMPT_FORMATS
-from kto_lab.eval.scorers import MODEL_SCORERS, Scorer, get_scorer, known_scorers
+from kto_lab.eval.scorers import MODEL_SCORERS, Scorer, check_scorer_options, get_scorer, known_scorers
 from kto_lab.eval.stats import CI_METHODS
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -59,6 +59,7 @@ class ScorerSpec:
 
     def validate(self, where: str) -> None:
         check_choice(f"{where}.name", self.name, known_scorers())
+        check_scorer_options(self.name, list(self.kwargs()), where)
         if self.name in MODEL_SCORERS and not self.path:
             raise ConfigError(f"{where}: scorer {self.name!r} needs path= (its local weights; nothing is downloaded)")
         if self.name in ("aesthetic", "hpsv2") and not self.clip_path:
@@ -163,8 +164,10 @@ def generate_all(cfg: EvalConfig, prompts, progress: bool = True) -> Dict[str, D
     import torch
 
     from kto_lab.eval.generate import SafetyChecker, generate_images
-    from kto_lab.sd.models import load_pipeline
+    from kto_lab.sd.models import check_model_paths, load_pipeline
 
+    for i, m in enumerate(cfg.models):  # every model's paths before the first one loads
+        check_model_paths(m.pipeline, m.unet, m.lora, prefix=f"models[{i}].")
     device = resolve_device(cfg.device)
     dtype = None if cfg.dtype == "float32" else getattr(torch, cfg.dtype)
     checker = SafetyChecker.from_pretrained(cfg.safety_checker, device=device) if cfg.safety_checker else None

@@ -35,8 +35,8 @@ from .. import objectives as O
 from ..config import ConfigError
 from ..step import objective_step
 from .cache import sample_latents
-from .components import (Components, LORA_WEIGHTS, add_lora, cast_trainable_to_fp32, frozen_reference, load_components,
-                         load_lora, move, save_lora, save_unet)
+from .components import (Components, LORA_WEIGHTS, add_lora, cast_trainable_to_fp32, check_model_config, frozen_reference,
+                         load_components, load_lora, move, save_lora, save_unet)
 from .config import TrainConfig, load_train_config
 from .encoding import unwrap_model, embed_input_ids, encode_images, reference_denoiser, unet_denoiser
 
@@ -93,12 +93,12 @@ class Trainer:
         self.cfg = cfg
         ckpt_to_load = find_checkpoint(cfg.output_dir, cfg.checkpoint.resume)  # a bad path fails before loading
         cache_ready = bool(cfg.data.cache_dir) and (Path(cfg.data.cache_dir) / "cache.json").is_file()
-        if source is None and not cache_ready:  # the tables are read after the models load: check them now
-            if not cfg.data.train:
-                raise ConfigError("data.train is empty: give a record table (or data.cache_dir with a built cache)")
-            missing = [str(p) for p in cfg.data.train if not Path(p).is_file()]
-            if missing:
-                raise FileNotFoundError(f"data.train: no such table file {missing} (CSV, JSONL or Parquet)")
+        check_model_config(cfg.model)  # a missing local model is named before anything loads
+        table = None
+        if source is None and not cache_ready:  # the table(s), checked before any model loads
+            from .data import open_train_table
+
+            table = open_train_table(cfg)
 
         from accelerate.utils import set_seed
 
@@ -185,7 +185,7 @@ class Trainer:
                 acc.wait_for_everyone()
             from .data import make_source
 
-            source = make_source(cfg, c.tokenizer, rank=acc.process_index)
+            source = make_source(cfg, c.tokenizer, rank=acc.process_index, table=table)
         self.source = source
         manifest = getattr(source, "manifest", None)
         if self.scaling_factor is None and manifest is not None:
