@@ -69,28 +69,28 @@ class ScorerSpec:
 @dataclass
 class EvalConfig:
     prompts: str = ""  # PartiPrompts .tsv | HPS v2 dir of <style>.json | Pick-a-Pic .parquet | .txt
-    prompt_format: str = "auto"
+    prompt_format: str = "auto"  # auto (from the path) | partiprompts | hps | pickapic | text | jsonl
     limit: Optional[int] = None  # first n prompts (quick runs)
     per_style: Optional[int] = None  # first n prompts per style (the paper's user study: 25 per HPS style)
-    models: List[ModelSpec] = field(default_factory=list)
+    models: List[ModelSpec] = field(default_factory=list)  # each {name, pipeline[, unet | lora]}
     # pairs to compare as "a:b"; empty: the FIRST model against each of the others
     compare: List[str] = field(default_factory=list)
-    scorers: List[ScorerSpec] = field(default_factory=lambda: [ScorerSpec("redness")])
-    out_dir: str = "eval_out"
+    scorers: List[ScorerSpec] = field(default_factory=lambda: [ScorerSpec("redness")])  # each {name[, path, ...]}
+    out_dir: str = "eval_out"  # images, manifests, scores, tables and figures
     n_per_prompt: int = 5  # appendix A.2: 5 images per prompt and method, median-scoring one wins
     seed: int = 0  # image k of prompt i uses seed + i * n_per_prompt + k, for every model
-    batch_size: int = 4
-    num_inference_steps: int = 50
-    guidance_scale: float = 7.5
-    height: Optional[int] = None
+    batch_size: int = 4  # prompts per pipeline call
+    num_inference_steps: int = 50  # SD's usual sampling steps
+    guidance_scale: float = 7.5  # SD's usual classifier-free guidance
+    height: Optional[int] = None  # None: the pipeline's default size
     width: Optional[int] = None
     device: str = "auto"  # auto | cpu | cuda | cuda:0 ...
-    dtype: str = "float32"
+    dtype: str = "float32"  # float32 | float16 | bfloat16
     safety_checker: Optional[str] = None  # SD pipeline dir with safety_checker/ + feature_extractor/ (appendix F)
     ci_method: str = "bootstrap"  # bootstrap (over prompts) | wilson | normal
-    n_bootstrap: int = 2000
+    n_bootstrap: int = 2000  # resamples of the bootstrap CI
     on_failure: str = "loss"  # a prompt with no image counts as a loss ("loss") or is left out ("exclude")
-    score_batch_size: int = 16
+    score_batch_size: int = 16  # images per scorer call
 
     def validate(self) -> "EvalConfig":
         if not self.prompts:
