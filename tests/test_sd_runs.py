@@ -116,8 +116,9 @@ def test_lock_is_held_while_training_and_released_at_the_end_and_on_errors(tiny_
     assert json.loads(lock.read_text())["pid"] == os.getpid()
     trainer.fit(stop_at=1)
     assert lock.exists()  # the run goes on
-    trainer.fit()
+    result = trainer.fit()
     assert not lock.exists()  # finished
+    assert [r["step"] for r in read_metrics(result.metrics_path)] == [1, 2, 3]  # the second fit kept row 1
 
     cfg = short(tiny_sd_path, records, tmp_path / "boom", optim={"max_steps": 3})
     trainer = Trainer(cfg)
