@@ -2,6 +2,7 @@
 
     kto-lab toy figure6|figure9|ablations ...   -> toy.cli
     kto-lab train --config C.yaml [k=v ...]     -> kto_lab.sd.cli
+    kto-lab push RUN_DIR REPO_ID                -> kto_lab.sd.push
     kto-lab data ...                            -> kto_lab.data.cli
     kto-lab eval ...                            -> kto_lab.eval.cli
     kto-lab synthetic ...                       -> kto_lab.synthetic.cli
@@ -28,6 +29,7 @@ Run `kto-lab COMMAND --help` for a command's options."""
 COMMANDS = {
     "toy": ("toy.cli", "2-D Gaussian toy: Figure 6, Figure 9, ablations"),
     "train": ("kto_lab.sd.cli", "fine-tune Stable Diffusion with any objective"),
+    "push": ("kto_lab.sd.push", "upload a finished training run to the Hugging Face Hub"),
     "data": ("kto_lab.data.cli", "convert preference data to binary-feedback records"),
     "eval": ("kto_lab.eval.cli", "generate, score and compare models (win rates)"),
     "synthetic": ("kto_lab.synthetic.cli", "the synthetic shapes world: base model, synthetic users, comparison"),

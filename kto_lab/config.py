@@ -165,6 +165,9 @@ def from_dict(cls: Type[T], data: Dict[str, Any], prefix: str = "") -> T:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - names)
+    moved = [k for k in unknown if k in getattr(cls, "MOVED", {})]  # a retired key names its replacement
+    if moved:
+        raise ConfigError(f"{prefix}{moved[0]} was replaced: use {cls.MOVED[moved[0]]}")
     if unknown:
         raise ConfigError(
             f"unknown config key(s) {[prefix + k for k in unknown]}; known keys of "

@@ -191,7 +191,7 @@ def test_packaged_config_by_name(monkeypatch, capsys, tmp_path):
     seen = {}
 
     class FakeTrainer:
-        def __init__(self, config, overrides=()):
+        def __init__(self, config, overrides=(), **kwargs):
             from kto_lab.sd.config import load_train_config
 
             seen["cfg"] = load_train_config(config, overrides)

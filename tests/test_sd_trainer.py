@@ -142,8 +142,8 @@ def test_cache_build_and_train_from_it(tiny_sd_path, records, tmp_path):
     manifest = read_manifest(cache)
     assert manifest["count"] == 6 and len(manifest["shards"]) == 2 and manifest["kind"] == "records"
 
-    # a second run reads the cache only: no VAE or text encoder is loaded
-    again = Trainer(cfg)
+    # a second run (its own output_dir) reads the cache only: no VAE or text encoder is loaded
+    again = Trainer({**cfg, "output_dir": str(tmp_path / "run_again")})
     assert again.components.vae is None and again.components.text_encoder is None
     batch = again.source.next_batch()
     assert set(batch) == {"latent_moments", "encoder_hidden_states", "labels"}

@@ -27,6 +27,8 @@ def add_parser(subparsers, name: str, help: str) -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="config fields to override (listed below), e.g. objective.beta=2000 optim.max_steps=100")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete an earlier run's files in output_dir first (default: refuse a used output_dir)")
     p.set_defaults(func=run)
     return p
 
@@ -43,6 +45,6 @@ def run(args) -> int:
         return 0
     from .trainer import Trainer
 
-    result = Trainer(cfg).fit()  # TrainingDiverged: one line and exit 3, from kto_lab.cli
+    result = Trainer(cfg, overwrite=args.overwrite).fit()  # TrainingDiverged: one line and exit 3, from kto_lab.cli
     print(f"done: {result.global_step} steps; weights: {result.weights}; metrics: {result.metrics_path}")
     return 0

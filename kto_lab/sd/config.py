@@ -15,11 +15,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, ClassVar, Dict, List, Optional, Sequence
 
 from ..config import ConfigError, check_choice, check_positive, check_range, load_config
 from ..data.sampler import check_gamma
 from ..step import ObjectiveConfig
+from . import metrics_log
 from .encoding import LATENT_MODES
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -148,8 +149,13 @@ class LoraConfig:
 
 @dataclass
 class LoggingConfig:
+    MOVED: ClassVar[Dict[str, str]] = {"tensorboard": "logging.report_to=[tensorboard]"}
+
     log_every: int = 10  # optimizer steps between metric rows (the only host syncs for metrics)
-    tensorboard: bool = False  # also log to TensorBoard (output_dir/tensorboard; needs the tensorboard package)
+    # Experiment trackers through accelerate, beside metrics.jsonl/.csv: any of tensorboard, wandb,
+    # mlflow (each an extra: pip install "kto-lab[wandb]"); [] = none (like diffusers' report_to).
+    report_to: List[str] = field(default_factory=list)
+    project: str = "kto-lab"  # the trackers' project (W&B project, MLflow experiment, folder under OUTPUT_DIR/logs)
     progress_bar: bool = True  # a tqdm bar on the main process
     validation_prompts: List[str] = field(default_factory=list)  # prompts rendered every validation_every steps
     validation_every: int = 0  # optimizer steps; 0 = off
@@ -159,6 +165,11 @@ class LoggingConfig:
 
     def validate(self) -> "LoggingConfig":
         check_range("logging.log_every", self.log_every, low=1)
+        self.report_to = [name for name in self.report_to if name != "none"]
+        for name in self.report_to:
+            check_choice("logging.report_to", name, metrics_log.TRACKER_PACKAGES)
+            if not metrics_log.tracker_installed(name):
+                raise ConfigError(f"logging.report_to: {name} is not installed; pip install 'kto-lab[{name}]'")
         check_range("logging.validation_every", self.validation_every, low=0)
         check_range("logging.validation_inference_steps", self.validation_inference_steps, low=1)
         check_range("logging.validation_guidance_scale", self.validation_guidance_scale, low=0.0)

@@ -17,6 +17,10 @@ before the update (so the device idles only while the optimizer step is launched
 the gradient norm stay on the device, summed there, averaged over the processes and copied to
 the host in one transfer on log steps (so a multi-GPU row describes every rank's samples). A
 non-finite loss stops the run before the update, so the last checkpoint stays usable.
+
+The run owns ``output_dir`` (``kto_lab.sd.run_dir``: claimed and locked before any model loads,
+a resume is compared with the checkpoint's config); checkpoints are verified before a resume
+(``kto_lab.sd.checkpoints``); a finished run writes a model card (``kto_lab.sd.model_card``).
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import weakref
 from dataclasses import dataclass, asdict
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 import yaml
@@ -35,14 +40,15 @@ from .. import objectives as O
 from ..config import ConfigError
 from ..step import objective_step
 from .cache import sample_latents
+from .checkpoints import CHECKPOINT_PREFIX, CheckpointError, commit, is_disk_full, prune, write_manifest
 from .components import (Components, LORA_WEIGHTS, add_lora, cast_trainable_to_fp32, check_model_config, frozen_reference,
                          load_components, load_lora, move, save_lora, save_unet)
 from .config import TrainConfig, load_train_config
 from .encoding import unwrap_model, embed_input_ids, encode_images, reference_denoiser, unet_denoiser
+from .run_dir import check_resume_path, claim_on_main, flatten
 
 Tensor = torch.Tensor
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-CHECKPOINT_PREFIX = "checkpoint-"
 
 
 class TrainingDiverged(FloatingPointError):
@@ -59,39 +65,39 @@ class TrainResult:
     skipped_images: int
 
 
-def make_accelerator(cfg: TrainConfig):
+def make_accelerator(cfg: TrainConfig, trackers: Sequence = ()):
+    """The run's Accelerator, logging to ``logging.report_to`` and the given ``GeneralTracker``s
+    (TensorBoard under ``OUTPUT_DIR/logs``). Outside a distributed launch, accelerate's
+    process-wide state is reset first, so runs with another precision can follow in one kernel."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+    from accelerate.utils import ProjectConfiguration
 
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    out = Path(cfg.output_dir)
     return Accelerator(
         mixed_precision=cfg.optim.mixed_precision,
         gradient_accumulation_steps=cfg.optim.gradient_accumulation_steps,
         cpu=cfg.cpu,
         step_scheduler_with_optimizer=False,  # the LR schedule steps once per optimizer step, here
+        log_with=[*cfg.logging.report_to, *trackers] or None,
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
     )
-
-
-def find_checkpoint(output_dir: str | Path, resume: Optional[str]) -> Optional[Path]:
-    """``"latest"`` -> the newest complete ``checkpoint-N`` (None if there is none); a path -> it."""
-    if resume is None:
-        return None
-    if resume != "latest":
-        p = Path(resume)
-        if not (p / "trainer_state_0.pt").is_file():
-            raise FileNotFoundError(f"checkpoint.resume={resume!r} is not a checkpoint directory (no trainer_state_0.pt)")
-        return p
-    root = Path(output_dir) / "checkpoints"
-    done = sorted(p for p in root.glob(CHECKPOINT_PREFIX + "*") if (p / "trainer_state_0.pt").is_file()) if root.is_dir() else []
-    return done[-1] if done else None
 
 
 class Trainer:
     """Built from a config; :meth:`step` runs one micro-batch, :meth:`fit` the whole run."""
 
     def __init__(self, config: Any, *, overrides=(), accelerator=None, components: Optional[Components] = None,
-                 source=None):
+                 source=None, overwrite: bool = False, trackers: Sequence = ()):
+        """``overwrite``: delete an earlier run's files in ``output_dir`` first (else a used
+        directory is refused). ``trackers``: extra ``accelerate.tracking.GeneralTracker`` objects
+        beside ``logging.report_to`` (with a given ``accelerator``, configure its ``log_with``)."""
         cfg = load_train_config(config, overrides).resolved()
         self.cfg = cfg
-        ckpt_to_load = find_checkpoint(cfg.output_dir, cfg.checkpoint.resume)  # a bad path fails before loading
+        check_resume_path(cfg)  # a bad path fails before loading
         cache_ready = bool(cfg.data.cache_dir) and (Path(cfg.data.cache_dir) / "cache.json").is_file()
         check_model_config(cfg.model)  # a missing local model is named before anything loads
         table = None
@@ -100,9 +106,24 @@ class Trainer:
 
             table = open_train_table(cfg)
 
+        if accelerator is not None and (trackers or cfg.logging.report_to):
+            raise ConfigError("logging.report_to and trackers= need an Accelerator built by kto_lab; "
+                              "with your own, pass log_with= to it")
+        self.accelerator = acc = accelerator or make_accelerator(cfg, trackers)
+        # output_dir is this run's (new, resumed, or refused) before any model loads
+        self.run = claim_on_main(cfg, acc, overwrite=overwrite)
+        weakref.finalize(self, self.run.release)  # an abandoned Trainer frees its output_dir
+        try:
+            self._build(cfg, acc, components, source, cache_ready, table)
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self, cfg: TrainConfig, acc, components: Optional[Components], source, cache_ready: bool,
+               table=None) -> None:
+        """Models, optimizer, data source (``table``: the checked table(s)); then the claimed checkpoint, if any."""
         from accelerate.utils import set_seed
 
-        self.accelerator = acc = accelerator or make_accelerator(cfg)
         if getattr(acc.state, "deepspeed_plugin", None) is not None:
             acc.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.optim.batch_size
         set_seed(cfg.seed)
@@ -191,8 +212,8 @@ class Trainer:
         if self.scaling_factor is None and manifest is not None:
             self.scaling_factor = float(manifest["scaling_factor"])
 
-        if ckpt_to_load is not None:
-            self.load_checkpoint(ckpt_to_load)
+        if self.run.checkpoint is not None:
+            self.load_checkpoint(self.run.checkpoint)
 
     def compile_unets(self) -> None:
         """``torch.compile`` the policy UNet and a frozen reference copy, in place: the denoisers,
@@ -266,8 +287,8 @@ class Trainer:
             where = self.last_checkpoint or "none written yet"
             raise TrainingDiverged(
                 f"non-finite loss ({loss.item()}) at step {self.global_step + 1} (objective {self.cfg.objective.objective}); "
-                f"stopped before the update. Last checkpoint: {where}. Resume it with checkpoint.resume=latest "
-                f"(e.g. with a lower optim.learning_rate or objective.beta)."
+                f"stopped before the update. Last checkpoint: {where} (usable). Start again with a lower "
+                f"optim.learning_rate or objective.beta (another output_dir, or --overwrite): a resume keeps both."
             )
 
     # ------------------------------------------------------------------------------------
@@ -277,7 +298,8 @@ class Trainer:
     def fit(self, stop_at: Optional[int] = None) -> TrainResult:
         """Train to ``optim.max_steps`` (or stop early after optimizer step ``stop_at``, as an
         interruption would). Logs every ``logging.log_every`` steps, checkpoints every
-        ``checkpoint.every``, renders validation images every ``logging.validation_every``."""
+        ``checkpoint.every``, renders validation images every ``logging.validation_every``.
+        A finished run saves its weights and model card and calls :meth:`close`, as does an error."""
         from tqdm.auto import tqdm
 
         from .metrics_log import MetricsLogger
@@ -286,10 +308,12 @@ class Trainer:
         out = Path(cfg.output_dir)
         logger = None
         if acc.is_main_process:
+            if not self.run.lock.held:  # fit after close(): the directory must still be free
+                self.run.lock.acquire()
             out.mkdir(parents=True, exist_ok=True)
             (out / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
-            logger = MetricsLogger(out, tensorboard=cfg.logging.tensorboard,
-                                   resume_step=self.global_step if self.last_checkpoint else None)
+            self._start_trackers()
+            logger = MetricsLogger(out, resume_step=self.global_step, trackers=acc.trackers)
         bar = tqdm(total=cfg.optim.max_steps, initial=self.global_step, desc=f"train {cfg.objective.objective}",
                    disable=not (acc.is_main_process and cfg.logging.progress_bar), dynamic_ncols=True)
         sums: Dict[str, Tensor] = {}  # on the device; NaN entries (a class absent from a batch) skipped
@@ -321,15 +345,42 @@ class Trainer:
                     self.save_checkpoint()
                 if cfg.logging.validation_every and step % cfg.logging.validation_every == 0:
                     self.validate(logger)
+            weights = None
+            if self.global_step >= cfg.optim.max_steps:
+                weights = self.save_final()
+                if acc.is_main_process:
+                    from .model_card import data_counts, write_model_card
+
+                    write_model_card(out, asdict(cfg), metrics=last, counts=data_counts(self.source))
+        except BaseException:
+            self.close()
+            raise
         finally:
             bar.close()
             if logger is not None:
                 logger.close()
-        weights = None
-        if self.global_step >= cfg.optim.max_steps:
-            weights = self.save_final()
+        if weights is not None:
+            self.close()
         return TrainResult(str(out), self.global_step, weights, str(out / "metrics.jsonl"), last,
                            int(getattr(self.source, "skipped", 0)))
+
+    def _start_trackers(self) -> None:
+        """``accelerator.init_trackers`` once per run (main process), with the resolved config."""
+        acc, cfg = self.accelerator, self.cfg
+        if not acc.log_with or acc.trackers:
+            return
+        values = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in flatten(asdict(cfg)).items()}
+        name = Path(cfg.output_dir).name
+        acc.init_trackers(cfg.logging.project, config=values, init_kwargs={
+            "wandb": {"name": name, "id": self.run.run_id, "resume": "allow"}, "mlflow": {"run_name": name}})
+
+    def close(self) -> None:
+        """End the trackers and release ``output_dir``'s lock. :meth:`fit` calls it when the run
+        ends or fails; call it yourself for a Trainer you stop using mid-run."""
+        for tracker in self.accelerator.trackers:
+            tracker.finish()
+        self.accelerator.trackers.clear()
+        self.run.release()
 
     def _log_means(self, sums: Dict[str, Tensor], counts: Dict[str, Tensor]) -> Dict[str, Tensor]:
         """Per-metric means since the last log row, over the steps and over every process: sums and
@@ -382,7 +433,10 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> Path:
-        """``output_dir/checkpoints/checkpoint-NNNNNNN``, written atomically (temp dir, then rename)."""
+        """``output_dir/checkpoints/checkpoint-NNNNNNN``, written atomically: into a temp dir, its
+        manifest last (run id, step, config, file sizes and checksums), then renamed; this run's
+        checkpoints beyond ``checkpoint.keep`` are pruned. If the disk fills up, the temp dir is
+        removed and :class:`CheckpointError` says so; the previous checkpoint stays usable."""
         acc = self.accelerator
         root = Path(self.cfg.output_dir) / "checkpoints"
         final = root / f"{CHECKPOINT_PREFIX}{self.global_step:07d}"
@@ -392,23 +446,24 @@ class Trainer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
-        acc.save_state(str(tmp))
-        torch.save(self.state_dict(), tmp / f"trainer_state_{acc.process_index}.pt")
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            self._prune(root)
+        try:
+            acc.save_state(str(tmp))
+            torch.save(self.state_dict(), tmp / f"trainer_state_{acc.process_index}.pt")
+            acc.wait_for_everyone()
+            if acc.is_main_process:
+                write_manifest(tmp, run_id=self.run.run_id, step=self.global_step, num_processes=acc.num_processes,
+                               config=asdict(self.cfg))
+                commit(tmp, final)
+                prune(root, self.run.run_id, self.cfg.checkpoint.keep)
+        except Exception as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if is_disk_full(exc):
+                raise CheckpointError(f"no space left on device while writing {tmp} (removed it); the last "
+                                      f"complete checkpoint is {self.last_checkpoint or 'none'}") from exc
+            raise
         acc.wait_for_everyone()
         self.last_checkpoint = final
         return final
-
-    def _prune(self, root: Path) -> None:
-        keep = self.cfg.checkpoint.keep
-        done = sorted(p for p in root.glob(CHECKPOINT_PREFIX + "*") if p.is_dir())
-        for old in done[:-keep] if keep else []:
-            shutil.rmtree(old, ignore_errors=True)
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Continue the run saved in ``path``: weights, optimizer, RNG, LR schedule, data position."""
@@ -438,8 +493,7 @@ class Trainer:
                 tmp = out / ".tmp-unet"
                 shutil.rmtree(tmp, ignore_errors=True)
                 save_unet(self.base_unet(), tmp)
-                shutil.rmtree(target, ignore_errors=True)
-                os.replace(tmp, target)
+                commit(tmp, target)
         acc.wait_for_everyone()
         return str(target)
 
@@ -482,11 +536,13 @@ class Trainer:
         return out
 
 
-def train(config: Any, overrides=(), **kwargs) -> TrainResult:
+def train(config: Any, overrides=(), *, overwrite: bool = False, trackers: Sequence = (), **kwargs) -> TrainResult:
     """``kto_lab.train(config)``: build a :class:`Trainer` and run it to the end.
 
     ``config``: a ``TrainConfig``, a YAML path or a dict; ``overrides``: ``["objective.beta=2000"]``
     or a nested dict; keyword overrides use ``__`` for dots (``optim__max_steps=10``).
+    ``overwrite=True`` deletes an earlier run's files in ``output_dir`` first; ``trackers``: extra
+    ``accelerate`` ``GeneralTracker`` objects.
     """
     from ..config import _merge, _set_dotted, parse_overrides
 
@@ -496,4 +552,4 @@ def train(config: Any, overrides=(), **kwargs) -> TrainResult:
     if extra:
         base = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
         overrides = _merge(base, extra)
-    return Trainer(config, overrides=overrides).fit()
+    return Trainer(config, overrides=overrides, overwrite=overwrite, trackers=trackers).fit()
