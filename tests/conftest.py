@@ -38,3 +38,15 @@ def partiprompts_tsv() -> Path:
     if not path.is_file():
         pytest.skip(f"shared data not found at {path}")
     return path
+
+
+@pytest.fixture
+def svg_backend():
+    """matplotlib on a backend other than Agg for one test, as a notebook is on its inline one:
+    a plotting function must draw on it and leave it selected."""
+    import matplotlib
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    yield "svg"
+    matplotlib.use(before)

@@ -16,6 +16,8 @@ from kto_lab.eval.protocol import load_scores, mean_scores, median_table, nsfw_s
 from kto_lab.eval.report import markdown_table, plot_score_distributions, plot_win_rates, write_report
 from kto_lab.eval.scorers import get_scorer
 
+from figure_checks import legend_texts, overlapping_texts
+
 
 PROMPTS = [Prompt("p0", "a red circle", "anime"), Prompt("p1", "a FAIL square", "photo"), Prompt("p2", "green", "photo")]
 
@@ -186,8 +188,9 @@ def test_report_tables_and_plots(tmp_path):
     text = paths["report"].read_text()
     assert "| kto vs base |" in text and "### Style: photo" in text and "Mean score" in text
     assert pd.read_csv(paths["win_rates"]).shape[0] == len(wins)
-    assert plot_win_rates(wins, tmp_path / "w.png").stat().st_size > 0
-    assert plot_score_distributions(df, ["redness", "saturation"], tmp_path / "d.png").stat().st_size > 0
+    plot_win_rates(wins, tmp_path / "w.png")
+    plot_score_distributions(df, ["redness", "saturation"], tmp_path / "d.png")
+    assert (tmp_path / "w.png").stat().st_size > 0 and (tmp_path / "d.png").stat().st_size > 0
     assert markdown_table(pd.DataFrame({"x": [1.5]}), index=False) == "| x |\n|---|\n| 1.5 |\n"
     with pytest.raises(KeyError, match="model 'sft' not in the scores"):
         win_rates(df, "sft", "base")
@@ -259,3 +262,24 @@ def test_run_evaluation_compares_this_runs_n_images(tmp_path, monkeypatch):
     result = run_module.run_evaluation(cfg, progress=False, make_plots=False)
     assert sorted(set(result.scores["k"])) == [0, 1]
     assert (result.means.loc[result.means["style"] == "all", "n_images"] == 6).all()
+
+
+def test_plots_are_returned_titled_and_counted(svg_backend):
+    """The figures come back (a notebook shows them) on the current backend, which stays selected; the
+    win-rate chart has a title and the number of prompts behind each bar; names are human."""
+    import matplotlib
+
+    scores = pd.DataFrame([{"model": model, "prompt_id": f"p{i}", "prompt": "x", "style": "", "k": 0, "status": "ok",
+                            "pickscore": v + i} for i in range(4) for model, v in (("kto", 1.0), ("base", 0.0))])
+    wins = win_rates(scores, "kto", "base", ["pickscore"], method="wilson", by_style=False)
+    fig = plot_win_rates(wins)
+    assert matplotlib.get_backend() == svg_backend
+    assert "Win rate of A over B" in fig.get_suptitle() and "ties count half" in fig.get_suptitle()
+    assert legend_texts(fig) == ["Diffusion-KTO vs base model (n = 4 prompts)"]
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["PickScore"]
+    assert overlapping_texts(fig) == []
+    fig = plot_score_distributions(scores, ["pickscore"])
+    assert matplotlib.get_backend() == svg_backend
+    assert fig.axes[0].get_title() == "PickScore" and fig.get_suptitle()
+    assert legend_texts(fig) == ["Diffusion-KTO (n = 4)", "base model (n = 4)"]
+    assert overlapping_texts(fig) == []

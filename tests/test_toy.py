@@ -1,8 +1,12 @@
-"""The toy: world, model, metrics, config errors, divergence, determinism, end to end, CLI."""
+"""The toy: world, model, metrics, config errors, divergence, determinism, end to end, CLI, figures."""
 
+import copy
 import json
 import math
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,8 +17,10 @@ from toy import FIGURE6_METHODS, ToyConfig, ToyDivergenceError, finetune, parse_
 from toy.data import DESIRABLE, PRETRAIN, UNDESIRABLE, make_feedback
 from toy.metrics import energy_distance, region_shares, sample_metrics
 from toy.model import ToyDenoiser
-from toy.run import run_figure6, run_seed
+from toy.run import run_figure6, run_seed, summarize
 from toy.sample import sample
+
+from figure_checks import legend_texts, overlapping_texts
 
 # Small enough for CI on a shared 2-core machine.
 TINY = dict(hidden=16, emb_size=8, num_blocks=1, batch_size=64, pretrain_steps=20, steps=5,
@@ -137,8 +143,9 @@ def test_finetune_rejects_bad_log_every_by_value():
 def test_panel_labels_accept_no_method_overrides():
     from toy.figures import _label
 
-    assert _label("dpo", ToyConfig(method_overrides=None).validate()) == "Diffusion-DPO (random pairs)"
-    assert _label("dpo", ToyConfig()) == "Diffusion-DPO (random pairs)\n(beta=300)"
+    assert _label("dpo", ToyConfig(method_overrides=None).validate()) == "Diffusion-DPO"
+    assert _label("dpo", ToyConfig()) == "Diffusion-DPO (β = 300)"
+    assert _label("kto:risk_seeking", ToyConfig()) == "Diffusion-KTO (risk-seeking U) (λ_U = 0.1)"
 
 
 def dataclass_replace(cfg, **kw):
@@ -147,11 +154,15 @@ def dataclass_replace(cfg, **kw):
     return dataclasses.replace(cfg, **kw)
 
 
-def test_figure6_python_api_writes_the_files(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_figure6():
+    return run_figure6(ToyConfig(**{**TINY, "methods": ("pretrained", "sft", "kto:kto")}), seeds=2, progress=False)
+
+
+def test_figure6_python_api_writes_the_files(tmp_path, tiny_figure6):
     from toy import write_figure6
 
-    cfg = ToyConfig(**{**TINY, "methods": ("pretrained", "sft", "kto:kto")})
-    result = run_figure6(cfg, seeds=2, progress=False)
+    cfg, result = tiny_figure6.config, tiny_figure6
     paths = write_figure6(result, tmp_path, command="test")
     metrics = json.loads(paths["json"].read_text())
     assert list(metrics) == ["pretrained", "sft", "kto:kto"]
@@ -161,6 +172,66 @@ def test_figure6_python_api_writes_the_files(tmp_path):
     assert "| kto:kto |" in table and "data: P_d" in table and " ± " in table
     with pytest.raises(ValueError, match="seeds must be an integer >= 1, got 0"):
         run_figure6(cfg, seeds=0)
+
+
+def test_plotting_modules_choose_no_backend():
+    """A notebook's inline backend survives importing them (tested in a fresh interpreter)."""
+    code = ("import matplotlib; matplotlib.use('svg'); import kto_lab.plotting, kto_lab.eval.report, "
+            "kto_lab.synthetic.figures, toy.figures; print(matplotlib.get_backend())")
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "svg"
+
+
+def test_figure6_reads_at_a_glance(tiny_figure6, svg_backend):
+    """Returned on the current backend (which stays), every bar in view (a mean log-density of -17.7 is not
+    clipped at -8), human names in the legends, titles everywhere, no colliding labels."""
+    import matplotlib
+
+    from toy.figures import plot_figure6
+    from toy.metrics import METRICS
+
+    result = copy.deepcopy(tiny_figure6)
+    result.summary["sft"]["logp_undesirable"].update(mean=-17.7, sd=5.5)
+    fig = plot_figure6(result)
+    assert matplotlib.get_backend() == svg_backend
+    logp = next(ax for ax in fig.get_axes() if "log-density" in ax.get_xlabel())
+    assert logp.get_xlim()[0] <= -17.7 - 5.5
+    texts = legend_texts(fig)
+    assert "share in P_d's region" in texts and not set(texts) & set(METRICS)
+    assert all(ax.get_title() for ax in fig.get_axes() if ax.axison) and "Figure 6" in fig.get_suptitle()
+    assert overlapping_texts(fig) == []
+
+
+def test_one_seed_table_shows_no_spread():
+    from toy.figures import metrics_table
+
+    one = summarize([{"sft": {"share_desirable": 0.5}}])
+    assert metrics_table(one, references=False) == [{"method": "sft", "share_desirable": "0.500"}]
+    two = summarize([{"sft": {"share_desirable": 0.5}}, {"sft": {"share_desirable": 0.7}}])
+    assert metrics_table(two, references=False) == [{"method": "sft", "share_desirable": "0.600 ± 0.141"}]
+
+
+def test_ablation_figure_names_what_it_varies(svg_backend):
+    import matplotlib
+
+    from toy.figures import ABLATION_METRICS, plot_ablations
+
+    def summary(x):
+        return summarize([{"m": {k: x for k in ABLATION_METRICS}}, {"m": {k: x + 0.1 for k in ABLATION_METRICS}}])["m"]
+
+    result = {"beta": {"1.0": summary(0.1), "3.0": summary(0.2)}, "gamma": {"0.8": summary(0.3), "1.0": summary(0.4)},
+              "utility": {"kto": summary(0.5), "loss_averse": summary(0.6), "risk_seeking": {"diverged": "step 3"}}}
+    fig = plot_ablations(result, config=ToyConfig())
+    assert matplotlib.get_backend() == svg_backend
+    assert "one setting changed at a time" in fig.get_suptitle() and "2 seeds" in fig.get_suptitle()
+    labels = [ax.get_ylabel() for ax in fig.get_axes()] + [ax.get_xlabel() for ax in fig.get_axes()]
+    assert not set(labels) & {*ABLATION_METRICS, "beta", "gamma", "utility"}
+    titles = [ax.get_title() for ax in fig.get_axes() if ax.get_title()]
+    assert len(titles) == 3 and "diverged: risk-seeking" in titles[2]
+    ticks = [t.get_text() for t in fig.get_axes()[2].get_xticklabels()]
+    assert ticks == ["Kahneman-Tversky", "loss-averse"]
+    assert overlapping_texts(fig) == []
 
 
 def test_cli_figure6_figure9_ablations(tmp_path):

@@ -1,7 +1,7 @@
 """The toy notebooks run top to bottom with small parameters (CI)."""
 
 
-from notebooks import run_notebook
+from notebooks import run_notebook, shows_an_image
 
 
 def test_figure6_notebook(tmp_path):
@@ -10,10 +10,11 @@ def test_figure6_notebook(tmp_path):
                                  "methods": ("pretrained", "sft", "kto:kto")},
                       out_dir=str(tmp_path / "out"))
     assert (tmp_path / "out" / "figure6.png").is_file()
-    assert any(o.get("output_type") == "display_data" for c in nb.cells for o in c.get("outputs", []))
+    assert shows_an_image(nb, "plot_figure6(result)")
 
 
 def test_figure9_notebook(tmp_path):
     nb = run_notebook("figure9.ipynb", tmp_path, utilities=["kto", "prospect"], lim=2.0)
     text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
     assert "kto            U'(0) = 0.250" in text
+    assert shows_an_image(nb, "plot_figure9(")

@@ -36,7 +36,7 @@ def figure6() -> nbformat.NotebookNode:
                       "from toy.figures import metrics_table, plot_figure6, write_figure6\n\n"
                       "cfg = ToyConfig(steps=steps, pretrain_steps=pretrain_steps, n_samples=n_samples, **overrides).validate()\n"
                       "result = run_figure6(cfg, seeds=seeds)"),
-        new_code_cell("fig = plot_figure6(result)"),
+        new_code_cell("plot_figure6(result)"),
         new_code_cell("import pandas as pd\n\n"
                       "pd.DataFrame(metrics_table(result.summary, cfg)).set_index('method')"),
         new_code_cell("if out_dir is not None:\n"
@@ -53,7 +53,7 @@ def figure9() -> nbformat.NotebookNode:
             "`kto-lab toy figure9 --out DIR`."),
         _parameters("utilities = ['loss_averse', 'kto', 'risk_seeking']  # names in kto_lab.objectives.UTILITIES\n"
                     "lim = 5.0"),
-        new_code_cell("from toy.figures import plot_figure9\n\nfig = plot_figure9(None, utilities, lim)"),
+        new_code_cell("from toy.figures import plot_figure9\n\nplot_figure9(None, utilities, lim)"),
         new_code_cell("import torch\nfrom kto_lab.objectives import get_utility\n\n"
                       "for name in utilities:\n"
                       "    x = torch.zeros(1, requires_grad=True)\n"

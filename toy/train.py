@@ -42,17 +42,6 @@ FIGURE6_METHODS = (
     PRETRAINED, "sft", "csft", "bce", "dpo",
     "kto:loss_averse", "kto:risk_seeking", "kto:kto", "kto:prospect",
 )
-METHOD_LABELS = {
-    PRETRAINED: "pretrained",
-    "sft": "SFT",
-    "csft": "CSFT",
-    "bce": "BCE",
-    "dpo": "Diffusion-DPO (random pairs)",
-    "kto:kto": "Diffusion-KTO, Kahneman-Tversky (sigmoid)",
-    "kto:loss_averse": "Diffusion-KTO, loss-averse",
-    "kto:risk_seeking": "Diffusion-KTO, risk-seeking",
-    "kto:prospect": "Diffusion-KTO, prospect value fn (extra)",
-}
 
 
 # Fine-tuning fields a method may override (ToyConfig.method_overrides).

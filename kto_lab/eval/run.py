@@ -197,8 +197,10 @@ def compare_all(cfg: EvalConfig, scores: pd.DataFrame, metrics: List[str], make_
     paths = write_report(cfg.out_dir, wins, means, nsfw)
     if make_plots:
         if len(wins):
-            paths["win_rates_png"] = plot_win_rates(wins, Path(cfg.out_dir) / "win_rates.png")
-        paths["scores_png"] = plot_score_distributions(scores, metrics, Path(cfg.out_dir) / "score_distributions.png")
+            paths["win_rates_png"] = Path(cfg.out_dir) / "win_rates.png"
+            plot_win_rates(wins, paths["win_rates_png"])
+        paths["scores_png"] = Path(cfg.out_dir) / "score_distributions.png"
+        plot_score_distributions(scores, metrics, paths["scores_png"])
     return wins, means, nsfw, paths
 
 

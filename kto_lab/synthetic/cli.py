@@ -64,7 +64,8 @@ def cmd_samples(args) -> int:
     from .figures import sample_grid
 
     _threads(args.threads)
-    print(sample_grid(args.base, args.out, unet=args.unet))
+    sample_grid(args.base, args.out, unet=args.unet)
+    print(args.out)
     return 0
 
 
