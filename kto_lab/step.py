@@ -44,7 +44,7 @@ class ObjectiveConfig:
     beta: float = 5000.0  # sec. A.1 (D.3: rising from 2000 to 5000, flat after)
     reference_point: str = "unrelated"  # unrelated (the paper, sec. 4.1) | batch | none
     lambda_desirable: float = 1.0  # KTO's class weights lambda_D, lambda_U (eq. 5)
-    lambda_undesirable: float = 1.0
+    lambda_undesirable: float = 1.0  # lambda_U; raise it to weigh undesirable samples more
 
     def validate(self) -> "ObjectiveConfig":
         O.check_objective(self.objective)

@@ -101,6 +101,33 @@ def test_failures_are_recorded_counted_and_retried_on_resume(tmp_path):
     assert rescored["redness"].notna().all() and len(rescored) == 9
 
 
+def test_resume_is_keyed_on_the_prompt_text_and_compare_refuses_mixed_texts(tmp_path):
+    """Editing a prompt file and re-running regenerates (and rescores) the changed prompt only; a
+    model still holding the old text's images is not paired with the new ones."""
+    from kto_lab.data.tables import DataError
+
+    scorers = {"redness": get_scorer("redness")}
+    for m in "ab":
+        run(FakePipe(), tmp_path, m)
+        score_model(tmp_path / m, scorers, progress=False)
+    edited = [PROMPTS[0], Prompt("p1", "a FAIL square, edited", "photo"), PROMPTS[2]]
+    pipe = FakePipe(shift=0.5)  # the "new" images differ from the old ones
+    counts = generate_images(pipe, edited, tmp_path / "a", model_name="a", n_per_prompt=3, base_seed=10, progress=False)
+    assert counts == {"ok": 3, "failed": 0, "skipped": 6}
+    rows = {(r["prompt_id"], r["k"]): r for r in read_manifest(tmp_path / "a")}
+    assert all(rows[("p1", k)]["prompt"] == "a FAIL square, edited" for k in range(3))
+    rescored = score_model(tmp_path / "a", scorers, progress=False).set_index(["prompt_id", "k"])
+    old = pd.read_csv(tmp_path / "b" / "scores.csv").set_index(["prompt_id", "k"])
+    assert rescored.loc[("p1", 0), "redness"] != old.loc[("p1", 0), "redness"]  # the new image's score, not the old
+    assert rescored.loc[("p0", 0), "redness"] == old.loc[("p0", 0), "redness"]
+    with pytest.raises(DataError, match=r"prompt id 'p1': images of \['a'\] were made from 'a FAIL square, edited' "
+                                         r"but images of \['b'\] from 'a FAIL square'"):
+        win_rates(load_scores(tmp_path, ["a", "b"]), "a", "b", method="wilson")
+    generate_images(FakePipe(), edited, tmp_path / "b", model_name="b", n_per_prompt=3, base_seed=10, progress=False)
+    score_model(tmp_path / "b", scorers, progress=False)
+    assert len(win_rates(load_scores(tmp_path, ["a", "b"]), "a", "b", method="wilson"))
+
+
 def test_median_of_n_decides_the_winner_not_the_best_image():
     rows = []
     for model, vals in (("a", [1.0, 5.0, 3.0]), ("b", [2.0, 2.0, 9.0])):

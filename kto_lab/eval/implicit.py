@@ -90,21 +90,28 @@ def evaluate_implicit_accuracy(
     """
     from tqdm.auto import tqdm
 
+    from kto_lab.config import ConfigError, check_positive, check_range
     from kto_lab.data.records import load_records
+    from kto_lab.sd.components import load_unet
     from kto_lab.sd.data import image_to_tensor
     from kto_lab.sd.encoding import encode_images, encode_prompts, reference_denoiser, unet_denoiser
-    from kto_lab.sd.models import load_pipeline
+    from kto_lab.sd.models import check_model_paths, load_pipeline
 
+    # every check before any model loads
     if (unet_path is None) == (lora_path is None):
-        raise ValueError("implicit reward accuracy needs exactly one of unet_path (a fine-tuned UNet) or lora_path")
-    table = load_records(records_path, on_missing_image="skip")  # fails now on a bad table, before models load
+        raise ConfigError("implicit reward accuracy compares a fine-tuned model with its base: give exactly one of "
+                          "unet (a fine-tuned UNet directory) or lora (LoRA weights)")
+    check_range("draws", n_draws, low=1)
+    check_range("batch_size", batch_size, low=1)
+    check_positive("beta", beta)
+    if limit is not None:
+        check_range("limit", limit, low=1)
+    check_model_paths(pipeline_path, unet_path, lora_path)
+    table = load_records(records_path, on_missing_image="skip")
     pipe = load_pipeline(pipeline_path, lora_path=lora_path)
     if unet_path is not None:
-        from diffusers import UNet2DConditionModel
-
         reference = unet_denoiser(pipe.unet.to(device).eval())
-        policy_unet = UNet2DConditionModel.from_pretrained(unet_path).to(device).eval()
-        policy = unet_denoiser(policy_unet)
+        policy = unet_denoiser(load_unet(unet_path).to(device).eval())
     else:
         policy = unet_denoiser(pipe.unet.to(device).eval())
         reference = reference_denoiser(pipe.unet)
@@ -129,7 +136,9 @@ def evaluate_implicit_accuracy(
                                         generator=generator).numpy())
         labels.append(np.asarray([table.labels[i] for i, _ in good]))
     if not rewards:
-        raise ValueError(f"no readable images in {records_path!r} ({skipped} skipped)")
+        from kto_lab.data.tables import DataError
+
+        raise DataError(f"no readable images in {str(records_path)!r} ({skipped} skipped)")
     out = sign_accuracy(np.concatenate(rewards), np.concatenate(labels))
     out.n_skipped = skipped
     return out

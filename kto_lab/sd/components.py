@@ -21,9 +21,9 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from ..config import CONFIG_DIR
 from ..schedule import NoiseSchedule
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 
 
@@ -46,14 +46,42 @@ def local_only() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
 
 
+def _looks_local(path: str) -> bool:
+    """A local path rather than a hub id (``org/name``)."""
+    return Path(path).exists() or path.startswith((".", "/", "~")) or path.count("/") > 1
+
+
+def _named(path: str, field: Optional[str]) -> str:
+    return f"{field}={path!r}" if field else repr(path)
+
+
 def check_pipeline_dir(path: str | Path, field: Optional[str] = None) -> None:
     """A path that looks local must be a diffusers pipeline directory; the error names ``field``."""
     path = str(path)
     p = Path(path)
-    looks_local = p.exists() or path.startswith((".", "/", "~")) or path.count("/") > 1
-    if looks_local and not (p / "model_index.json").is_file():
-        what = f"{field}={path!r}" if field else repr(path)
-        raise FileNotFoundError(f"{what} is not a diffusers pipeline directory (expected {p / 'model_index.json'})")
+    if _looks_local(path) and not (p / "model_index.json").is_file():
+        raise FileNotFoundError(f"{_named(path, field)} is not a diffusers pipeline directory (expected {p / 'model_index.json'})")
+
+
+def check_unet_dir(path: str | Path, field: Optional[str] = None, *, local: bool = False) -> None:
+    """A UNet directory (config.json) or a pipeline directory (unet/config.json); a path that looks
+    like a hub id passes unless ``local``. The error names ``field`` (nothing falls back to the hub)."""
+    path = str(path)
+    p = Path(path)
+    if (p / "config.json").is_file() or (p / "unet" / "config.json").is_file():
+        return
+    if local or _looks_local(path):
+        where = "" if p.exists() else ": no such directory"
+        raise FileNotFoundError(f"{_named(path, field)} is neither a UNet directory (config.json) nor a pipeline "
+                                f"(unet/config.json){where}")
+
+
+def check_model_config(model_cfg) -> None:
+    """The local paths of a ``ModelConfig`` exist and hold what they should (no model is read)."""
+    check_pipeline_dir(model_cfg.pretrained, "model.pretrained")
+    for name in ("unet", "reference"):
+        if getattr(model_cfg, name):
+            check_unet_dir(getattr(model_cfg, name), f"model.{name}")
 
 
 def load_unet(path: str | Path, **kwargs):
@@ -61,12 +89,11 @@ def load_unet(path: str | Path, **kwargs):
     from diffusers import UNet2DConditionModel
 
     p = Path(path)
+    check_unet_dir(path)
     if (p / "config.json").is_file():
         return UNet2DConditionModel.from_pretrained(p, **kwargs)
     if (p / "unet" / "config.json").is_file():
         return UNet2DConditionModel.from_pretrained(p, subfolder="unet", **kwargs)
-    if p.exists() or str(path).startswith((".", "/", "~")):
-        raise FileNotFoundError(f"{str(path)!r} is neither a UNet directory (config.json) nor a pipeline (unet/config.json)")
     return UNet2DConditionModel.from_pretrained(str(path), subfolder="unet", local_files_only=local_only(), **kwargs)
 
 
@@ -76,7 +103,7 @@ def load_components(model_cfg, *, need_text: bool = True, need_vae: bool = True)
     from transformers import CLIPTextModel, CLIPTokenizer
 
     src = str(model_cfg.pretrained)
-    check_pipeline_dir(src, "model.pretrained")
+    check_model_config(model_cfg)
     kw = {"local_files_only": local_only()}
     scheduler = DDPMScheduler.from_pretrained(src, subfolder="scheduler", **kw)
     unet = load_unet(model_cfg.unet) if model_cfg.unet else load_unet(src)

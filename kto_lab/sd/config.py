@@ -43,7 +43,7 @@ class ModelConfig:
     # Precision of a frozen reference copy kept on the device. auto = the mixed-precision dtype
     # (bf16/fp16), fp32 without mixed precision. The official DPO script swaps it CPU<->GPU; we don't.
     reference_dtype: str = "auto"
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = False  # recompute activations in the backward: less memory, one more forward
     # torch.compile the policy UNet (and a frozen reference copy) in place after accelerate.prepare:
     # the first steps pay the compilation. The gain is not measured yet (no GPU so far; benchmarks/sd_step.py --compile).
     compile: bool = False
@@ -62,15 +62,15 @@ class DataConfig:
     train: List[str] = field(default_factory=list)
     resolution: int = 512  # SD 1.5 trains at 512x512
     center_crop: bool = True  # False: random crop
-    random_flip: bool = False
+    random_flip: bool = False  # mirror images horizontally at random (not with cache_dir)
     on_missing_image: str = "error"  # error: stop naming the file | skip: skip it, count it
     gamma: float = 0.8  # share of desirable samples (sec. 4.2, A.1: 0.8)
     # Optional cache of VAE latent moments and text embeddings (kto_lab.sd.cache): built once,
     # then a training step runs only the UNets. Built here if the directory does not exist.
     cache_dir: Optional[str] = None
-    cache_shard_size: int = 1024
+    cache_shard_size: int = 1024  # records per cache shard file
     latent_mode: str = "sample"  # sample the VAE posterior (diffusers / official scripts) or take its mode
-    seed: int = 0
+    seed: int = 0  # sampling, crops and flips (each process adds 1000 x its rank)
 
     def validate(self) -> "DataConfig":
         check_range("data.resolution", self.resolution, low=8)
@@ -94,18 +94,18 @@ class DataConfig:
 class OptimConfig:
     max_steps: int = 10_000  # optimizer steps (A.1: 10,000; LoRA study: 10,000)
     batch_size: int = 2  # per device (A.1: 2 per GPU x 4 GPUs)
-    gradient_accumulation_steps: int = 1
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
     learning_rate: Optional[float] = None  # None: 1e-7 full (A.1), 1e-4 LoRA (LoRA study 3.3)
     warmup_steps: Optional[int] = None  # None: 1000 full (A.1), 500 LoRA (LoRA study 3.3)
-    lr_scheduler: str = "constant_with_warmup"
+    lr_scheduler: str = "constant_with_warmup"  # constant_with_warmup (A.1) | linear | cosine (to 0 at max_steps)
     optimizer: str = "adamw"  # AdamW with weight_decay 0 is Adam (A.1)
     weight_decay: Optional[float] = None  # None: 0.0 full (Adam, A.1), 0.01 LoRA (LoRA study 3.3)
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_epsilon: float = 1e-8
+    adam_beta1: float = 0.9  # Adam's first-moment decay (torch's default; A.1 names no other)
+    adam_beta2: float = 0.999  # Adam's second-moment decay (torch's default)
+    adam_epsilon: float = 1e-8  # Adam's epsilon (torch's default)
     max_grad_norm: float = 1.0  # clipping as in diffusers' and Diffusion-DPO's scripts; 0 = off
     mixed_precision: str = "no"  # no | fp16 | bf16 (bf16 on A100/H100)
-    allow_tf32: bool = True
+    allow_tf32: bool = True  # TF32 matmuls on Ampere+ GPUs (faster fp32)
 
     def validate(self) -> "OptimConfig":
         check_range("optim.max_steps", self.max_steps, low=1)
@@ -129,10 +129,10 @@ class OptimConfig:
 
 @dataclass
 class LoraConfig:
-    enabled: bool = False
+    enabled: bool = False  # true: train LoRA adapters only (the LoRA study); false: the full UNet (A.1)
     rank: int = 8  # LoRA study 3.1: rank 8 in the UNet's attention
     alpha: Optional[float] = None  # None: = rank (scale 1, diffusers' examples)
-    target_modules: List[str] = field(default_factory=lambda: ["to_k", "to_q", "to_v", "to_out.0"])
+    target_modules: List[str] = field(default_factory=lambda: ["to_k", "to_q", "to_v", "to_out.0"])  # attention projections
     # The reference of a LoRA run: the same UNet with adapters disabled (exact, no extra memory,
     # a few % slower) or a frozen low-precision copy of the base UNet (more memory, faster).
     reference: str = "disabled_adapters"
@@ -156,12 +156,12 @@ class LoggingConfig:
     # mlflow (each an extra: pip install "kto-lab[wandb]"); [] = none (like diffusers' report_to).
     report_to: List[str] = field(default_factory=list)
     project: str = "kto-lab"  # the trackers' project (W&B project, MLflow experiment, folder under OUTPUT_DIR/logs)
-    progress_bar: bool = True
-    validation_prompts: List[str] = field(default_factory=list)
+    progress_bar: bool = True  # a tqdm bar on the main process
+    validation_prompts: List[str] = field(default_factory=list)  # prompts rendered every validation_every steps
     validation_every: int = 0  # optimizer steps; 0 = off
-    validation_inference_steps: int = 25
-    validation_guidance_scale: float = 7.5
-    validation_seed: int = 0
+    validation_inference_steps: int = 25  # DPM-Solver++ steps per validation image
+    validation_guidance_scale: float = 7.5  # classifier-free guidance of the validation images
+    validation_seed: int = 0  # image i uses seed + i
 
     def validate(self) -> "LoggingConfig":
         check_range("logging.log_every", self.log_every, low=1)
@@ -190,16 +190,16 @@ class CheckpointConfig:
 
 @dataclass
 class TrainConfig:
-    output_dir: str = "runs/sd"
-    seed: int = 0
+    output_dir: str = "runs/sd"  # checkpoints, metrics, config.yaml and the final weights
+    seed: int = 0  # model init (LoRA) and the per-step noise and timesteps
     cpu: bool = False  # force CPU even if a GPU is visible (torchrun CPU runs, tests)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    lora: LoraConfig = field(default_factory=LoraConfig)
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)  # the base pipeline, the policy's start, the reference
+    data: DataConfig = field(default_factory=DataConfig)  # the feedback table(s), images, gamma sampling, cache
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)  # the loss and its hyper-parameters
+    optim: OptimConfig = field(default_factory=OptimConfig)  # optimizer, schedule, batch, precision
+    lora: LoraConfig = field(default_factory=LoraConfig)  # LoRA adapters (the LoRA study) instead of a full fine-tune
+    logging: LoggingConfig = field(default_factory=LoggingConfig)  # metrics, progress bar, validation images
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)  # cadence, pruning, resume
 
     def validate(self) -> "TrainConfig":
         if not self.output_dir:

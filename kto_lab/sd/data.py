@@ -28,7 +28,9 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from ..data.sampler import GammaSampler
+from ..config import ConfigError
+from ..data.sampler import GammaSampler, check_classes
+from ..data.tables import DataError
 from ..objectives import csft_caption
 from .encoding import tokenize
 
@@ -128,7 +130,8 @@ class RecordSource(_TableSource):
         usable = [j for j in same if not self.table.is_skipped(int(j))]
         if not usable:
             kind = "desirable" if self.labels[i] > 0 else "undesirable"
-            raise RuntimeError(f"every {kind} image of {self.table!r} is missing or unreadable")
+            raise DataError(f"every {kind} image of {self.table!r} is missing or unreadable "
+                            f"(e.g. {self.table.skipped[-1][1]}: {self.table.skipped[-1][2]})")
         return int(usable[int(torch.randint(len(usable), (1,), generator=self.generator))])
 
     def _load(self, i: int):
@@ -166,7 +169,7 @@ class PairSource(_TableSource):
 
     def __init__(self, table, tokenizer, transform: ImageTransform, *, batch_size: int, seed: int = 0):
         if len(table) == 0:
-            raise ValueError(f"pair table {table!r} is empty")
+            raise DataError(f"pair table {table!r} is empty")
         self.table, self.tokenizer, self.transform, self.batch_size = table, tokenizer, transform, batch_size
         self.generator = torch.Generator().manual_seed(seed)
 
@@ -184,7 +187,7 @@ class PairSource(_TableSource):
                 if pair is not None:
                     break
             else:
-                raise RuntimeError(f"no readable pair found in {self.table!r}")
+                raise DataError(f"no readable pair found in {self.table!r}")
             # The same flip/crop for winner and loser, as the official DPO script does.
             state = self.generator.get_state()
             winners.append(self.transform(pair[0], self.generator))
@@ -206,15 +209,64 @@ class PairSource(_TableSource):
 
 
 def open_table(paths: List[str], objective: str, on_missing_image: str):
-    """Record table (or pair table for DPO) from the configured file(s)."""
-    from ..data.records import load_pairs, load_records
+    """Record table (or pair table for DPO) from the configured file(s); a table of the other kind
+    is an error naming the file and what the objective needs."""
+    from ..data.records import PAIR_COLUMNS, RECORD_COLUMNS, load_pairs, load_records
+    from ..data.tables import table_columns
 
-    loader = load_pairs if objective == "dpo" else load_records
+    pairs = objective == "dpo"
+    for path in paths:
+        columns = table_columns(path)
+        if pairs and "label" in columns and "image_w" not in columns:
+            raise DataError(f"objective=dpo trains on pairs, but {path} is a record table ({', '.join(RECORD_COLUMNS)}); "
+                            f"give a pair table ({', '.join(PAIR_COLUMNS)}), e.g. from `kto-lab data pairs`, or "
+                            "choose a per-image objective (kto, sft, csft, bce)")
+        if not pairs and "image_w" in columns and "label" not in columns:
+            raise DataError(f"objective={objective} trains on per-image labels, but {path} is a pair table "
+                            f"({', '.join(PAIR_COLUMNS)}); give a record table ({', '.join(RECORD_COLUMNS)}), "
+                            "e.g. from `kto-lab data pickapic`, or set objective.objective=dpo")
+    loader = load_pairs if pairs else load_records
     return loader(paths if len(paths) > 1 else paths[0], on_missing_image=on_missing_image)
 
 
-def make_source(cfg, tokenizer, rank: int = 0):
-    """The configured source: a cache if ``data.cache_dir`` holds one, else the table(s).
+def open_train_table(cfg):
+    """The configured table(s), checked before any model loads (what costs no image I/O):
+
+    * the files exist, are UTF-8 (CSV/JSONL) and are of the kind the objective needs (pairs for dpo);
+    * every caption, label and score is valid (:func:`kto_lab.data.records.load_records`);
+    * the table has rows; every image *file* exists (``on_missing_image=error``), or the missing ones
+      are skipped now (``skip``), and gamma sampling still has a desirable record, and an undesirable
+      one when gamma < 1 (or, for DPO, a pair with both images).
+
+    Image bytes and decoding are checked when an image is drawn (``error``: the run stops before
+    the step, naming the image; ``skip``: it is counted and replaced). ``kto-lab data stats TABLE
+    --check-images`` decodes every image up front.
+    """
+    from pathlib import Path
+
+    d, objective = cfg.data, cfg.objective.objective
+    if not d.train:
+        raise ConfigError("data.train is empty: give a record table (or data.cache_dir with a built cache)")
+    missing = [str(p) for p in d.train if not Path(p).is_file()]
+    if missing:
+        raise FileNotFoundError(f"data.train: no such table file {missing} (CSV, JSONL or Parquet)")
+    table = open_table(d.train, objective, d.on_missing_image)
+    if len(table) == 0:
+        raise DataError(f"data.train {list(d.train)}: the table has no rows")
+    table.check_files()
+    usable = np.array([not table.is_skipped(i) for i in range(len(table))], dtype=bool)
+    where = f"data.train {list(d.train)}" + (f" ({int((~usable).sum())} missing image(s) skipped)" if not usable.all() else "")
+    if objective == "dpo":
+        if not usable.any():
+            raise DataError(f"{where}: no pair has both images")
+    else:
+        check_classes(np.asarray(table.labels)[usable], d.gamma, where)
+    return table
+
+
+def make_source(cfg, tokenizer, rank: int = 0, table=None):
+    """The configured source: a cache if ``data.cache_dir`` holds one, else the table(s) (``table``:
+    already opened by :func:`open_train_table`).
 
     Each process gets its own seed (``data.seed + 1000 * rank``) so ranks draw different samples.
     """
@@ -227,7 +279,7 @@ def make_source(cfg, tokenizer, rank: int = 0):
 
         return CachedSource(d.cache_dir, cfg, batch_size=cfg.optim.batch_size, seed=seed)
     transform = ImageTransform(d.resolution, d.center_crop, d.random_flip)
-    table = open_table(d.train, o, d.on_missing_image)
+    table = table if table is not None else open_table(d.train, o, d.on_missing_image)
     if o == "dpo":
         return PairSource(table, tokenizer, transform, batch_size=cfg.optim.batch_size, seed=seed)
     return RecordSource(table, tokenizer, transform, batch_size=cfg.optim.batch_size, gamma=d.gamma, seed=seed,

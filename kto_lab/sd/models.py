@@ -133,6 +133,19 @@ def build_tiny_sd(
     return path
 
 
+def check_model_paths(pipeline, unet=None, lora=None, prefix: str = "") -> None:
+    """Before anything loads: ``pipeline`` is a pipeline directory (or a hub id), ``unet`` a local UNet
+    directory (or a pipeline with unet/), ``lora`` an existing file or directory. Errors name
+    ``prefix + field`` (``"--"`` for the command line, ``"models[0]."`` for a config)."""
+    from .components import check_pipeline_dir, check_unet_dir
+
+    check_pipeline_dir(pipeline, prefix + "pipeline")
+    if unet is not None:
+        check_unet_dir(unet, prefix + "unet", local=True)
+    if lora is not None and not Path(lora).exists():
+        raise FileNotFoundError(f"{prefix}lora={str(lora)!r}: no such LoRA weights file or directory")
+
+
 def load_pipeline(
     path_or_id: str | Path,
     *,
@@ -144,14 +157,14 @@ def load_pipeline(
     """Load a Stable Diffusion 1.x/2.x pipeline (local dir or hub id), optionally with a
     fine-tuned UNet (diffusers format) or LoRA weights (``pytorch_lora_weights.safetensors``).
 
-    A missing local directory gives an error naming it. Hub ids are resolved by diffusers,
-    offline when ``HF_HUB_OFFLINE=1`` (``local_files_only`` defaults to that).
+    A missing local directory gives an error naming it, before anything loads. Hub ids are resolved
+    by diffusers, offline when ``HF_HUB_OFFLINE=1`` (``local_files_only`` defaults to that).
     """
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import StableDiffusionPipeline
 
-    from .components import check_pipeline_dir, local_only
+    from .components import load_unet, local_only
 
-    check_pipeline_dir(path_or_id)
+    check_model_paths(path_or_id, unet_path, lora_path)
     if local_files_only is None:
         local_files_only = local_only()
     kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
@@ -160,14 +173,9 @@ def load_pipeline(
         local_files_only=local_files_only, **kwargs,
     )
     if unet_path is not None:
-        unet_dir = Path(unet_path)
-        if not (unet_dir / "config.json").is_file():
-            raise FileNotFoundError(f"{str(unet_dir)!r} is not a diffusers UNet directory (expected config.json)")
-        pipe.unet = UNet2DConditionModel.from_pretrained(unet_dir, **kwargs)
+        pipe.unet = load_unet(unet_path, **kwargs)
     if lora_path is not None:
         lora = Path(lora_path)
-        if not lora.exists():
-            raise FileNotFoundError(f"LoRA weights {str(lora)!r} do not exist")
         if lora.is_dir():
             pipe.load_lora_weights(str(lora))
         else:

@@ -41,8 +41,8 @@ from ..config import ConfigError
 from ..step import objective_step
 from .cache import sample_latents
 from .checkpoints import CHECKPOINT_PREFIX, CheckpointError, commit, is_disk_full, prune, write_manifest
-from .components import (Components, LORA_WEIGHTS, add_lora, cast_trainable_to_fp32, frozen_reference, load_components,
-                         load_lora, move, save_lora, save_unet)
+from .components import (Components, LORA_WEIGHTS, add_lora, cast_trainable_to_fp32, check_model_config, frozen_reference,
+                         load_components, load_lora, move, save_lora, save_unet)
 from .config import TrainConfig, load_train_config
 from .encoding import unwrap_model, embed_input_ids, encode_images, reference_denoiser, unet_denoiser
 from .run_dir import check_resume_path, claim_on_main, flatten
@@ -99,12 +99,12 @@ class Trainer:
         self.cfg = cfg
         check_resume_path(cfg)  # a bad path fails before loading
         cache_ready = bool(cfg.data.cache_dir) and (Path(cfg.data.cache_dir) / "cache.json").is_file()
-        if source is None and not cache_ready:  # the tables are read after the models load: check them now
-            if not cfg.data.train:
-                raise ConfigError("data.train is empty: give a record table (or data.cache_dir with a built cache)")
-            missing = [str(p) for p in cfg.data.train if not Path(p).is_file()]
-            if missing:
-                raise FileNotFoundError(f"data.train: no such table file {missing} (CSV, JSONL or Parquet)")
+        check_model_config(cfg.model)  # a missing local model is named before anything loads
+        table = None
+        if source is None and not cache_ready:  # the table(s), checked before any model loads
+            from .data import open_train_table
+
+            table = open_train_table(cfg)
 
         if accelerator is not None and (trackers or cfg.logging.report_to):
             raise ConfigError("logging.report_to and trackers= need an Accelerator built by kto_lab; "
@@ -114,13 +114,14 @@ class Trainer:
         self.run = claim_on_main(cfg, acc, overwrite=overwrite)
         weakref.finalize(self, self.run.release)  # an abandoned Trainer frees its output_dir
         try:
-            self._build(cfg, acc, components, source, cache_ready)
+            self._build(cfg, acc, components, source, cache_ready, table)
         except BaseException:
             self.close()
             raise
 
-    def _build(self, cfg: TrainConfig, acc, components: Optional[Components], source, cache_ready: bool) -> None:
-        """Models, optimizer, data source; then the claimed checkpoint, if any."""
+    def _build(self, cfg: TrainConfig, acc, components: Optional[Components], source, cache_ready: bool,
+               table=None) -> None:
+        """Models, optimizer, data source (``table``: the checked table(s)); then the claimed checkpoint, if any."""
         from accelerate.utils import set_seed
 
         if getattr(acc.state, "deepspeed_plugin", None) is not None:
@@ -205,7 +206,7 @@ class Trainer:
                 acc.wait_for_everyone()
             from .data import make_source
 
-            source = make_source(cfg, c.tokenizer, rank=acc.process_index)
+            source = make_source(cfg, c.tokenizer, rank=acc.process_index, table=table)
         self.source = source
         manifest = getattr(source, "manifest", None)
         if self.scaling_factor is None and manifest is not None:
