@@ -47,11 +47,17 @@ def test_family_is_read_from_model_index(tiny_sd_path, tiny_sdxl_path, tmp_path)
     assert resolve_family(tiny_sdxl_path, "sdxl") is SDXL
     with pytest.raises(ConfigError, match="model.family=sd but .* StableDiffusionXLPipeline"):
         resolve_family(tiny_sdxl_path, "sd")
+    from kto_lab.eval.run import EvalConfig, ModelSpec
+
     for name in ("StableDiffusion3Pipeline", "FluxPipeline"):  # unsupported families: named, before any load
         (tmp_path / name).mkdir()
         (tmp_path / name / "model_index.json").write_text(json.dumps({"_class_name": name}))
         with pytest.raises(ConfigError, match=f"is a {name} pipeline.*supported families: sd .*sdxl"):
             Trainer({"model": {"pretrained": str(tmp_path / name)}, "data": {"train": [__file__]}})
+        evaluation = EvalConfig(prompts="p.txt", models=[ModelSpec("base", str(tiny_sd_path)),
+                                                         ModelSpec("other", str(tmp_path / name))])
+        with pytest.raises(ConfigError, match=rf"models\[1\]\.pipeline=.* is a {name} pipeline"):
+            evaluation.validate()
 
 
 def test_conditioning_is_what_the_sdxl_pipeline_computes(tiny_sdxl_path):
