@@ -95,7 +95,7 @@ class ModelFamily:
 
     def check_unet(self, config, where: str) -> None:
         """A UNet of another family (e.g. an SDXL UNet given to an SD 1.5 run) fails here, in one line."""
-        found = config.get("addition_embed_type") if hasattr(config, "get") else None
+        found = config.get("addition_embed_type")
         if found != self.unet_addition_embed_type:
             raise ConfigError(
                 f"{where} is not a {self.name} UNet (its addition_embed_type is {found!r}, a {self.name} UNet has "
@@ -106,13 +106,14 @@ class ModelFamily:
         """The text encoders of ``holder`` (kto_lab Components or a diffusers pipeline), tower order."""
         return [getattr(holder, t.encoder, None) for t in self.towers]
 
+    def tokenizers(self, holder) -> list:
+        """The tokenizers of ``holder``, tower order."""
+        return [getattr(holder, t.tokenizer, None) for t in self.towers]
+
     # --- conditioning ----------------------------------------------------------------
     def tokenize(self, tokenizers: Sequence[Any], captions: Sequence[str]) -> Dict[str, Tensor]:
         """Captions -> token ids per tower, padded to each tokenizer's ``model_max_length``."""
         return {t.ids_key: tokenize(tok, captions) for t, tok in zip(self.towers, tokenizers)}
-
-    def tokenizers(self, holder) -> list:
-        return [getattr(holder, t.tokenizer, None) for t in self.towers]
 
     def encode_ids(self, text_encoders: Sequence[Any], ids: Dict[str, Tensor]) -> Dict[str, Tensor]:
         """Token ids -> the text part of the conditioning (call under ``no_grad``)."""
@@ -157,7 +158,7 @@ class SDXLFamily(ModelFamily):
 
     name = "sdxl"
     pipeline_class_name = "StableDiffusionXLPipeline"
-    default_resolution = 1024  # SDXL base trains and samples at 1024x1024 (SDXL paper sec. 2.3)
+    default_resolution = 1024  # SDXL base trains and samples around 1024x1024 px (multi-aspect training, SDXL paper sec. 2.3)
     towers = (
         TextTower("tokenizer", "text_encoder", "CLIPTextModel", "input_ids"),
         TextTower("tokenizer_2", "text_encoder_2", "CLIPTextModelWithProjection", "input_ids_2"),
