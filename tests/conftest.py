@@ -33,6 +33,14 @@ def tiny_sd_path(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_sdxl_path(tmp_path_factory) -> Path:
+    """A tiny SDXL pipeline (random weights; two text towers, text_time UNet), saved once per session."""
+    from kto_lab.sd.models import build_tiny_sdxl
+
+    return build_tiny_sdxl(tmp_path_factory.mktemp("tiny_sdxl"), words=TINY_WORDS)
+
+
+@pytest.fixture(scope="session")
 def partiprompts_tsv() -> Path:
     path = SHARED_DATA / "prompts" / "PartiPrompts.tsv"
     if not path.is_file():

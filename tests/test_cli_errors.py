@@ -31,7 +31,7 @@ def world(tmp_path_factory):
     records = write_records(root / "recs")
     write_pairs(root / "recs")
     (root / "pipe").mkdir()
-    (root / "pipe" / "model_index.json").write_text("{}")  # enough to pass the path checks
+    (root / "pipe" / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')  # passes the path and family checks
     d = root / "recs"
     (d / "empty.csv").write_text("image,caption,label\n")
     (d / "one_class.csv").write_text("image,caption,label\nred0.png,a,1\nred1.png,b,1\n")

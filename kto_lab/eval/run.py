@@ -41,6 +41,10 @@ class ModelSpec:
             raise ConfigError(f"{where}.pipeline is required (a diffusers pipeline directory)")
         if self.unet and self.lora:
             raise ConfigError(f"{where}: give unet or lora, not both")
+        if (Path(self.pipeline) / "model_index.json").is_file():  # an unsupported family fails before any model loads
+            from kto_lab.sd.families import resolve_family
+
+            resolve_family(self.pipeline, field=f"{where}.pipeline")
 
 
 @dataclass
