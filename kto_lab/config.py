@@ -25,6 +25,7 @@ import tempfile
 import textwrap
 import tokenize
 import typing
+import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Type, TypeVar
 
@@ -74,6 +75,20 @@ def check_choice(name: str, value: Any, allowed: Iterable[Any]) -> None:
 
 def check_positive(name: str, value: Any) -> None:
     check_range(name, value, low=0.0, low_open=True)
+
+
+_WARNED: Dict[tuple, Any] = {}  # warn_outside's registry: each distinct warning once per process
+
+
+def warn_outside(name: str, value: float, low: float, high: float, measured: str) -> bool:
+    """Warn when ``value`` lies outside ``[low, high]``, a range *measured* useful (``measured``
+    says where), not a hard limit: the run goes on. One line (no source line under it), once per
+    process however often a config is validated. Returns whether ``value`` is outside."""
+    if low <= value <= high:
+        return False
+    warnings.warn_explicit(f"{name}={value:g} is outside [{low:g}, {high:g}], the range measured useful {measured}",
+                           UserWarning, "kto-lab", 0, registry=_WARNED)
+    return True
 
 
 def check_range(

@@ -6,6 +6,7 @@ import math
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -90,13 +91,92 @@ def test_bad_config_values_are_named(field, value, match):
         ToyConfig(**{field: value}).validate()
 
 
+def test_an_empty_method_override_is_no_override():
+    assert ToyConfig(method_overrides={"dpo": {}}).validate().for_method("dpo").beta == 3.0  # no endless re-check
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(family="sde"), r"family='sde' is not allowed; choose one of \['ddpm', 'flow'\]"),
+    (dict(family="flow", beta_end=0.1), "beta_end=0.1 is a ddpm-only option, but family='flow'"),
+    (dict(flow_shift=3.0), "flow_shift=3.0 is a flow-only option, but family='ddpm'"),
+    (dict(flow_density="logit_normal"), "flow_density='logit_normal' is a flow-only option, but family='ddpm'"),
+    (dict(family="flow", flow_density="cosmap"), "flow_density='cosmap' is not allowed"),
+    (dict(family="flow", flow_shift=0.0), "flow_shift=0.0 must be > 0"),
+])
+def test_schedule_options_of_the_other_family_are_one_line_errors(kw, match):
+    with pytest.raises(ConfigError, match=match) as e:
+        ToyConfig(**kw).validate()
+    assert "\n" not in str(e.value)
+
+
+def test_flow_beta_outside_the_measured_range_warns_once_with_the_range():
+    from toy.train import FLOW_BETA_RANGE
+
+    low, high = FLOW_BETA_RANGE
+    with pytest.warns(UserWarning, match=rf"^beta={high * 10:g} is outside \[{low:g}, {high:g}\], the range measured") as w:
+        ToyConfig(family="flow", beta=high * 10).validate()  # four Diffusion-KTO methods share it: one line
+    shown = warnings.formatwarning(w[0].message, w[0].category, w[0].filename, w[0].lineno)
+    assert len(w) == 1 and shown.count("\n") == 1, shown  # printed as one line, no source line under it
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ToyConfig(family="flow", beta=high, methods=("kto:kto", "dpo")).validate()  # DPO's own beta=300: not checked
+        ToyConfig(family="flow", beta=high * 10, methods=("sft", "dpo")).validate()  # no Diffusion-KTO
+        ToyConfig(beta=high * 10).validate()  # DDPM: the range is for velocity errors
+        ToyConfig(family="flow", beta=high * 10, methods=("kto:loss_averse",),
+                  method_overrides={"kto:loss_averse": {"beta": high}}).validate()  # the method's own beta
+    with pytest.warns(UserWarning, match=rf"^method_overrides\['kto:kto'\].beta={low / 10:g} is outside"):
+        ToyConfig(family="flow", methods=("kto:kto",), method_overrides={"kto:kto": {"beta": low / 10}}).validate()
+
+
 def test_sampling_rejects_bad_counts():
     with pytest.raises(ValueError, match="number of samples must be an integer >= 1, got 0"):
         sample(ToyDenoiser(hidden=16, emb_size=8), ToyConfig().schedule(), 0)
+    with pytest.raises(ValueError, match="steps=10: DDPM sampling walks the schedule's 50 steps"):
+        sample(ToyDenoiser(hidden=16, emb_size=8), ToyConfig().schedule(), 5, steps=10)
 
 
-def test_end_to_end_every_method_and_deterministic_under_a_seed():
-    cfg = ToyConfig(**TINY).validate()
+class ExactGaussianVelocity(torch.nn.Module):
+    """The exact velocity ``E[eps - x0 | x_t]`` of rectified flow for data ``N(mu, s^2 I)``:
+    with ``var_t = (1 - t)^2 s^2 + t^2``, ``v = (t - (1 - t) s^2) / var_t * (x_t - (1 - t) mu) - mu``."""
+
+    def __init__(self, schedule, mu, s):
+        super().__init__()
+        self.schedule, self.mu, self.s2 = schedule, torch.tensor(mu), s * s
+
+    def forward(self, x_t, t, cond=None):
+        t = self.schedule.noise_level(t, x_t)
+        var = (1 - t) ** 2 * self.s2 + t**2
+        return (t - (1 - t) * self.s2) / var * (x_t - (1 - t) * self.mu) - self.mu
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_euler_ode_sampler_with_the_exact_velocity_draws_the_data(shift):
+    """Integrating the exact field from t = 1 to 0 turns N(0, I) into the data Gaussian, so the
+    sampler's direction, step sizes and time units are right; too few steps visibly shrink it."""
+    schedule = ToyConfig(family="flow", flow_shift=shift).validate().schedule()
+    model = ExactGaussianVelocity(schedule, DESIRABLE.mean, DESIRABLE.std)
+    x = sample(model, schedule, 20000, generator=torch.Generator().manual_seed(0), steps=1000)
+    assert torch.allclose(x.mean(0), torch.tensor(DESIRABLE.mean), atol=0.005)
+    assert torch.allclose(x.std(0), torch.full((2,), DESIRABLE.std), rtol=0.02)
+    few = sample(model, schedule, 20000, generator=torch.Generator().manual_seed(0), steps=10)
+    assert (few.std(0) < 0.7 * DESIRABLE.std).all()
+
+
+def test_the_toys_euler_steps_keep_the_spread_of_p_d():
+    """ToyConfig.flow_sample_steps (200) keeps P_d's standard deviation within 3 % with the exact
+    velocity; 50 steps (the DDPM chain's length) lose 8 %."""
+    cfg = ToyConfig(family="flow").validate()
+    schedule = cfg.schedule()
+    model = ExactGaussianVelocity(schedule, DESIRABLE.mean, DESIRABLE.std)
+    spread = {n: sample(model, schedule, 20000, generator=torch.Generator().manual_seed(0), steps=n).std(0)
+              for n in (cfg.flow_sample_steps, 50)}
+    assert torch.allclose(spread[cfg.flow_sample_steps], torch.full((2,), DESIRABLE.std), rtol=0.03)
+    assert (spread[50] < 0.93 * DESIRABLE.std).all()
+
+
+@pytest.mark.parametrize("family", ["ddpm", "flow"])
+def test_end_to_end_every_method_and_deterministic_under_a_seed(family):
+    cfg = ToyConfig(**TINY, family=family).validate()
     a = run_seed(cfg, seed=3)
     b = run_seed(cfg, seed=3)
     assert list(a.metrics) == list(FIGURE6_METHODS)
@@ -110,10 +190,11 @@ def test_end_to_end_every_method_and_deterministic_under_a_seed():
     assert not torch.equal(a.samples["pretrained"], c.samples["pretrained"])
 
 
-def test_kto_moves_mass_from_undesirable_to_desirable():
+@pytest.mark.parametrize("family", ["ddpm", "flow"])
+def test_kto_moves_mass_from_undesirable_to_desirable(family):
     """A short real run: Diffusion-KTO raises the log-density of its samples under P_d relative
-    to P_u compared with the pretrained model (the direction of Figure 6)."""
-    cfg = ToyConfig(hidden=32, emb_size=16, batch_size=256, pretrain_steps=300, steps=150, lr=1e-3,
+    to P_u compared with the pretrained model (the direction of Figure 6), under DDPM and flow matching."""
+    cfg = ToyConfig(family=family, hidden=32, emb_size=16, batch_size=256, pretrain_steps=300, steps=150, lr=1e-3,
                     n_feedback=256, n_samples=1000, methods=("pretrained", "kto:kto")).validate()
     r = run_seed(cfg, seed=0)
     gap = {m: r.metrics[m]["logp_desirable"] - r.metrics[m]["logp_undesirable"] for m in r.metrics}
@@ -248,6 +329,20 @@ def test_cli_figure6_figure9_ablations(tmp_path):
     assert (tmp_path / "ablation.png").is_file()
 
 
+def test_cli_flow_family_writes_its_own_files(tmp_path):
+    tiny = [f"--set={k}={v}" for k, v in TINY.items() if k not in ("steps", "pretrain_steps", "n_samples")]
+    small = ["--seeds", "1", "--steps", "2", "--pretrain-steps", "3", *tiny]
+    assert main(["toy", "figure6", "--out", str(tmp_path), "--family", "flow", "--samples", "50",
+                 "--set=methods=[pretrained,kto:kto]", *small]) == 0
+    assert list(json.loads((tmp_path / "figure6_flow_metrics.json").read_text())) == ["pretrained", "kto:kto"]
+    assert json.loads((tmp_path / "figure6_flow_run.json").read_text())["config"]["family"] == "flow"
+    assert (tmp_path / "figure6_flow.png").is_file() and not (tmp_path / "figure6.png").exists()
+    assert main(["toy", "ablations", "--out", str(tmp_path), "--family", "flow", "--betas", "0.5", "2",
+                 "--set=n_samples=50", *small]) == 0
+    abl = json.loads((tmp_path / "ablation_flow_metrics.json").read_text())
+    assert list(abl["beta"]) == ["0.5", "2.0"] and abl["_run"]["config"]["family"] == "flow"
+
+
 @pytest.mark.parametrize("args, match", [
     (["--set", "gamma=0"], r"gamma=0.0 must be in \(0, 1\]"),
     (["--set", "beta=-1"], "beta=-1.0 must be > 0"),
@@ -255,6 +350,8 @@ def test_cli_figure6_figure9_ablations(tmp_path):
     (["--seeds", "0"], "--seeds=0 must be >= 1"),
     (["--set", "methods=[kto:nope]"], "known utilities"),
     (["--set", "betta=3"], r"unknown config key\(s\) \['betta'\].*'beta'"),
+    (["--family", "sde"], r"family='sde' is not allowed; choose one of \['ddpm', 'flow'\]"),
+    (["--family", "flow", "--set", "beta_end=0.1"], "beta_end=0.1 is a ddpm-only option, but family='flow'"),
 ])
 def test_cli_bad_input_fails_before_training(tmp_path, capsys, args, match):
     assert main(["toy", "figure6", "--out", str(tmp_path), *args]) == 2

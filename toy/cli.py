@@ -1,8 +1,9 @@
 """``kto-lab toy figure6|figure9|ablations``: the toy's figures from the command line.
 
     kto-lab toy figure6 --out figures --seeds 3 [--steps 600] [--pretrain-steps 1500] [beta=3 ...]
+    kto-lab toy figure6 --out figures --seeds 3 --family flow     # the same under flow matching (SD3's schedule)
     kto-lab toy figure9 --out figures
-    kto-lab toy ablations --out figures [--seeds 2]
+    kto-lab toy ablations --out figures [--seeds 2] [--family flow] [--betas 0.1 1 10]
 
 ``key=value`` (or ``--set key=value``) overrides any :class:`toy.train.ToyConfig` field
 (``--config C.yaml`` too); bad values and an unwritable ``--out`` fail before any training starts.
@@ -27,6 +28,8 @@ def _config(args):
         overrides["pretrain_steps"] = args.pretrain_steps
     if getattr(args, "samples", None) is not None:
         overrides["n_samples"] = args.samples
+    if args.family is not None:
+        overrides["family"] = args.family
     return load_config(ToyConfig, args.config, overrides)
 
 
@@ -63,13 +66,13 @@ def cmd_figure9(args) -> int:
 
 def cmd_ablations(args) -> int:
     from .figures import write_ablations
-    from .run import run_ablations
+    from .run import ABLATION_BETAS, run_ablations
 
     _check_seeds(args.seeds)
     cfg = _config(args)
     out = check_output_dir("--out", args.out)
     t0 = time.perf_counter()
-    result = run_ablations(cfg, seeds=args.seeds)
+    result = run_ablations(cfg, seeds=args.seeds, betas=args.betas or ABLATION_BETAS)
     paths = write_ablations(result, out, command=_command(), config=cfg)
     print(f"ablations: {args.seeds} seed(s) in {time.perf_counter() - t0:.1f}s -> {paths['png']}, {paths['json']}")
     return 0
@@ -86,6 +89,8 @@ def _common(p, seeds_default):
     p.add_argument("--steps", type=int, default=None, help=f"fine-tuning steps per method (default: {ToyConfig.steps})")
     p.add_argument("--pretrain-steps", type=int, default=None,
                    help=f"pretraining steps (default: {ToyConfig.pretrain_steps})")
+    p.add_argument("--family", default=None,
+                   help="ddpm (the paper's, default) or flow (rectified flow as in SD3); files get a _flow suffix")
     p.add_argument("--config", default=None, help="YAML file of ToyConfig fields (listed below)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="ToyConfig fields to override, e.g. beta=3")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="the same as key=value (repeatable)")
@@ -105,5 +110,7 @@ def add_parser(subparsers, name: str = "toy", help: str = "2-D Gaussian toy"):
     p9.set_defaults(func=cmd_figure9)
     pa = sub.add_parser("ablations", help="Diffusion-KTO against beta, gamma and the utility (appendix D, in small)")
     _common(pa, 2)
+    pa.add_argument("--betas", nargs="+", type=float, default=None,
+                    help="the betas of the beta sweep (default: 0.3 1 3 10 30)")
     pa.set_defaults(func=cmd_ablations)
     return parser

@@ -5,6 +5,8 @@
 scores of exact draws of P_d and P_u), ``figure6_samples.npz`` (first seed) and
 ``figure6_run.json`` (config, seeds, timings). ``write_figure9(out)`` -> ``figure9.png``.
 ``write_ablations(result, out)`` -> ``ablation.png``, ``ablation_metrics.json``/``.csv``.
+A toy of another schedule family (``ToyConfig.family``) writes the same files with the family
+in the name: ``figure6_flow.png``, ``ablation_flow_metrics.csv``, ...
 """
 
 from __future__ import annotations
@@ -50,6 +52,17 @@ def _label(method: str, cfg=None) -> str:
     if overrides:  # method_overrides may be None (ToyConfig.validate allows it)
         text += " (" + ", ".join(f"{label(k)} = {v:g}" for k, v in overrides.items()) + ")"
     return text
+
+
+def _stem(name: str, config) -> str:
+    """``figure6`` for the paper's (DDPM) toy, ``figure6_flow`` for the flow-matching one."""
+    family = getattr(config, "family", "ddpm")
+    return name if family == "ddpm" else f"{name}_{family}"
+
+
+def _toy(config) -> str:
+    """The toy's name in a figure title: the paper's DDPM toy, or the toy under flow matching."""
+    return "toy" if getattr(config, "family", "ddpm") == "ddpm" else "toy under flow matching"
 
 
 def _scatter(ax, samples, sources):
@@ -113,7 +126,7 @@ def plot_figure6(result: Figure6Result, path: Optional[Path] = None):
     spread = f"mean ± sd over {n_seeds} seeds" if n_seeds > 1 else "one seed, so no spread"
     bottom.suptitle(f"Metrics ({spread}); dotted lines: what exact draws of P_d score", fontsize=9)
     cfg = result.config
-    fig.suptitle(f"Figure 6 (toy, Diffusion-KTO sec. 6): β = {cfg.beta:g}, γ = {cfg.gamma:g}, {cfg.steps} "
+    fig.suptitle(f"Figure 6 ({_toy(cfg)}, Diffusion-KTO sec. 6): β = {cfg.beta:g}, γ = {cfg.gamma:g}, {cfg.steps} "
                  f"fine-tuning steps. {LABELS['dpo']} is trained on random (desirable, undesirable) pairs: "
                  "the toy has no real pairs.", fontsize=10)
     if path is not None:
@@ -140,7 +153,8 @@ def metrics_table(summary: Dict, config=None, references: bool = True):
 def write_figure6(result: Figure6Result, out: Path, command: str = "") -> Dict[str, Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {k: out / f"figure6{s}" for k, s in (("png", ".png"), ("json", "_metrics.json"), ("csv", "_metrics.csv"),
+    stem = _stem("figure6", result.config)
+    paths = {k: out / f"{stem}{s}" for k, s in (("png", ".png"), ("json", "_metrics.json"), ("csv", "_metrics.csv"),
                                                  ("md", "_metrics.md"), ("npz", "_samples.npz"), ("run", "_run.json"))}
     plot_figure6(result, paths["png"])
     paths["json"].write_text(json.dumps(result.summary, indent=1))
@@ -233,7 +247,7 @@ def plot_ablations(result: Dict, path: Optional[Path] = None, config=None):
     others = "" if config is None else (f" (grey: the fixed value; β = {config.beta:g}, γ = {config.gamma:g}, "
                                         f"U = {UTILITY_LABELS['kto']}, {config.steps} steps)")
     spread = "mean ± sd over " + "/".join(str(n) for n in sorted(seeds)) + " seeds" if seeds != {1} else "one seed"
-    fig.suptitle(f"Ablations (toy, cf. Diffusion-KTO appendix D): one setting changed at a time{others}\n"
+    fig.suptitle(f"Ablations ({_toy(config)}, cf. Diffusion-KTO appendix D): one setting changed at a time{others}\n"
                  f"{spread}; dotted: what exact draws of P_d score", fontsize=10)
     if path is not None:
         fig.savefig(path, dpi=110)
@@ -243,7 +257,8 @@ def plot_ablations(result: Dict, path: Optional[Path] = None, config=None):
 def write_ablations(result: Dict, out: Path, command: str = "", config=None) -> Dict[str, Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"png": out / "ablation.png", "json": out / "ablation_metrics.json", "csv": out / "ablation_metrics.csv"}
+    stem = _stem("ablation", config)
+    paths = {"png": out / f"{stem}.png", "json": out / f"{stem}_metrics.json", "csv": out / f"{stem}_metrics.csv"}
     plot_ablations(result, paths["png"], config)
     meta = {"command": command, "config": to_dict(config) if config is not None else None}
     paths["json"].write_text(json.dumps({**result, "_run": meta}, indent=1))
