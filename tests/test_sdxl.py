@@ -49,7 +49,7 @@ def test_family_is_read_from_model_index(tiny_sd_path, tiny_sdxl_path, tmp_path)
         resolve_family(tiny_sdxl_path, "sd")
     from kto_lab.eval.run import EvalConfig, ModelSpec
 
-    for name in ("StableDiffusion3Pipeline", "FluxPipeline"):  # unsupported families: named, before any load
+    for name in ("FluxPipeline", "PixArtAlphaPipeline"):  # unsupported families: named, before any load
         (tmp_path / name).mkdir()
         (tmp_path / name / "model_index.json").write_text(json.dumps({"_class_name": name}))
         with pytest.raises(ConfigError, match=f"is a {name} pipeline.*supported families: sd .*sdxl"):
