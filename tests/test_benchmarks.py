@@ -104,3 +104,37 @@ def test_bad_arguments_fail_before_any_model_is_built(argv, message, capsys):
     with pytest.raises(SystemExit):
         sd_step.parse_args(["--device", "cpu", *argv])
     assert message in capsys.readouterr().err
+
+
+def test_flow_beta_scale_weights_are_the_optimal_denoisers_reward():
+    """benchmarks/flow_beta_scale.py's closed form: for Gaussian data N(m, 1) and the optimal denoisers of m = 0
+    (reference) and m = delta (policy), E_eps[err_ref - err_policy] = w(t) delta (2 x0 - delta), with the errors
+    the library's schedules define (add_noise, target): epsilon errors for DDPM, velocity errors for the flow."""
+    spec = importlib.util.spec_from_file_location("flow_beta_scale", REPO / "benchmarks" / "flow_beta_scale.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    x0, delta = torch.tensor([-1.5, 0.0, 0.7, 2.0]), 0.3
+    eps = torch.randn(400_000, 1, generator=g, dtype=torch.float64)
+    x0 = x0.double().expand(eps.shape[0], -1)
+    for name in ("sd15_epsilon", "sd3_velocity"):
+        schedule, weight = module.SCHEDULES[name]
+        for step in (100, 500, 900):
+            t = torch.full((eps.shape[0],), step)
+            x_t, target = schedule.add_noise(x0, eps, t), schedule.target(x0, eps, t)
+            if name == "sd15_epsilon":
+                a, b = schedule.alphas_cumprod[step].double().sqrt(), (1 - schedule.alphas_cumprod[step].double()).sqrt()
+            else:
+                b = torch.tensor(step / schedule.num_train_timesteps, dtype=torch.float64)
+                a = 1 - b
+            d = a**2 + b**2
+
+            def optimal(m):  # E[target | x_t] for data N(m, 1)
+                eps_hat = b * (x_t - a * m) / d
+                return eps_hat if name == "sd15_epsilon" else eps_hat - (m + a * (x_t - a * m) / d)
+
+            g_mean = (((optimal(0.0) - target) ** 2) - ((optimal(delta) - target) ** 2)).mean(0)
+            expected = weight(schedule, torch.tensor([step])) * delta * (2 * x0[0] - delta)
+            assert torch.allclose(g_mean, expected, atol=2e-3 * max(1.0, float(expected.abs().max()))), (name, step)
