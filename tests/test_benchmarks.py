@@ -74,7 +74,27 @@ def test_tiny_sdxl_cpu_run_with_the_official_like_baseline(tmp_path):
     assert by["official_like"]["tflop_per_step"] > by["kto_full"]["tflop_per_step"]
 
 
+def test_tiny_sd3_cpu_run_with_the_official_like_baseline(tmp_path):
+    """The SD3 family through the benchmark: the trainer's cached step (flow-matching schedule, diffusers' SD3 LoRA
+    targets) and the official-like step (fp32 VAE with its shift, CLIP-L/G and T5 every step)."""
+    out = tmp_path / "tiny_sd3.json"
+    cmd = [sys.executable, str(SCRIPT), "--config", "tiny_sd3", "--device", "cpu", "--batch-size", "2", "--steps", "1",
+           "--warmup", "0", "--threads", "1", "--grad-checkpointing",
+           "--configs", "kto_full,kto_lora_disabled,dpo,official_like", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    by = {r["config"]: r for r in data["results"]}
+    assert data["meta"]["config"] == "tiny_sd3" and set(by) == {"kto_full", "kto_lora_disabled", "dpo", "official_like"}
+    assert all(math.isfinite(r["loss"]) and r["tflop_per_step"] > 0 for r in by.values())
+    assert by["kto_lora_disabled"]["grad_checkpointing"] and by["kto_lora_disabled"]["lora"]
+    # the baseline also runs the VAE and all three text encoders every step
+    assert by["official_like"]["tflop_per_step"] > by["kto_full"]["tflop_per_step"]
+
+
 def test_model_flops_counts_on_the_meta_device():
+    import torch
+
     spec = importlib.util.spec_from_file_location("model_flops", REPO / "benchmarks" / "model_flops.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -85,6 +105,12 @@ def test_model_flops_counts_on_the_meta_device():
     assert out["text_encoder_tflop"] > 0 and out["text_encoder_2_tflop"] > 0
     assert out["lora_rank8_params_m"] < out["unet_params_m"] / 10
     assert out["full_adafactor_gib"] < out["full_adamw_gib"] and out["lora_disabled_adapters_gib"] < out["lora_frozen_copy_gib"]
+    sd3 = module.count(sd_step.MODEL_SETS["tiny_sd3"], 32)  # the transformer, three text towers, SD3's LoRA targets
+    assert sd3["text_encoder_3_tflop"] > 0 and 2.5 < sd3["unet_forward_backward_tflop"] / sd3["unet_forward_tflop"] < 3.5
+    with torch.device("meta"):
+        transformer = sd_step.build_unet(sd_step.MODEL_SETS["tiny_sd3"])
+    image_stream = module.lora_params(transformer)  # the default targets: to_q/k/v/out.0 only
+    assert sd3["lora_rank8_params_m"] * 1e6 > image_stream > 0
 
 
 def test_peak_flops_and_mfu_use_the_override():
