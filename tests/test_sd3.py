@@ -6,6 +6,7 @@ round-trips every conditioning tensor, evaluation, and the one-line errors and w
 import math
 import os
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -298,7 +299,21 @@ def test_cache_round_trips_every_conditioning_tensor(tiny_sd3_path, tiny_sdxl_pa
         Trainer(config(tiny_sdxl_path, records, tmp_path / "xl", data={"cache_dir": str(cache)}))
 
 
-# --- evaluation -------------------------------------------------------------------------------------------------
+# --- distributed, evaluation ---------------------------------------------------------------------------------------
+
+
+def test_two_process_sd3_run_agrees_on_z_ref(tiny_sd3_path, records, tmp_path):
+    from test_sd_distributed import run_two_workers
+
+    r0, r1 = run_two_workers(config(tiny_sd3_path, records, tmp_path / "run", optim={"max_steps": 10, "batch_size": 2}),
+                             tmp_path)
+    z0, z1 = [r["z_ref"] for r in r0["rows"]], [r["z_ref"] for r in r1["rows"]]
+    assert z0 == z1 and any(z > 0 for z in z0)
+    assert [r["err/policy"] for r in r0["rows"]] != [r["err/policy"] for r in r1["rows"]]
+    assert torch.equal(torch.load(tmp_path / "params0.pt"), torch.load(tmp_path / "params1.pt"))
+    assert (Path(r0["checkpoint"]) / "transformer").is_dir()
+
+
 
 
 def test_eval_generate_and_implicit_accuracy_on_sd3(tiny_sd3_path, records, lora_run, tmp_path):
@@ -322,8 +337,6 @@ def test_eval_generate_and_implicit_accuracy_on_sd3(tiny_sd3_path, records, lora
 
 
 def test_shipped_sd3_config_loads(tmp_path):
-    from pathlib import Path
-
     from kto_lab.sd.config import load_train_config
 
     cfg = load_train_config(Path(__file__).resolve().parents[1] / "kto_lab" / "configs" / "sd3_kto_lora.yaml")
