@@ -57,38 +57,23 @@ def test_tiny_cpu_run_reports_every_configuration(tiny_results):
     assert "| kto_full |" in stdout and "x official" in stdout
 
 
-def test_tiny_sdxl_cpu_run_with_the_official_like_baseline(tmp_path):
-    """The SDXL family through the benchmark: the trainer's cached step and the official-like step (fp32 VAE
-    encode and both text encoders every step, reference swapped in from the CPU)."""
-    out = tmp_path / "tiny_sdxl.json"
-    cmd = [sys.executable, str(SCRIPT), "--config", "tiny_sdxl", "--device", "cpu", "--batch-size", "2", "--steps", "1",
+@pytest.mark.parametrize("config, extra", [("tiny_sdxl", []), ("tiny_sd3", ["--grad-checkpointing"])])
+def test_tiny_family_cpu_run_with_the_official_like_baseline(tmp_path, config, extra):
+    """SDXL and SD3 through the benchmark: the trainer's cached step (SD3: the flow-matching schedule, diffusers' SD3
+    LoRA targets, gradient checkpointing) and the official-like step (fp32 VAE encode and every text encoder every
+    step, reference swapped in from the CPU)."""
+    out = tmp_path / f"{config}.json"
+    cmd = [sys.executable, str(SCRIPT), "--config", config, "--device", "cpu", "--batch-size", "2", "--steps", "1",
            "--warmup", "0", "--threads", "1", "--configs", "kto_full,kto_lora_disabled,dpo,official_like",
-           "--out", str(out)]
+           "--out", str(out), *extra]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(out.read_text())
     by = {r["config"]: r for r in data["results"]}
-    assert data["meta"]["config"] == "tiny_sdxl" and set(by) == {"kto_full", "kto_lora_disabled", "dpo", "official_like"}
+    assert data["meta"]["config"] == config and set(by) == {"kto_full", "kto_lora_disabled", "dpo", "official_like"}
     assert all(math.isfinite(r["loss"]) and r["tflop_per_step"] > 0 for r in by.values())
-    # the baseline also runs the VAE and both text encoders every step
-    assert by["official_like"]["tflop_per_step"] > by["kto_full"]["tflop_per_step"]
-
-
-def test_tiny_sd3_cpu_run_with_the_official_like_baseline(tmp_path):
-    """The SD3 family through the benchmark: the trainer's cached step (flow-matching schedule, diffusers' SD3 LoRA
-    targets) and the official-like step (fp32 VAE with its shift, CLIP-L/G and T5 every step)."""
-    out = tmp_path / "tiny_sd3.json"
-    cmd = [sys.executable, str(SCRIPT), "--config", "tiny_sd3", "--device", "cpu", "--batch-size", "2", "--steps", "1",
-           "--warmup", "0", "--threads", "1", "--grad-checkpointing",
-           "--configs", "kto_full,kto_lora_disabled,dpo,official_like", "--out", str(out)]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    data = json.loads(out.read_text())
-    by = {r["config"]: r for r in data["results"]}
-    assert data["meta"]["config"] == "tiny_sd3" and set(by) == {"kto_full", "kto_lora_disabled", "dpo", "official_like"}
-    assert all(math.isfinite(r["loss"]) and r["tflop_per_step"] > 0 for r in by.values())
-    assert by["kto_lora_disabled"]["grad_checkpointing"] and by["kto_lora_disabled"]["lora"]
-    # the baseline also runs the VAE and all three text encoders every step
+    assert by["kto_lora_disabled"]["grad_checkpointing"] == bool(extra) and by["kto_lora_disabled"]["lora"]
+    # the baseline also runs the VAE and the text encoders every step
     assert by["official_like"]["tflop_per_step"] > by["kto_full"]["tflop_per_step"]
 
 

@@ -52,8 +52,9 @@ def sign_accuracy(rewards, labels) -> ImplicitAccuracy:
 
 
 @torch.no_grad()
-def implicit_rewards(policy, reference, schedule: NoiseSchedule | FlowMatchingSchedule, latents: torch.Tensor, cond: Optional[torch.Tensor],
-                     *, beta: float = 5000.0, n_draws: int = 4, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def implicit_rewards(policy, reference, schedule: NoiseSchedule | FlowMatchingSchedule, latents: torch.Tensor,
+                     cond, *, beta: float = 5000.0, n_draws: int = 4,
+                     generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """``beta * mean_draws(err_ref - err_policy)`` per sample; policy and reference see the same x_t, t."""
     total = torch.zeros(latents.shape[0], dtype=torch.float32)
     for _ in range(n_draws):

@@ -101,7 +101,8 @@ def transformer_denoiser(transformer) -> Denoiser:
 
     def denoise(x_t: Tensor, t: Tensor, cond) -> Tensor:
         dtype = _dtype_of(transformer)
-        return transformer(hidden_states=x_t.to(dtype), timestep=t, encoder_hidden_states=cond["encoder_hidden_states"].to(dtype),
+        return transformer(hidden_states=x_t.to(dtype), timestep=t,
+                           encoder_hidden_states=cond["encoder_hidden_states"].to(dtype),
                            pooled_projections=cond["pooled_projections"].to(dtype), return_dict=False)[0]
 
     return denoise

@@ -60,7 +60,8 @@ class ModelFamily:
     image_keys: Tuple[str, ...] = ()  # per-image geometry the conditioning needs (recorded by the transform)
     unet_addition_embed_type: Optional[str] = None
     denoiser_class_name = "UNet2DConditionModel"  # the diffusers class of its denoiser
-    denoiser_subfolder = "unet"  # its pipeline component, subfolder and LoRA key prefix; a full fine-tune's OUTPUT_DIR/<this>
+    # its pipeline component, subfolder and LoRA key prefix; where a full fine-tune is saved (OUTPUT_DIR/<this>)
+    denoiser_subfolder = "unet"
     flow_matching = False  # True: a rectified-flow model (velocity target; kto_lab.schedule.FlowMatchingSchedule)
     # LoRA files in diffusers' UNet key format (lora.down/up), as its UNet LoRA scripts save them; SD3's script
     # saves peft's (lora_A/B): diffusers' key conversion knows only the UNet's module names, and SD3's loader

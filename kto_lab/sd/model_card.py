@@ -84,8 +84,9 @@ def write_model_card(output_dir: str | Path, config: Dict[str, Any], *, metrics:
     base, name = model["pretrained"], obj["objective"]
     is_hub_id = not Path(base).exists() and base.count("/") == 1
     method = {"kto": "Diffusion-KTO", "dpo": "Diffusion-DPO", "sft": "SFT", "csft": "CSFT", "bce": "BCE"}[name]
+    whole = "UNet" if family.denoiser_subfolder == "unet" else family.denoiser_subfolder
     tuned = (f"a rank-{lora['rank']} LoRA (alpha {lora['alpha']:g}) on {', '.join(lora['target_modules'])}"
-             if lora["enabled"] else f"the full {'UNet' if family.denoiser_subfolder == 'unet' else family.denoiser_subfolder}")
+             if lora["enabled"] else f"the full {whole}")
     objective = {"kto": f"{method}, utility {obj['utility']}, beta {obj['beta']:g}, reference point "
                         f"{obj['reference_point']}, gamma {data['gamma']:g}",
                  "dpo": f"{method}, beta {obj['beta']:g}"}.get(name, method)
