@@ -217,6 +217,7 @@ def test_schedule_options_of_the_other_kind_are_one_line_errors(tiny_sd_path, ti
     # the DDPM option works where it belongs: SD 1.5 trained as a v-prediction model
     trainer = Trainer(sd_config(tiny_sd_path, records, tmp_path / "d", schedule={"prediction_type": "v_prediction"}))
     assert trainer.schedule.prediction_type == "v_prediction"
+    assert trainer.components.scheduler_config["prediction_type"] == "v_prediction"  # validation images sample it
     trainer.close()
 
 

@@ -165,6 +165,8 @@ class Trainer:
             components = load_components(cfg.model, need_text=need_encoders, need_vae=need_encoders, family=family)
         self.components = c = components
         self.schedule = cfg.schedule.apply(c.schedule)  # schedule.* on the pipeline's schedule
+        if cfg.schedule.prediction_type and c.scheduler_config is not None:  # validation samples what is trained
+            c.scheduler_config = {**c.scheduler_config, "prediction_type": cfg.schedule.prediction_type}
         if c.vae is not None:  # fp32 by default (model.vae_dtype), as the official scripts encode
             vae_dtype = torch.float32 if cfg.model.vae_dtype == "fp32" else family.vae_dtype(c.vae, self.weight_dtype)
             move(c.vae.requires_grad_(False).eval(), self.device, vae_dtype)
