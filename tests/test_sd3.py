@@ -109,6 +109,7 @@ def test_schedule_is_the_pipelines_rectified_flow(tiny_sd3_path, records, tmp_pa
     ("kto", {"objective": {"utility": "loss_averse"}, "lora": {"enabled": True, "rank": 4}}),
     ("kto", {"objective": {"utility": "risk_seeking"},
              "lora": {"enabled": True, "rank": 4, "reference": "frozen_copy", "target_modules": SD3_LORA_TARGETS}}),
+    ("kto", {"objective": {"utility": "prospect", "reference_point": "batch"}}),
     ("sft", {"model": {"gradient_checkpointing": True}}),
     ("csft", {"data": {"caption_dropout": 0.5}}),
     ("bce", {"optim": {"optimizer": "adafactor"}}),
