@@ -1,11 +1,13 @@
-"""Benchmark one training step of Stable Diffusion 1.5's UNet (issue 6): kto_lab's trainer vs an
+"""Benchmark one training step of Stable Diffusion 1.5's or SDXL's UNet: kto_lab's trainer vs an
 official-script-like baseline.
 
     python benchmarks/sd_step.py --config sd15 --device cuda --batch-size 8,16,32 --compile none,regional --out sd15.json
+    python benchmarks/sd_step.py --config sdxl --device cuda --batch-size 4 --out sdxl_b4.json
     python benchmarks/sd_step.py --config tiny --device cpu --batch-size 2 --steps 2 --out tiny.json
+    python benchmarks/sd_step.py --config tiny_sdxl --device cpu --batch-size 2 --steps 2 --out tiny_sdxl.json
 
 What one *step* is: one micro-batch through ``Trainer.step`` (latents and text embeddings ->
-:func:`kto_lab.step.objective_step` -> backward -> grad clipping -> AdamW step), i.e. the real
+:func:`kto_lab.step.objective_step` -> backward -> grad clipping -> optimizer step), i.e. the real
 trainer with its real optimisations. Configurations (``--configs``):
 
     kto_full            Diffusion-KTO, full fine-tune; frozen low-precision reference copy on the device
@@ -14,7 +16,7 @@ trainer with its real optimisations. Configurations (``--configs``):
     dpo                 Diffusion-DPO, full fine-tune (batch = pairs: 2x the images of a KTO batch)
     official_like       a mimic of the official Diffusion-KTO script's per-step work (train_kto_sd_v1.5.py
                         in jacklishufan/diffusion-kto): VAE encode of the pixel batch in fp32 and a text
-                        encoder forward on every step; the reference weights live on the CPU (diffusers'
+                        encoder forward (SDXL: both) on every step; the reference weights live on the CPU (diffusers'
                         EMAModel) and are swapped into the policy UNet around the reference forward
                         (store: GPU->CPU, copy_to: CPU->GPU, restore: CPU->GPU). Its loss goes through
                         the same ``objective_step``, so only the systems differ.
@@ -83,12 +85,19 @@ class ModelSet:
     text_encoder: str
     resolution: int  # pixels; latents are resolution / VAE downsampling
     default_batch_size: int
+    text_encoder_2: Optional[str] = None  # SDXL's second text tower
+    family: str = "sd"  # a name in kto_lab.sd.families.FAMILIES
 
 
 MODEL_SETS = {
     # SD 1.5: the UNet config shipped with kto_lab, VAE and CLIP ViT-L/14 text tower from benchmarks/configs.
     "sd15": ModelSet("sd15_unet.json", "sd15_vae.json", "sd15_text_encoder.json", 512, 8),
     "tiny": ModelSet("tiny_unet.json", "tiny_vae.json", "tiny_text_encoder.json", 32, 2),
+    # SDXL base: its UNet config shipped with kto_lab; CLIP ViT-L/14 and OpenCLIP ViT-bigG/14 text towers.
+    "sdxl": ModelSet("sdxl_unet.json", "sdxl_vae.json", "sd15_text_encoder.json", 1024, 4,
+                     "sdxl_text_encoder_2.json", "sdxl"),
+    "tiny_sdxl": ModelSet("tiny_sdxl_unet.json", "tiny_vae.json", "tiny_text_encoder.json", 32, 2,
+                          "tiny_text_encoder_2.json", "sdxl"),
 }
 
 # Dense (no sparsity) peak tensor-core TFLOP/s per GPU from NVIDIA's datasheets. "tf32" is what fp32
@@ -133,15 +142,25 @@ def build_vae(models: ModelSet, seed: int = 0):
     return AutoencoderKL.from_config(_read_config(models.vae))
 
 
-def build_text_encoder(models: ModelSet, seed: int = 0):
-    from transformers import CLIPTextConfig, CLIPTextModel
+def family(models: ModelSet):
+    from kto_lab.sd.families import FAMILIES
+
+    return FAMILIES[models.family]
+
+
+def build_text_encoders(models: ModelSet, seed: int = 0) -> Dict[str, Any]:
+    """The family's text encoders by component name (``text_encoder`` [, ``text_encoder_2``])."""
+    import transformers
+    from transformers import CLIPTextConfig
 
     torch.manual_seed(seed)
-    return CLIPTextModel(CLIPTextConfig.from_dict(_read_config(models.text_encoder)))
+    configs = (models.text_encoder, models.text_encoder_2)
+    return {tower.encoder: getattr(transformers, tower.encoder_class)(CLIPTextConfig.from_dict(_read_config(name)))
+            for tower, name in zip(family(models).towers, configs)}
 
 
 def sd_schedule():
-    """SD 1.x's DDPM schedule (scaled_linear, 1000 steps, epsilon prediction)."""
+    """SD 1.x's and SDXL's DDPM schedule (scaled_linear, 1000 steps, epsilon prediction)."""
     from kto_lab.schedule import NoiseSchedule
 
     return NoiseSchedule.scaled_linear(1000)
@@ -152,26 +171,35 @@ def sd_schedule():
 # ----------------------------------------------------------------------------------------------
 
 
-def make_batch(*, cached: bool, pairs: bool, batch_size: int, resolution: int, latent_channels: int,
-               vae_downsample: int, text_len: int, text_dim: int, vocab: int, gamma: float = 0.8,
-               seed: int = 0, pin: bool = False) -> Dict[str, torch.Tensor]:
-    """A batch in the trainer's format. Cached: fp16 VAE moments + text embeddings (``kto_lab.sd.cache``);
-    not cached: pixels in [-1, 1] + token ids. Labels: desirable with probability ``gamma`` (sec. 4.2)."""
+def make_batch(base: Dict[str, Any], models: ModelSet, *, cached: bool, pairs: bool, batch_size: int,
+               resolution: int, gamma: float = 0.8, seed: int = 0, pin: bool = False) -> Dict[str, torch.Tensor]:
+    """A batch in the trainer's format for the model family of ``models``. Cached: fp32 VAE moments + the
+    family's text conditioning (``kto_lab.sd.cache``); not cached: pixels in [-1, 1] + token ids. SDXL
+    adds each image's size and crop (the whole image, uncropped). Labels: desirable with probability
+    ``gamma`` (sec. 4.2)."""
+    fam = family(models)
+    vae = base["vae"].config
     g = torch.Generator().manual_seed(seed)
-    b, h = batch_size, resolution // vae_downsample
+    b, h = batch_size, resolution // 2 ** (len(vae.block_out_channels) - 1)
     batch: Dict[str, torch.Tensor] = {"labels": (torch.rand(b, generator=g) < gamma).long()}
-    suffixes = ("", "_l") if pairs else ("",)
-    for s in suffixes:
+    ids = {t.ids_key: torch.randint(0, base[t.encoder].config.vocab_size,
+                                    (b, base[t.encoder].config.max_position_embeddings), generator=g)
+           for t in fam.towers}
+    for s in (("", "_l") if pairs else ("",)):
         if cached:
-            mean = torch.randn(b, latent_channels, h, h, generator=g)
+            mean = torch.randn(b, vae.latent_channels, h, h, generator=g)
             logvar = torch.full_like(mean, -6.0)
-            batch["latent_moments" + s] = torch.cat([mean, logvar], 1).half()
+            batch["latent_moments" + s] = torch.cat([mean, logvar], 1)
         else:
             batch["pixel_values" + s] = torch.rand(b, 3, resolution, resolution, generator=g) * 2 - 1
-    if cached:
-        batch["encoder_hidden_states"] = torch.randn(b, text_len, text_dim, generator=g).half()
+        batch.update({k + s: torch.tensor([[resolution, resolution] if k == "original_size" else [0, 0]] * b)
+                      for k in fam.image_keys})
+    if cached:  # the text parts' shapes from one real encode of one caption
+        with torch.no_grad():
+            text = fam.encode_ids([base[t.encoder] for t in fam.towers], {k: v[:1] for k, v in ids.items()})
+        batch.update({k: torch.randn((b,) + v.shape[1:], generator=g) for k, v in text.items()})
     else:
-        batch["input_ids"] = torch.randint(0, vocab, (b, text_len), generator=g)
+        batch.update(ids)
     if pin:
         batch = {k: v.pin_memory() for k, v in batch.items()}
     return batch
@@ -190,12 +218,14 @@ def train_config(name: str, args, output_dir: str, batch_size: int) -> Dict[str,
         "output_dir": output_dir,
         "cpu": args.device == "cpu",
         "seed": args.seed,
-        "model": {"pretrained": "random-weights-from-config", "gradient_checkpointing": args.grad_checkpointing,
-                  "compile_mode": args.compile_mode, "channels_last": args.channels_last},
+        "model": {"pretrained": "random-weights-from-config", "family": MODEL_SETS[args.config].family,
+                  "gradient_checkpointing": args.grad_checkpointing, "compile_mode": args.compile_mode,
+                  "channels_last": args.channels_last},
+        "data": {"resolution": args.resolution},
         "objective": {"objective": "dpo" if name == "dpo" else "kto", "reference_point": args.reference_point,
                       "reference_point_fraction": args.reference_point_fraction},
         "optim": {"batch_size": batch_size, "mixed_precision": args.precision, "max_steps": 1_000_000,
-                  "warmup_steps": 0},
+                  "warmup_steps": 0, "optimizer": args.optimizer},
         "lora": {"enabled": lora, "reference": "frozen_copy" if name == "kto_lora_copy" else "disabled_adapters"},
         "logging": {"progress_bar": False},
         "checkpoint": {"every": 0},
@@ -209,11 +239,10 @@ def build_trainer(name: str, args, base: Dict[str, Any], output_dir: str, batch_
     from kto_lab.sd.trainer import Trainer
 
     cached = not args.no_cache
-    components = Components(
-        unet=copy.deepcopy(base["unet"]), schedule=sd_schedule(),
-        vae=None if cached else copy.deepcopy(base["vae"]),
-        text_encoder=None if cached else copy.deepcopy(base["text_encoder"]),
-    )
+    fam = family(MODEL_SETS[args.config])
+    encoders = {} if cached else {t.encoder: copy.deepcopy(base[t.encoder]) for t in fam.towers}
+    components = Components(unet=copy.deepcopy(base["unet"]), schedule=sd_schedule(), family=fam,
+                            vae=None if cached else copy.deepcopy(base["vae"]), **encoders)
     source = SimpleNamespace(manifest={"scaling_factor": float(base["vae"].config.scaling_factor)}, skipped=0)
     return Trainer(train_config(name, args, output_dir, batch_size), components=components, source=source)
 
@@ -244,11 +273,13 @@ class OfficialLikeStep:
     :func:`kto_lab.step.objective_step`:
 
     * VAE (fp32, as the script: "vae.to(device, dtype=torch.float32)") encodes the pixel batch, posterior sample;
-    * the text encoder (in the mixed-precision dtype, as the script) embeds the token ids;
+    * the text encoder(s) (in the mixed-precision dtype, as the script) embed the token ids; SDXL: both
+      towers, and the images' size/crop time ids (the family's conditioning, as in the trainer);
     * the reference is a diffusers ``EMAModel`` holding the reference weights on the CPU; its forward runs
       the policy UNet after ``store`` (policy weights GPU->CPU), ``copy_to`` (reference CPU->GPU), and is
       followed by ``restore`` (policy CPU->GPU): three full-UNet transfers per step;
-    * AdamW on the fp32 UNet under accelerate's autocast, gradient clipping at 1.0.
+    * AdamW (or `--optimizer adafactor`, the official SDXL script's) on the fp32 UNet under accelerate's autocast,
+      gradient clipping at 1.0; SDXL: gradient checkpointing, as the official Diffusion-DPO script always does.
 
     Not mimicked: the script also casts the policy UNet to the mixed-precision dtype around the reference
     forward (``ref_unet.to(device, dtype=weight_dtype)``), which would turn the trained weights into bf16;
@@ -259,8 +290,8 @@ class OfficialLikeStep:
         from accelerate import Accelerator
         from diffusers.training_utils import EMAModel
 
-        from kto_lab.sd.encoding import unet_denoiser
-        from kto_lab.sd.trainer import DTYPES
+        from kto_lab.sd.config import OptimConfig
+        from kto_lab.sd.trainer import DTYPES, make_optimizer
         from kto_lab.step import ObjectiveConfig
 
         self.acc = acc = Accelerator(mixed_precision=args.precision, cpu=args.device == "cpu")
@@ -268,15 +299,21 @@ class OfficialLikeStep:
         weight_dtype = DTYPES.get(args.precision, torch.float32)  # "no" -> fp32
         if torch.cuda.is_available() and args.device == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True  # the script's --allow_tf32
+        self.family = fam = family(MODEL_SETS[args.config])
+        self.resolution = args.resolution
         self.vae = copy.deepcopy(base["vae"]).to(self.device, torch.float32).requires_grad_(False).eval()
-        self.text_encoder = copy.deepcopy(base["text_encoder"]).to(self.device, weight_dtype).requires_grad_(False).eval()
+        self.text_encoders = [copy.deepcopy(base[t.encoder]).to(self.device, weight_dtype).requires_grad_(False).eval()
+                              for t in fam.towers]
         self.scaling_factor = float(self.vae.config.scaling_factor)
         unet = copy.deepcopy(base["unet"]).to(self.device, torch.float32).train()
+        if fam.name == "sdxl":  # the official Diffusion-DPO script checkpoints SDXL always
+            unet.enable_gradient_checkpointing()
         self.reference_weights = EMAModel(copy.deepcopy(base["unet"]).parameters())  # stays on the CPU
         self.params = [p for p in unet.parameters()]
-        optimizer = torch.optim.AdamW(self.params, lr=1e-7, weight_decay=0.0)
+        optimizer = make_optimizer(self.params, OptimConfig(optimizer=args.optimizer, learning_rate=1e-7,
+                                                            weight_decay=0.0))
         self.unet, self.optimizer = acc.prepare(unet, optimizer)
-        self.policy = unet_denoiser(self.unet)
+        self.policy = fam.denoiser(self.unet)
         self.schedule = sd_schedule()
         self.objective = ObjectiveConfig(objective="kto", reference_point=args.reference_point,
                                          reference_point_fraction=args.reference_point_fraction).validate()
@@ -297,7 +334,9 @@ class OfficialLikeStep:
         with torch.no_grad():
             pixels = batch["pixel_values"].to(self.device, torch.float32)
             latents = self.vae.encode(pixels).latent_dist.sample(generator=self.generator) * self.scaling_factor
-            cond = self.text_encoder(batch["input_ids"].to(self.device), return_dict=False)[0]
+            fam = self.family
+            text = fam.encode_ids(self.text_encoders, {t.ids_key: batch[t.ids_key].to(self.device) for t in fam.towers})
+            cond = fam.cond(text, {k: batch[k].to(self.device) for k in fam.image_keys}, self.resolution)
         labels = batch["labels"].to(self.device)
         out = objective_step(self.objective, self.schedule, self.policy, latents.float(), labels, cond,
                              reference=self.reference, generator=self.generator)
@@ -433,14 +472,8 @@ def measure(name: str, args, base: Dict[str, Any], output_dir: str, batch_size: 
     warm it up, time ``args.steps`` steps; profile it into ``profiles`` if given."""
     official = name == BASELINE
     cached = not (official or args.no_cache)
-    te_cfg = base["text_encoder"].config
-    batch = make_batch(
-        cached=cached, pairs=name == "dpo", batch_size=batch_size, resolution=args.resolution,
-        latent_channels=base["vae"].config.latent_channels,
-        vae_downsample=2 ** (len(base["vae"].config.block_out_channels) - 1),
-        text_len=te_cfg.max_position_embeddings, text_dim=te_cfg.hidden_size, vocab=te_cfg.vocab_size,
-        seed=args.seed, pin=args.device == "cuda",
-    )
+    batch = make_batch(base, MODEL_SETS[args.config], cached=cached, pairs=name == "dpo", batch_size=batch_size,
+                       resolution=args.resolution, seed=args.seed, pin=args.device == "cuda")
     if args.device == "cuda":
         torch.cuda.empty_cache()
     runner = OfficialLikeStep(args, base) if official else build_trainer(name, args, base, output_dir, batch_size)
@@ -533,7 +566,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--config", choices=sorted(MODEL_SETS), default="sd15", help="model sizes (default sd15)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch-size", default=None, help="per step (KTO: images; DPO: pairs); a comma list runs "
-                   "each (e.g. 8,16,32). Default: 8 for sd15, 2 for tiny")
+                   "each (e.g. 8,16,32). Default: 8 for sd15, 4 for sdxl, 2 for tiny and tiny_sdxl")
     p.add_argument("--steps", type=int, default=10, help="timed steps")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps after the FLOP-counting step")
     p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma list from {', '.join(CONFIGS)}")
@@ -549,12 +582,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--channels-last", action="store_true", help="model.channels_last in the kto_lab configurations")
     p.add_argument("--grad-checkpointing", action="store_true", help="gradient checkpointing in the kto_lab configurations")
     p.add_argument("--no-cache", action="store_true", help="kto_lab configurations encode pixels/token ids every step")
+    p.add_argument("--optimizer", choices=("adamw", "adafactor"), default="adamw",
+                   help="of every configuration, baseline included (Diffusion-DPO trains SDXL with adafactor)")
     p.add_argument("--reference-point", choices=REFERENCE_POINTS, default="unrelated",
                    help="KTO reference point of every configuration (the paper, sec. 4.1: unrelated; "
                         "the official script computes the cheaper batch mean)")
     p.add_argument("--reference-point-fraction", type=float, default=1.0,
                    help="objective.reference_point_fraction of every KTO configuration (1 = the paper)")
-    p.add_argument("--resolution", type=int, default=None, help="pixels (default 512 for sd15, 32 for tiny)")
+    p.add_argument("--resolution", type=int, default=None, help="pixels (default 512 for sd15, 1024 for sdxl, 32 for tiny and tiny_sdxl)")
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak for the MFU column "
                    "(default: from the GPU's name; none on CPU)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice; "
@@ -635,7 +670,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     models = MODEL_SETS[args.config]
     torch.manual_seed(args.seed)
     base = {"unet": build_unet(models, args.seed), "vae": build_vae(models, args.seed),
-            "text_encoder": build_text_encoder(models, args.seed)}  # on the host; each configuration copies them
+            **build_text_encoders(models, args.seed)}  # on the host; each configuration copies them
     meta = {
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name if argv is None else "sd_step.py",

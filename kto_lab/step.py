@@ -49,7 +49,7 @@ class ObjectiveConfig:
     # sample, as the paper (sec. 4.1); less saves forwards for a noisier z_ref (benchmarks/reference_point.py).
     reference_point_fraction: float = 1.0
     lambda_desirable: float = 1.0  # KTO's class weights lambda_D, lambda_U (eq. 5)
-    lambda_undesirable: float = 1.0
+    lambda_undesirable: float = 1.0  # lambda_U; raise it to weigh undesirable samples more
 
     def validate(self) -> "ObjectiveConfig":
         O.check_objective(self.objective)
@@ -116,6 +116,7 @@ def objective_step(
     *,
     reference: Optional[Denoiser] = None,
     x0_loser: Optional[Tensor] = None,
+    cond_loser: Cond = None,
     generator: Optional[torch.Generator] = None,
     reduce_mean: Optional[Callable[[Tensor], Tensor]] = None,
 ) -> StepOutput:
@@ -123,7 +124,8 @@ def objective_step(
 
     ``x0``: clean samples (latents for SD), ``labels``: 1 desirable / 0 undesirable.
     For ``dpo``, ``x0`` holds the winners and ``x0_loser`` the losers of the same captions
-    ``cond``; winner and loser share noise and timestep (Diffusion-DPO eq. 14).
+    ``cond``; winner and loser share noise and timestep (Diffusion-DPO eq. 14). ``cond_loser``:
+    the losers' conditioning where it is not ``cond`` (SDXL: same caption, their own size and crop).
     ``reduce_mean`` averages the reference point across processes (sec. 4.1).
     """
     name = cfg.objective
@@ -134,7 +136,7 @@ def objective_step(
 
     if name == "dpo":
         x0 = torch.cat([x0, x0_loser], dim=0)
-        cond = cat_cond(cond, cond)
+        cond = cat_cond(cond, cond if cond_loser is None else cond_loser)
     n = x0.shape[0]
     t = schedule.sample_timesteps(n if name != "dpo" else n // 2, x0.device, generator)
     noise = _randn_like(x0[: t.shape[0]], generator)

@@ -103,6 +103,36 @@ def test_tiny_cpu_run_reports_every_configuration(tiny_results):
     assert sum(summary["groups_ms_per_step"].values()) == pytest.approx(summary["op_ms_per_step"])
 
 
+def test_tiny_sdxl_cpu_run_with_the_official_like_baseline(tmp_path):
+    """The SDXL family through the benchmark: the trainer's cached step and the official-like step (fp32 VAE
+    encode and both text encoders every step, reference swapped in from the CPU)."""
+    out = tmp_path / "tiny_sdxl.json"
+    cmd = [sys.executable, str(SCRIPT), "--config", "tiny_sdxl", "--device", "cpu", "--batch-size", "2", "--steps", "1",
+           "--warmup", "0", "--threads", "1", "--configs", "kto_full,kto_lora_disabled,dpo,official_like",
+           "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    by = {r["config"]: r for r in data["results"]}
+    assert data["meta"]["config"] == "tiny_sdxl" and set(by) == {"kto_full", "kto_lora_disabled", "dpo", "official_like"}
+    assert all(math.isfinite(r["loss"]) and r["tflop_per_step"] > 0 for r in by.values())
+    # the baseline also runs the VAE and both text encoders every step
+    assert by["official_like"]["tflop_per_step"] > by["kto_full"]["tflop_per_step"]
+
+
+def test_model_flops_counts_on_the_meta_device():
+    spec = importlib.util.spec_from_file_location("model_flops", REPO / "benchmarks" / "model_flops.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sd_step = sys.modules["sd_step"]
+    out = module.count(sd_step.MODEL_SETS["tiny_sdxl"], 32)
+    # backward costs about twice the forward; both text towers counted; LoRA and Adafactor state are small
+    assert 2.5 < out["unet_forward_backward_tflop"] / out["unet_forward_tflop"] < 3.5
+    assert out["text_encoder_tflop"] > 0 and out["text_encoder_2_tflop"] > 0
+    assert out["lora_rank8_params_m"] < out["unet_params_m"] / 10
+    assert out["full_adafactor_gib"] < out["full_adamw_gib"] and out["lora_disabled_adapters_gib"] < out["lora_frozen_copy_gib"]
+
+
 def test_peak_flops_and_mfu_use_the_override():
     sd_step = _load_module()
     assert sd_step.device_peak_tflops("cpu", "no", None) is None

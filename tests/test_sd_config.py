@@ -45,7 +45,10 @@ def test_bad_values_name_the_field(override, named):
 def test_config_errors_come_before_any_model_load(tmp_path):
     from kto_lab.sd.trainer import Trainer
 
-    missing_model = str(tmp_path / "no_such_model")
+    missing_model = tmp_path / "no_model_inside"  # passes the path check; loading it would fail
+    missing_model.mkdir()
+    (missing_model / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    missing_model = str(missing_model)
     with pytest.raises(ConfigError, match="optim.lr"):
         Trainer({"model": {"pretrained": missing_model}, "data": {"train": ["x.csv"]}}, overrides=["optim.lr=1"])
     with pytest.raises(ConfigError, match="data.train is empty"):

@@ -107,3 +107,22 @@ def test_encoding_helpers(tiny_sd_path):
     assert not torch.allclose(policy_out, before)  # the adapters change the output ...
     assert torch.allclose(reference_denoiser(unet)(lat, t, h), before, atol=1e-6)  # ... disabled: the base
     assert torch.allclose(base(lat, t, h), policy_out)  # and are back on afterwards
+
+
+def test_caption_dropout_empties_captions_from_the_source_generator(tmp_path, tokenizer):
+    from kto_lab.data.records import load_records, load_pairs
+
+    table = load_records(write_records(tmp_path))
+    empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                      return_tensors="pt").input_ids[0]
+    always = RecordSource(table, tokenizer, ImageTransform(8), batch_size=16, gamma=0.8, caption_dropout=1.0)
+    assert (always.next_batch()["input_ids"] == empty).all()
+    some = RecordSource(table, tokenizer, ImageTransform(8), batch_size=200, gamma=0.8, caption_dropout=0.2)
+    state = some.state_dict()
+    ids = some.next_batch()["input_ids"]
+    dropped = (ids == empty).all(dim=1).float().mean()
+    assert 0.1 < dropped < 0.3
+    some.load_state_dict(state)
+    assert torch.equal(some.next_batch()["input_ids"], ids)  # a resumed run drops the same captions
+    pairs = PairSource(load_pairs(write_pairs(tmp_path)), tokenizer, ImageTransform(8), batch_size=8, caption_dropout=1.0)
+    assert (pairs.next_batch()["input_ids"] == empty).all()

@@ -47,6 +47,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def run_two_workers(cfg: dict, tmp_path):
+    """WORKER on 2 CPU processes (torchrun); returns both ranks' JSON reports."""
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), str(script), json.dumps(cfg), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
 def test_two_process_cpu_run_shares_reference_point_and_parameters(tiny_sd_path, tmp_path):
     records = write_records(tmp_path / "data")
     cfg = {
@@ -57,15 +69,7 @@ def test_two_process_cpu_run_shares_reference_point_and_parameters(tiny_sd_path,
         "optim": {"max_steps": 10, "batch_size": 2, "learning_rate": 1e-3, "warmup_steps": 0},
         "logging": {"progress_bar": False, "log_every": 1},
     }
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(script), json.dumps(cfg), str(tmp_path)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-
-    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    r0, r1 = run_two_workers(cfg, tmp_path)
     assert r0["world"] == r1["world"] == 2
     z0, z1 = [r["z_ref"] for r in r0["rows"]], [r["z_ref"] for r in r1["rows"]]
     assert z0 == z1 and any(z > 0 for z in z0)  # the same, non-trivial reference point on both ranks

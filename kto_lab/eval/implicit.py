@@ -90,27 +90,39 @@ def evaluate_implicit_accuracy(
     """
     from tqdm.auto import tqdm
 
+    from kto_lab.config import ConfigError, check_positive, check_range
     from kto_lab.data.records import load_records
-    from kto_lab.sd.data import image_to_tensor
-    from kto_lab.sd.encoding import encode_images, encode_prompts, reference_denoiser, unet_denoiser
-    from kto_lab.sd.models import load_pipeline
+    from kto_lab.sd.components import load_unet
+    from kto_lab.sd.data import crop_image, geometry
+    from kto_lab.sd.encoding import encode_images
+    from kto_lab.sd.families import family_of_pipeline
+    from kto_lab.sd.models import check_model_paths, load_pipeline
 
+    # every check before any model loads
     if (unet_path is None) == (lora_path is None):
-        raise ValueError("implicit reward accuracy needs exactly one of unet_path (a fine-tuned UNet) or lora_path")
-    table = load_records(records_path, on_missing_image="skip")  # fails now on a bad table, before models load
+        raise ConfigError("implicit reward accuracy compares a fine-tuned model with its base: give exactly one of "
+                          "unet (a fine-tuned UNet directory) or lora (LoRA weights)")
+    check_range("draws", n_draws, low=1)
+    check_range("batch_size", batch_size, low=1)
+    check_positive("beta", beta)
+    if limit is not None:
+        check_range("limit", limit, low=1)
+    check_model_paths(pipeline_path, unet_path, lora_path)
+    table = load_records(records_path, on_missing_image="skip")
     pipe = load_pipeline(pipeline_path, lora_path=lora_path)
+    family = family_of_pipeline(pipe)  # SD 1.x/2.x or SDXL: its text towers, conditioning and denoiser call
     if unet_path is not None:
-        from diffusers import UNet2DConditionModel
-
-        reference = unet_denoiser(pipe.unet.to(device).eval())
-        policy_unet = UNet2DConditionModel.from_pretrained(unet_path).to(device).eval()
-        policy = unet_denoiser(policy_unet)
+        reference = family.denoiser(pipe.unet.to(device).eval())
+        policy_unet = load_unet(unet_path).to(device).eval()
+        family.check_unet(policy_unet.config, f"unet_path={str(unet_path)!r}")
+        policy = family.denoiser(policy_unet)
     else:
-        policy = unet_denoiser(pipe.unet.to(device).eval())
-        reference = reference_denoiser(pipe.unet)
+        policy = family.denoiser(pipe.unet.to(device).eval())
+        reference = family.adapters_disabled_denoiser(pipe.unet)
     pipe.vae.to(device).eval()
-    pipe.text_encoder.to(device).eval()
-    schedule = NoiseSchedule.from_diffusers(pipe.scheduler)
+    for encoder in family.text_encoders(pipe):
+        encoder.to(device).eval()
+    schedule = family.schedule(pipe.scheduler)
     res = resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
     generator = torch.Generator().manual_seed(seed)
     n = len(table) if limit is None else min(limit, len(table))
@@ -122,14 +134,18 @@ def evaluate_implicit_accuracy(
         skipped += len(images) - len(good)
         if not good:
             continue
-        pixels = torch.stack([image_to_tensor(im, res) for _, im in good]).to(device)
+        crops = [crop_image(im, res) for _, im in good]
+        pixels = torch.stack([c.pixels for c in crops]).to(device)
         latents = encode_images(pipe.vae, pixels, mode="mode").float()
-        cond = encode_prompts(pipe.tokenizer, pipe.text_encoder, [table.captions[i] for i, _ in good], device=device)
+        text = {k: v.to(device) for k, v in family.encode_captions(pipe, [table.captions[i] for i, _ in good]).items()}
+        cond = family.cond(text, {k: v.to(device) for k, v in geometry(crops, family.image_keys).items()}, res)
         rewards.append(implicit_rewards(policy, reference, schedule, latents, cond, beta=beta, n_draws=n_draws,
                                         generator=generator).numpy())
         labels.append(np.asarray([table.labels[i] for i, _ in good]))
     if not rewards:
-        raise ValueError(f"no readable images in {records_path!r} ({skipped} skipped)")
+        from kto_lab.data.tables import DataError
+
+        raise DataError(f"no readable images in {str(records_path)!r} ({skipped} skipped)")
     out = sign_accuracy(np.concatenate(rewards), np.concatenate(labels))
     out.n_skipped = skipped
     return out

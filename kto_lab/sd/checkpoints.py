@@ -23,12 +23,14 @@ import zlib
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
+from ..config import UserError
+
 CHECKPOINT_PREFIX = "checkpoint-"
 MANIFEST = "manifest.json"
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be written (no space left) or no complete one can be read."""
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint cannot be written (no space left) or no complete one can be read (one line from kto-lab)."""
 
 
 def crc32(path: Path, chunk: int = 16 << 20) -> int:

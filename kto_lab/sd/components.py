@@ -1,11 +1,12 @@
 """The trainer's models: load them, attach LoRA, build the reference, save the result.
 
-* :func:`load_components` reads the UNet, VAE, text encoder, tokenizer and noise schedule of
-  an SD 1.x/2.x pipeline (local dir or hub id) with diffusers/transformers ``from_pretrained``.
+* :func:`load_components` reads the UNet, VAE, text encoder(s), tokenizer(s) and noise schedule of
+  a pipeline (local dir or hub id) with diffusers/transformers ``from_pretrained``; what differs
+  between SD 1.x/2.x and SDXL comes from its family (:mod:`kto_lab.sd.families`).
 * :func:`add_lora` attaches peft LoRA adapters through diffusers' ``unet.add_adapter``.
 * :func:`frozen_reference` makes the frozen low-precision copy kept on the device.
 * :func:`save_unet` / :func:`save_lora` write the diffusers UNet format and
-  ``pytorch_lora_weights.safetensors`` (loadable by ``StableDiffusionPipeline.load_lora_weights``).
+  ``pytorch_lora_weights.safetensors`` (loadable by the family pipeline's ``load_lora_weights``).
 * :func:`unet_from_config` builds a randomly initialised UNet from a config JSON
   (``kto_lab/configs/sd15_unet.json`` for benchmarks).
 """
@@ -21,9 +22,9 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from ..config import CONFIG_DIR
 from ..schedule import NoiseSchedule
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 
 
@@ -39,6 +40,9 @@ class Components:
     tokenizer: Any = None
     reference_unet: Any = None  # a given reference (e.g. the previous SPIN iteration); None = copy of unet
     scheduler_config: Optional[Dict[str, Any]] = None  # the noise scheduler's config (for validation sampling)
+    text_encoder_2: Any = None  # SDXL's second text tower (OpenCLIP ViT-bigG with projection)
+    tokenizer_2: Any = None
+    family: Any = None  # kto_lab.sd.families.ModelFamily; None = detected from model.pretrained
 
 
 def local_only() -> bool:
@@ -46,49 +50,100 @@ def local_only() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
 
 
+def _looks_local(path: str) -> bool:
+    """A local path rather than a hub id (``org/name``)."""
+    return Path(path).exists() or path.startswith((".", "/", "~")) or path.count("/") > 1
+
+
+def _named(path: str, field: Optional[str]) -> str:
+    return f"{field}={path!r}" if field else repr(path)
+
+
 def check_pipeline_dir(path: str | Path, field: Optional[str] = None) -> None:
     """A path that looks local must be a diffusers pipeline directory; the error names ``field``."""
     path = str(path)
     p = Path(path)
-    looks_local = p.exists() or path.startswith((".", "/", "~")) or path.count("/") > 1
-    if looks_local and not (p / "model_index.json").is_file():
-        what = f"{field}={path!r}" if field else repr(path)
-        raise FileNotFoundError(f"{what} is not a diffusers pipeline directory (expected {p / 'model_index.json'})")
+    if _looks_local(path) and not (p / "model_index.json").is_file():
+        raise FileNotFoundError(f"{_named(path, field)} is not a diffusers pipeline directory (expected {p / 'model_index.json'})")
+
+
+def check_unet_dir(path: str | Path, field: Optional[str] = None, *, local: bool = False) -> None:
+    """A UNet directory (config.json) or a pipeline directory (unet/config.json); a path that looks
+    like a hub id passes unless ``local``. The error names ``field`` (nothing falls back to the hub)."""
+    path = str(path)
+    p = Path(path)
+    if (p / "config.json").is_file() or (p / "unet" / "config.json").is_file():
+        return
+    if local or _looks_local(path):
+        where = "" if p.exists() else ": no such directory"
+        raise FileNotFoundError(f"{_named(path, field)} is neither a UNet directory (config.json) nor a pipeline "
+                                f"(unet/config.json){where}")
+
+
+def check_model_config(model_cfg) -> None:
+    """The local paths of a ``ModelConfig`` exist and hold what they should (no model is read)."""
+    check_pipeline_dir(model_cfg.pretrained, "model.pretrained")
+    for name in ("unet", "reference"):
+        if getattr(model_cfg, name):
+            check_unet_dir(getattr(model_cfg, name), f"model.{name}")
+
+
+def _load_model(cls, path: str | Path, subfolder: str, what: str, hub_subfolder: Optional[str], **kwargs):
+    """``cls.from_pretrained`` of a model directory (config.json), a pipeline directory (``subfolder``/),
+    or a hub id (``hub_subfolder`` of it)."""
+    p = Path(path)
+    if (p / "config.json").is_file():
+        return cls.from_pretrained(p, **kwargs)
+    if (p / subfolder / "config.json").is_file():
+        return cls.from_pretrained(p, subfolder=subfolder, **kwargs)
+    if p.exists() or str(path).startswith((".", "/", "~")):
+        raise FileNotFoundError(f"{str(path)!r} is neither a {what} directory (config.json) nor a pipeline "
+                                f"({subfolder}/config.json)")
+    sub = {"subfolder": hub_subfolder} if hub_subfolder else {}
+    return cls.from_pretrained(str(path), local_files_only=local_only(), **sub, **kwargs)
 
 
 def load_unet(path: str | Path, **kwargs):
     """A ``UNet2DConditionModel`` from a UNet directory (config.json) or a pipeline directory (unet/)."""
     from diffusers import UNet2DConditionModel
 
-    p = Path(path)
-    if (p / "config.json").is_file():
-        return UNet2DConditionModel.from_pretrained(p, **kwargs)
-    if (p / "unet" / "config.json").is_file():
-        return UNet2DConditionModel.from_pretrained(p, subfolder="unet", **kwargs)
-    if p.exists() or str(path).startswith((".", "/", "~")):
-        raise FileNotFoundError(f"{str(path)!r} is neither a UNet directory (config.json) nor a pipeline (unet/config.json)")
-    return UNet2DConditionModel.from_pretrained(str(path), subfolder="unet", local_files_only=local_only(), **kwargs)
+    check_unet_dir(path)
+    return _load_model(UNet2DConditionModel, path, "unet", "UNet", "unet", **kwargs)
 
 
-def load_components(model_cfg, *, need_text: bool = True, need_vae: bool = True) -> Components:
-    """Load the parts of ``model_cfg.pretrained`` (optionally another policy UNet or reference)."""
-    from diffusers import AutoencoderKL, DDPMScheduler
-    from transformers import CLIPTextModel, CLIPTokenizer
+def load_vae(path: str | Path, **kwargs):
+    """An ``AutoencoderKL`` from a VAE directory or hub repo (e.g. an fp16-safe SDXL VAE) or a pipeline (vae/)."""
+    from diffusers import AutoencoderKL
+
+    return _load_model(AutoencoderKL, path, "vae", "VAE", None, **kwargs)
+
+
+def load_components(model_cfg, *, need_text: bool = True, need_vae: bool = True, family=None) -> Components:
+    """Load the parts of ``model_cfg.pretrained`` (optionally another policy UNet, reference or VAE).
+
+    ``family``: a :class:`~kto_lab.sd.families.ModelFamily` (default: ``model_cfg.family``, detected from
+    the pipeline's ``model_index.json`` when ``auto``). A UNet of another family is a one-line error.
+    """
+    from diffusers import AutoencoderKL
+
+    from .families import resolve_family
 
     src = str(model_cfg.pretrained)
-    check_pipeline_dir(src, "model.pretrained")
+    check_model_config(model_cfg)
+    family = family or resolve_family(src, model_cfg.family)
     kw = {"local_files_only": local_only()}
-    scheduler = DDPMScheduler.from_pretrained(src, subfolder="scheduler", **kw)
+    schedule, scheduler_config = family.load_schedule(src, **kw)
     unet = load_unet(model_cfg.unet) if model_cfg.unet else load_unet(src)
+    family.check_unet(unet.config, f"model.unet={model_cfg.unet!r}" if model_cfg.unet else f"model.pretrained={src!r}")
     reference = load_unet(model_cfg.reference) if model_cfg.reference else None
+    if reference is not None:
+        family.check_unet(reference.config, f"model.reference={model_cfg.reference!r}")
+    vae = None
+    if need_vae:
+        vae = load_vae(model_cfg.vae) if model_cfg.vae else AutoencoderKL.from_pretrained(src, subfolder="vae", **kw)
     return Components(
-        unet=unet,
-        schedule=NoiseSchedule.from_diffusers(scheduler),
-        vae=AutoencoderKL.from_pretrained(src, subfolder="vae", **kw) if need_vae else None,
-        text_encoder=CLIPTextModel.from_pretrained(src, subfolder="text_encoder", **kw) if need_text else None,
-        tokenizer=CLIPTokenizer.from_pretrained(src, subfolder="tokenizer", **kw) if need_text else None,
-        reference_unet=reference,
-        scheduler_config=dict(scheduler.config),
+        unet=unet, schedule=schedule, vae=vae, reference_unet=reference, scheduler_config=scheduler_config,
+        family=family, **(family.load_text(src, **kw) if need_text else {}),
     )
 
 
@@ -158,12 +213,12 @@ def lora_state_dict(unet) -> Dict[str, torch.Tensor]:
     return convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
 
 
-def save_lora(unet, directory: str | Path) -> Path:
-    """``directory/pytorch_lora_weights.safetensors``, readable by ``pipe.load_lora_weights(directory)``."""
-    from diffusers import StableDiffusionPipeline
+def save_lora(unet, directory: str | Path, family=None) -> Path:
+    """``directory/pytorch_lora_weights.safetensors``, readable by ``pipe.load_lora_weights(directory)``
+    of ``family``'s pipeline (default SD 1.x/2.x)."""
+    from .families import FAMILIES
 
-    StableDiffusionPipeline.save_lora_weights(str(directory), unet_lora_layers=lora_state_dict(unet),
-                                              safe_serialization=True)
+    (family or FAMILIES["sd"]).save_lora_weights(directory, lora_state_dict(unet))
     return Path(directory) / LORA_WEIGHTS
 
 

@@ -13,12 +13,13 @@ These are used by the trainer, the latent cache and the evaluation (implicit-rew
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 
+from ..step import Denoiser
+
 Tensor = torch.Tensor
-Denoiser = Callable[[Tensor, Tensor, Optional[Tensor]], Tensor]
 
 LATENT_MODES = ("sample", "mode")
 
@@ -65,14 +66,20 @@ def encode_images(vae, pixel_values: Tensor, mode: str = "sample", generator: Op
 
 
 def unet_denoiser(unet) -> Denoiser:
-    """``UNet2DConditionModel`` -> ``fn(x_t, t, encoder_hidden_states) -> prediction``.
+    """``UNet2DConditionModel`` -> ``fn(x_t, t, cond) -> prediction``.
 
-    Inputs are cast to the UNet's dtype (a bf16 reference takes fp32 latents); the prediction
-    keeps the UNet's dtype (errors are computed in fp32 by ``denoising_error``).
+    ``cond``: the ``encoder_hidden_states`` tensor (SD 1.x/2.x), or a dict of them plus the UNet's added
+    conditions (SDXL: ``text_embeds``, ``time_ids``; see :mod:`kto_lab.sd.families`). Inputs are cast to
+    the UNet's dtype (a bf16 reference takes fp32 latents), except ``time_ids``, which stay exact; the
+    prediction keeps the UNet's dtype (errors are computed in fp32 by ``denoising_error``).
     """
 
-    def denoise(x_t: Tensor, t: Tensor, cond: Optional[Tensor]) -> Tensor:
+    def denoise(x_t: Tensor, t: Tensor, cond) -> Tensor:
         dtype = _dtype_of(unet)
+        if isinstance(cond, dict):
+            added = {k: v if k == "time_ids" else v.to(dtype) for k, v in cond.items() if k != "encoder_hidden_states"}
+            return unet(x_t.to(dtype), t, encoder_hidden_states=cond["encoder_hidden_states"].to(dtype),
+                        added_cond_kwargs=added, return_dict=False)[0]
         cond = None if cond is None else cond.to(dtype)
         return unet(x_t.to(dtype), t, encoder_hidden_states=cond, return_dict=False)[0]
 
@@ -90,11 +97,12 @@ def adapters_disabled(unet):
         base.enable_adapters()
 
 
-def reference_denoiser(unet) -> Denoiser:
-    """The reference for a LoRA run: the policy UNet with its adapters disabled (exact)."""
-    policy = unet_denoiser(unet)
+def reference_denoiser(unet, policy: Optional[Denoiser] = None) -> Denoiser:
+    """The reference for a LoRA run: the policy UNet (called by ``policy``, default
+    :func:`unet_denoiser`) with its adapters disabled (exact)."""
+    policy = policy or unet_denoiser(unet)
 
-    def denoise(x_t: Tensor, t: Tensor, cond: Optional[Tensor]) -> Tensor:
+    def denoise(x_t: Tensor, t: Tensor, cond) -> Tensor:
         with adapters_disabled(unet):
             return policy(x_t, t, cond)
 

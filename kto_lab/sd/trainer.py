@@ -4,7 +4,9 @@
     trainer.fit()                                            # or: kto_lab.train(config)
 
 One step (:meth:`Trainer.step`) takes a batch dict (``kto_lab.sd.data``), turns it into latents
-and text embeddings (skipped when they come cached), and calls the shared
+and the model family's conditioning (SD 1.x/2.x: text embeddings; SDXL: text states, pooled
+embedding and size/crop time ids; :mod:`kto_lab.sd.families`; the encoders are skipped when the
+batch comes cached), and calls the shared
 :func:`kto_lab.step.objective_step` with the UNet as the policy and, for KTO and DPO, the
 reference: a frozen low-precision copy kept on the device (full fine-tune, or LoRA with
 ``lora.reference=frozen_copy``) or the same UNet with its LoRA adapters disabled. The
@@ -41,10 +43,11 @@ from ..config import ConfigError
 from ..step import objective_step
 from .cache import sample_latents
 from .checkpoints import CHECKPOINT_PREFIX, CheckpointError, commit, is_disk_full, prune, write_manifest
-from .components import (Components, LORA_WEIGHTS, add_lora, cast_trainable_to_fp32, frozen_reference, load_components,
-                         load_lora, move, save_lora, save_unet)
+from .components import (Components, LORA_WEIGHTS, add_lora, cast_trainable_to_fp32, check_model_config, frozen_reference,
+                         load_components, load_lora, move, save_lora, save_unet)
 from .config import TrainConfig, load_train_config
-from .encoding import unwrap_model, embed_input_ids, encode_images, reference_denoiser, unet_denoiser
+from .encoding import unwrap_model, encode_images
+from .families import resolve_family
 from .run_dir import check_resume_path, claim_on_main, flatten
 from .speed import compile_unet
 
@@ -88,6 +91,19 @@ def make_accelerator(cfg: TrainConfig, trackers: Sequence = ()):
     )
 
 
+def make_optimizer(params, o, fused: bool = False):
+    """The ``optim.optimizer`` over ``params`` (``o``: a resolved ``OptimConfig``). ``fused``: one CUDA kernel
+    for the whole Adam/AdamW update. Adafactor with the official Diffusion-DPO SDXL script's settings."""
+    if o.optimizer == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(params, lr=o.learning_rate, weight_decay=o.weight_decay, clip_threshold=1.0,
+                         scale_parameter=False, relative_step=False)
+    opt_cls = torch.optim.AdamW if o.optimizer == "adamw" else torch.optim.Adam
+    return opt_cls(params, lr=o.learning_rate, betas=(o.adam_beta1, o.adam_beta2), weight_decay=o.weight_decay,
+                   eps=o.adam_epsilon, **({"fused": True} if fused else {}))
+
+
 class Trainer:
     """Built from a config; :meth:`step` runs one micro-batch, :meth:`fit` the whole run."""
 
@@ -100,12 +116,18 @@ class Trainer:
         self.cfg = cfg
         check_resume_path(cfg)  # a bad path fails before loading
         cache_ready = bool(cfg.data.cache_dir) and (Path(cfg.data.cache_dir) / "cache.json").is_file()
-        if source is None and not cache_ready:  # the tables are read after the models load: check them now
-            if not cfg.data.train:
-                raise ConfigError("data.train is empty: give a record table (or data.cache_dir with a built cache)")
-            missing = [str(p) for p in cfg.data.train if not Path(p).is_file()]
-            if missing:
-                raise FileNotFoundError(f"data.train: no such table file {missing} (CSV, JSONL or Parquet)")
+        if components is None:
+            check_model_config(cfg.model)  # a missing local model is named before anything loads
+        family = components.family if components is not None else None
+        if family is None:  # from model_index.json: no model is loaded yet
+            family = resolve_family(cfg.model.pretrained, cfg.model.family)
+        self.family = family
+        self.cfg = cfg = cfg.resolved(family)  # the family's resolution where data.resolution is unset
+        table = None
+        if source is None and not cache_ready:  # the table(s), checked before any model loads
+            from .data import open_train_table
+
+            table = open_train_table(cfg)
 
         if accelerator is not None and (trackers or cfg.logging.report_to):
             raise ConfigError("logging.report_to and trackers= need an Accelerator built by kto_lab; "
@@ -115,13 +137,14 @@ class Trainer:
         self.run = claim_on_main(cfg, acc, overwrite=overwrite)
         weakref.finalize(self, self.run.release)  # an abandoned Trainer frees its output_dir
         try:
-            self._build(cfg, acc, components, source, cache_ready)
+            self._build(cfg, acc, components, source, cache_ready, table)
         except BaseException:
             self.close()
             raise
 
-    def _build(self, cfg: TrainConfig, acc, components: Optional[Components], source, cache_ready: bool) -> None:
-        """Models, optimizer, data source; then the claimed checkpoint, if any."""
+    def _build(self, cfg: TrainConfig, acc, components: Optional[Components], source, cache_ready: bool,
+               table=None) -> None:
+        """Models, optimizer, data source (``table``: the checked table(s)); then the claimed checkpoint, if any."""
         from accelerate.utils import set_seed
 
         if getattr(acc.state, "deepspeed_plugin", None) is not None:
@@ -134,15 +157,19 @@ class Trainer:
         self.weight_dtype = DTYPES.get(str(acc.mixed_precision), torch.float32)  # "no" -> fp32
 
         # --- models ----------------------------------------------------------------------
+        family = self.family
         validating = cfg.logging.validation_every > 0 and bool(cfg.logging.validation_prompts)
         if components is None:
             need_encoders = validating or not cache_ready
-            components = load_components(cfg.model, need_text=need_encoders, need_vae=need_encoders)
+            components = load_components(cfg.model, need_text=need_encoders, need_vae=need_encoders, family=family)
         self.components = c = components
         self.schedule = c.schedule
-        for frozen in (c.vae, c.text_encoder):
-            if frozen is not None:
-                move(frozen.requires_grad_(False).eval(), self.device, self.weight_dtype)
+        if c.vae is not None:  # fp32 by default (model.vae_dtype), as the official scripts encode
+            vae_dtype = torch.float32 if cfg.model.vae_dtype == "fp32" else family.vae_dtype(c.vae, self.weight_dtype)
+            move(c.vae.requires_grad_(False).eval(), self.device, vae_dtype)
+        for encoder in family.text_encoders(c):
+            if encoder is not None:
+                move(encoder.requires_grad_(False).eval(), self.device, self.weight_dtype)
         self.scaling_factor = float(c.vae.config.scaling_factor) if c.vae is not None else None
 
         unet = c.unet
@@ -169,10 +196,7 @@ class Trainer:
         self.trainable = [p for p in unet.parameters() if p.requires_grad]
 
         o = cfg.optim
-        opt_cls = torch.optim.AdamW if o.optimizer == "adamw" else torch.optim.Adam
-        fused = {"fused": True} if self.device.type == "cuda" else {}  # one kernel for the whole update
-        optimizer = opt_cls(self.trainable, lr=o.learning_rate, betas=(o.adam_beta1, o.adam_beta2),
-                            weight_decay=o.weight_decay, eps=o.adam_epsilon, **fused)
+        optimizer = make_optimizer(self.trainable, o, fused=self.device.type == "cuda")
         from diffusers.optimization import get_scheduler
 
         self.lr_scheduler = get_scheduler(o.lr_scheduler, optimizer, num_warmup_steps=o.warmup_steps,
@@ -183,13 +207,13 @@ class Trainer:
         acc.register_save_state_pre_hook(self._save_model_hook)
         acc.register_load_state_pre_hook(self._load_model_hook)
 
-        self.policy = unet_denoiser(self.unet)
+        self.policy = family.denoiser(self.unet)
         if not needs_reference:
             self.reference = None
         elif self.reference_unet is not None:
-            self.reference = unet_denoiser(self.reference_unet)
+            self.reference = family.denoiser(self.reference_unet)
         else:
-            self.reference = reference_denoiser(self.unet)
+            self.reference = family.adapters_disabled_denoiser(self.unet)
         multi = acc.num_processes > 1
         self.reduce_mean = (lambda t: acc.reduce(t, "mean")) if multi else None
 
@@ -206,11 +230,11 @@ class Trainer:
                 if acc.is_main_process:
                     from .cache import build_cache
 
-                    build_cache(cfg, c.vae, c.text_encoder, c.tokenizer, progress=cfg.logging.progress_bar)
+                    build_cache(cfg, c, progress=cfg.logging.progress_bar)
                 acc.wait_for_everyone()
             from .data import make_source
 
-            source = make_source(cfg, c.tokenizer, rank=acc.process_index)
+            source = make_source(cfg, family.tokenizers(c), rank=acc.process_index, table=table, family=family)
         self.source = source
         manifest = getattr(source, "manifest", None)
         if self.scaling_factor is None and manifest is not None:
@@ -249,15 +273,28 @@ class Trainer:
             return None
         raise KeyError(f"batch needs latents, latent_moments or pixel_values; got keys {sorted(batch)}")
 
-    def _text(self, batch: Dict[str, Tensor]) -> Tensor:
-        if "encoder_hidden_states" in batch:
-            return batch["encoder_hidden_states"].to(self.device)
-        if "input_ids" in batch:
-            if self.components.text_encoder is None:
-                raise ValueError("batch has input_ids but the trainer has no text encoder")
+    def _text(self, batch: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        """The text part of the conditioning: cached, or encoded from the token ids."""
+        f = self.family
+        if all(k in batch for k in f.text_keys):
+            return {k: batch[k].to(self.device) for k in f.text_keys}
+        ids = [t.ids_key for t in f.towers]
+        if all(k in batch for k in ids):
+            encoders = f.text_encoders(self.components)
+            if any(e is None for e in encoders):
+                raise ValueError(f"batch has {ids} but the trainer has no text encoder")
             with torch.no_grad():
-                return embed_input_ids(self.components.text_encoder, batch["input_ids"].to(self.device))
-        raise KeyError(f"batch needs encoder_hidden_states or input_ids; got keys {sorted(batch)}")
+                return f.encode_ids(encoders, {k: batch[k].to(self.device) for k in ids})
+        raise KeyError(f"batch needs {list(f.text_keys)} or {ids}; got keys {sorted(batch)}")
+
+    def _cond(self, batch: Dict[str, Tensor], text: Dict[str, Tensor], suffix: str = ""):
+        """The family's conditioning of the images ``suffix`` ("" or the losers' "_l") of ``batch``."""
+        keys = [k + suffix for k in self.family.image_keys]
+        missing = [k for k in keys if k not in batch]
+        if missing:
+            raise KeyError(f"batch needs the images' geometry {missing} ({self.family.name}); got keys {sorted(batch)}")
+        geometry = {k: batch[k + suffix].to(self.device) for k in self.family.image_keys}
+        return self.family.cond(text, geometry, self.cfg.data.resolution)
 
     def step(self, batch: Dict[str, Tensor]) -> Dict[str, Tensor]:
         """One micro-batch: loss (shared ``objective_step``), backward, and on the last micro-batch
@@ -266,11 +303,13 @@ class Trainer:
         with acc.accumulate(self.unet):
             x0 = self._latents(batch)
             x0_l = self._latents(batch, "_l")
-            cond = self._text(batch)
+            text = self._text(batch)
+            cond = self._cond(batch, text)
+            cond_l = self._cond(batch, text, "_l") if x0_l is not None and self.family.image_keys else None
             labels = batch["labels"].to(self.device)
             out = objective_step(cfg.objective, self.schedule, self.policy, x0, labels, cond,
-                                 reference=self.reference, x0_loser=x0_l, generator=self.generator,
-                                 reduce_mean=self.reduce_mean)
+                                 reference=self.reference, x0_loser=x0_l, cond_loser=cond_l,
+                                 generator=self.generator, reduce_mean=self.reduce_mean)
             acc.backward(out.loss)
             self._check_finite(out.metrics["loss"])  # the step's one host sync, before the update
             if acc.sync_gradients and cfg.optim.max_grad_norm > 0:
@@ -411,7 +450,7 @@ class Trainer:
         if self.accelerator.is_main_process:
             for model in models:
                 if self.cfg.lora.enabled:
-                    save_lora(unwrap_model(model), output_dir)
+                    save_lora(unwrap_model(model), output_dir, self.family)
                 else:
                     save_unet(unwrap_model(model), Path(output_dir) / "unet")
                 if weights:
@@ -494,7 +533,7 @@ class Trainer:
         target = out / (LORA_WEIGHTS if self.cfg.lora.enabled else "unet")
         if acc.is_main_process:
             if self.cfg.lora.enabled:
-                save_lora(self.base_unet(), out)
+                save_lora(self.base_unet(), out, self.family)
             else:
                 tmp = out / ".tmp-unet"
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -513,15 +552,11 @@ class Trainer:
         cfg, c, acc = self.cfg, self.components, self.accelerator
         if not acc.is_main_process or not cfg.logging.validation_prompts:
             return None
-        if c.vae is None or c.text_encoder is None or c.scheduler_config is None:
-            raise ValueError("validation images need the VAE, text encoder and scheduler config")
-        from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+        if c.vae is None or any(e is None for e in self.family.text_encoders(c)) or c.scheduler_config is None:
+            raise ValueError("validation images need the VAE, text encoder(s) and scheduler config")
+        from diffusers import DPMSolverMultistepScheduler
 
-        pipe = StableDiffusionPipeline(
-            vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=self.base_unet(),
-            scheduler=DPMSolverMultistepScheduler.from_config(c.scheduler_config),
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-        )
+        pipe = self.family.pipeline(c, self.base_unet(), DPMSolverMultistepScheduler.from_config(c.scheduler_config))
         pipe.set_progress_bar_config(disable=True)
         out = Path(cfg.output_dir) / "validation" / f"step-{self.global_step:07d}"
         out.mkdir(parents=True, exist_ok=True)
