@@ -37,6 +37,7 @@ $PY -c "import torch, diffusers, transformers, peft, accelerate as a; print('tor
 '| diffusers', diffusers.__version__, '| transformers', transformers.__version__, '| peft', peft.__version__, '| accelerate', a.__version__)" \
   | tee "$OUT/env.txt"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$OUT/env.txt" 2>/dev/null
+echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $(date -Iseconds)" >> "$OUT/env.txt"
 
 if [ $SMOKE = 1 ]; then
   COMMON=(--config tiny --device cpu --threads 1 --steps 1 --warmup 0 --compile-backend aot_eager)
