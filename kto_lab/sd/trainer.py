@@ -246,7 +246,8 @@ class Trainer:
     def compile_unets(self, how: Optional[str] = None, backend: str = "inductor") -> None:
         """``torch.compile`` the policy UNet and a frozen reference copy as ``model.compile`` says
         (``how`` overrides it: none | regional | full), in place (:func:`kto_lab.sd.speed.compile_unet`):
-        the denoisers, the adapters switch and the checkpoints keep seeing the same modules."""
+        the denoisers, the adapters switch and the checkpoints keep seeing the same modules.
+        ``backend``: torch.compile's (``benchmarks/sd_step.py --compile-backend``)."""
         m = self.cfg.model
         for unet in (unwrap_model(self.unet), self.reference_unet):
             if unet is not None:
