@@ -16,7 +16,9 @@ Forward passes per step for Diffusion-KTO with the paper's reference point (sec.
 3. policy on the unrelated batch under ``no_grad``               (B samples)
 
 The unrelated batch pairs every image with the caption of its neighbour (captions rolled by
-one position, KTO's convention) and draws its own noise and timestep.
+one position, KTO's convention) and draws its own noise and timestep. With
+``reference_point_fraction`` < 1 it keeps only the first m of those pairs (passes 2 and 3 then
+run B + m and m samples): a cheaper, noisier z_ref.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Callable, Dict, Optional, Tuple, Union
 import torch
 
 from . import objectives as O
-from .config import check_choice, check_positive, check_range
+from .config import ConfigError, check_choice, check_positive, check_range
 from .schedule import NoiseSchedule
 
 Tensor = torch.Tensor
@@ -43,6 +45,9 @@ class ObjectiveConfig:
     utility: str = "kto"  # a name in objectives.UTILITIES (sec. 4.2; "kto" = sigmoid is best, D.4)
     beta: float = 5000.0  # sec. A.1 (D.3: rising from 2000 to 5000, flat after)
     reference_point: str = "unrelated"  # unrelated (the paper, sec. 4.1) | batch | none
+    # Share of the batch that forms unrelated pairs for z_ref (rounded, at least one pair): 1.0 = every
+    # sample, as the paper (sec. 4.1); less saves forwards for a noisier z_ref (benchmarks/reference_point.py).
+    reference_point_fraction: float = 1.0
     lambda_desirable: float = 1.0  # KTO's class weights lambda_D, lambda_U (eq. 5)
     lambda_undesirable: float = 1.0  # lambda_U; raise it to weigh undesirable samples more
 
@@ -51,6 +56,10 @@ class ObjectiveConfig:
         O.get_utility(self.utility)
         check_positive("beta", self.beta)
         check_choice("reference_point", self.reference_point, O.REFERENCE_POINTS)
+        check_range("reference_point_fraction", self.reference_point_fraction, low=0.0, high=1.0, low_open=True)
+        if self.reference_point_fraction != 1.0 and self.reference_point != "unrelated":
+            raise ConfigError(f"reference_point_fraction={self.reference_point_fraction} applies only to "
+                              f"reference_point='unrelated', not {self.reference_point!r}")
         check_range("lambda_desirable", self.lambda_desirable, low=0.0, low_open=True)
         check_range("lambda_undesirable", self.lambda_undesirable, low=0.0, low_open=True)
         return self
@@ -86,6 +95,11 @@ def roll_cond(cond: Cond, shifts: int = 1) -> Cond:
 def cat_cond(*conds: Cond) -> Cond:
     """Concatenate conditionings along the batch (every part alike)."""
     return map_cond(lambda *cs: torch.cat(cs, dim=0), *conds)
+
+
+def unrelated_pair_count(batch_size: int, fraction: float) -> int:
+    """How many unrelated pairs estimate z_ref: ``fraction`` of the batch, rounded, at least one."""
+    return min(batch_size, max(1, round(fraction * batch_size)))
 
 
 def _randn_like(x: Tensor, generator: Optional[torch.Generator]) -> Tensor:
@@ -137,11 +151,13 @@ def objective_step(
 
     if name == "kto":
         if cfg.reference_point == "unrelated":
-            t_u = schedule.sample_timesteps(n, x0.device, generator)
-            noise_u = _randn_like(x0, generator)
-            x_u = schedule.add_noise(x0, noise_u, t_u)
-            target_u = schedule.target(x0, noise_u, t_u)
-            cond_u = roll_cond(cond)
+            m = unrelated_pair_count(n, cfg.reference_point_fraction)  # the first m samples' pairs
+            x0_u = x0[:m]
+            t_u = schedule.sample_timesteps(m, x0.device, generator)
+            noise_u = _randn_like(x0_u, generator)
+            x_u = schedule.add_noise(x0_u, noise_u, t_u)
+            target_u = schedule.target(x0_u, noise_u, t_u)
+            cond_u = map_cond(lambda c: c[:m], roll_cond(cond))
             with torch.no_grad():
                 err_r_all = O.denoising_error(
                     reference(torch.cat([x_t, x_u]), torch.cat([t, t_u]), cat_cond(cond, cond_u)),

@@ -7,9 +7,11 @@ import json
 import math
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "sd_step.py"
@@ -28,17 +30,56 @@ def tiny_results(tmp_path_factory):
     """One run of all five configurations (a subprocess: the benchmark owns its accelerate state)."""
     out = tmp_path_factory.mktemp("bench") / "tiny.json"
     cmd = [sys.executable, str(SCRIPT), "--config", "tiny", "--device", "cpu", "--batch-size", "2",
-           "--steps", "1", "--warmup", "0", "--threads", "1", "--out", str(out)]
+           "--steps", "1", "--warmup", "0", "--threads", "1", "--out", str(out),
+           "--profile", str(out.with_suffix(".profile.json")), "--profile-steps", "1"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(out.read_text()), proc.stdout
+    data = json.loads(out.read_text())
+    data["profiles"] = json.loads(out.with_suffix(".profile.json").read_text())["profiles"]
+    return data, proc.stdout
+
+
+def test_batch_sizes_and_compile_choices_in_one_run(tmp_path):
+    """--batch-size 1,2 and --compile none,regional: the baseline once per batch size (never compiled),
+    x official against the baseline of the same batch size, compile time for compiled rows.
+    The eager backend: the compile path, dynamo tracing only (quick on CPU)."""
+    out = tmp_path / "rows.json"
+    cmd = [sys.executable, str(SCRIPT), "--config", "tiny", "--device", "cpu", "--batch-size", "1,2",
+           "--configs", "kto_full,official_like", "--compile", "none,regional", "--compile-backend",
+           "eager", "--reference-point-fraction", "0.5", "--steps", "1", "--warmup", "0", "--threads", "1",
+           "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["results"]
+    assert [(r["config"], r["batch_size"], r["compile"]) for r in rows] == [
+        (c, b, k) for b in (1, 2) for c, k in (("kto_full", "none"), ("kto_full", "regional"), ("official_like", "none"))]
+    for r in rows:
+        official = next(o for o in rows if o["config"] == "official_like" and o["batch_size"] == r["batch_size"])
+        assert r["speedup_vs_official"] == pytest.approx(r["samples_per_s"] / official["samples_per_s"])
+        assert (r["compile_s"] is None) == (r["compile"] == "none") and r["first_step_s"] > 0
+        assert r["reference_point_fraction"] == 0.5
+    assert "| batch | compile |" in proc.stdout
+
+
+def test_out_of_memory_gives_a_row_not_a_crash(monkeypatch):
+    sd_step = _load_module()
+
+    def oom(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore details")
+
+    monkeypatch.setattr(sd_step, "measure", oom)
+    args = sd_step.parse_args(["--device", "cpu", "--config", "tiny"])
+    row = sd_step.run_configuration("dpo", args, {}, tempfile.mkdtemp(), 32, "none", None)
+    assert row == {"config": "dpo", "batch_size": 32, "compile": "none",
+                   "error": "out of memory: CUDA out of memory. Tried to allocate 2.00 GiB"}
+    assert "| dpo | 32 | none | out of memory" in sd_step.markdown_table([row])
 
 
 def test_tiny_cpu_run_reports_every_configuration(tiny_results):
     data, stdout = tiny_results
     sd_step = _load_module()
     meta, rows = data["meta"], data["results"]
-    assert meta["config"] == "tiny" and meta["device"] == "cpu" and meta["batch_size"] == 2
+    assert meta["config"] == "tiny" and meta["device"] == "cpu" and meta["batch_sizes"] == [2]
     assert "--config tiny" in meta["command"] and meta["date"]
     assert [r["config"] for r in rows] == list(sd_step.CONFIGS)
     for r in rows:
@@ -55,6 +96,11 @@ def test_tiny_cpu_run_reports_every_configuration(tiny_results):
     # the baseline also encodes pixels and text every step
     assert by["official_like"]["tflop_per_step"] > by["kto_full"]["tflop_per_step"]
     assert "| kto_full |" in stdout and "x official" in stdout
+    # a profile summary per row: operators ranked by self CPU time (device time on a GPU), grouped
+    assert sorted(data["profiles"]) == sorted(f"{name}/batch2/compile-none" for name in sd_step.CONFIGS)
+    summary = data["profiles"]["kto_lora_disabled/batch2/compile-none"]
+    assert summary["ranked_by"] == "self cpu time" and summary["top_ops"][0]["ms_per_step"] > 0
+    assert sum(summary["groups_ms_per_step"].values()) == pytest.approx(summary["op_ms_per_step"])
 
 
 @pytest.mark.parametrize("config, extra", [("tiny_sdxl", []), ("tiny_sd3", ["--grad-checkpointing"])])
@@ -109,6 +155,10 @@ def test_peak_flops_and_mfu_use_the_override():
     (["--batch-size", "0"], "--batch-size must be >= 1"),
     (["--resolution", "100"], "multiple of 8"),
     (["--config", "sd21"], "invalid choice"),
+    (["--batch-size", "8,x"], "--batch-size must be integers"),
+    (["--compile", "none,partial"], "--compile: choose from none, regional, full"),
+    (["--reference-point-fraction", "0"], "--reference-point-fraction must lie in (0, 1]"),
+    (["--reference-point", "batch", "--reference-point-fraction", "0.5"], "applies only to --reference-point unrelated"),
 ])
 def test_bad_arguments_fail_before_any_model_is_built(argv, message, capsys):
     sd_step = _load_module()

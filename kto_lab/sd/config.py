@@ -26,6 +26,7 @@ from ..step import ObjectiveConfig
 from . import metrics_log
 from .encoding import LATENT_MODES
 from .families import FAMILY_CHOICES
+from .speed import COMPILE_ALIASES, COMPILE_CHOICES, COMPILE_MODES, REPEATED_BLOCKS
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 REFERENCE_DTYPES = ("auto", "fp32", "fp16", "bf16")
@@ -61,8 +62,18 @@ class ModelConfig:
     reference_dtype: str = "auto"
     gradient_checkpointing: bool = False  # recompute activations in the backward: less memory, one more forward
     # torch.compile the policy UNet (and a frozen reference copy) in place after accelerate.prepare:
-    # the first steps pay the compilation. The gain is not measured yet (no GPU so far; benchmarks/sd_step.py --compile).
-    compile: bool = False
+    # none | regional (each ResNet/transformer block, compiled once per shape) | full (the whole UNet);
+    # true/false read as full/none. The first step pays the compilation. Off until a GPU measurement
+    # says which helps (benchmarks/README.md; kto_lab.sd.speed).
+    compile: str = "none"
+    # torch.compile's mode: default | reduce-overhead (CUDA graphs) | max-autotune | max-autotune-no-cudagraphs.
+    compile_mode: str = "default"
+    # Block classes that compile=regional compiles one by one (diffusers' own list for this UNet,
+    # _repeated_blocks, has only BasicTransformerBlock). SD3: its JointTransformerBlock where this is the default.
+    compile_blocks: List[str] = field(default_factory=lambda: list(REPEATED_BLOCKS))
+    # Keep the UNets' weights (and so their convolutions' activations) in the channels-last memory
+    # format, as MLPerf's SD recipe does; off until measured on a GPU.
+    channels_last: bool = False
 
     def validate(self) -> "ModelConfig":
         if not self.pretrained:
@@ -70,6 +81,13 @@ class ModelConfig:
         check_choice("model.reference_dtype", self.reference_dtype, REFERENCE_DTYPES)
         check_choice("model.family", self.family, FAMILY_CHOICES)
         check_choice("model.vae_dtype", self.vae_dtype, VAE_DTYPES)
+        self.compile = COMPILE_ALIASES.get(str(self.compile).lower(), self.compile)
+        check_choice("model.compile", self.compile, COMPILE_CHOICES)
+        check_choice("model.compile_mode", self.compile_mode, COMPILE_MODES)
+        if isinstance(self.compile_blocks, str):
+            self.compile_blocks = [self.compile_blocks]
+        if self.compile == "regional" and not self.compile_blocks:
+            raise ConfigError("model.compile_blocks is empty; model.compile=regional needs block class names")
         return self
 
 
@@ -300,10 +318,13 @@ class TrainConfig:
         density; a ``schedule.*`` option of the other kind of schedule is a one-line error, a beta outside
         the family's useful range a one-line warning."""
         cfg = dataclasses.replace(self, optim=dataclasses.replace(self.optim), lora=dataclasses.replace(self.lora),
-                                  data=dataclasses.replace(self.data), schedule=dataclasses.replace(self.schedule))
+                                  data=dataclasses.replace(self.data), schedule=dataclasses.replace(self.schedule),
+                                  model=dataclasses.replace(self.model))
         if family is not None:
             if cfg.data.resolution is None:
                 cfg.data.resolution = family.default_resolution
+            if cfg.model.compile_blocks == list(REPEATED_BLOCKS):  # the UNets' blocks: the family's own
+                cfg.model.compile_blocks = list(family.compile_blocks)
             cfg.schedule.check_family(family)
             if family.flow_matching:  # the values the run uses, in config.yaml and the resume check
                 flow = cfg.schedule._flow_schedule()

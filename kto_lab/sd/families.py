@@ -33,6 +33,7 @@ import torch
 
 from ..config import ConfigError
 from .encoding import Denoiser, embed_input_ids, reference_denoiser, tokenize, transformer_denoiser, unet_denoiser
+from .speed import REPEATED_BLOCKS
 
 Tensor = torch.Tensor
 
@@ -63,6 +64,7 @@ class ModelFamily:
     # its pipeline component, subfolder and LoRA key prefix; where a full fine-tune is saved (OUTPUT_DIR/<this>)
     denoiser_subfolder = "unet"
     flow_matching = False  # True: a rectified-flow model (velocity target; kto_lab.schedule.FlowMatchingSchedule)
+    compile_blocks: Tuple[str, ...] = REPEATED_BLOCKS  # model.compile=regional's regions (kto_lab.sd.speed)
     # LoRA files in diffusers' UNet key format (lora.down/up), as its UNet LoRA scripts save them; SD3's script
     # saves peft's (lora_A/B): diffusers' key conversion knows only the UNet's module names, and SD3's loader
     # drops the converted keys of a file that mixes both formats
@@ -271,6 +273,7 @@ class SD3Family(ModelFamily):
     denoiser_class_name = "SD3Transformer2DModel"
     denoiser_subfolder = "transformer"
     flow_matching = True
+    compile_blocks = ("JointTransformerBlock",)  # the MMDiT's 24 repeated blocks (SD3 medium)
     lora_diffusers_keys = False
     beta_range = SD3_BETA_RANGE
     beta_range_source = ("for SD3's velocity errors by an estimate, not on SD3 (SD 1.5's 2000-5000 over the "

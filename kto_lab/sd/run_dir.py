@@ -43,6 +43,7 @@ RUN_MARKERS = ("config.yaml", "metrics.jsonl", "metrics.csv", "checkpoints", "un
 RUN_FILES = RUN_MARKERS + ("validation", "logs", "README.md", ".tmp-unet", ".tmp-transformer")
 # Config fields a resumed run may change (prefixes end with a dot); every other field defines the run.
 MAY_CHANGE_ON_RESUME = ("output_dir", "cpu", "optim.max_steps", "optim.allow_tf32", "model.compile",
+                        "model.compile_mode", "model.compile_blocks", "model.channels_last",
                         "model.gradient_checkpointing", "logging.", "checkpoint.")
 RESUME_HINT = "resume with checkpoint.resume=latest, or choose another output_dir, or pass --overwrite"
 

@@ -50,6 +50,7 @@ from .config import TrainConfig, load_train_config
 from .encoding import encode_images, latent_scale, unwrap_model
 from .families import resolve_family
 from .run_dir import check_resume_path, claim_on_main, flatten
+from .speed import compile_unet
 
 Tensor = torch.Tensor
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -193,6 +194,10 @@ class Trainer:
         unet.train()
         if cfg.model.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
+        if cfg.model.channels_last:  # in place: the optimizer below gets the same parameters
+            for model in (unet, self.reference_unet):
+                if model is not None:
+                    model.to(memory_format=torch.channels_last)
         self.trainable = [p for p in unet.parameters() if p.requires_grad]
 
         o = cfg.optim
@@ -202,7 +207,7 @@ class Trainer:
         self.lr_scheduler = get_scheduler(o.lr_scheduler, optimizer, num_warmup_steps=o.warmup_steps,
                                           num_training_steps=o.max_steps)
         self.unet, self.optimizer = acc.prepare(unet, optimizer)
-        if cfg.model.compile:
+        if cfg.model.compile != "none":
             self.compile_unets()
         acc.register_save_state_pre_hook(self._save_model_hook)
         acc.register_load_state_pre_hook(self._load_model_hook)
@@ -244,12 +249,15 @@ class Trainer:
         if self.run.checkpoint is not None:
             self.load_checkpoint(self.run.checkpoint)
 
-    def compile_unets(self) -> None:
-        """``torch.compile`` the policy UNet and a frozen reference copy, in place: the denoisers,
-        the adapters switch and the checkpoints keep seeing the same modules."""
-        unwrap_model(self.unet).compile()
-        if self.reference_unet is not None:
-            self.reference_unet.compile()
+    def compile_unets(self, how: Optional[str] = None, backend: str = "inductor") -> None:
+        """``torch.compile`` the policy UNet and a frozen reference copy as ``model.compile`` says
+        (``how`` overrides it: none | regional | full), in place (:func:`kto_lab.sd.speed.compile_unet`):
+        the denoisers, the adapters switch and the checkpoints keep seeing the same modules.
+        ``backend``: torch.compile's (``benchmarks/sd_step.py --compile-backend``)."""
+        m = self.cfg.model
+        for unet in (unwrap_model(self.unet), self.reference_unet):
+            if unet is not None:
+                compile_unet(unet, how or m.compile, mode=m.compile_mode, blocks=m.compile_blocks, backend=backend)
 
     # ------------------------------------------------------------------------------------
     # one step
