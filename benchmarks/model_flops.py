@@ -1,12 +1,13 @@
-"""Parameter counts, model FLOPs and a weights-and-optimizer memory estimate of SD 1.5's and SDXL's
+"""Parameter counts, model FLOPs and a weights-and-optimizer memory estimate of SD 1.5's, SDXL's and SD3's
 networks, on the meta device (shapes only, no memory, no GPU): where the FLOP arithmetic and the memory
 tables of ``benchmarks/README.md`` and ``docs/training.md`` come from.
 
     python benchmarks/model_flops.py --config sdxl            # 1024 px
+    python benchmarks/model_flops.py --config sd3             # 1024 px, SD3 medium's transformer
     python benchmarks/model_flops.py --config sd15            # 512 px
 
-Per image (or caption): UNet forward, UNet forward + backward (a full fine-tune's policy pass), VAE
-encoder, each text encoder; ``torch.utils.flop_counter.FlopCounterMode`` counts matmul, convolution and
+Per image (or caption): UNet (SD3: transformer) forward, forward + backward (a full fine-tune's policy
+pass), VAE encoder, each text encoder; ``torch.utils.flop_counter.FlopCounterMode`` counts matmul, convolution and
 attention FLOPs. Memory (GiB, an ESTIMATE: tensors that persist through a step, no activations, no
 allocator overhead): fp32 trainable weights, their gradients and optimizer state (AdamW: two moments;
 Adafactor as transformers implements it without a first moment: factored second moments of every
@@ -30,10 +31,10 @@ import sd_step  # noqa: E402  (the model sets and builders)
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # the trainer's default lora.target_modules
 
 
-def lora_params(unet, rank: int = 8) -> int:
-    """Parameters of rank-``rank`` LoRA adapters on the attention projections (A: r x in, B: out x r)."""
+def lora_params(unet, rank: int = 8, targets: Sequence[str] = LORA_TARGETS) -> int:
+    """Parameters of rank-``rank`` LoRA adapters on the attention projections ``targets`` (A: r x in, B: out x r)."""
     return sum(rank * (m.in_features + m.out_features) for name, m in unet.named_modules()
-               if isinstance(m, torch.nn.Linear) and name.endswith(LORA_TARGETS))
+               if isinstance(m, torch.nn.Linear) and name.endswith(tuple(targets)))
 
 
 def adafactor_state_numel(shape: torch.Size) -> int:
@@ -61,6 +62,7 @@ def memory_estimate_gib(unet, encoders_and_vae_params: int, vae_params: int, lor
 
 def count(models: sd_step.ModelSet, resolution: int) -> Dict[str, float]:
     fam = sd_step.family(models)
+    targets = models.lora_targets or LORA_TARGETS
     with torch.device("meta"):
         unet = sd_step.build_unet(models)
         vae = sd_step.build_vae(models)
@@ -72,12 +74,12 @@ def count(models: sd_step.ModelSet, resolution: int) -> Dict[str, float]:
         latents = torch.chunk(batch["latent_moments"].float(), 2, dim=1)[0]
         t = torch.tensor([500])
         pixels = torch.zeros(1, 3, resolution, resolution)
-        ids = {tw.ids_key: torch.zeros(1, encoders[tw.encoder].config.max_position_embeddings, dtype=torch.long)
-               for tw in fam.towers}
+        ids = {tw.ids_key: torch.zeros(1, tw.max_length or encoders[tw.encoder].config.max_position_embeddings,
+                                       dtype=torch.long) for tw in fam.towers}
         denoise = fam.denoiser(unet)
         out = {"unet_params_m": sum(p.numel() for p in unet.parameters()) / 1e6,
                "vae_params_m": sum(p.numel() for p in vae.parameters()) / 1e6,
-               "lora_rank8_params_m": lora_params(unet) / 1e6}
+               "lora_rank8_params_m": lora_params(unet, targets=targets) / 1e6}
         for name, enc in encoders.items():
             out[f"{name}_params_m"] = sum(p.numel() for p in enc.parameters()) / 1e6
         with torch.no_grad():
@@ -89,7 +91,7 @@ def count(models: sd_step.ModelSet, resolution: int) -> Dict[str, float]:
         out["unet_forward_backward_tflop"] = sd_step.count_flops(lambda: denoise(latents, t, cond).sum().backward()) / 1e12
         vae_params = sum(p.numel() for p in vae.parameters())
         frozen = vae_params + sum(p.numel() for e in encoders.values() for p in e.parameters())
-        out.update(memory_estimate_gib(unet, frozen, vae_params, lora_params(unet)))
+        out.update(memory_estimate_gib(unet, frozen, vae_params, lora_params(unet, targets=targets)))
     return out
 
 

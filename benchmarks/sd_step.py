@@ -1,10 +1,12 @@
-"""Benchmark one training step of Stable Diffusion 1.5's or SDXL's UNet: kto_lab's trainer vs an
-official-script-like baseline.
+"""Benchmark one training step of Stable Diffusion 1.5's or SDXL's UNet, or SD3's transformer: kto_lab's
+trainer vs an official-script-like baseline.
 
     python benchmarks/sd_step.py --config sd15 --device cuda --batch-size 8,16,32 --compile none,regional --out sd15.json
     python benchmarks/sd_step.py --config sdxl --device cuda --batch-size 4 --out sdxl_b4.json
+    python benchmarks/sd_step.py --config sd3 --device cuda --batch-size 1,2,3,4 --grad-checkpointing --configs kto_lora_disabled
     python benchmarks/sd_step.py --config tiny --device cpu --batch-size 2 --steps 2 --out tiny.json
     python benchmarks/sd_step.py --config tiny_sdxl --device cpu --batch-size 2 --steps 2 --out tiny_sdxl.json
+    python benchmarks/sd_step.py --config tiny_sd3 --device cpu --batch-size 2 --steps 2 --out tiny_sd3.json
 
 What one *step* is: one micro-batch through ``Trainer.step`` (latents and text embeddings ->
 :func:`kto_lab.step.objective_step` -> backward -> grad clipping -> optimizer step), i.e. the real
@@ -41,7 +43,9 @@ over ``official_like`` at the same batch size in the same run; for compiled rows
 first step after compiling (what compilation costs before training starts, with an empty inductor
 cache per row unless ``TORCHINDUCTOR_CACHE_DIR`` is set). A configuration that runs out of device
 memory gives a row with ``error`` instead of stopping the run. Weights are random: throughput does
-not depend on them.
+not depend on them. The encoders (VAE, text towers) are built for real only where a configuration runs
+them (``--no-cache`` or ``official_like``); otherwise on the meta device, for the shapes of the cached
+conditioning alone (SD3's T5-XXL encoder would take 19 GB of host memory in fp32).
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -85,8 +89,14 @@ class ModelSet:
     text_encoder: str
     resolution: int  # pixels; latents are resolution / VAE downsampling
     default_batch_size: int
-    text_encoder_2: Optional[str] = None  # SDXL's second text tower
+    text_encoder_2: Optional[str] = None  # SDXL's and SD3's second text tower
     family: str = "sd"  # a name in kto_lab.sd.families.FAMILIES
+    text_encoder_3: Optional[str] = None  # SD3's T5 encoder
+    lora_targets: Optional[Tuple[str, ...]] = None  # LoRA target modules; None: the trainer's default (to_q/k/v/out.0)
+
+
+# diffusers' SD3 LoRA script's targets, as kto_lab/configs/sd3_kto_lora.yaml: both streams of every joint block
+SD3_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
 
 
 MODEL_SETS = {
@@ -98,6 +108,12 @@ MODEL_SETS = {
                      "sdxl_text_encoder_2.json", "sdxl"),
     "tiny_sdxl": ModelSet("tiny_sdxl_unet.json", "tiny_vae.json", "tiny_text_encoder.json", 32, 2,
                           "tiny_text_encoder_2.json", "sdxl"),
+    # SD3 medium: its transformer config shipped with kto_lab; CLIP ViT-L/14 and ViT-bigG/14 (with projections)
+    # and the T5 v1.1 XXL encoder.
+    "sd3": ModelSet("sd3_transformer.json", "sd3_vae.json", "sd15_text_encoder.json", 1024, 4,
+                    "sdxl_text_encoder_2.json", "sd3", "sd3_text_encoder_3.json", SD3_LORA_TARGETS),
+    "tiny_sd3": ModelSet("tiny_sd3_transformer.json", "tiny_sd3_vae.json", "tiny_text_encoder.json", 32, 2,
+                         "tiny_text_encoder_2.json", "sd3", "tiny_sd3_text_encoder_3.json", SD3_LORA_TARGETS),
 }
 
 # Dense (no sparsity) peak tensor-core TFLOP/s per GPU from NVIDIA's datasheets. "tf32" is what fp32
@@ -149,21 +165,24 @@ def family(models: ModelSet):
 
 
 def build_text_encoders(models: ModelSet, seed: int = 0) -> Dict[str, Any]:
-    """The family's text encoders by component name (``text_encoder`` [, ``text_encoder_2``])."""
+    """The family's text encoders by component name (``text_encoder`` [, ``text_encoder_2``, ``text_encoder_3``])."""
     import transformers
-    from transformers import CLIPTextConfig
 
     torch.manual_seed(seed)
-    configs = (models.text_encoder, models.text_encoder_2)
-    return {tower.encoder: getattr(transformers, tower.encoder_class)(CLIPTextConfig.from_dict(_read_config(name)))
-            for tower, name in zip(family(models).towers, configs)}
+    configs = (models.text_encoder, models.text_encoder_2, models.text_encoder_3)
+    out = {}
+    for tower, name in zip(family(models).towers, configs):
+        cls = getattr(transformers, tower.encoder_class)
+        out[tower.encoder] = cls(cls.config_class.from_dict(_read_config(name)))
+    return out
 
 
-def sd_schedule():
-    """SD 1.x's and SDXL's DDPM schedule (scaled_linear, 1000 steps, epsilon prediction)."""
-    from kto_lab.schedule import NoiseSchedule
+def model_schedule(models: ModelSet):
+    """The family's training schedule as its pipeline's scheduler config gives it: SD 1.x's and SDXL's DDPM
+    (scaled_linear, 1000 steps, epsilon prediction), SD3's rectified flow (shift 3, logit-normal timesteps)."""
+    from kto_lab.schedule import FlowMatchingSchedule, NoiseSchedule
 
-    return NoiseSchedule.scaled_linear(1000)
+    return FlowMatchingSchedule(shift=3.0) if family(models).flow_matching else NoiseSchedule.scaled_linear(1000)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -183,7 +202,7 @@ def make_batch(base: Dict[str, Any], models: ModelSet, *, cached: bool, pairs: b
     b, h = batch_size, resolution // 2 ** (len(vae.block_out_channels) - 1)
     batch: Dict[str, torch.Tensor] = {"labels": (torch.rand(b, generator=g) < gamma).long()}
     ids = {t.ids_key: torch.randint(0, base[t.encoder].config.vocab_size,
-                                    (b, base[t.encoder].config.max_position_embeddings), generator=g)
+                                    (b, t.max_length or base[t.encoder].config.max_position_embeddings), generator=g)
            for t in fam.towers}
     for s in (("", "_l") if pairs else ("",)):
         if cached:
@@ -194,7 +213,7 @@ def make_batch(base: Dict[str, Any], models: ModelSet, *, cached: bool, pairs: b
             batch["pixel_values" + s] = torch.rand(b, 3, resolution, resolution, generator=g) * 2 - 1
         batch.update({k + s: torch.tensor([[resolution, resolution] if k == "original_size" else [0, 0]] * b)
                       for k in fam.image_keys})
-    if cached:  # the text parts' shapes from one real encode of one caption
+    if cached:  # the text parts' shapes from one encode of one caption (on the meta device, shapes only)
         with torch.no_grad():
             text = fam.encode_ids([base[t.encoder] for t in fam.towers], {k: v[:1] for k, v in ids.items()})
         batch.update({k: torch.randn((b,) + v.shape[1:], generator=g) for k, v in text.items()})
@@ -214,6 +233,7 @@ def train_config(name: str, args, output_dir: str, batch_size: int) -> Dict[str,
     """The ``TrainConfig`` (as a dict) of one kto_lab configuration; everything else is the paper default.
     ``model.compile`` stays off: :func:`measure` compiles after its eager FLOP-counting step."""
     lora = name.startswith("kto_lora")
+    targets = MODEL_SETS[args.config].lora_targets
     return {
         "output_dir": output_dir,
         "cpu": args.device == "cpu",
@@ -226,7 +246,8 @@ def train_config(name: str, args, output_dir: str, batch_size: int) -> Dict[str,
                       "reference_point_fraction": args.reference_point_fraction},
         "optim": {"batch_size": batch_size, "mixed_precision": args.precision, "max_steps": 1_000_000,
                   "warmup_steps": 0, "optimizer": args.optimizer},
-        "lora": {"enabled": lora, "reference": "frozen_copy" if name == "kto_lora_copy" else "disabled_adapters"},
+        "lora": {"enabled": lora, "reference": "frozen_copy" if name == "kto_lora_copy" else "disabled_adapters",
+                 **({"target_modules": list(targets)} if targets else {})},
         "logging": {"progress_bar": False},
         "checkpoint": {"every": 0},
     }
@@ -236,14 +257,16 @@ def build_trainer(name: str, args, base: Dict[str, Any], output_dir: str, batch_
     """A ``kto_lab.sd.trainer.Trainer`` on fresh copies of the base models. With the cache only the
     UNet is given (as a cached run loads it); without, also the VAE and text encoder."""
     from kto_lab.sd.components import Components
+    from kto_lab.sd.encoding import latent_scale
     from kto_lab.sd.trainer import Trainer
 
     cached = not args.no_cache
     fam = family(MODEL_SETS[args.config])
     encoders = {} if cached else {t.encoder: copy.deepcopy(base[t.encoder]) for t in fam.towers}
-    components = Components(unet=copy.deepcopy(base["unet"]), schedule=sd_schedule(), family=fam,
-                            vae=None if cached else copy.deepcopy(base["vae"]), **encoders)
-    source = SimpleNamespace(manifest={"scaling_factor": float(base["vae"].config.scaling_factor)}, skipped=0)
+    components = Components(unet=copy.deepcopy(base["unet"]), schedule=model_schedule(MODEL_SETS[args.config]),
+                            family=fam, vae=None if cached else copy.deepcopy(base["vae"]), **encoders)
+    shift, scale = latent_scale(base["vae"].config)
+    source = SimpleNamespace(manifest={"scaling_factor": scale, "shift_factor": shift}, skipped=0)
     return Trainer(train_config(name, args, output_dir, batch_size), components=components, source=source)
 
 
@@ -304,7 +327,6 @@ class OfficialLikeStep:
         self.vae = copy.deepcopy(base["vae"]).to(self.device, torch.float32).requires_grad_(False).eval()
         self.text_encoders = [copy.deepcopy(base[t.encoder]).to(self.device, weight_dtype).requires_grad_(False).eval()
                               for t in fam.towers]
-        self.scaling_factor = float(self.vae.config.scaling_factor)
         unet = copy.deepcopy(base["unet"]).to(self.device, torch.float32).train()
         if fam.name == "sdxl":  # the official Diffusion-DPO script checkpoints SDXL always
             unet.enable_gradient_checkpointing()
@@ -314,7 +336,7 @@ class OfficialLikeStep:
                                                             weight_decay=0.0))
         self.unet, self.optimizer = acc.prepare(unet, optimizer)
         self.policy = fam.denoiser(self.unet)
-        self.schedule = sd_schedule()
+        self.schedule = model_schedule(MODEL_SETS[args.config])
         self.objective = ObjectiveConfig(objective="kto", reference_point=args.reference_point,
                                          reference_point_fraction=args.reference_point_fraction).validate()
         self.generator = torch.Generator(device=self.device).manual_seed(args.seed)
@@ -329,11 +351,11 @@ class OfficialLikeStep:
             self.reference_weights.restore(self.params)  # policy weights CPU -> GPU
 
     def step(self, batch: Dict[str, torch.Tensor]) -> Dict[str, float]:
+        from kto_lab.sd.encoding import encode_images
         from kto_lab.step import objective_step
 
-        with torch.no_grad():
-            pixels = batch["pixel_values"].to(self.device, torch.float32)
-            latents = self.vae.encode(pixels).latent_dist.sample(generator=self.generator) * self.scaling_factor
+        with torch.no_grad():  # posterior sample, (z - shift) * scale
+            latents = encode_images(self.vae, batch["pixel_values"].to(self.device, torch.float32), "sample", self.generator)
             fam = self.family
             text = fam.encode_ids(self.text_encoders, {t.ids_key: batch[t.ids_key].to(self.device) for t in fam.towers})
             cond = fam.cond(text, {k: batch[k].to(self.device) for k in fam.image_keys}, self.resolution)
@@ -566,7 +588,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--config", choices=sorted(MODEL_SETS), default="sd15", help="model sizes (default sd15)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch-size", default=None, help="per step (KTO: images; DPO: pairs); a comma list runs "
-                   "each (e.g. 8,16,32). Default: 8 for sd15, 4 for sdxl, 2 for tiny and tiny_sdxl")
+                   "each (e.g. 8,16,32). Default: 8 for sd15, 4 for sdxl and sd3, 2 for the tiny ones")
     p.add_argument("--steps", type=int, default=10, help="timed steps")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps after the FLOP-counting step")
     p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma list from {', '.join(CONFIGS)}")
@@ -589,7 +611,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         "the official script computes the cheaper batch mean)")
     p.add_argument("--reference-point-fraction", type=float, default=1.0,
                    help="objective.reference_point_fraction of every KTO configuration (1 = the paper)")
-    p.add_argument("--resolution", type=int, default=None, help="pixels (default 512 for sd15, 1024 for sdxl, 32 for tiny and tiny_sdxl)")
+    p.add_argument("--resolution", type=int, default=None, help="pixels (default 512 for sd15, 1024 for sdxl and sd3, "
+                   "32 for the tiny ones)")
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak for the MFU column "
                    "(default: from the GPU's name; none on CPU)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice; "
@@ -669,8 +692,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         torch.set_num_threads(args.threads)
     models = MODEL_SETS[args.config]
     torch.manual_seed(args.seed)
-    base = {"unet": build_unet(models, args.seed), "vae": build_vae(models, args.seed),
-            **build_text_encoders(models, args.seed)}  # on the host; each configuration copies them
+    encoding = args.no_cache or BASELINE in args.configs  # else the encoders serve only the cached shapes
+    with torch.device("cpu" if encoding else "meta"):
+        encoders = {"vae": build_vae(models, args.seed), **build_text_encoders(models, args.seed)}
+    base = {"unet": build_unet(models, args.seed), **encoders}  # on the host; each configuration copies them
     meta = {
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name if argv is None else "sd_step.py",

@@ -41,6 +41,15 @@ def tiny_sdxl_path(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_sd3_path(tmp_path_factory) -> Path:
+    """A tiny SD3 pipeline (random weights; MMDiT transformer, two CLIP towers and a T5 encoder, 16-channel VAE
+    with a shift factor, flow-matching scheduler), saved once per session."""
+    from kto_lab.sd.models import build_tiny_sd3
+
+    return build_tiny_sd3(tmp_path_factory.mktemp("tiny_sd3"), words=TINY_WORDS)
+
+
+@pytest.fixture(scope="session")
 def partiprompts_tsv() -> Path:
     path = SHARED_DATA / "prompts" / "PartiPrompts.tsv"
     if not path.is_file():

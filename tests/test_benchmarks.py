@@ -103,24 +103,29 @@ def test_tiny_cpu_run_reports_every_configuration(tiny_results):
     assert sum(summary["groups_ms_per_step"].values()) == pytest.approx(summary["op_ms_per_step"])
 
 
-def test_tiny_sdxl_cpu_run_with_the_official_like_baseline(tmp_path):
-    """The SDXL family through the benchmark: the trainer's cached step and the official-like step (fp32 VAE
-    encode and both text encoders every step, reference swapped in from the CPU)."""
-    out = tmp_path / "tiny_sdxl.json"
-    cmd = [sys.executable, str(SCRIPT), "--config", "tiny_sdxl", "--device", "cpu", "--batch-size", "2", "--steps", "1",
+@pytest.mark.parametrize("config, extra", [("tiny_sdxl", []), ("tiny_sd3", ["--grad-checkpointing"])])
+def test_tiny_family_cpu_run_with_the_official_like_baseline(tmp_path, config, extra):
+    """SDXL and SD3 through the benchmark: the trainer's cached step (SD3: the flow-matching schedule, diffusers' SD3
+    LoRA targets, gradient checkpointing) and the official-like step (fp32 VAE encode and every text encoder every
+    step, reference swapped in from the CPU)."""
+    out = tmp_path / f"{config}.json"
+    cmd = [sys.executable, str(SCRIPT), "--config", config, "--device", "cpu", "--batch-size", "2", "--steps", "1",
            "--warmup", "0", "--threads", "1", "--configs", "kto_full,kto_lora_disabled,dpo,official_like",
-           "--out", str(out)]
+           "--out", str(out), *extra]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(out.read_text())
     by = {r["config"]: r for r in data["results"]}
-    assert data["meta"]["config"] == "tiny_sdxl" and set(by) == {"kto_full", "kto_lora_disabled", "dpo", "official_like"}
+    assert data["meta"]["config"] == config and set(by) == {"kto_full", "kto_lora_disabled", "dpo", "official_like"}
     assert all(math.isfinite(r["loss"]) and r["tflop_per_step"] > 0 for r in by.values())
-    # the baseline also runs the VAE and both text encoders every step
+    assert by["kto_lora_disabled"]["grad_checkpointing"] == bool(extra) and by["kto_lora_disabled"]["lora"]
+    # the baseline also runs the VAE and the text encoders every step
     assert by["official_like"]["tflop_per_step"] > by["kto_full"]["tflop_per_step"]
 
 
 def test_model_flops_counts_on_the_meta_device():
+    import torch
+
     spec = importlib.util.spec_from_file_location("model_flops", REPO / "benchmarks" / "model_flops.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -131,6 +136,12 @@ def test_model_flops_counts_on_the_meta_device():
     assert out["text_encoder_tflop"] > 0 and out["text_encoder_2_tflop"] > 0
     assert out["lora_rank8_params_m"] < out["unet_params_m"] / 10
     assert out["full_adafactor_gib"] < out["full_adamw_gib"] and out["lora_disabled_adapters_gib"] < out["lora_frozen_copy_gib"]
+    sd3 = module.count(sd_step.MODEL_SETS["tiny_sd3"], 32)  # the transformer, three text towers, SD3's LoRA targets
+    assert sd3["text_encoder_3_tflop"] > 0 and 2.5 < sd3["unet_forward_backward_tflop"] / sd3["unet_forward_tflop"] < 3.5
+    with torch.device("meta"):
+        transformer = sd_step.build_unet(sd_step.MODEL_SETS["tiny_sd3"])
+    image_stream = module.lora_params(transformer)  # the default targets: to_q/k/v/out.0 only
+    assert sd3["lora_rank8_params_m"] * 1e6 > image_stream > 0
 
 
 def test_peak_flops_and_mfu_use_the_override():
@@ -154,3 +165,37 @@ def test_bad_arguments_fail_before_any_model_is_built(argv, message, capsys):
     with pytest.raises(SystemExit):
         sd_step.parse_args(["--device", "cpu", *argv])
     assert message in capsys.readouterr().err
+
+
+def test_flow_beta_scale_weights_are_the_optimal_denoisers_reward():
+    """benchmarks/flow_beta_scale.py's closed form: for Gaussian data N(m, 1) and the optimal denoisers of m = 0
+    (reference) and m = delta (policy), E_eps[err_ref - err_policy] = w(t) delta (2 x0 - delta), with the errors
+    the library's schedules define (add_noise, target): epsilon errors for DDPM, velocity errors for the flow."""
+    spec = importlib.util.spec_from_file_location("flow_beta_scale", REPO / "benchmarks" / "flow_beta_scale.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    x0, delta = torch.tensor([-1.5, 0.0, 0.7, 2.0]), 0.3
+    eps = torch.randn(400_000, 1, generator=g, dtype=torch.float64)
+    x0 = x0.double().expand(eps.shape[0], -1)
+    for name in ("sd15_epsilon", "sd3_velocity"):
+        schedule, weight = module.SCHEDULES[name]
+        for step in (100, 500, 900):
+            t = torch.full((eps.shape[0],), step)
+            x_t, target = schedule.add_noise(x0, eps, t), schedule.target(x0, eps, t)
+            if name == "sd15_epsilon":
+                a, b = schedule.alphas_cumprod[step].double().sqrt(), (1 - schedule.alphas_cumprod[step].double()).sqrt()
+            else:
+                b = torch.tensor(step / schedule.num_train_timesteps, dtype=torch.float64)
+                a = 1 - b
+            d = a**2 + b**2
+
+            def optimal(m):  # E[target | x_t] for data N(m, 1)
+                eps_hat = b * (x_t - a * m) / d
+                return eps_hat if name == "sd15_epsilon" else eps_hat - (m + a * (x_t - a * m) / d)
+
+            g_mean = (((optimal(0.0) - target) ** 2) - ((optimal(delta) - target) ** 2)).mean(0)
+            expected = weight(schedule, torch.tensor([step])) * delta * (2 * x0[0] - delta)
+            assert torch.allclose(g_mean, expected, atol=2e-3 * max(1.0, float(expected.abs().max()))), (name, step)

@@ -5,7 +5,6 @@ and the one-line errors for inputs of the wrong family."""
 
 import json
 import math
-import os
 
 import pytest
 import torch
@@ -14,18 +13,11 @@ from kto_lab.config import ConfigError
 from kto_lab.sd.families import FAMILIES, resolve_family
 from kto_lab.sd.metrics_log import read_metrics
 from kto_lab.sd.trainer import Trainer
-from test_sd_trainer import config as sd_config
+from family_checks import check_exact_resume
+from family_checks import short_config as config
 from test_sd_trainer import pairs, records  # noqa: F401  (module fixtures: the same small tables)
 
 SDXL = FAMILIES["sdxl"]
-
-
-def config(pretrained, table, out, **sections):
-    """tests/test_sd_trainer.py's run config, shorter (2 steps, no checkpoints unless asked)."""
-    cfg = sd_config(pretrained, table, out, optim={"max_steps": 2, "warmup_steps": 0}, checkpoint={"every": 0})
-    for name, values in sections.items():
-        cfg[name] = {**cfg.get(name, {}), **values}
-    return cfg
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +41,7 @@ def test_family_is_read_from_model_index(tiny_sd_path, tiny_sdxl_path, tmp_path)
         resolve_family(tiny_sdxl_path, "sd")
     from kto_lab.eval.run import EvalConfig, ModelSpec
 
-    for name in ("StableDiffusion3Pipeline", "FluxPipeline"):  # unsupported families: named, before any load
+    for name in ("FluxPipeline", "PixArtAlphaPipeline"):  # unsupported families: named, before any load
         (tmp_path / name).mkdir()
         (tmp_path / name / "model_index.json").write_text(json.dumps({"_class_name": name}))
         with pytest.raises(ConfigError, match=f"is a {name} pipeline.*supported families: sd .*sdxl"):
@@ -161,15 +153,7 @@ def test_exact_resume_on_sdxl(tiny_sdxl_path, records, tmp_path):
                       data={"caption_dropout": 0.3, "center_crop": False}, optim={"max_steps": 4, "learning_rate": 3e-2},
                       checkpoint={"every": 2, "keep": 1})
 
-    full = Trainer(cfg(tmp_path / "a")).fit()
-    first = Trainer(cfg(tmp_path / "b")).fit(stop_at=3)
-    assert first.global_step == 3
-    resumed = Trainer(cfg(tmp_path / "b"), overrides=["checkpoint.resume=latest"])
-    assert resumed.global_step == 2
-    result = resumed.fit()
-    a, b = read_metrics(full.metrics_path), read_metrics(result.metrics_path)
-    assert [r["loss"] for r in a] == [r["loss"] for r in b] and len({r["loss"] for r in a}) > 1
-    assert [r["z_ref"] for r in a] == [r["z_ref"] for r in b]
+    full, result = check_exact_resume(cfg, tmp_path)
 
     from safetensors.torch import load_file
 
@@ -179,20 +163,9 @@ def test_exact_resume_on_sdxl(tiny_sdxl_path, records, tmp_path):
 
 def test_lora_loads_in_diffusers_sdxl_pipeline_and_generates(tiny_sdxl_path, lora_run):
     from diffusers import StableDiffusionXLPipeline
+    from family_checks import check_lora_loads_and_changes_images
 
-    assert lora_run.weights.endswith("pytorch_lora_weights.safetensors")
-    assert (lora_run.output_dir and os.path.isfile(os.path.join(lora_run.output_dir, "validation", "step-0000002", "00.png")))
-    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl_path)
-    pipe.set_progress_bar_config(disable=True)
-
-    def draw():
-        return pipe("a red square", num_inference_steps=2, height=32, width=32, output_type="np",
-                    generator=torch.Generator().manual_seed(0)).images[0]
-
-    before = draw()
-    pipe.load_lora_weights(lora_run.output_dir)  # diffusers' own loader
-    after = draw()
-    assert after.shape == (32, 32, 3) and not (before == after).all()
+    check_lora_loads_and_changes_images(StableDiffusionXLPipeline.from_pretrained(tiny_sdxl_path), lora_run)
 
 
 def test_full_fine_tune_unet_loads_with_from_pretrained(tiny_sdxl_path, records, tmp_path):
@@ -269,14 +242,10 @@ def test_cache_round_trips_every_conditioning_tensor(tiny_sdxl_path, tiny_sd_pat
 
 
 def test_two_process_sdxl_run_agrees_on_z_ref(tiny_sdxl_path, records, tmp_path):
-    from test_sd_distributed import run_two_workers
+    from family_checks import check_two_process_run
 
-    r0, r1 = run_two_workers(config(tiny_sdxl_path, records, tmp_path / "run", optim={"max_steps": 10, "batch_size": 2}),
-                             tmp_path)
-    z0, z1 = [r["z_ref"] for r in r0["rows"]], [r["z_ref"] for r in r1["rows"]]
-    assert z0 == z1 and any(z > 0 for z in z0)
-    assert [r["err/policy"] for r in r0["rows"]] != [r["err/policy"] for r in r1["rows"]]
-    assert torch.equal(torch.load(tmp_path / "params0.pt"), torch.load(tmp_path / "params1.pt"))
+    check_two_process_run(config(tiny_sdxl_path, records, tmp_path / "run", optim={"max_steps": 10, "batch_size": 2}),
+                          tmp_path)
 
 
 def test_spin_iteration_on_sdxl(tiny_sdxl_path, records, tmp_path):
@@ -298,21 +267,7 @@ def test_spin_iteration_on_sdxl(tiny_sdxl_path, records, tmp_path):
     assert UNet2DConditionModel.from_pretrained(its[0].unet).config.addition_embed_type == "text_time"
 
 
-def test_eval_generate_and_implicit_accuracy_on_sdxl(tiny_sdxl_path, records, lora_run, tmp_path, capsys):
-    from kto_lab.cli import main
-    from kto_lab.eval.generate import read_manifest
-    from kto_lab.eval.implicit import evaluate_implicit_accuracy
+def test_eval_generate_and_implicit_accuracy_on_sdxl(tiny_sdxl_path, records, lora_run, tmp_path):
+    from family_checks import check_eval_generate_and_implicit_accuracy
 
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("a red square\na blue circle\n")
-    for name, extra in (("base", []), ("lora", ["--lora", lora_run.weights])):
-        assert main(["eval", "generate", "--pipeline", str(tiny_sdxl_path), "--name", name, "--prompts", str(prompts),
-                     "--out", str(tmp_path / "eval"), "-n", "2", "--steps", "2", "--device", "cpu", *extra]) == 0
-        rows = read_manifest(tmp_path / "eval" / name)
-        assert len(rows) == 4 and all(r["status"] == "ok" for r in rows)
-    base = {r["seed"] for r in read_manifest(tmp_path / "eval" / "base")}
-    assert base == {r["seed"] for r in read_manifest(tmp_path / "eval" / "lora")}  # the shared-seed protocol
-
-    res = evaluate_implicit_accuracy(tiny_sdxl_path, records, lora_path=lora_run.weights, n_draws=1, resolution=32,
-                                     progress=False)
-    assert res.n == 6 and 0.0 <= res.accuracy <= 1.0
+    check_eval_generate_and_implicit_accuracy(tiny_sdxl_path, records, lora_run.weights, tmp_path)

@@ -126,7 +126,8 @@ def cmd_implicit(args) -> int:
 def _model_args(p):
     p.add_argument("--pipeline", required=True, help="base diffusers pipeline directory (e.g. SD v1-5)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--unet", help="fine-tuned UNet directory (diffusers format, e.g. a run's OUTPUT_DIR/unet)")
+    g.add_argument("--unet", help="fine-tuned UNet directory (diffusers format, e.g. a run's OUTPUT_DIR/unet; "
+                   "SD3: OUTPUT_DIR/transformer)")
     g.add_argument("--lora", help="LoRA weights file or directory (e.g. a run's OUTPUT_DIR)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N or mps")
 

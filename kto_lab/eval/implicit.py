@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from kto_lab.objectives import denoising_error, implicit_reward
-from kto_lab.schedule import NoiseSchedule
+from kto_lab.schedule import FlowMatchingSchedule, NoiseSchedule
 
 
 @dataclass
@@ -52,8 +52,9 @@ def sign_accuracy(rewards, labels) -> ImplicitAccuracy:
 
 
 @torch.no_grad()
-def implicit_rewards(policy, reference, schedule: NoiseSchedule, latents: torch.Tensor, cond: Optional[torch.Tensor],
-                     *, beta: float = 5000.0, n_draws: int = 4, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def implicit_rewards(policy, reference, schedule: NoiseSchedule | FlowMatchingSchedule, latents: torch.Tensor,
+                     cond, *, beta: float = 5000.0, n_draws: int = 4,
+                     generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """``beta * mean_draws(err_ref - err_policy)`` per sample; policy and reference see the same x_t, t."""
     total = torch.zeros(latents.shape[0], dtype=torch.float32)
     for _ in range(n_draws):
@@ -86,7 +87,8 @@ def evaluate_implicit_accuracy(
     pipeline at ``pipeline_path`` on the held-out records at ``records_path`` (image, caption, label).
 
     With a LoRA the reference is the same UNet with its adapters disabled (exact); with a full UNet
-    the reference is the base pipeline's UNet. Unreadable images are skipped and counted.
+    the reference is the base pipeline's UNet. SD3: its transformer, and its flow schedule (velocity errors,
+    SD3's logit-normal timesteps). Unreadable images are skipped and counted.
     """
     from tqdm.auto import tqdm
 
@@ -110,20 +112,21 @@ def evaluate_implicit_accuracy(
     check_model_paths(pipeline_path, unet_path, lora_path)
     table = load_records(records_path, on_missing_image="skip")
     pipe = load_pipeline(pipeline_path, lora_path=lora_path)
-    family = family_of_pipeline(pipe)  # SD 1.x/2.x or SDXL: its text towers, conditioning and denoiser call
+    family = family_of_pipeline(pipe)  # SD 1.x/2.x, SDXL or SD3: its text towers, conditioning, denoiser, schedule
+    base = family.denoiser_of(pipe).to(device).eval()
     if unet_path is not None:
-        reference = family.denoiser(pipe.unet.to(device).eval())
-        policy_unet = load_unet(unet_path).to(device).eval()
+        reference = family.denoiser(base)
+        policy_unet = load_unet(unet_path, family).to(device).eval()
         family.check_unet(policy_unet.config, f"unet_path={str(unet_path)!r}")
         policy = family.denoiser(policy_unet)
     else:
-        policy = family.denoiser(pipe.unet.to(device).eval())
-        reference = family.adapters_disabled_denoiser(pipe.unet)
+        policy = family.denoiser(base)
+        reference = family.adapters_disabled_denoiser(base)
     pipe.vae.to(device).eval()
     for encoder in family.text_encoders(pipe):
         encoder.to(device).eval()
     schedule = family.schedule(pipe.scheduler)
-    res = resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    res = resolution or base.config.sample_size * pipe.vae_scale_factor
     generator = torch.Generator().manual_seed(seed)
     n = len(table) if limit is None else min(limit, len(table))
     rewards, labels, skipped = [], [], 0

@@ -31,7 +31,7 @@ class ModelSpec:
 
     name: str = ""
     pipeline: str = ""  # local diffusers pipeline dir (or hub id when online), e.g. SD v1-5
-    unet: Optional[str] = None  # a fine-tuned UNet directory (diffusers format)
+    unet: Optional[str] = None  # a fine-tuned UNet directory (diffusers format; SD3: its transformer directory)
     lora: Optional[str] = None  # pytorch_lora_weights.safetensors or its directory
 
     def validate(self, where: str) -> None:

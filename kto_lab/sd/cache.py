@@ -7,9 +7,10 @@ with the VAE and every caption with the text encoder(s), and writes safetensors 
                                           shards, skipped
     cache_dir/shard-00000.safetensors     latent_moments (n,2C,h,w), the family's text conditioning
                                           (SD: encoder_hidden_states (n,L,D); SDXL: also text_embeds
-                                          (n,P)) and image geometry (SDXL: original_size, crop_top_left
-                                          (n,2)), labels (n,), index (n,)  [+ latent_moments_l and the
-                                          losers' geometry for pairs]
+                                          (n,P); SD3: encoder_hidden_states of the CLIP and T5 tokens
+                                          and pooled_projections (n,P)) and image geometry (SDXL:
+                                          original_size, crop_top_left (n,2)), labels (n,), index (n,)
+                                          [+ latent_moments_l and the losers' geometry for pairs]
     cache_dir/empty_caption.safetensors   the text conditioning of "" (for data.caption_dropout)
 
 It stores the VAE posterior's *moments* (mean and log-variance), not one latent, so training
@@ -71,6 +72,7 @@ def build_cache(cfg, components, *, batch_size: int = 8, progress: bool = True) 
     from tqdm.auto import tqdm
 
     from .data import ImageTransform, geometry, open_table
+    from .encoding import latent_scale
 
     family, vae = components.family, components.vae
     dtype = STORAGE_DTYPES[cfg.data.cache_dtype]
@@ -149,7 +151,7 @@ def build_cache(cfg, components, *, batch_size: int = 8, progress: bool = True) 
     save_file({k: v.contiguous() for k, v in text([""]).items()}, str(partial / EMPTY_CAPTION))
     manifest = dict(_expected_manifest(cfg, family), version=CACHE_VERSION, count=sum(s["count"] for s in shards),
                     shards=shards, sources=[str(p) for p in cfg.data.train], text_keys=list(family.text_keys),
-                    scaling_factor=float(vae.config.scaling_factor),
+                    scaling_factor=float(vae.config.scaling_factor), shift_factor=latent_scale(vae.config)[0],
                     skipped=[list(s) for s in getattr(table, "skipped", [])])
     (partial / "cache.json").write_text(json.dumps(manifest, indent=1))
     os.replace(partial, out)
@@ -243,12 +245,13 @@ class CachedSource:
 
 
 def sample_latents(moments: Tensor, scaling_factor: float, mode: str = "sample",
-                   generator: Optional[torch.Generator] = None) -> Tensor:
-    """VAE posterior moments (mean, logvar along channels) -> scaled latents (diffusers'
-    ``DiagonalGaussianDistribution``: logvar clamped to [-30, 20])."""
+                   generator: Optional[torch.Generator] = None, shift_factor: float = 0.0) -> Tensor:
+    """VAE posterior moments (mean, logvar along channels) -> latents ``(z - shift_factor) * scaling_factor``
+    (diffusers' ``DiagonalGaussianDistribution``: logvar clamped to [-30, 20]; only SD3's VAE has a shift)."""
     mean, logvar = torch.chunk(moments.float(), 2, dim=1)
     if mode == "mode":
-        return mean * scaling_factor
-    std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
-    noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-    return (mean + std * noise) * scaling_factor
+        z = mean
+    else:
+        std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
+        z = mean + std * torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+    return (z - shift_factor) * scaling_factor if shift_factor else z * scaling_factor

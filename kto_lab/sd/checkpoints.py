@@ -1,7 +1,7 @@
 """Checkpoint directories: written whole or not at all, verified before a resume, pruned per run.
 
     output_dir/checkpoints/checkpoint-0001000/
-        unet/ | pytorch_lora_weights.safetensors, optimizer.bin, random_states_*.pkl (accelerate)
+        unet/ (SD3: transformer/) | pytorch_lora_weights.safetensors, optimizer.bin, random_states_*.pkl (accelerate)
         trainer_state_<rank>.pt                  (step, generator, LR schedule, data position)
         manifest.json                            (written last: run id, step, config, files)
 

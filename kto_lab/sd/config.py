@@ -4,8 +4,9 @@ Defaults come from the Diffusion-KTO paper, appendix A.1 (full fine-tune of SD v
 lr 1e-7, 1,000 warm-up steps, 10,000 steps, beta 5000, gamma 0.8, batch 2 per GPU on 4 GPUs)
 and, for LoRA runs, from the LoRA study (lora-preference-alignment-study, sec. 3.3/4: rank 8,
 AdamW with weight decay 0.01, lr 1e-4, 500 warm-up steps). Fields whose paper value depends
-on full vs LoRA fine-tuning, or on the model family (SD 1.x/2.x or SDXL), default to ``None`` and
-are resolved by :meth:`TrainConfig.resolved`.
+on full vs LoRA fine-tuning, or on the model family (SD 1.x/2.x, SDXL or SD3), default to ``None`` and
+are resolved by :meth:`TrainConfig.resolved`, which also refuses an option of the other kind of noise
+schedule (DDPM vs SD3's rectified flow) and warns about a beta far outside the family's useful range.
 
 Load with ``load_config(TrainConfig, "config.yaml", ["objective.beta=2000"])`` or
 :func:`load_train_config`; every check runs before any model is loaded.
@@ -18,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Optional, Sequence
 
-from ..config import ConfigError, check_choice, check_positive, check_range, load_config
+from ..config import ConfigError, check_choice, check_positive, check_range, load_config, warn_outside
 from ..data.sampler import check_gamma
+from ..schedule import PREDICTION_TYPES, FlowMatchingSchedule
 from ..step import ObjectiveConfig
 from . import metrics_log
 from .encoding import LATENT_MODES
@@ -38,17 +40,19 @@ LR_SCHEDULERS = ("constant_with_warmup", "linear", "cosine")
 
 @dataclass
 class ModelConfig:
-    # A diffusers SD 1.x/2.x or SDXL pipeline: a local directory or a hub id (read with from_pretrained).
+    # A diffusers SD 1.x/2.x, SDXL or SD3 pipeline: a local directory or a hub id (read with from_pretrained).
     pretrained: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
     # The model family: auto = from model_index.json's _class_name (StableDiffusionPipeline -> sd,
-    # StableDiffusionXLPipeline -> sdxl); name it for a hub id that is not cached offline.
+    # StableDiffusionXLPipeline -> sdxl, StableDiffusion3Pipeline -> sd3); name it for a hub id that is
+    # not cached offline.
     family: str = "auto"
     # Another VAE (a VAE dir or hub repo, or a pipeline dir with vae/), e.g. an fp16-safe SDXL VAE.
     vae: Optional[str] = None
     # Precision of the VAE encoder (training and cache). fp32 as the official KTO and diffusers SDXL
     # scripts; auto = the mixed-precision dtype (SDXL's own VAE stays fp32 under fp16: it overflows).
     vae_dtype: str = "fp32"
-    # Start the policy from this UNet (a diffusers UNet dir, or a pipeline dir with unet/) instead.
+    # Start the policy from this UNet (a diffusers UNet dir, or a pipeline dir with unet/; SD3: a
+    # transformer dir, or a pipeline with transformer/) instead.
     unet: Optional[str] = None
     # The reference: None = a frozen copy of the initial policy (the paper). A path (UNet dir or
     # pipeline dir) = that model, e.g. the previous SPIN iteration. Always a frozen copy then.
@@ -65,7 +69,7 @@ class ModelConfig:
     # torch.compile's mode: default | reduce-overhead (CUDA graphs) | max-autotune | max-autotune-no-cudagraphs.
     compile_mode: str = "default"
     # Block classes that compile=regional compiles one by one (diffusers' own list for this UNet,
-    # _repeated_blocks, has only BasicTransformerBlock).
+    # _repeated_blocks, has only BasicTransformerBlock). SD3: its JointTransformerBlock where this is the default.
     compile_blocks: List[str] = field(default_factory=lambda: list(REPEATED_BLOCKS))
     # Keep the UNets' weights (and so their convolutions' activations) in the channels-last memory
     # format, as MLPerf's SD recipe does; off until measured on a GPU.
@@ -191,6 +195,53 @@ class LoraConfig:
 
 
 @dataclass
+class ScheduleConfig:
+    # DDPM families (SD 1.x/2.x, SDXL) only: train with this prediction type instead of the scheduler
+    # config's (epsilon | v_prediction | sample), as diffusers' --prediction_type; null = the pipeline's.
+    prediction_type: Optional[str] = None
+    # Flow-matching families (SD3) only: the training timestep density (SD3 sec. 3.1): logit_normal
+    # (SD3's default and best) | uniform | mode; null = logit_normal. SD3's shift comes from its scheduler.
+    density: Optional[str] = None
+    logit_mean: Optional[float] = None  # flow only: the logit-normal mean m (SD3 sec. 3.1: 0); null = 0
+    logit_std: Optional[float] = None  # flow only: the logit-normal std s (SD3 sec. 3.1: 1); null = 1
+    mode_scale: Optional[float] = None  # flow only: the "mode" density's scale (SD3 sec. 3.1; diffusers 1.29); null = 1.29
+
+    FLOW_FIELDS: ClassVar[tuple] = ("density", "logit_mean", "logit_std", "mode_scale")
+
+    def validate(self) -> "ScheduleConfig":
+        if self.prediction_type is not None:
+            check_choice("schedule.prediction_type", self.prediction_type, PREDICTION_TYPES)
+        self._flow_schedule()  # the flow fields' values, checked where FlowMatchingSchedule checks them
+        return self
+
+    def _flow_schedule(self, base: Optional[FlowMatchingSchedule] = None) -> FlowMatchingSchedule:
+        values = {k: getattr(self, k) for k in self.FLOW_FIELDS if getattr(self, k) is not None}
+        try:
+            return dataclasses.replace(base or FlowMatchingSchedule(), **values)
+        except ConfigError as e:
+            raise ConfigError(f"schedule.{e}") from None
+
+    def check_family(self, family) -> None:
+        """An option of the other kind of schedule is a mistake, not something to ignore: one line."""
+        if family.flow_matching and self.prediction_type is not None:
+            raise ConfigError(f"schedule.prediction_type={self.prediction_type!r} is a DDPM option, but "
+                              f"{family.pipeline_class_name} ({family.name}) is a flow-matching model: it predicts the "
+                              f"velocity eps - x0; leave schedule.prediction_type unset")
+        flow_set = [k for k in self.FLOW_FIELDS if getattr(self, k) is not None]
+        if not family.flow_matching and flow_set:
+            raise ConfigError(f"schedule.{flow_set[0]} is a flow-matching option, but {family.pipeline_class_name} "
+                              f"({family.name}) is a DDPM model; leave schedule.{', schedule.'.join(flow_set)} unset")
+
+    def apply(self, schedule):
+        """``schedule`` (the pipeline's: NoiseSchedule or FlowMatchingSchedule) with the options set here."""
+        if isinstance(schedule, FlowMatchingSchedule):
+            return self._flow_schedule(schedule)
+        if self.prediction_type is not None and self.prediction_type != schedule.prediction_type:
+            return dataclasses.replace(schedule, prediction_type=self.prediction_type)
+        return schedule
+
+
+@dataclass
 class LoggingConfig:
     MOVED: ClassVar[Dict[str, str]] = {"tensorboard": "logging.report_to=[tensorboard]"}
 
@@ -202,7 +253,7 @@ class LoggingConfig:
     progress_bar: bool = True  # a tqdm bar on the main process
     validation_prompts: List[str] = field(default_factory=list)  # prompts rendered every validation_every steps
     validation_every: int = 0  # optimizer steps; 0 = off
-    validation_inference_steps: int = 25  # DPM-Solver++ steps per validation image
+    validation_inference_steps: int = 25  # sampler steps per validation image (DPM-Solver++; SD3: its flow Euler sampler)
     validation_guidance_scale: float = 7.5  # classifier-free guidance of the validation images
     validation_seed: int = 0  # image i uses seed + i
 
@@ -241,13 +292,14 @@ class TrainConfig:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)  # the loss and its hyper-parameters
     optim: OptimConfig = field(default_factory=OptimConfig)  # optimizer, schedule, batch, precision
     lora: LoraConfig = field(default_factory=LoraConfig)  # LoRA adapters (the LoRA study) instead of a full fine-tune
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)  # training noise/timestep options (DDPM or flow)
     logging: LoggingConfig = field(default_factory=LoggingConfig)  # metrics, progress bar, validation images
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)  # cadence, pruning, resume
 
     def validate(self) -> "TrainConfig":
         if not self.output_dir:
             raise ConfigError("output_dir must be set")
-        for name in ("model", "data", "optim", "lora", "logging", "checkpoint"):
+        for name in ("model", "data", "optim", "lora", "schedule", "logging", "checkpoint"):
             getattr(self, name).validate()
         try:
             self.objective.validate()
@@ -262,11 +314,24 @@ class TrainConfig:
 
     def resolved(self, family=None) -> "TrainConfig":
         """A copy with the mode-dependent paper defaults filled in (full: A.1; LoRA: the study), and with
-        ``family`` (a :class:`~kto_lab.sd.families.ModelFamily`) the family's default resolution."""
+        ``family`` (a :class:`~kto_lab.sd.families.ModelFamily`) the family's default resolution and timestep
+        density; a ``schedule.*`` option of the other kind of schedule is a one-line error, a beta outside
+        the family's useful range a one-line warning."""
         cfg = dataclasses.replace(self, optim=dataclasses.replace(self.optim), lora=dataclasses.replace(self.lora),
-                                  data=dataclasses.replace(self.data))
-        if family is not None and cfg.data.resolution is None:
-            cfg.data.resolution = family.default_resolution
+                                  data=dataclasses.replace(self.data), schedule=dataclasses.replace(self.schedule),
+                                  model=dataclasses.replace(self.model))
+        if family is not None:
+            if cfg.data.resolution is None:
+                cfg.data.resolution = family.default_resolution
+            if cfg.model.compile_blocks == list(REPEATED_BLOCKS):  # the UNets' blocks: the family's own
+                cfg.model.compile_blocks = list(family.compile_blocks)
+            cfg.schedule.check_family(family)
+            if family.flow_matching:  # the values the run uses, in config.yaml and the resume check
+                flow = cfg.schedule._flow_schedule()
+                for k in ScheduleConfig.FLOW_FIELDS:
+                    setattr(cfg.schedule, k, getattr(flow, k))
+            if family.beta_range and cfg.objective.objective in ("kto", "dpo"):
+                warn_outside("objective.beta", cfg.objective.beta, *family.beta_range, family.beta_range_source)
         lora = cfg.lora.enabled
         if cfg.optim.learning_rate is None:
             cfg.optim.learning_rate = 1e-4 if lora else 1e-7

@@ -2,7 +2,8 @@
 
 It says what the weights are and how they were made: base model, objective and its
 hyper-parameters, data files and counts, steps, final metrics, and how to load the LoRA or
-the UNet with diffusers. ``kto-lab push`` writes it again with the Hub repository id.
+the UNet (SD3: the transformer) with the family's diffusers pipeline. ``kto-lab push`` writes it
+again with the Hub repository id.
 """
 
 from __future__ import annotations
@@ -54,32 +55,38 @@ def data_counts(source) -> Dict[str, int]:
     return {"pairs": len(table)} if hasattr(table, "__len__") else {}
 
 
-def _usage(base: str, location: str, lora: bool, csft: bool) -> str:
+def _usage(base: str, location: str, lora: bool, csft: bool, family) -> str:
     prompt = "good image, a photo of a cat" if csft else "a photo of a cat"
+    pipeline, model, sub = family.pipeline_class_name, family.denoiser_class_name, family.denoiser_subfolder
     if lora:
-        load = (f'pipe = StableDiffusionPipeline.from_pretrained("{base}", torch_dtype=torch.float16)\n'
+        load = (f'pipe = {pipeline}.from_pretrained("{base}", torch_dtype=torch.float16)\n'
                 f'pipe.load_lora_weights("{location}")')
-        head = "import torch\nfrom diffusers import StableDiffusionPipeline\n\n"
+        head = f"import torch\nfrom diffusers import {pipeline}\n\n"
     else:
-        load = (f'unet = UNet2DConditionModel.from_pretrained("{location}", subfolder="unet", torch_dtype=torch.float16)\n'
-                f'pipe = StableDiffusionPipeline.from_pretrained("{base}", unet=unet, torch_dtype=torch.float16)')
-        head = "import torch\nfrom diffusers import StableDiffusionPipeline, UNet2DConditionModel\n\n"
+        load = (f'{sub} = {model}.from_pretrained("{location}", subfolder="{sub}", torch_dtype=torch.float16)\n'
+                f'pipe = {pipeline}.from_pretrained("{base}", {sub}={sub}, torch_dtype=torch.float16)')
+        head = f"import torch\nfrom diffusers import {pipeline}, {model}\n\n"
     return head + load + f'\npipe = pipe.to("cuda")\nimage = pipe("{prompt}").images[0]'
 
 
 def write_model_card(output_dir: str | Path, config: Dict[str, Any], *, metrics: Dict[str, float],
-                     counts: Dict[str, int], repo_id: Optional[str] = None) -> Path:
+                     counts: Dict[str, int], repo_id: Optional[str] = None, family=None) -> Path:
     """Write ``output_dir/README.md`` for a finished run with resolved ``config`` (a dict).
-    ``repo_id``: where the usage snippet loads the weights from (default: ``output_dir``)."""
+    ``repo_id``: where the usage snippet loads the weights from (default: ``output_dir``); ``family``: the
+    run's :class:`~kto_lab.sd.families.ModelFamily` (default: ``model.family`` if named, else SD 1.x/2.x)."""
     from huggingface_hub import ModelCard, ModelCardData
+
+    from .families import FAMILIES
 
     out = Path(output_dir)
     model, obj, optim, lora, data = (config[k] for k in ("model", "objective", "optim", "lora", "data"))
+    family = family or FAMILIES.get(model.get("family"), FAMILIES["sd"])
     base, name = model["pretrained"], obj["objective"]
     is_hub_id = not Path(base).exists() and base.count("/") == 1
     method = {"kto": "Diffusion-KTO", "dpo": "Diffusion-DPO", "sft": "SFT", "csft": "CSFT", "bce": "BCE"}[name]
+    whole = "UNet" if family.denoiser_subfolder == "unet" else family.denoiser_subfolder
     tuned = (f"a rank-{lora['rank']} LoRA (alpha {lora['alpha']:g}) on {', '.join(lora['target_modules'])}"
-             if lora["enabled"] else "the full UNet")
+             if lora["enabled"] else f"the full {whole}")
     objective = {"kto": f"{method}, utility {obj['utility']}, beta {obj['beta']:g}, reference point "
                         f"{obj['reference_point']}, gamma {data['gamma']:g}",
                  "dpo": f"{method}, beta {obj['beta']:g}"}.get(name, method)
@@ -109,7 +116,7 @@ def write_model_card(output_dir: str | Path, config: Dict[str, Any], *, metrics:
         summary=f"{what} of `{base}`, fine-tuned with {method} by kto_lab from "
                 f"{'preference pairs' if name == 'dpo' else 'per-image binary feedback'}.",
         settings=settings, steps=optim["max_steps"], metrics=shown or {"(none logged)": ""},
-        usage=_usage(base, repo_id or str(out), lora["enabled"], name == "csft"), note=note,
+        usage=_usage(base, repo_id or str(out), lora["enabled"], name == "csft", family), note=note,
     )
     path = out / "README.md"
     card.save(path)

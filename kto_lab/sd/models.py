@@ -1,10 +1,11 @@
-"""Stable Diffusion models: load any SD 1.x/2.x or SDXL pipeline, and build tiny ones locally.
+"""Stable Diffusion models: load any SD 1.x/2.x, SDXL or SD3 pipeline, and build tiny ones locally.
 
 Real weights load with ``from_pretrained(local_dir_or_hub_id)`` exactly as diffusers does;
 nothing here downloads unless the user passes a hub id and is online. Tests and demos use
-:func:`build_tiny_sd` and :func:`build_tiny_sdxl`, which write a complete, randomly initialised
-pipeline (UNet, VAE, CLIP text encoder(s), CLIP tokenizer(s) with a locally made vocabulary,
-scheduler) to a directory, so that it loads back through the same code path as SD 1.5 / SDXL.
+:func:`build_tiny_sd`, :func:`build_tiny_sdxl` and :func:`build_tiny_sd3`, which write a complete,
+randomly initialised pipeline (UNet or SD3 transformer, VAE, text encoder(s), tokenizer(s) with a
+locally made vocabulary, scheduler) to a directory, so that it loads back through the same code path
+as SD 1.5 / SDXL / SD3.
 """
 
 from __future__ import annotations
@@ -72,6 +73,22 @@ def write_clip_tokenizer(directory: str | Path, words: Iterable[str] = (), model
     return directory
 
 
+def write_t5_tokenizer(directory: str | Path, words: Iterable[str] = ()) -> Path:
+    """Write a T5 tokenizer (``tokenizer.json``: a Unigram vocabulary, what ``T5TokenizerFast`` reads; no
+    sentencepiece file) with a vocabulary made here: T5's ``<pad>`` 0, ``</s>`` 1, ``<unk>`` 2, then every
+    printable ASCII character (alone and as a word start ``▁c``) and each word of ``words`` as one piece.
+    Characters outside it become ``<unk>``; the post-processor appends ``</s>``, as T5's does."""
+    from transformers import T5TokenizerFast
+
+    chars = [chr(c) for c in range(33, 127)]
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    pieces += [("▁" + w, -1.0) for w in sorted({w for w in words if w})]
+    pieces += [("▁" + c, -8.0) for c in chars] + [(c, -9.0) for c in chars]
+    tokenizer = T5TokenizerFast(vocab=list(dict(pieces).items()), extra_ids=0)
+    tokenizer.save_pretrained(str(directory))
+    return Path(directory)
+
+
 def _tiny_text_encoder(tokenizer, hidden_size: int, layers: int, max_length: int, with_projection: bool = False):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
@@ -95,10 +112,10 @@ def _tiny_vae(image_size: int, channels: int, latent_channels: int, groups: int,
 
 
 def _save_pipeline(pipe, path: Path, tok_dir: Path) -> Path:
+    import shutil
+
     pipe.save_pretrained(path, safe_serialization=True)
-    for f in tok_dir.iterdir():
-        f.unlink()
-    tok_dir.rmdir()
+    shutil.rmtree(tok_dir)
     return path
 
 
@@ -205,6 +222,63 @@ def build_tiny_sdxl(
     return _save_pipeline(pipe, path, tok_dir)
 
 
+def build_tiny_sd3(
+    path: str | Path,
+    *,
+    image_size: int = 32,
+    words: Sequence[str] = (),
+    hidden_size: int = 32,
+    layers: int = 2,
+    text_hidden_size: int = 32,
+    text_layers: int = 2,
+    max_text_length: int = 16,
+    seed: int = 0,
+) -> Path:
+    """Build a tiny Stable Diffusion 3 pipeline from config and ``save_pretrained`` it to ``path``.
+
+    SD3's architecture in miniature (SD3 paper sec. 4; SD3-medium's configs): an ``SD3Transformer2DModel``
+    (MMDiT: joint attention over 2x2 latent patches and the text tokens, the last block context-pre-only) fed
+    ``joint_attention_dim``-wide text states and a pooled projection of both CLIP towers; two
+    ``CLIPTextModelWithProjection`` towers and a ``T5EncoderModel`` whose width is both CLIPs' together (SD3:
+    768 + 1280 padded to T5's 4096); a VAE with 16 latent channels, no quant convs and SD3's
+    ``shift_factor``/``scaling_factor``; ``FlowMatchEulerDiscreteScheduler(shift=3.0)``. The CLIP tokenizers
+    and the T5 tokenizer (a Unigram ``tokenizer.json``, what ``T5TokenizerFast`` reads) get vocabularies made
+    here. Random weights; load it back with :func:`load_pipeline` or ``StableDiffusion3Pipeline.from_pretrained``.
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTokenizer, T5Config, T5EncoderModel, T5TokenizerFast
+
+    path = Path(path)
+    torch.manual_seed(seed)
+    tok_dir = write_clip_tokenizer(path / "_tokenizer_src", words, model_max_length=max_text_length)
+    tokenizer, tokenizer_2 = CLIPTokenizer.from_pretrained(tok_dir), CLIPTokenizer.from_pretrained(tok_dir)
+    t5_dir = write_t5_tokenizer(path / "_tokenizer_src" / "t5", words)
+    tokenizer_3 = T5TokenizerFast.from_pretrained(t5_dir)
+    text_encoder = _tiny_text_encoder(tokenizer, text_hidden_size, text_layers, max_text_length, with_projection=True)
+    text_encoder_2 = _tiny_text_encoder(tokenizer_2, text_hidden_size, text_layers, max_text_length, with_projection=True)
+    joint = 2 * text_hidden_size  # T5's width: the CLIP states are zero-padded to it (SD3: 2048 -> 4096)
+    text_encoder_3 = T5EncoderModel(T5Config(
+        vocab_size=len(tokenizer_3), d_model=joint, d_kv=8, d_ff=2 * joint, num_layers=text_layers, num_heads=4,
+        feed_forward_proj="gated-gelu", pad_token_id=tokenizer_3.pad_token_id, eos_token_id=tokenizer_3.eos_token_id,
+    ))
+    latent_size = image_size // 2
+    transformer = SD3Transformer2DModel(
+        sample_size=latent_size, patch_size=2, in_channels=16, out_channels=16, num_layers=layers,
+        attention_head_dim=8, num_attention_heads=hidden_size // 8, joint_attention_dim=joint,
+        caption_projection_dim=hidden_size, pooled_projection_dim=2 * text_hidden_size,
+        pos_embed_max_size=latent_size // 2,
+    )
+    groups = min(8, hidden_size)
+    vae = _tiny_vae(image_size, hidden_size, 16, groups, shift_factor=0.0609, scaling_factor=1.5305,
+                    use_quant_conv=False, use_post_quant_conv=False)
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, text_encoder_3=text_encoder_3, tokenizer_3=tokenizer_3,
+    )
+    return _save_pipeline(pipe, path, tok_dir)
+
+
 def check_model_paths(pipeline, unet=None, lora=None, prefix: str = "") -> None:
     """Before anything loads: ``pipeline`` is a pipeline directory (or a hub id), ``unet`` a local UNet
     directory (or a pipeline with unet/), ``lora`` an existing file or directory. Errors name
@@ -227,14 +301,16 @@ def load_pipeline(
     local_files_only: Optional[bool] = None,
     family: str = "auto",
 ):
-    """Load an SD 1.x/2.x or SDXL pipeline (local dir or hub id; the family from its ``model_index.json``),
-    optionally with a fine-tuned UNet (diffusers format) or LoRA weights (``pytorch_lora_weights.safetensors``).
+    """Load an SD 1.x/2.x, SDXL or SD3 pipeline (local dir or hub id; the family from its ``model_index.json``),
+    optionally with a fine-tuned UNet (SD3: transformer; diffusers format) or LoRA weights
+    (``pytorch_lora_weights.safetensors``).
 
     A missing local directory gives an error naming it, before anything loads; a UNet or LoRA of another
-    family (an SDXL LoRA for an SD 1.5 pipeline, ...) a one-line :class:`~kto_lab.config.ConfigError`. Hub
-    ids are resolved by diffusers, offline when ``HF_HUB_OFFLINE=1`` (``local_files_only`` defaults to that).
+    family (an SDXL LoRA for an SD 1.5 pipeline, an SD3 LoRA for SDXL, ...) a one-line
+    :class:`~kto_lab.config.ConfigError`. Hub ids are resolved by diffusers, offline when ``HF_HUB_OFFLINE=1``
+    (``local_files_only`` defaults to that).
     """
-    from .components import load_unet, local_only
+    from .components import load_unet, local_only, read_lora_state
     from .families import resolve_family
 
     check_model_paths(path_or_id, unet_path, lora_path)
@@ -245,33 +321,43 @@ def load_pipeline(
     pipe = fam.pipeline_class().from_pretrained(str(path_or_id), local_files_only=local_files_only,
                                                 **fam.pipeline_kwargs(), **kwargs)
     if unet_path is not None:
-        unet = load_unet(unet_path, **kwargs)
+        unet = load_unet(unet_path, fam, **kwargs)
         fam.check_unet(unet.config, f"UNet {str(unet_path)!r}")
-        pipe.unet = unet
+        setattr(pipe, fam.denoiser_subfolder, unet)
     if lora_path is not None:
         lora = Path(lora_path)
         directory, name = (lora, None) if lora.is_dir() else (lora.parent, lora.name)
-        state, _ = pipe.lora_state_dict(str(directory), **({"weight_name": name} if name else {}))
-        check_lora_fits(pipe.unet, state, f"LoRA {str(lora)!r}", fam)
+        state = read_lora_state(fam, directory, name)
+        check_lora_fits(fam.denoiser_of(pipe), state, f"LoRA {str(lora)!r}", fam)
         pipe.load_lora_weights(state)
     return pipe
 
 
 def check_lora_fits(unet, state: dict, what: str, family) -> None:
-    """Every UNet LoRA matrix of ``state`` must name a module of ``unet`` with matching features; a LoRA
-    trained for another model family (SD 1.5 vs SDXL) fails here in one line, not deep inside peft."""
+    """Every LoRA matrix of ``state`` for the family's denoiser (keys ``unet.*``; SD3 ``transformer.*``) must
+    name a module of ``unet`` with matching features, and none may be for another denoiser: a LoRA trained
+    for another model family (SD 1.5 vs SDXL vs SD3) fails here in one line, not deep inside peft."""
     from ..config import ConfigError
+    from .families import FAMILIES
 
+    prefix = family.denoiser_subfolder + "."
+    denoiser = "UNet" if prefix == "unet." else family.denoiser_class_name
+    others = tuple({f.denoiser_subfolder + "." for f in FAMILIES.values()} - {prefix})
     modules = dict(unet.named_modules())
     for key, weight in state.items():
-        if not key.startswith("unet.") or ".lora" not in key:
+        if ".lora" not in key:
             continue
-        name, _, kind = key[len("unet."):].partition(".lora")
+        if key.startswith(others):
+            raise ConfigError(f"{what} does not fit this {family.pipeline_class_name}'s {denoiser} (it holds LoRA "
+                              f"weights of a {key.split('.')[0]}): was it trained for another model family?")
+        if not key.startswith(prefix):
+            continue
+        name, _, kind = key[len(prefix):].partition(".lora")
         module = modules.get(name)
         width = None if module is None else (
             getattr(module, "in_features", None) if kind.startswith(("_A", ".down")) else getattr(module, "out_features", None))
         axis = 1 if kind.startswith(("_A", ".down")) else 0
         if module is None or (width is not None and weight.shape[axis] != width):
             found = "has no module" if module is None else f"has {width} features at"
-            raise ConfigError(f"{what} does not fit this {family.pipeline_class_name}'s UNet ({found} {name!r}): "
+            raise ConfigError(f"{what} does not fit this {family.pipeline_class_name}'s {denoiser} ({found} {name!r}): "
                               f"was it trained for another model family?")

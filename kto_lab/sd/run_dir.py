@@ -38,8 +38,9 @@ from .components import LORA_WEIGHTS
 LOCK = "run.lock"
 # Files that mark output_dir as used by a run, and everything a run writes there (what
 # ``overwrite`` deletes; other files stay).
-RUN_MARKERS = ("config.yaml", "metrics.jsonl", "metrics.csv", "checkpoints", "unet", LORA_WEIGHTS)
-RUN_FILES = RUN_MARKERS + ("validation", "logs", "README.md", ".tmp-unet")
+# (a full fine-tune's weights: unet/, SD3's transformer/)
+RUN_MARKERS = ("config.yaml", "metrics.jsonl", "metrics.csv", "checkpoints", "unet", "transformer", LORA_WEIGHTS)
+RUN_FILES = RUN_MARKERS + ("validation", "logs", "README.md", ".tmp-unet", ".tmp-transformer")
 # Config fields a resumed run may change (prefixes end with a dot); every other field defines the run.
 MAY_CHANGE_ON_RESUME = ("output_dir", "cpu", "optim.max_steps", "optim.allow_tf32", "model.compile",
                         "model.compile_mode", "model.compile_blocks", "model.channels_last",
@@ -52,10 +53,11 @@ class RunDirError(ConfigError):
 
 
 def final_weights(output_dir: str | Path) -> Optional[Path]:
-    """A finished run's weights in ``output_dir`` (``unet/`` or the LoRA file), if any."""
+    """A finished run's weights in ``output_dir`` (``unet/``, SD3's ``transformer/`` or the LoRA file), if any."""
     out = Path(output_dir)
-    if (out / "unet" / "config.json").is_file():
-        return out / "unet"
+    for denoiser in ("unet", "transformer"):
+        if (out / denoiser / "config.json").is_file():
+            return out / denoiser
     return out / LORA_WEIGHTS if (out / LORA_WEIGHTS).is_file() else None
 
 

@@ -5,9 +5,10 @@
 
 One step (:meth:`Trainer.step`) takes a batch dict (``kto_lab.sd.data``), turns it into latents
 and the model family's conditioning (SD 1.x/2.x: text embeddings; SDXL: text states, pooled
-embedding and size/crop time ids; :mod:`kto_lab.sd.families`; the encoders are skipped when the
-batch comes cached), and calls the shared
-:func:`kto_lab.step.objective_step` with the UNet as the policy and, for KTO and DPO, the
+embedding and size/crop time ids; SD3: CLIP and T5 states and pooled projections;
+:mod:`kto_lab.sd.families`; the encoders are skipped when the batch comes cached), and calls the shared
+:func:`kto_lab.step.objective_step` with the UNet (SD3: its transformer, a rectified flow whose
+errors are velocity errors) as the policy and, for KTO and DPO, the
 reference: a frozen low-precision copy kept on the device (full fine-tune, or LoRA with
 ``lora.reference=frozen_copy``) or the same UNet with its LoRA adapters disabled. The
 reference point comes from unrelated pairs (captions rolled inside the batch) and is averaged
@@ -46,7 +47,7 @@ from .checkpoints import CHECKPOINT_PREFIX, CheckpointError, commit, is_disk_ful
 from .components import (Components, LORA_WEIGHTS, add_lora, cast_trainable_to_fp32, check_model_config, frozen_reference,
                          load_components, load_lora, move, save_lora, save_unet)
 from .config import TrainConfig, load_train_config
-from .encoding import unwrap_model, encode_images
+from .encoding import encode_images, latent_scale, unwrap_model
 from .families import resolve_family
 from .run_dir import check_resume_path, claim_on_main, flatten
 from .speed import compile_unet
@@ -63,7 +64,7 @@ class TrainingDiverged(FloatingPointError):
 class TrainResult:
     output_dir: str
     global_step: int
-    weights: Optional[str]  # output_dir/unet (full) or output_dir/pytorch_lora_weights.safetensors (LoRA)
+    weights: Optional[str]  # output_dir/unet (full; SD3: output_dir/transformer) or output_dir/pytorch_lora_weights.safetensors (LoRA)
     metrics_path: str
     last_metrics: Dict[str, float]
     skipped_images: int
@@ -116,13 +117,14 @@ class Trainer:
         self.cfg = cfg
         check_resume_path(cfg)  # a bad path fails before loading
         cache_ready = bool(cfg.data.cache_dir) and (Path(cfg.data.cache_dir) / "cache.json").is_file()
-        if components is None:
-            check_model_config(cfg.model)  # a missing local model is named before anything loads
         family = components.family if components is not None else None
-        if family is None:  # from model_index.json: no model is loaded yet
+        if components is None:  # a missing local model, or one of another family, is named before anything loads
+            family = check_model_config(cfg.model)
+        elif family is None:  # from model_index.json: no model is loaded yet
             family = resolve_family(cfg.model.pretrained, cfg.model.family)
         self.family = family
-        self.cfg = cfg = cfg.resolved(family)  # the family's resolution where data.resolution is unset
+        # the family's defaults where unset (resolution, flow timesteps); its options only (schedule.*)
+        self.cfg = cfg = cfg.resolved(family)
         table = None
         if source is None and not cache_ready:  # the table(s), checked before any model loads
             from .data import open_train_table
@@ -163,14 +165,17 @@ class Trainer:
             need_encoders = validating or not cache_ready
             components = load_components(cfg.model, need_text=need_encoders, need_vae=need_encoders, family=family)
         self.components = c = components
-        self.schedule = c.schedule
+        self.schedule = cfg.schedule.apply(c.schedule)  # schedule.* on the pipeline's schedule
+        if cfg.schedule.prediction_type and c.scheduler_config is not None:  # validation samples what is trained
+            c.scheduler_config = {**c.scheduler_config, "prediction_type": cfg.schedule.prediction_type}
         if c.vae is not None:  # fp32 by default (model.vae_dtype), as the official scripts encode
             vae_dtype = torch.float32 if cfg.model.vae_dtype == "fp32" else family.vae_dtype(c.vae, self.weight_dtype)
             move(c.vae.requires_grad_(False).eval(), self.device, vae_dtype)
         for encoder in family.text_encoders(c):
             if encoder is not None:
                 move(encoder.requires_grad_(False).eval(), self.device, self.weight_dtype)
-        self.scaling_factor = float(c.vae.config.scaling_factor) if c.vae is not None else None
+        # x0 = (z - shift) * scale: from the VAE, or from the cache's manifest below
+        self.shift_factor, self.scaling_factor = latent_scale(c.vae.config) if c.vae is not None else (0.0, None)
 
         unet = c.unet
         needs_reference = O.NEEDS_REFERENCE[cfg.objective.objective]
@@ -239,6 +244,7 @@ class Trainer:
         manifest = getattr(source, "manifest", None)
         if self.scaling_factor is None and manifest is not None:
             self.scaling_factor = float(manifest["scaling_factor"])
+            self.shift_factor = float(manifest.get("shift_factor", 0.0))  # caches older than SD3 had none
 
         if self.run.checkpoint is not None:
             self.load_checkpoint(self.run.checkpoint)
@@ -265,7 +271,7 @@ class Trainer:
             if self.scaling_factor is None:
                 raise ValueError("batch has latent_moments but the trainer has no VAE scaling factor")
             return sample_latents(batch["latent_moments" + suffix].to(self.device), self.scaling_factor, mode,
-                                  self.generator)
+                                  self.generator, self.shift_factor)
         if "pixel_values" + suffix in batch:
             if self.components.vae is None:
                 raise ValueError("batch has pixel_values but the trainer has no VAE")
@@ -397,7 +403,7 @@ class Trainer:
                 if acc.is_main_process:
                     from .model_card import data_counts, write_model_card
 
-                    write_model_card(out, asdict(cfg), metrics=last, counts=data_counts(self.source))
+                    write_model_card(out, asdict(cfg), metrics=last, counts=data_counts(self.source), family=self.family)
         except BaseException:
             self.close()
             raise
@@ -453,7 +459,7 @@ class Trainer:
                 if self.cfg.lora.enabled:
                     save_lora(unwrap_model(model), output_dir, self.family)
                 else:
-                    save_unet(unwrap_model(model), Path(output_dir) / "unet")
+                    save_unet(unwrap_model(model), Path(output_dir) / self.family.denoiser_subfolder)
                 if weights:
                     weights.pop()
 
@@ -463,9 +469,9 @@ class Trainer:
         while models:
             model = unwrap_model(models.pop())
             if self.cfg.lora.enabled:
-                load_lora(model, input_dir)
+                load_lora(model, input_dir, self.family)
             else:
-                loaded = load_unet(Path(input_dir) / "unet")
+                loaded = load_unet(Path(input_dir) / self.family.denoiser_subfolder, self.family)
                 model.load_state_dict(loaded.state_dict())
                 del loaded
 
@@ -527,16 +533,18 @@ class Trainer:
         self.last_checkpoint = path
 
     def save_final(self) -> Optional[str]:
-        """``output_dir/unet`` (diffusers format) or ``output_dir/pytorch_lora_weights.safetensors``."""
+        """``output_dir/unet`` (SD3: ``output_dir/transformer``; diffusers format) or
+        ``output_dir/pytorch_lora_weights.safetensors``."""
         acc = self.accelerator
         acc.wait_for_everyone()
         out = Path(self.cfg.output_dir)
-        target = out / (LORA_WEIGHTS if self.cfg.lora.enabled else "unet")
+        denoiser = self.family.denoiser_subfolder
+        target = out / (LORA_WEIGHTS if self.cfg.lora.enabled else denoiser)
         if acc.is_main_process:
             if self.cfg.lora.enabled:
                 save_lora(self.base_unet(), out, self.family)
             else:
-                tmp = out / ".tmp-unet"
+                tmp = out / f".tmp-{denoiser}"
                 shutil.rmtree(tmp, ignore_errors=True)
                 save_unet(self.base_unet(), tmp)
                 commit(tmp, target)
@@ -555,9 +563,7 @@ class Trainer:
             return None
         if c.vae is None or any(e is None for e in self.family.text_encoders(c)) or c.scheduler_config is None:
             raise ValueError("validation images need the VAE, text encoder(s) and scheduler config")
-        from diffusers import DPMSolverMultistepScheduler
-
-        pipe = self.family.pipeline(c, self.base_unet(), DPMSolverMultistepScheduler.from_config(c.scheduler_config))
+        pipe = self.family.pipeline(c, self.base_unet(), self.family.sampling_scheduler(c.scheduler_config))
         pipe.set_progress_bar_config(disable=True)
         out = Path(cfg.output_dir) / "validation" / f"step-{self.global_step:07d}"
         out.mkdir(parents=True, exist_ok=True)
