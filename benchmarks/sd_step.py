@@ -1,11 +1,15 @@
-"""Benchmark one training step of Stable Diffusion 1.5's UNet (issue 6): kto_lab's trainer vs an
-official-script-like baseline.
+"""Benchmark one training step of Stable Diffusion 1.5's or SDXL's UNet, or SD3's transformer: kto_lab's
+trainer vs an official-script-like baseline.
 
-    python benchmarks/sd_step.py --config sd15 --device cuda --batch-size 8 --out sd15_b8.json
+    python benchmarks/sd_step.py --config sd15 --device cuda --batch-size 8,16,32 --compile none,regional --out sd15.json
+    python benchmarks/sd_step.py --config sdxl --device cuda --batch-size 4 --out sdxl_b4.json
+    python benchmarks/sd_step.py --config sd3 --device cuda --batch-size 1,2,3,4 --grad-checkpointing --configs kto_lora_disabled
     python benchmarks/sd_step.py --config tiny --device cpu --batch-size 2 --steps 2 --out tiny.json
+    python benchmarks/sd_step.py --config tiny_sdxl --device cpu --batch-size 2 --steps 2 --out tiny_sdxl.json
+    python benchmarks/sd_step.py --config tiny_sd3 --device cpu --batch-size 2 --steps 2 --out tiny_sd3.json
 
 What one *step* is: one micro-batch through ``Trainer.step`` (latents and text embeddings ->
-:func:`kto_lab.step.objective_step` -> backward -> grad clipping -> AdamW step), i.e. the real
+:func:`kto_lab.step.objective_step` -> backward -> grad clipping -> optimizer step), i.e. the real
 trainer with its real optimisations. Configurations (``--configs``):
 
     kto_full            Diffusion-KTO, full fine-tune; frozen low-precision reference copy on the device
@@ -14,7 +18,7 @@ trainer with its real optimisations. Configurations (``--configs``):
     dpo                 Diffusion-DPO, full fine-tune (batch = pairs: 2x the images of a KTO batch)
     official_like       a mimic of the official Diffusion-KTO script's per-step work (train_kto_sd_v1.5.py
                         in jacklishufan/diffusion-kto): VAE encode of the pixel batch in fp32 and a text
-                        encoder forward on every step; the reference weights live on the CPU (diffusers'
+                        encoder forward (SDXL: both) on every step; the reference weights live on the CPU (diffusers'
                         EMAModel) and are swapped into the policy UNet around the reference forward
                         (store: GPU->CPU, copy_to: CPU->GPU, restore: CPU->GPU). Its loss goes through
                         the same ``objective_step``, so only the systems differ.
@@ -22,8 +26,11 @@ trainer with its real optimisations. Configurations (``--configs``):
 Switches that apply to the kto_lab configurations (the baseline always runs the official way: no
 cache, no checkpointing, no compile): ``--no-cache`` (feed pixels + token ids: the trainer encodes
 them each step with its bf16 VAE/text encoder, instead of cached VAE moments + text embeddings),
-``--grad-checkpointing``, ``--compile`` (``torch.compile`` of the UNets), ``--precision`` (the
-accelerate mixed precision: bf16 | fp16 | no).
+``--grad-checkpointing``, ``--compile none,regional,full`` (the trainer's ``model.compile``, each
+choice a row), ``--compile-mode``, ``--channels-last``, ``--precision`` (the accelerate mixed
+precision: bf16 | fp16 | no). ``--batch-size 8,16,32`` runs every configuration, the baseline
+included, at each batch size. ``--profile FILE`` writes a torch.profiler summary per row (top
+operators and kernels by device time, time per operator group, device idle share) to JSON.
 
 Measured per configuration: samples/s (KTO: images, DPO: pairs), peak GPU memory
 (``torch.cuda.max_memory_allocated`` from after the models are built to the end of the timed steps,
@@ -32,7 +39,13 @@ so weights + optimizer state + activations), FLOPs per step counted by
 policy forward+backward, no-grad reference and unrelated-pair forwards, and VAE/text encoding when
 not cached; gradient-checkpointing recompute is *not* counted: model FLOPs, not hardware FLOPs),
 achieved TFLOP/s = FLOPs / step time, the share of the device's dense peak (MFU), and the speed-up
-over ``official_like`` measured in the same run. Weights are random: throughput does not depend on them.
+over ``official_like`` at the same batch size in the same run; for compiled rows, the time of the
+first step after compiling (what compilation costs before training starts, with an empty inductor
+cache per row unless ``TORCHINDUCTOR_CACHE_DIR`` is set). A configuration that runs out of device
+memory gives a row with ``error`` instead of stopping the run. Weights are random: throughput does
+not depend on them. The encoders (VAE, text towers) are built for real only where a configuration runs
+them (``--no-cache`` or ``official_like``); otherwise on the meta device, for the shapes of the cached
+conditioning alone (SD3's T5-XXL encoder would take 19 GB of host memory in fp32).
 """
 
 from __future__ import annotations
@@ -42,7 +55,9 @@ import copy
 import datetime as _dt
 import gc
 import json
+import os
 import platform
+import re
 import shlex
 import sys
 import tempfile
@@ -51,11 +66,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from kto_lab.objectives import REFERENCE_POINTS
+from kto_lab.sd.speed import COMPILE_CHOICES, COMPILE_MODES
 
 BENCH_DIR = Path(__file__).resolve().parent
 CONFIG_DIR = BENCH_DIR / "configs"
@@ -73,12 +89,31 @@ class ModelSet:
     text_encoder: str
     resolution: int  # pixels; latents are resolution / VAE downsampling
     default_batch_size: int
+    text_encoder_2: Optional[str] = None  # SDXL's and SD3's second text tower
+    family: str = "sd"  # a name in kto_lab.sd.families.FAMILIES
+    text_encoder_3: Optional[str] = None  # SD3's T5 encoder
+    lora_targets: Optional[Tuple[str, ...]] = None  # LoRA target modules; None: the trainer's default (to_q/k/v/out.0)
+
+
+# diffusers' SD3 LoRA script's targets, as kto_lab/configs/sd3_kto_lora.yaml: both streams of every joint block
+SD3_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
 
 
 MODEL_SETS = {
     # SD 1.5: the UNet config shipped with kto_lab, VAE and CLIP ViT-L/14 text tower from benchmarks/configs.
     "sd15": ModelSet("sd15_unet.json", "sd15_vae.json", "sd15_text_encoder.json", 512, 8),
     "tiny": ModelSet("tiny_unet.json", "tiny_vae.json", "tiny_text_encoder.json", 32, 2),
+    # SDXL base: its UNet config shipped with kto_lab; CLIP ViT-L/14 and OpenCLIP ViT-bigG/14 text towers.
+    "sdxl": ModelSet("sdxl_unet.json", "sdxl_vae.json", "sd15_text_encoder.json", 1024, 4,
+                     "sdxl_text_encoder_2.json", "sdxl"),
+    "tiny_sdxl": ModelSet("tiny_sdxl_unet.json", "tiny_vae.json", "tiny_text_encoder.json", 32, 2,
+                          "tiny_text_encoder_2.json", "sdxl"),
+    # SD3 medium: its transformer config shipped with kto_lab; CLIP ViT-L/14 and ViT-bigG/14 (with projections)
+    # and the T5 v1.1 XXL encoder.
+    "sd3": ModelSet("sd3_transformer.json", "sd3_vae.json", "sd15_text_encoder.json", 1024, 4,
+                    "sdxl_text_encoder_2.json", "sd3", "sd3_text_encoder_3.json", SD3_LORA_TARGETS),
+    "tiny_sd3": ModelSet("tiny_sd3_transformer.json", "tiny_sd3_vae.json", "tiny_text_encoder.json", 32, 2,
+                         "tiny_text_encoder_2.json", "sd3", "tiny_sd3_text_encoder_3.json", SD3_LORA_TARGETS),
 }
 
 # Dense (no sparsity) peak tensor-core TFLOP/s per GPU from NVIDIA's datasheets. "tf32" is what fp32
@@ -123,18 +158,31 @@ def build_vae(models: ModelSet, seed: int = 0):
     return AutoencoderKL.from_config(_read_config(models.vae))
 
 
-def build_text_encoder(models: ModelSet, seed: int = 0):
-    from transformers import CLIPTextConfig, CLIPTextModel
+def family(models: ModelSet):
+    from kto_lab.sd.families import FAMILIES
+
+    return FAMILIES[models.family]
+
+
+def build_text_encoders(models: ModelSet, seed: int = 0) -> Dict[str, Any]:
+    """The family's text encoders by component name (``text_encoder`` [, ``text_encoder_2``, ``text_encoder_3``])."""
+    import transformers
 
     torch.manual_seed(seed)
-    return CLIPTextModel(CLIPTextConfig.from_dict(_read_config(models.text_encoder)))
+    configs = (models.text_encoder, models.text_encoder_2, models.text_encoder_3)
+    out = {}
+    for tower, name in zip(family(models).towers, configs):
+        cls = getattr(transformers, tower.encoder_class)
+        out[tower.encoder] = cls(cls.config_class.from_dict(_read_config(name)))
+    return out
 
 
-def sd_schedule():
-    """SD 1.x's DDPM schedule (scaled_linear, 1000 steps, epsilon prediction)."""
-    from kto_lab.schedule import NoiseSchedule
+def model_schedule(models: ModelSet):
+    """The family's training schedule as its pipeline's scheduler config gives it: SD 1.x's and SDXL's DDPM
+    (scaled_linear, 1000 steps, epsilon prediction), SD3's rectified flow (shift 3, logit-normal timesteps)."""
+    from kto_lab.schedule import FlowMatchingSchedule, NoiseSchedule
 
-    return NoiseSchedule.scaled_linear(1000)
+    return FlowMatchingSchedule(shift=3.0) if family(models).flow_matching else NoiseSchedule.scaled_linear(1000)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -142,26 +190,35 @@ def sd_schedule():
 # ----------------------------------------------------------------------------------------------
 
 
-def make_batch(*, cached: bool, pairs: bool, batch_size: int, resolution: int, latent_channels: int,
-               vae_downsample: int, text_len: int, text_dim: int, vocab: int, gamma: float = 0.8,
-               seed: int = 0, pin: bool = False) -> Dict[str, torch.Tensor]:
-    """A batch in the trainer's format. Cached: fp16 VAE moments + text embeddings (``kto_lab.sd.cache``);
-    not cached: pixels in [-1, 1] + token ids. Labels: desirable with probability ``gamma`` (sec. 4.2)."""
+def make_batch(base: Dict[str, Any], models: ModelSet, *, cached: bool, pairs: bool, batch_size: int,
+               resolution: int, gamma: float = 0.8, seed: int = 0, pin: bool = False) -> Dict[str, torch.Tensor]:
+    """A batch in the trainer's format for the model family of ``models``. Cached: fp32 VAE moments + the
+    family's text conditioning (``kto_lab.sd.cache``); not cached: pixels in [-1, 1] + token ids. SDXL
+    adds each image's size and crop (the whole image, uncropped). Labels: desirable with probability
+    ``gamma`` (sec. 4.2)."""
+    fam = family(models)
+    vae = base["vae"].config
     g = torch.Generator().manual_seed(seed)
-    b, h = batch_size, resolution // vae_downsample
+    b, h = batch_size, resolution // 2 ** (len(vae.block_out_channels) - 1)
     batch: Dict[str, torch.Tensor] = {"labels": (torch.rand(b, generator=g) < gamma).long()}
-    suffixes = ("", "_l") if pairs else ("",)
-    for s in suffixes:
+    ids = {t.ids_key: torch.randint(0, base[t.encoder].config.vocab_size,
+                                    (b, t.max_length or base[t.encoder].config.max_position_embeddings), generator=g)
+           for t in fam.towers}
+    for s in (("", "_l") if pairs else ("",)):
         if cached:
-            mean = torch.randn(b, latent_channels, h, h, generator=g)
+            mean = torch.randn(b, vae.latent_channels, h, h, generator=g)
             logvar = torch.full_like(mean, -6.0)
-            batch["latent_moments" + s] = torch.cat([mean, logvar], 1).half()
+            batch["latent_moments" + s] = torch.cat([mean, logvar], 1)
         else:
             batch["pixel_values" + s] = torch.rand(b, 3, resolution, resolution, generator=g) * 2 - 1
-    if cached:
-        batch["encoder_hidden_states"] = torch.randn(b, text_len, text_dim, generator=g).half()
+        batch.update({k + s: torch.tensor([[resolution, resolution] if k == "original_size" else [0, 0]] * b)
+                      for k in fam.image_keys})
+    if cached:  # the text parts' shapes from one encode of one caption (on the meta device, shapes only)
+        with torch.no_grad():
+            text = fam.encode_ids([base[t.encoder] for t in fam.towers], {k: v[:1] for k, v in ids.items()})
+        batch.update({k: torch.randn((b,) + v.shape[1:], generator=g) for k, v in text.items()})
     else:
-        batch["input_ids"] = torch.randint(0, vocab, (b, text_len), generator=g)
+        batch.update(ids)
     if pin:
         batch = {k: v.pin_memory() for k, v in batch.items()}
     return batch
@@ -172,37 +229,46 @@ def make_batch(*, cached: bool, pairs: bool, batch_size: int, resolution: int, l
 # ----------------------------------------------------------------------------------------------
 
 
-def train_config(name: str, args, output_dir: str) -> Dict[str, Any]:
-    """The ``TrainConfig`` (as a dict) of one kto_lab configuration; everything else is the paper default."""
+def train_config(name: str, args, output_dir: str, batch_size: int) -> Dict[str, Any]:
+    """The ``TrainConfig`` (as a dict) of one kto_lab configuration; everything else is the paper default.
+    ``model.compile`` stays off: :func:`measure` compiles after its eager FLOP-counting step."""
     lora = name.startswith("kto_lora")
+    targets = MODEL_SETS[args.config].lora_targets
     return {
         "output_dir": output_dir,
         "cpu": args.device == "cpu",
         "seed": args.seed,
-        "model": {"pretrained": "random-weights-from-config", "gradient_checkpointing": args.grad_checkpointing},
-        "objective": {"objective": "dpo" if name == "dpo" else "kto", "reference_point": args.reference_point},
-        "optim": {"batch_size": args.batch_size, "mixed_precision": args.precision, "max_steps": 1_000_000,
-                  "warmup_steps": 0},
-        "lora": {"enabled": lora, "reference": "frozen_copy" if name == "kto_lora_copy" else "disabled_adapters"},
+        "model": {"pretrained": "random-weights-from-config", "family": MODEL_SETS[args.config].family,
+                  "gradient_checkpointing": args.grad_checkpointing, "compile_mode": args.compile_mode,
+                  "channels_last": args.channels_last},
+        "data": {"resolution": args.resolution},
+        "objective": {"objective": "dpo" if name == "dpo" else "kto", "reference_point": args.reference_point,
+                      "reference_point_fraction": args.reference_point_fraction},
+        "optim": {"batch_size": batch_size, "mixed_precision": args.precision, "max_steps": 1_000_000,
+                  "warmup_steps": 0, "optimizer": args.optimizer},
+        "lora": {"enabled": lora, "reference": "frozen_copy" if name == "kto_lora_copy" else "disabled_adapters",
+                 **({"target_modules": list(targets)} if targets else {})},
         "logging": {"progress_bar": False},
         "checkpoint": {"every": 0},
     }
 
 
-def build_trainer(name: str, args, base: Dict[str, Any], output_dir: str):
+def build_trainer(name: str, args, base: Dict[str, Any], output_dir: str, batch_size: int, batch: Dict[str, Any]):
     """A ``kto_lab.sd.trainer.Trainer`` on fresh copies of the base models. With the cache only the
-    UNet is given (as a cached run loads it); without, also the VAE and text encoder."""
+    UNet is given (as a cached run loads it); without, also the VAE and text encoder. Its stand-in
+    data source serves ``batch`` (a one-sample KTO step draws a batch once, for its unrelated captions)."""
     from kto_lab.sd.components import Components
+    from kto_lab.sd.encoding import latent_scale
     from kto_lab.sd.trainer import Trainer
 
     cached = not args.no_cache
-    components = Components(
-        unet=copy.deepcopy(base["unet"]), schedule=sd_schedule(),
-        vae=None if cached else copy.deepcopy(base["vae"]),
-        text_encoder=None if cached else copy.deepcopy(base["text_encoder"]),
-    )
-    source = SimpleNamespace(manifest={"scaling_factor": float(base["vae"].config.scaling_factor)}, skipped=0)
-    return Trainer(train_config(name, args, output_dir), components=components, source=source)
+    fam = family(MODEL_SETS[args.config])
+    encoders = {} if cached else {t.encoder: copy.deepcopy(base[t.encoder]) for t in fam.towers}
+    components = Components(unet=copy.deepcopy(base["unet"]), schedule=model_schedule(MODEL_SETS[args.config]),
+                            family=fam, vae=None if cached else copy.deepcopy(base["vae"]), **encoders)
+    shift, scale = latent_scale(base["vae"].config)
+    source = SimpleNamespace(manifest={"scaling_factor": scale, "shift_factor": shift}, skipped=0, next_batch=lambda: batch)
+    return Trainer(train_config(name, args, output_dir, batch_size), components=components, source=source)
 
 
 @contextmanager
@@ -231,11 +297,13 @@ class OfficialLikeStep:
     :func:`kto_lab.step.objective_step`:
 
     * VAE (fp32, as the script: "vae.to(device, dtype=torch.float32)") encodes the pixel batch, posterior sample;
-    * the text encoder (in the mixed-precision dtype, as the script) embeds the token ids;
+    * the text encoder(s) (in the mixed-precision dtype, as the script) embed the token ids; SDXL: both
+      towers, and the images' size/crop time ids (the family's conditioning, as in the trainer);
     * the reference is a diffusers ``EMAModel`` holding the reference weights on the CPU; its forward runs
       the policy UNet after ``store`` (policy weights GPU->CPU), ``copy_to`` (reference CPU->GPU), and is
       followed by ``restore`` (policy CPU->GPU): three full-UNet transfers per step;
-    * AdamW on the fp32 UNet under accelerate's autocast, gradient clipping at 1.0.
+    * AdamW (or `--optimizer adafactor`, the official SDXL script's) on the fp32 UNet under accelerate's autocast,
+      gradient clipping at 1.0; SDXL: gradient checkpointing, as the official Diffusion-DPO script always does.
 
     Not mimicked: the script also casts the policy UNet to the mixed-precision dtype around the reference
     forward (``ref_unet.to(device, dtype=weight_dtype)``), which would turn the trained weights into bf16;
@@ -246,8 +314,8 @@ class OfficialLikeStep:
         from accelerate import Accelerator
         from diffusers.training_utils import EMAModel
 
-        from kto_lab.sd.encoding import unet_denoiser
-        from kto_lab.sd.trainer import DTYPES
+        from kto_lab.sd.config import OptimConfig
+        from kto_lab.sd.trainer import DTYPES, make_optimizer
         from kto_lab.step import ObjectiveConfig
 
         self.acc = acc = Accelerator(mixed_precision=args.precision, cpu=args.device == "cpu")
@@ -255,17 +323,23 @@ class OfficialLikeStep:
         weight_dtype = DTYPES.get(args.precision, torch.float32)  # "no" -> fp32
         if torch.cuda.is_available() and args.device == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True  # the script's --allow_tf32
+        self.family = fam = family(MODEL_SETS[args.config])
+        self.resolution = args.resolution
         self.vae = copy.deepcopy(base["vae"]).to(self.device, torch.float32).requires_grad_(False).eval()
-        self.text_encoder = copy.deepcopy(base["text_encoder"]).to(self.device, weight_dtype).requires_grad_(False).eval()
-        self.scaling_factor = float(self.vae.config.scaling_factor)
+        self.text_encoders = [copy.deepcopy(base[t.encoder]).to(self.device, weight_dtype).requires_grad_(False).eval()
+                              for t in fam.towers]
         unet = copy.deepcopy(base["unet"]).to(self.device, torch.float32).train()
+        if fam.name == "sdxl":  # the official Diffusion-DPO script checkpoints SDXL always
+            unet.enable_gradient_checkpointing()
         self.reference_weights = EMAModel(copy.deepcopy(base["unet"]).parameters())  # stays on the CPU
         self.params = [p for p in unet.parameters()]
-        optimizer = torch.optim.AdamW(self.params, lr=1e-7, weight_decay=0.0)
+        optimizer = make_optimizer(self.params, OptimConfig(optimizer=args.optimizer, learning_rate=1e-7,
+                                                            weight_decay=0.0))
         self.unet, self.optimizer = acc.prepare(unet, optimizer)
-        self.policy = unet_denoiser(self.unet)
-        self.schedule = sd_schedule()
-        self.objective = ObjectiveConfig(objective="kto", reference_point=args.reference_point).validate()
+        self.policy = fam.denoiser(self.unet)
+        self.schedule = model_schedule(MODEL_SETS[args.config])
+        self.objective = ObjectiveConfig(objective="kto", reference_point=args.reference_point,
+                                         reference_point_fraction=args.reference_point_fraction).validate()
         self.generator = torch.Generator(device=self.device).manual_seed(args.seed)
 
     def reference(self, x_t, t, cond):
@@ -278,15 +352,20 @@ class OfficialLikeStep:
             self.reference_weights.restore(self.params)  # policy weights CPU -> GPU
 
     def step(self, batch: Dict[str, torch.Tensor]) -> Dict[str, float]:
+        from kto_lab.sd.encoding import encode_images
         from kto_lab.step import objective_step
 
-        with torch.no_grad():
-            pixels = batch["pixel_values"].to(self.device, torch.float32)
-            latents = self.vae.encode(pixels).latent_dist.sample(generator=self.generator) * self.scaling_factor
-            cond = self.text_encoder(batch["input_ids"].to(self.device), return_dict=False)[0]
+        with torch.no_grad():  # posterior sample, (z - shift) * scale
+            latents = encode_images(self.vae, batch["pixel_values"].to(self.device, torch.float32), "sample", self.generator)
+            fam = self.family
+            text = fam.encode_ids(self.text_encoders, {t.ids_key: batch[t.ids_key].to(self.device) for t in fam.towers})
+            cond = fam.cond(text, {k: batch[k].to(self.device) for k in fam.image_keys}, self.resolution)
         labels = batch["labels"].to(self.device)
+        # the official script rolls the prompts inside the batch: at batch 1 that is the sample's own caption
+        # (the trainer would use the previous micro-batch's; the work per step is the same)
+        own = cond if latents.shape[0] == 1 else None
         out = objective_step(self.objective, self.schedule, self.policy, latents.float(), labels, cond,
-                             reference=self.reference, generator=self.generator)
+                             reference=self.reference, generator=self.generator, cond_unrelated=own)
         self.acc.backward(out.loss)
         self.acc.clip_grad_norm_(self.params, 1.0)
         self.optimizer.step()
@@ -356,29 +435,86 @@ def device_peak_tflops(device: str, precision: str, override: Optional[float]) -
     return None
 
 
-def measure(name: str, args, base: Dict[str, Any], output_dir: str) -> Dict[str, Any]:
-    """Build one configuration, count its FLOPs, warm it up, time ``args.steps`` steps."""
+# Operator groups of the profile summary: the first pattern that matches an operator's name wins.
+OP_GROUPS = (
+    ("attention", r"attention|sdpa|flash|efficient_attention"),
+    ("convolution", r"conv|cudnn"),
+    ("matmul", r"\bmm\b|addmm|bmm|matmul|gemm|linear"),
+    ("norm", r"norm"),
+    ("optimizer", r"adam|foreach"),
+    ("copy/cast", r"copy|_to_copy|aten::to\b|clone|contiguous"),
+    ("compiled graphs", r"compiled|triton"),
+)
+
+
+def _us(event, kind: str) -> float:
+    """An averaged profiler event's total time in microseconds (``self_device``/``self_cpu``)."""
+    return float(getattr(event, f"{kind}_time_total", 0.0) or 0.0)
+
+
+def profile_summary(step: Callable[[], Any], steps: int, device: str, top: int = 20) -> Dict[str, Any]:
+    """``torch.profiler`` over ``steps`` steps: operators ranked by self device time (self CPU
+    time on CPU), the top device kernels, time per operator group, and the device's idle share
+    of the wall time. Times are per step, in ms."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    _sync(device)
+    start = time.perf_counter()
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        _sync(device)
+    wall_ms = 1000 * (time.perf_counter() - start) / steps
+    events = prof.key_averages()
+    kind = "self_device" if cuda else "self_cpu"
+    ops = sorted((e for e in events if e.device_type == DeviceType.CPU), key=lambda e: -_us(e, kind))
+    kernels = sorted((e for e in events if e.device_type != DeviceType.CPU), key=lambda e: -_us(e, "self_device"))
+    busy_ms = sum(_us(e, "self_device") for e in kernels) / 1000 / steps if cuda else None
+    op_total_ms = sum(_us(e, kind) for e in ops) / 1000 / steps
+    groups: Dict[str, float] = {}
+    for e in ops:
+        group = next((g for g, pattern in OP_GROUPS if re.search(pattern, e.key.lower())), "other")
+        groups[group] = groups.get(group, 0.0) + _us(e, kind) / 1000 / steps
+
+    def rows(evs, k):
+        return [{"name": e.key, "calls_per_step": e.count / steps, "ms_per_step": _us(e, k) / 1000 / steps,
+                 "share": _us(e, k) / 1000 / steps / op_total_ms if op_total_ms else None} for e in evs[:top]]
+
+    return {
+        "steps": steps, "ranked_by": f"{kind.replace('_', ' ')} time", "wall_ms_per_step": wall_ms,
+        "device_busy_ms_per_step": busy_ms, "device_idle_share": 1 - busy_ms / wall_ms if cuda else None,
+        "op_ms_per_step": op_total_ms,
+        "groups_ms_per_step": dict(sorted(groups.items(), key=lambda kv: -kv[1])),
+        "top_ops": rows(ops, kind), "top_kernels": rows(kernels, "self_device") if cuda else [],
+    }
+
+
+def measure(name: str, args, base: Dict[str, Any], output_dir: str, batch_size: int, compile_how: str,
+            profiles: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Build one configuration, count its FLOPs, compile it (``compile_how``), time its first step,
+    warm it up, time ``args.steps`` steps; profile it into ``profiles`` if given."""
     official = name == BASELINE
     cached = not (official or args.no_cache)
-    te_cfg = base["text_encoder"].config
-    batch = make_batch(
-        cached=cached, pairs=name == "dpo", batch_size=args.batch_size, resolution=args.resolution,
-        latent_channels=base["vae"].config.latent_channels,
-        vae_downsample=2 ** (len(base["vae"].config.block_out_channels) - 1),
-        text_len=te_cfg.max_position_embeddings, text_dim=te_cfg.hidden_size, vocab=te_cfg.vocab_size,
-        seed=args.seed, pin=args.device == "cuda",
-    )
+    batch = make_batch(base, MODEL_SETS[args.config], cached=cached, pairs=name == "dpo", batch_size=batch_size,
+                       resolution=args.resolution, seed=args.seed, pin=args.device == "cuda")
     if args.device == "cuda":
         torch.cuda.empty_cache()
-    runner = OfficialLikeStep(args, base) if official else build_trainer(name, args, base, output_dir)
+    runner = OfficialLikeStep(args, base) if official else build_trainer(name, args, base, output_dir, batch_size, batch)
     after_build = torch.cuda.memory_allocated() if args.device == "cuda" else None
 
     with checkpointing_paused(runner.unet):  # eager, no recompute: model FLOPs
         flops = count_flops(lambda: runner.step(batch))
-    if args.compile and not official:
-        runner.compile_unets()  # after the count: compiled kernels are invisible to the flop counter
+    if compile_how != "none":
+        runner.compile_unets(compile_how, backend=args.compile_backend)  # after the count: compiled kernels are invisible to it
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    runner.step(batch)  # compiles, if compiling
+    _sync(args.device)
+    first_step_s = time.perf_counter() - start
     for _ in range(args.warmup):
         runner.step(batch)
     _sync(args.device)
@@ -387,6 +523,10 @@ def measure(name: str, args, base: Dict[str, Any], output_dir: str) -> Dict[str,
         metrics = runner.step(batch)
     _sync(args.device)
     step_s = (time.perf_counter() - start) / args.steps
+    peak_mem = torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else None
+    if profiles is not None:
+        profiles[f"{name}/batch{batch_size}/compile-{compile_how}"] = profile_summary(
+            lambda: runner.step(batch), args.profile_steps, args.device)
 
     pairs = name == "dpo"
     peak = device_peak_tflops(args.device, args.precision, args.peak_tflops)
@@ -400,13 +540,18 @@ def measure(name: str, args, base: Dict[str, Any], output_dir: str) -> Dict[str,
         "cache": cached,
         "precision": args.precision,
         "grad_checkpointing": bool(args.grad_checkpointing and not official),
-        "compile": bool(args.compile and not official),
-        "batch_size": args.batch_size,
+        "compile": compile_how,
+        "compile_mode": args.compile_mode if compile_how != "none" else None,
+        "channels_last": bool(args.channels_last and not official),
+        "reference_point_fraction": args.reference_point_fraction,
+        "batch_size": batch_size,
         "images_per_sample": 2 if pairs else 1,
         "step_s": step_s,
-        "samples_per_s": args.batch_size / step_s,
-        "images_per_s": args.batch_size * (2 if pairs else 1) / step_s,
-        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else None,
+        "first_step_s": first_step_s,
+        "compile_s": first_step_s - step_s if compile_how != "none" else None,
+        "samples_per_s": batch_size / step_s,
+        "images_per_s": batch_size * (2 if pairs else 1) / step_s,
+        "peak_mem_gib": peak_mem,
         "mem_after_build_gib": after_build / 2**30 if after_build is not None else None,
         "tflop_per_step": flops / 1e12,
         "achieved_tflops": achieved,
@@ -414,13 +559,27 @@ def measure(name: str, args, base: Dict[str, Any], output_dir: str) -> Dict[str,
         "mfu": achieved / peak if peak else None,
         "loss": float(metrics["loss"]),
     }
-    del runner, batch
-    gc.collect()
-    if args.device == "cuda":
-        torch.cuda.empty_cache()
-    if args.compile:
-        torch._dynamo.reset()
     return row
+
+
+def run_configuration(name: str, args, base: Dict[str, Any], tmp: str, batch_size: int, compile_how: str,
+                      profiles: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """:func:`measure`, with out-of-memory turned into a row with ``error``, and the device memory
+    and compiled code freed after. A compiled configuration starts from an empty inductor cache
+    (its compile time is a first run's) unless ``TORCHINDUCTOR_CACHE_DIR`` was set by the user."""
+    if compile_how != "none" and not args.keep_inductor_cache:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix=f"inductor_{name}_b{batch_size}_", dir=tmp)
+    try:
+        return measure(name, args, base, tempfile.mkdtemp(prefix="run_", dir=tmp), batch_size, compile_how, profiles)
+    except torch.cuda.OutOfMemoryError as exc:
+        first_line = str(exc).splitlines()[0] if str(exc) else "CUDA out of memory"
+        return {"config": name, "batch_size": batch_size, "compile": compile_how, "error": f"out of memory: {first_line}"}
+    finally:
+        gc.collect()
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
+        if compile_how != "none":
+            torch._dynamo.reset()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -432,25 +591,40 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", choices=sorted(MODEL_SETS), default="sd15", help="model sizes (default sd15)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--batch-size", type=int, default=None, help="per step (KTO: images; DPO: pairs). "
-                   "Default: 8 for sd15, 2 for tiny")
+    p.add_argument("--batch-size", default=None, help="per step (KTO: images; DPO: pairs); a comma list runs "
+                   "each (e.g. 8,16,32). Default: 8 for sd15, 4 for sdxl and sd3, 2 for the tiny ones")
     p.add_argument("--steps", type=int, default=10, help="timed steps")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps after the FLOP-counting step")
     p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma list from {', '.join(CONFIGS)}")
     p.add_argument("--precision", choices=PRECISIONS, default=None, help="mixed precision (default bf16 on cuda, no on cpu)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the UNets of the kto_lab configurations")
+    p.add_argument("--compile", nargs="?", const="regional", default="none",
+                   help=f"model.compile of the kto_lab configurations, a comma list from {', '.join(COMPILE_CHOICES)} "
+                        "(each a row); --compile alone = regional")
+    p.add_argument("--compile-mode", choices=COMPILE_MODES, default="default", help="model.compile_mode")
+    p.add_argument("--compile-backend", default="inductor", help="torch.compile backend (aot_eager: no code "
+                   "generation, for smoke runs on CPU)")
+    p.add_argument("--keep-inductor-cache", action="store_true", help="reuse the inductor cache (default: an "
+                   "empty one per compiled row, so its compile time is a first run's)")
+    p.add_argument("--channels-last", action="store_true", help="model.channels_last in the kto_lab configurations")
     p.add_argument("--grad-checkpointing", action="store_true", help="gradient checkpointing in the kto_lab configurations")
     p.add_argument("--no-cache", action="store_true", help="kto_lab configurations encode pixels/token ids every step")
+    p.add_argument("--optimizer", choices=("adamw", "adafactor"), default="adamw",
+                   help="of every configuration, baseline included (Diffusion-DPO trains SDXL with adafactor)")
     p.add_argument("--reference-point", choices=REFERENCE_POINTS, default="unrelated",
                    help="KTO reference point of every configuration (the paper, sec. 4.1: unrelated; "
                         "the official script computes the cheaper batch mean)")
-    p.add_argument("--resolution", type=int, default=None, help="pixels (default 512 for sd15, 32 for tiny)")
+    p.add_argument("--reference-point-fraction", type=float, default=1.0,
+                   help="objective.reference_point_fraction of every KTO configuration (1 = the paper)")
+    p.add_argument("--resolution", type=int, default=None, help="pixels (default 512 for sd15, 1024 for sdxl and sd3, "
+                   "32 for the tiny ones)")
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak for the MFU column "
                    "(default: from the GPU's name; none on CPU)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice; "
                    "1 is much faster on a CPU shared with other jobs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--profile", default=None, help="write a torch.profiler summary of every row to this JSON")
+    p.add_argument("--profile-steps", type=int, default=3, help="profiled steps per row (after the timed ones)")
     args = p.parse_args(argv)
 
     names = [c.strip() for c in args.configs.split(",") if c.strip()]
@@ -459,10 +633,23 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         p.error(f"--configs: unknown {unknown or 'empty list'}; choose from {', '.join(CONFIGS)}")
     args.configs = list(dict.fromkeys(names))
     models = MODEL_SETS[args.config]
-    args.batch_size = models.default_batch_size if args.batch_size is None else args.batch_size
+    try:
+        args.batch_sizes = ([models.default_batch_size] if args.batch_size is None
+                            else [int(b) for b in str(args.batch_size).split(",") if b.strip()])
+    except ValueError:
+        p.error(f"--batch-size must be integers, got {args.batch_size!r}")
+    args.compiles = list(dict.fromkeys(c.strip() for c in args.compile.split(",") if c.strip()))
+    if not args.compiles or set(args.compiles) - set(COMPILE_CHOICES):
+        p.error(f"--compile: choose from {', '.join(COMPILE_CHOICES)}; got {args.compile!r}")
+    if not 0 < args.reference_point_fraction <= 1:
+        p.error(f"--reference-point-fraction must lie in (0, 1], got {args.reference_point_fraction}")
+    if args.reference_point_fraction != 1 and args.reference_point != "unrelated":
+        p.error("--reference-point-fraction applies only to --reference-point unrelated")
     args.resolution = models.resolution if args.resolution is None else args.resolution
     args.precision = args.precision or ("bf16" if args.device == "cuda" else "no")
-    for flag in ("batch_size", "steps", "resolution"):
+    if not args.batch_sizes or min(args.batch_sizes) < 1:
+        p.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    for flag in ("steps", "resolution", "profile_steps"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     if args.threads is not None and args.threads < 1:
@@ -477,8 +664,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def markdown_table(rows: List[Dict[str, Any]]) -> str:
-    cols = [("config", "config", "{}"), ("cache", "cache", "{}"), ("samples/s", "samples_per_s", "{:.3g}"),
-            ("step ms", "step_s", "ms"), ("peak GiB", "peak_mem_gib", "{:.2f}"),
+    cols = [("config", "config", "{}"), ("batch", "batch_size", "{}"), ("compile", "compile", "{}"),
+            ("cache", "cache", "{}"), ("samples/s", "samples_per_s", "{:.3g}"),
+            ("step ms", "step_s", "ms"), ("first step s", "first_step_s", "{:.1f}"), ("peak GiB", "peak_mem_gib", "{:.2f}"),
             ("TFLOP/step", "tflop_per_step", "{:.3g}"), ("TFLOP/s", "achieved_tflops", "{:.3g}"),
             ("MFU", "mfu", "{:.1%}"), ("x official", "speedup_vs_official", "{:.2f}")]
 
@@ -491,6 +679,10 @@ def markdown_table(rows: List[Dict[str, Any]]) -> str:
 
     lines = ["| " + " | ".join(c[0] for c in cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
+        if "error" in r:  # e.g. out of memory: the row says so in the first free column
+            cells = [r["config"], r["batch_size"], r["compile"], r["error"]] + [""] * (len(cols) - 4)
+            lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+            continue
         lines.append("| " + " | ".join(fmt(r.get(key), spec) for _, key, spec in cols) + " |")
     return "\n".join(lines)
 
@@ -504,37 +696,53 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         torch.set_num_threads(args.threads)
     models = MODEL_SETS[args.config]
     torch.manual_seed(args.seed)
-    base = {"unet": build_unet(models, args.seed), "vae": build_vae(models, args.seed),
-            "text_encoder": build_text_encoder(models, args.seed)}  # on the host; each configuration copies them
+    encoding = args.no_cache or BASELINE in args.configs  # else the encoders serve only the cached shapes
+    with torch.device("cpu" if encoding else "meta"):
+        encoders = {"vae": build_vae(models, args.seed), **build_text_encoders(models, args.seed)}
+    base = {"unet": build_unet(models, args.seed), **encoders}  # on the host; each configuration copies them
     meta = {
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name if argv is None else "sd_step.py",
                                                       *(sys.argv[1:] if argv is None else argv)]),
         "config": args.config, "device": args.device,
         "device_name": torch.cuda.get_device_name() if args.device == "cuda" else cpu_name(),
-        "cpu_threads": torch.get_num_threads(), "resolution": args.resolution, "batch_size": args.batch_size,
-        "steps": args.steps, "warmup": args.warmup, "precision": args.precision,
-        "reference_point": args.reference_point, "torch": torch.__version__, "diffusers": diffusers.__version__,
-        "transformers": transformers.__version__,
+        "cpu_threads": torch.get_num_threads(), "resolution": args.resolution, "batch_sizes": args.batch_sizes,
+        "steps": args.steps, "warmup": args.warmup, "precision": args.precision, "compile": args.compiles,
+        "compile_mode": args.compile_mode, "compile_backend": args.compile_backend,
+        "inductor_cache": os.environ.get("TORCHINDUCTOR_CACHE_DIR") if args.keep_inductor_cache else "empty per row",
+        "channels_last": args.channels_last, "reference_point": args.reference_point,
+        "reference_point_fraction": args.reference_point_fraction, "torch": torch.__version__,
+        "diffusers": diffusers.__version__, "transformers": transformers.__version__,
         "unet_params_m": sum(p.numel() for p in base["unet"].parameters()) / 1e6,
     }
-    rows = []
+    rows: List[Dict[str, Any]] = []
+    profiles: Optional[Dict[str, Any]] = {} if args.profile else None
     with tempfile.TemporaryDirectory(prefix="kto_bench_") as tmp:
-        for name in args.configs:
-            print(f"[sd_step] {name} ...", file=sys.stderr, flush=True)
-            rows.append(measure(name, args, base, tmp))
-    official = next((r for r in rows if r["config"] == BASELINE), None)
-    for r in rows:
-        r["speedup_vs_official"] = r["samples_per_s"] / official["samples_per_s"] if official else None
-    print(f"# {meta['config']} on {meta['device_name']} ({meta['device']}), batch {args.batch_size}, "
-          f"{args.resolution}px, precision {args.precision}, {args.steps} timed steps, {meta['date']}")
+        for batch_size in args.batch_sizes:
+            for name in args.configs:
+                for compile_how in (["none"] if name == BASELINE else args.compiles):  # the baseline never compiles
+                    print(f"[sd_step] {name} batch {batch_size} compile {compile_how} ...", file=sys.stderr, flush=True)
+                    rows.append(run_configuration(name, args, base, tmp, batch_size, compile_how, profiles))
+                    write_results(args, meta, rows, profiles)  # a run cut short keeps the rows so far
+    print(f"# {meta['config']} on {meta['device_name']} ({meta['device']}), {args.resolution}px, precision "
+          f"{args.precision}, {args.steps} timed steps, {meta['date']}")
     print(markdown_table(rows))
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
-        print(f"wrote {out}")
+    for path in (args.out, args.profile):
+        if path:
+            print(f"wrote {path}")
     return 0
+
+
+def write_results(args, meta: Dict[str, Any], rows: List[Dict[str, Any]], profiles: Optional[Dict[str, Any]]) -> None:
+    """Fill in ``x official`` (vs the baseline at the same batch size) and write the JSON files."""
+    official = {r["batch_size"]: r["samples_per_s"] for r in rows if r["config"] == BASELINE and "error" not in r}
+    for r in rows:
+        if "error" not in r:
+            r["speedup_vs_official"] = r["samples_per_s"] / official[r["batch_size"]] if r["batch_size"] in official else None
+    for path, payload in ((args.out, {"meta": meta, "results": rows}), (args.profile, {"meta": meta, "profiles": profiles})):
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(json.dumps(payload, indent=2))
 
 
 if __name__ == "__main__":

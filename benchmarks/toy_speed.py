@@ -1,6 +1,6 @@
 """Time one seed of the toy Figure 6 (pretraining, every fine-tune, sampling), with its breakdown.
 
-    .venv/bin/python benchmarks/toy_speed.py [--threads 1] [--steps N] [--pretrain-steps N]
+    .venv/bin/python benchmarks/toy_speed.py [--threads 1] [--steps N] [--pretrain-steps N] [--family flow]
 
 The issue's target: under 2 minutes per seed on a 2-core CPU. The machine's load average is
 printed too: on a shared machine the timings are only as good as the idle cores.
@@ -22,9 +22,10 @@ def main():
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--pretrain-steps", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--family", default=None, help="ddpm (default) or flow (the flow-matching toy)")
     args = p.parse_args()
-    kw = {k: v for k, v in (("threads", args.threads), ("steps", args.steps), ("pretrain_steps", args.pretrain_steps))
-          if v is not None}
+    kw = {k: v for k, v in (("threads", args.threads), ("steps", args.steps), ("pretrain_steps", args.pretrain_steps),
+                            ("family", args.family)) if v is not None}
     cfg = ToyConfig(**kw).validate()
     load_before = os.getloadavg()
     t0 = time.perf_counter()
@@ -32,7 +33,7 @@ def main():
     total = time.perf_counter() - t0
     print(f"torch {torch.__version__}, threads={cfg.threads}, cpus={os.cpu_count()}, "
           f"load average before/after: {load_before[0]:.2f} / {os.getloadavg()[0]:.2f}")
-    print(f"config: pretrain_steps={cfg.pretrain_steps} steps={cfg.steps} batch_size={cfg.batch_size} "
+    print(f"config: family={cfg.family} pretrain_steps={cfg.pretrain_steps} steps={cfg.steps} batch_size={cfg.batch_size} "
           f"hidden={cfg.hidden} n_samples={cfg.n_samples}")
     groups = {"pretrain": 0.0, "finetune": 0.0, "sample": 0.0}
     for name, sec in result.seconds.items():

@@ -1,26 +1,67 @@
 """Config plumbing shared by every command: dataclasses <- YAML <- ``key=value`` overrides.
 
 Every config in kto_lab is a (possibly nested) dataclass with paper defaults and a
-``validate()`` method. :func:`load_config` builds one from a YAML file and overrides,
-rejects unknown keys with the list of known ones, converts values to the field's type,
-and validates, all before any model is loaded.
+``validate()`` method. :func:`load_config` builds one from a YAML file (or a packaged config's
+name) and overrides, rejects unknown keys with the list of known ones, converts values to the
+field's type, and validates, all before any model is loaded. YAML is read with YAML 1.2's
+booleans (only true/false), so ``mixed_precision: no`` stays the string "no".
+
+Each field's comment (trailing, or the lines directly above it) is its documentation:
+:func:`config_help` turns a config class into the field list of ``--help``.
+
+Bad input raises a :class:`UserError` (:class:`ConfigError` for a config value); ``kto-lab``
+prints any of them as one line.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
+import io
 import math
+import re
+import tempfile
+import textwrap
+import tokenize
 import typing
+import warnings
 from pathlib import Path
-from typing import Any, Dict, Iterable, Optional, Sequence, Type, TypeVar
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Type, TypeVar
 
 import yaml
 
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class UserError(Exception):
+    """Bad input from the user: a config value, a file, a table row. The message names it and what is
+    allowed; ``kto-lab`` prints it as one line (exit 2). Every kto_lab user error derives from it."""
+
+
+class ConfigError(UserError, ValueError):
     """A bad config value or key; the message names the field and what is allowed."""
+
+
+# --- YAML with YAML 1.2 booleans --------------------------------------------------------
+
+
+class YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but only ``true``/``false`` are booleans (YAML 1.2): YAML 1.1 also reads
+    ``yes/no/on/off/y/n`` as booleans, which turned ``mixed_precision: no`` into False and
+    ``output_dir: on`` into "True". Such words stay strings; a bool field still accepts them."""
+
+
+YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+YamlLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                 list("tTfF"))
+
+
+def load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=YamlLoader)
 
 
 # --- value checks (used by every config's validate()) -----------------------------------
@@ -36,6 +77,20 @@ def check_positive(name: str, value: Any) -> None:
     check_range(name, value, low=0.0, low_open=True)
 
 
+_WARNED: Dict[tuple, Any] = {}  # warn_outside's registry: each distinct warning once per process
+
+
+def warn_outside(name: str, value: float, low: float, high: float, measured: str) -> bool:
+    """Warn when ``value`` lies outside ``[low, high]``, a range *measured* useful (``measured``
+    says where), not a hard limit: the run goes on. One line (no source line under it), once per
+    process however often a config is validated. Returns whether ``value`` is outside."""
+    if low <= value <= high:
+        return False
+    warnings.warn_explicit(f"{name}={value:g} is outside [{low:g}, {high:g}], the range measured useful {measured}",
+                           UserWarning, "kto-lab", 0, registry=_WARNED)
+    return True
+
+
 def check_range(
     name: str, value: Any, low: Optional[float] = None, high: Optional[float] = None,
     low_open: bool = False, high_open: bool = False,
@@ -48,7 +103,23 @@ def check_range(
         raise ConfigError(f"{name}={value!r} must be {'<' if high_open else '<='} {high}")
 
 
+def check_output_dir(name: str, path: str | Path) -> Path:
+    """``path`` is a directory (made if missing) where a file can be written; else a ConfigError
+    naming ``name``. For commands that write their results only at the end of a long run."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{name}={str(path)!r} is not a writable directory: {exc.strerror or exc}") from None
+    return path
+
+
 # --- building dataclasses from dicts ----------------------------------------------------
+
+BOOL_WORDS = {"true": True, "1": True, "yes": True, "y": True, "on": True,
+              "false": False, "0": False, "no": False, "n": False, "off": False}
 
 
 def _convert(name: str, value: Any, tp: Any) -> Any:
@@ -60,6 +131,11 @@ def _convert(name: str, value: Any, tp: Any) -> Any:
                 return None
         inner = [a for a in args if a is not type(None)]
         return _convert(name, value, inner[0]) if len(inner) == 1 else value
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name} must be a mapping, got {value!r}")
+        key_tp, value_tp = args or (Any, Any)
+        return {_convert(name, k, key_tp): _convert(f"{name}[{k!r}]", v, value_tp) for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
@@ -68,7 +144,7 @@ def _convert(name: str, value: Any, tp: Any) -> Any:
         return from_dict(tp, value, prefix=name + ".")
     if origin in (list, tuple, Sequence) or tp in (list, tuple):
         if isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+            value = load_yaml(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{name} must be a list, got {value!r}")
         item_tp = args[0] if args else Any
@@ -77,8 +153,8 @@ def _convert(name: str, value: Any, tp: Any) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
-            return value.lower() in ("true", "1", "yes")
+        if isinstance(value, str) and value.lower() in BOOL_WORDS:
+            return BOOL_WORDS[value.lower()]
         if isinstance(value, int) and value in (0, 1):
             return bool(value)
         raise ConfigError(f"{name} must be true or false, got {value!r}")
@@ -104,6 +180,9 @@ def from_dict(cls: Type[T], data: Dict[str, Any], prefix: str = "") -> T:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - names)
+    moved = [k for k in unknown if k in getattr(cls, "MOVED", {})]  # a retired key names its replacement
+    if moved:
+        raise ConfigError(f"{prefix}{moved[0]} was replaced: use {cls.MOVED[moved[0]]}")
     if unknown:
         raise ConfigError(
             f"unknown config key(s) {[prefix + k for k in unknown]}; known keys of "
@@ -134,7 +213,7 @@ def parse_overrides(overrides: Sequence[str]) -> Dict[str, Any]:
             raise ConfigError(f"override {item!r} must look like key=value (e.g. objective.beta=2000)")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            value = load_yaml(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
         _set_dotted(out, key.strip(), value)
@@ -148,19 +227,35 @@ def _merge(base: Dict[str, Any], new: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # the packaged configs (kto_lab/configs)
+
+
+def config_path(path: str | Path) -> Path:
+    """A config file: ``path`` itself, or the name of a packaged config (``"sd15_kto_lora"`` ->
+    ``kto_lab/configs/sd15_kto_lora.yaml``)."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    packaged = CONFIG_DIR / (p.name if p.suffix in (".yaml", ".yml") else p.name + ".yaml")
+    if p.name == str(path) and packaged.is_file():
+        return packaged
+    names = sorted(q.stem for q in CONFIG_DIR.glob("*.yaml"))
+    raise ConfigError(f"config file {str(path)!r} does not exist (nor is it a packaged config: {names})")
+
+
 def load_config(
     cls: Type[T], path: Optional[str | Path] = None, overrides: Sequence[str] | Dict[str, Any] = (),
 ) -> T:
-    """YAML file (optional) + overrides -> validated ``cls``. Fails before any model loads."""
+    """YAML file or packaged config name (optional) + overrides -> validated ``cls``. Fails before any model loads."""
     data: Dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
+        path = config_path(path)
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = load_yaml(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"config file {str(path)!r} is not UTF-8 text ({e.reason} at byte {e.start})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {str(path)!r} must hold a mapping at top level")
     extra = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
@@ -169,3 +264,93 @@ def load_config(
     if validate is not None:
         validate()
     return cfg
+
+
+# --- help text from the dataclasses' comments -------------------------------------------
+
+
+def field_comments(cls: type) -> Dict[str, str]:
+    """``{field: help}`` of a dataclass, read from its source: the comment lines directly above a
+    field (not ``# ---`` headings) and its trailing ``# comment``, joined. Configs thus document
+    themselves in one place, and ``--help`` shows what the source says."""
+    source = textwrap.dedent(inspect.getsource(cls))
+    lines = source.splitlines()
+    comments = {tok.start[0]: tok.string.lstrip("#").strip()
+                for tok in tokenize.generate_tokens(io.StringIO(source).readline) if tok.type == tokenize.COMMENT}
+
+    def comment_line(n: int) -> bool:
+        return n in comments and lines[n - 1].lstrip().startswith("#") and not comments[n].startswith("---")
+
+    out: Dict[str, str] = {}
+    for node in ast.parse(source).body[0].body:
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            continue
+        first = node.lineno
+        while comment_line(first - 1):
+            first -= 1
+        above = [comments[n] for n in range(first, node.lineno)]
+        trailing = [comments[n] for n in range(node.lineno, node.end_lineno + 1)
+                    if n in comments and not comment_line(n)]
+        out[node.target.id] = " ".join(above + trailing)
+    return out
+
+
+class ConfigField(typing.NamedTuple):
+    name: str  # dotted: optim.max_steps
+    default: Any
+    help: str
+    section: bool  # a nested config (its fields follow it)
+
+
+def config_fields(cls: type, prefix: str = "") -> Iterator[ConfigField]:
+    """Every field of a (nested) config dataclass, depth first; a section's help is its own comment,
+    else the first paragraph of its class docstring."""
+    comments = field_comments(cls)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        tp, name = hints[f.name], prefix + f.name
+        if dataclasses.is_dataclass(tp):
+            doc = (tp.__doc__ or "").strip()
+            if doc.startswith(tp.__name__ + "("):  # no docstring: dataclasses made one from the signature
+                doc = ""
+            doc = " ".join(doc.split("\n\n")[0].split())
+            yield ConfigField(name, None, comments.get(f.name) or doc, True)
+            yield from config_fields(tp, name + ".")
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        yield ConfigField(name, None if default is dataclasses.MISSING else default, comments.get(f.name, ""), False)
+
+
+def _shown(value: Any) -> str:
+    """A default as it is written in a ``key=value`` override."""
+    if isinstance(value, str):
+        return value or "''"
+    text = yaml.safe_dump(_plain(value), default_flow_style=True, sort_keys=False, width=10_000)
+    return text.strip().removesuffix("...").strip()
+
+
+def _plain(value: Any) -> Any:
+    """Plain lists and dicts for YAML (tuples, dataclasses and dicts inside them too)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def config_help(cls: type, prefix: str = "", width: int = 100) -> str:
+    """Every field of ``cls``: its ``key=default`` and meaning, for ``--help`` (generated from the
+    dataclasses' comments, so it never goes stale)."""
+    out = []
+    for f in config_fields(cls, prefix):
+        if f.section:
+            out.append(f"{f.name}: {f.help}" if f.help else f"{f.name}:")
+            continue
+        out.append(f"  {f.name}={_shown(f.default)}")
+        if f.help:
+            out.append(textwrap.fill(f.help, width, initial_indent=" " * 6, subsequent_indent=" " * 6))
+    return "\n".join(out)

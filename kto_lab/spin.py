@@ -107,7 +107,7 @@ def spin(
         cfg["model"]["reference"] = unet_dir  # the previous iteration (None: the pipeline's UNet = theta_0)
         from kto_lab.sd.trainer import train
 
-        result = train(cfg)
+        result = train(cfg, overwrite=True)  # spin owns out_dir: a re-run redoes the iteration
         record = SpinIteration(k, str(result.weights), unet_dir, str(pairs), dict(result.last_metrics))
         (it_dir / "spin.json").write_text(json.dumps(record.__dict__, indent=2))
         done.append(record)

@@ -16,8 +16,10 @@ Forward passes per step for Diffusion-KTO with the paper's reference point (sec.
 3. policy on the unrelated batch under ``no_grad``               (B samples)
 
 The unrelated batch pairs every image with the caption of its neighbour (captions rolled by
-one position, KTO's convention) and draws its own noise and timestep. A batch of one sample has
-no neighbour: the caller passes other captions (``cond_unrelated``), or the step refuses.
+one position, KTO's convention) and draws its own noise and timestep. With
+``reference_point_fraction`` < 1 it keeps only the first m of those pairs (passes 2 and 3 then
+run B + m and m samples): a cheaper, noisier z_ref. A batch of one sample has no neighbour: the
+caller passes other captions (``cond_unrelated``), or the step refuses.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Callable, Dict, Optional, Tuple, Union
 import torch
 
 from . import objectives as O
-from .config import check_choice, check_positive, check_range
+from .config import ConfigError, check_choice, check_positive, check_range
 from .schedule import NoiseSchedule
 
 Tensor = torch.Tensor
@@ -44,14 +46,21 @@ class ObjectiveConfig:
     utility: str = "kto"  # a name in objectives.UTILITIES (sec. 4.2; "kto" = sigmoid is best, D.4)
     beta: float = 5000.0  # sec. A.1 (D.3: rising from 2000 to 5000, flat after)
     reference_point: str = "unrelated"  # unrelated (the paper, sec. 4.1) | batch | none
+    # Share of the batch that forms unrelated pairs for z_ref (rounded, at least one pair): 1.0 = every
+    # sample, as the paper (sec. 4.1); less saves forwards for a noisier z_ref (benchmarks/reference_point.py).
+    reference_point_fraction: float = 1.0
     lambda_desirable: float = 1.0  # KTO's class weights lambda_D, lambda_U (eq. 5)
-    lambda_undesirable: float = 1.0
+    lambda_undesirable: float = 1.0  # lambda_U; raise it to weigh undesirable samples more
 
     def validate(self) -> "ObjectiveConfig":
         O.check_objective(self.objective)
         O.get_utility(self.utility)
         check_positive("beta", self.beta)
         check_choice("reference_point", self.reference_point, O.REFERENCE_POINTS)
+        check_range("reference_point_fraction", self.reference_point_fraction, low=0.0, high=1.0, low_open=True)
+        if self.reference_point_fraction != 1.0 and self.reference_point != "unrelated":
+            raise ConfigError(f"reference_point_fraction={self.reference_point_fraction} applies only to "
+                              f"reference_point='unrelated', not {self.reference_point!r}")
         check_range("lambda_desirable", self.lambda_desirable, low=0.0, low_open=True)
         check_range("lambda_undesirable", self.lambda_undesirable, low=0.0, low_open=True)
         return self
@@ -113,6 +122,11 @@ def unrelated_cond(cond: Cond, given: Cond = None) -> Cond:
     return roll_cond(cond)
 
 
+def unrelated_pair_count(batch_size: int, fraction: float) -> int:
+    """How many unrelated pairs estimate z_ref: ``fraction`` of the batch, rounded, at least one."""
+    return min(batch_size, max(1, round(fraction * batch_size)))
+
+
 def _randn_like(x: Tensor, generator: Optional[torch.Generator]) -> Tensor:
     return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
@@ -127,6 +141,7 @@ def objective_step(
     *,
     reference: Optional[Denoiser] = None,
     x0_loser: Optional[Tensor] = None,
+    cond_loser: Cond = None,
     generator: Optional[torch.Generator] = None,
     reduce_mean: Optional[Callable[[Tensor], Tensor]] = None,
     cond_unrelated: Cond = None,
@@ -137,8 +152,10 @@ def objective_step(
     For ``dpo``, ``x0`` holds the winners and ``x0_loser`` the losers of the same captions
     ``cond``; winner and loser share noise and timestep (the official Diffusion-DPO ``train.py``,
     ``train_method == "dpo"``, and the pseudo-code of its supplement S9; eq. 14 is the loss).
-    ``reduce_mean`` averages the reference point across processes (sec. 4.1). ``cond_unrelated``:
-    the unrelated batch's conditioning, if not the batch's own rolled by one (:func:`unrelated_cond`).
+    ``cond_loser``: the losers' conditioning where it is not ``cond`` (SDXL: same caption, their
+    own size and crop). ``reduce_mean`` averages the reference point across processes (sec. 4.1).
+    ``cond_unrelated``: the unrelated batch's conditioning, if not the batch's own rolled by one
+    (:func:`unrelated_cond`).
     """
     name = cfg.objective
     if O.NEEDS_REFERENCE[name] and reference is None:
@@ -148,7 +165,7 @@ def objective_step(
 
     if name == "dpo":
         x0 = torch.cat([x0, x0_loser], dim=0)
-        cond = cat_cond(cond, cond)
+        cond = cat_cond(cond, cond if cond_loser is None else cond_loser)
     n = x0.shape[0]
     t = schedule.sample_timesteps(n if name != "dpo" else n // 2, x0.device, generator)
     noise = _randn_like(x0[: t.shape[0]], generator)
@@ -163,11 +180,13 @@ def objective_step(
 
     if name == "kto":
         if cfg.reference_point == "unrelated":
-            t_u = schedule.sample_timesteps(n, x0.device, generator)
-            noise_u = _randn_like(x0, generator)
-            x_u = schedule.add_noise(x0, noise_u, t_u)
-            target_u = schedule.target(x0, noise_u, t_u)
-            cond_u = unrelated_cond(cond, cond_unrelated)
+            m = unrelated_pair_count(n, cfg.reference_point_fraction)  # the first m samples' pairs
+            x0_u = x0[:m]
+            t_u = schedule.sample_timesteps(m, x0.device, generator)
+            noise_u = _randn_like(x0_u, generator)
+            x_u = schedule.add_noise(x0_u, noise_u, t_u)
+            target_u = schedule.target(x0_u, noise_u, t_u)
+            cond_u = map_cond(lambda c: c[:m], unrelated_cond(cond, cond_unrelated))
             with torch.no_grad():
                 err_r_all = O.denoising_error(
                     reference(torch.cat([x_t, x_u]), torch.cat([t, t_u]), cat_cond(cond, cond_u)),

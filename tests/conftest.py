@@ -33,8 +33,37 @@ def tiny_sd_path(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_sdxl_path(tmp_path_factory) -> Path:
+    """A tiny SDXL pipeline (random weights; two text towers, text_time UNet), saved once per session."""
+    from kto_lab.sd.models import build_tiny_sdxl
+
+    return build_tiny_sdxl(tmp_path_factory.mktemp("tiny_sdxl"), words=TINY_WORDS)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3_path(tmp_path_factory) -> Path:
+    """A tiny SD3 pipeline (random weights; MMDiT transformer, two CLIP towers and a T5 encoder, 16-channel VAE
+    with a shift factor, flow-matching scheduler), saved once per session."""
+    from kto_lab.sd.models import build_tiny_sd3
+
+    return build_tiny_sd3(tmp_path_factory.mktemp("tiny_sd3"), words=TINY_WORDS)
+
+
+@pytest.fixture(scope="session")
 def partiprompts_tsv() -> Path:
     path = SHARED_DATA / "prompts" / "PartiPrompts.tsv"
     if not path.is_file():
         pytest.skip(f"shared data not found at {path}")
     return path
+
+
+@pytest.fixture
+def svg_backend():
+    """matplotlib on a backend other than Agg for one test, as a notebook is on its inline one:
+    a plotting function must draw on it and leave it selected."""
+    import matplotlib
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    yield "svg"
+    matplotlib.use(before)

@@ -21,3 +21,11 @@ def run_notebook(name: str, workdir: Path, timeout: int = 900, **parameters):
     nb.cells.insert(tagged[0] + 1, nbformat.v4.new_code_cell(src))
     NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}).execute()
     return nb
+
+
+def shows_an_image(nb, code: str) -> bool:
+    """Whether the one code cell of ``nb`` whose source contains ``code`` output a PNG image."""
+    cells = [c for c in nb.cells if c.cell_type == "code" and code in c.source]
+    if len(cells) != 1:
+        raise AssertionError(f"{len(cells)} code cells contain {code!r}")
+    return any("image/png" in o.get("data", {}) for o in cells[0].get("outputs", []))

@@ -1,7 +1,7 @@
 """kto_lab.config: dataclasses <- YAML <- key=value overrides, with clear errors."""
 
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import pytest
 
@@ -99,3 +99,56 @@ def test_objective_config_loads_and_validates():
     assert ObjectiveConfig().beta == 5000.0 and ObjectiveConfig().reference_point == "unrelated"
     with pytest.raises(ValueError, match="known utilities"):
         load_config(ObjectiveConfig, overrides=["utility=nope"])
+
+
+@dataclass
+class WithMaps:
+    # A comment line above the field,
+    # and a second one.
+    per_method: Dict[str, Dict[str, float]] = field(default_factory=lambda: {"dpo": {"beta": 3.0}})  # and a trailing one
+    mode: str = "no"  # a string field
+    on: bool = False
+
+    # --- a heading, not help ---
+    count: int = 1
+
+
+def test_yaml_1_1_booleans_stay_strings_where_the_field_is_a_string(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("mode: no\non: yes\n")
+    cfg = load_config(WithMaps, path)
+    assert cfg.mode == "no" and cfg.on is True  # YAML 1.1 would give mode=False
+    for word, value in (("on", True), ("off", False), ("yes", True), ("n", False)):
+        assert load_config(WithMaps, overrides=[f"on={word}"]).on is value
+        assert load_config(WithMaps, overrides=[f"mode={word}"]).mode == word
+    assert load_config(WithMaps, overrides=["on=TRUE"]).on is True
+    assert parse_overrides(["a=no", "b=true", "c=False"]) == {"a": "no", "b": True, "c": False}
+
+
+def test_dict_fields_are_converted_and_checked():
+    cfg = load_config(WithMaps, overrides=["per_method={kto: {beta: '2'}}"])
+    assert cfg.per_method == {"kto": {"beta": 2.0}}
+    with pytest.raises(ConfigError, match="per_method must be a mapping, got 5"):
+        load_config(WithMaps, overrides=["per_method=5"])
+    with pytest.raises(ConfigError, match=r"per_method\['dpo'\]\['beta'\] must be a number, got 'high'"):
+        load_config(WithMaps, overrides=["per_method={dpo: {beta: high}}"])
+
+
+def test_packaged_config_names():
+    from kto_lab.config import CONFIG_DIR, config_path
+
+    assert config_path("sd15_kto_lora") == config_path("sd15_kto_lora.yaml") == CONFIG_DIR / "sd15_kto_lora.yaml"
+    with pytest.raises(ConfigError, match=r"'nope' does not exist \(nor is it a packaged config: \[.*'tiny_kto'"):
+        config_path("nope")
+    with pytest.raises(ConfigError, match="does not exist"):
+        config_path("some/dir/sd15_kto_lora")  # a path is a path, not a packaged name
+
+
+def test_help_comes_from_the_comments():
+    from kto_lab.config import config_help, field_comments
+
+    assert field_comments(WithMaps) == {
+        "per_method": "A comment line above the field, and a second one. and a trailing one",
+        "mode": "a string field", "on": "", "count": ""}
+    text = config_help(WithMaps)
+    assert "  per_method={dpo: {beta: 3.0}}\n      A comment line above" in text and "  mode=no\n      a string field" in text

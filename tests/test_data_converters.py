@@ -86,3 +86,15 @@ def test_label_cli(tmp_path, scored, capsys, monkeypatch):
     assert cli_main(["data", "stats", str(tmp_path / "only_good.csv")]) == 0
     captured = capsys.readouterr()
     assert json.loads(captured.out)["undesirable"] == 0 and "one class is empty" in captured.err
+
+
+def test_label_fn_is_found_in_the_current_directory(tmp_path, scored, monkeypatch, capsys):
+    """``--fn my_user:likes_red`` (docs/data.md) finds my_user.py where the command runs, with the
+    installed ``kto-lab`` script too (whose sys.path does not hold the current directory)."""
+    import sys
+
+    (tmp_path / "cwd_user.py").write_text("def likes(image, caption):\n    return caption.endswith('0')\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    assert cli_main(["data", "label", str(scored), "--out", str(tmp_path / "o.parquet"), "--fn", "cwd_user:likes"]) == 0
+    assert json.loads(capsys.readouterr().out)["desirable"] == 1

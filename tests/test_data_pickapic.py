@@ -19,6 +19,7 @@ F..K only in dropped rows: no record. "at least once": desirable A B C E M, unde
 
 import io
 import json
+import re
 from datetime import datetime
 
 import pyarrow as pa
@@ -104,7 +105,7 @@ def test_partitions_match_hand_counts(tmp_path, shards, partition, expected, dro
         "rows": 24, "rows_unlabelled": 1, "rows_same_image": 1, "ties_dropped": 3, "repeated_ranking_ids": 1,
         "comparisons": n_comparisons, "images_in_comparisons": 7 + 24, "duplicate_images_removed": 2 * n_comparisons - 31,
         "images_without_decisive_comparison": 6, "always_won": 2 + 12, "won_and_lost": 3, "always_lost": 2 + 12,
-        "missing_images": 0, "records": 31, "desirable": n_good, "undesirable": 31 - n_good,
+        "missing_images": 0, "unreadable_images": 0, "records": 31, "desirable": n_good, "undesirable": 31 - n_good,
     }
     table = load_records(tmp_path / "records.parquet")
     assert table.counts() == {"desirable": n_good, "undesirable": 31 - n_good}
@@ -193,6 +194,37 @@ def test_missing_bytes_and_bad_rows(tmp_path, shards):
         pickapic_to_records(str(tmp_path / "none-*.parquet"), tmp_path / "r.parquet")
 
 
+def test_null_caption_names_shard_and_row(tmp_path):
+    bad = row("P", "Q", WIN, 70)
+    bad["caption"] = None
+    shard = write_shard(tmp_path / "nocap.parquet", [row("R", "S", WIN, 71), bad])
+    for convert in (pickapic_to_records, pickapic_to_pairs):
+        with pytest.raises(ValueError, match=r"nocap\.parquet, row 1: caption None is not a string"):
+            convert([shard], tmp_path / "out.parquet", progress=False)
+
+
+def test_garbage_image_bytes_are_found_while_converting(tmp_path, capsys):
+    """Bytes that are not an image stop the conversion naming shard, row and column, or (skip) are
+    left out and counted; the output table then holds only readable images."""
+    shard = write_shard(tmp_path / "junk.parquet", [row("P", "Q", WIN, 80, jpg_1=b"<html>not found</html>"),
+                                                    row("R", "S", LOSE, 81)])
+    out = tmp_path / "r.parquet"
+    assert cli_main(["data", "pickapic", "--shards", str(shard), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert re.search(r"^kto-lab data: error: cannot read image 'Q' \(.*junk\.parquet, row 0, column 'jpg_1'\): "
+                     r"UnidentifiedImageError: not an image format PIL knows \(set on_missing_image='skip'",
+                     err.strip().splitlines()[-1]), err  # the last line: the progress bars come before it
+    assert not out.exists()
+    assert cli_main(["data", "pickapic", "--shards", str(shard), "--out", str(out), "--on-missing-image", "skip"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert (stats["unreadable_images"], stats["missing_images"], stats["records"]) == (1, 1, 3)
+    table = load_records(out)
+    assert sorted(table.source_ids) == ["P", "R", "S"] and table.check_images() == 0
+    stats = pickapic_to_pairs([shard], tmp_path / "p.parquet", on_missing_image="skip", progress=False)
+    assert (stats["pairs"], stats["pairs_skipped_missing_image"], stats["unreadable_images"]) == (1, 1, 1)
+
+
 def test_cli(tmp_path, shards, capsys):
     out = tmp_path / "records.parquet"
     assert cli_main(["data", "pickapic", "--shards", str(shards[0].parent), "--out", str(out),
@@ -207,4 +239,4 @@ def test_cli(tmp_path, shards, capsys):
     assert cli_main(["data", "stats", str(tmp_path / "pairs.parquet")]) == 0
     assert json.loads(capsys.readouterr().out) == {"tables": [str(tmp_path / "pairs.parquet")], "kind": "pairs", "rows": 4}
     assert cli_main(["data", "pickapic", "--shards", str(tmp_path / "nope"), "--out", str(out)]) == 2
-    assert "kto-lab data pickapic: error: shard not found" in capsys.readouterr().err
+    assert "kto-lab data: error: shard not found" in capsys.readouterr().err

@@ -121,6 +121,22 @@ def test_missing_and_corrupt_images(tmp_path, image_rows):
         load_records(tmp_path / "bad.parquet").load_image(0)
 
 
+def test_check_files_finds_missing_files_without_reading_images(tmp_path, image_rows, monkeypatch):
+    (tmp_path / "images" / "1.png").unlink()
+    (tmp_path / "images" / "4.png").unlink()
+    (tmp_path / "images" / "3.png").write_bytes(b"not an image")  # exists: found only when read
+    path = write_records(image_rows, tmp_path / "records.csv")
+    import kto_lab.data.tables as tables
+
+    monkeypatch.setattr(tables, "decode_image", lambda *a, **k: pytest.fail("an image was read"))
+    with pytest.raises(ImageLoadError, match=r"image file not found: '.*1\.png' \(table .*records\.csv, row 1, "
+                                             r"column 'image'\); 1 more image file\(s\) are missing"):
+        load_records(path).check_files()
+    table = load_records(path, on_missing_image="skip")
+    assert table.check_files() == 2 and [i for i, _, _ in table.skipped] == [1, 4]
+    assert table.skipped[0][2] == "file not found" and table.check_files() == 2  # counted once
+
+
 def test_bad_values_name_file_row_and_column(tmp_path):
     path = tmp_path / "t.csv"
     path.write_text("image,caption,label\na.png,x,1\nb.png,y,desirable\nc.png,z,maybe\n")

@@ -1,6 +1,6 @@
 """The evaluation notebook runs top to bottom on a tiny pipeline with programmatic scorers."""
 
-from notebooks import run_notebook
+from notebooks import run_notebook, shows_an_image
 
 
 def test_evaluation_notebook_runs(tmp_path):
@@ -10,3 +10,6 @@ def test_evaluation_notebook_runs(tmp_path):
     assert (tmp_path / "out" / "eval" / "win_rates.png").is_file()
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "tuned" in text
+    # inline figures: the report's plotting functions return theirs, and the median-of-N cell draws with pyplot
+    # after run_evaluation (which must not have switched the kernel to a file-only backend)
+    assert shows_an_image(nb, "plot_win_rates(") and shows_an_image(nb, "median_index")

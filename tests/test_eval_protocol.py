@@ -17,6 +17,8 @@ from kto_lab.eval.report import markdown_table, plot_score_distributions, plot_w
 from kto_lab.eval.scorers import get_scorer
 from kto_lab.eval.stats import paper_interval
 
+from figure_checks import legend_texts, overlapping_texts
+
 
 PROMPTS = [Prompt("p0", "a red circle", "anime"), Prompt("p1", "a FAIL square", "photo"), Prompt("p2", "green", "photo")]
 
@@ -100,6 +102,33 @@ def test_failures_are_recorded_counted_and_retried_on_resume(tmp_path):
     assert rescored["redness"].notna().all() and len(rescored) == 9
 
 
+def test_resume_is_keyed_on_the_prompt_text_and_compare_refuses_mixed_texts(tmp_path):
+    """Editing a prompt file and re-running regenerates (and rescores) the changed prompt only; a
+    model still holding the old text's images is not paired with the new ones."""
+    from kto_lab.data.tables import DataError
+
+    scorers = {"redness": get_scorer("redness")}
+    for m in "ab":
+        run(FakePipe(), tmp_path, m)
+        score_model(tmp_path / m, scorers, progress=False)
+    edited = [PROMPTS[0], Prompt("p1", "a FAIL square, edited", "photo"), PROMPTS[2]]
+    pipe = FakePipe(shift=0.5)  # the "new" images differ from the old ones
+    counts = generate_images(pipe, edited, tmp_path / "a", model_name="a", n_per_prompt=3, base_seed=10, progress=False)
+    assert counts == {"ok": 3, "failed": 0, "skipped": 6}
+    rows = {(r["prompt_id"], r["k"]): r for r in read_manifest(tmp_path / "a")}
+    assert all(rows[("p1", k)]["prompt"] == "a FAIL square, edited" for k in range(3))
+    rescored = score_model(tmp_path / "a", scorers, progress=False).set_index(["prompt_id", "k"])
+    old = pd.read_csv(tmp_path / "b" / "scores.csv").set_index(["prompt_id", "k"])
+    assert rescored.loc[("p1", 0), "redness"] != old.loc[("p1", 0), "redness"]  # the new image's score, not the old
+    assert rescored.loc[("p0", 0), "redness"] == old.loc[("p0", 0), "redness"]
+    with pytest.raises(DataError, match=r"prompt id 'p1': images of \['a'\] were made from 'a FAIL square, edited' "
+                                         r"but images of \['b'\] from 'a FAIL square'"):
+        win_rates(load_scores(tmp_path, ["a", "b"]), "a", "b", method="wilson")
+    generate_images(FakePipe(), edited, tmp_path / "b", model_name="b", n_per_prompt=3, base_seed=10, progress=False)
+    score_model(tmp_path / "b", scorers, progress=False)
+    assert len(win_rates(load_scores(tmp_path, ["a", "b"]), "a", "b", method="wilson"))
+
+
 def test_median_of_n_decides_the_winner_not_the_best_image():
     rows = []
     for model, vals in (("a", [1.0, 5.0, 3.0]), ("b", [2.0, 2.0, 9.0])):
@@ -168,8 +197,9 @@ def test_report_tables_and_plots(tmp_path):
     paper = win_rates(df, "kto", "base", method="paper")
     assert paper.ci_low.tolist() == pytest.approx(paper.paper_ci_low.tolist())
     assert pd.read_csv(paths["win_rates"]).shape[0] == len(wins)
-    assert plot_win_rates(wins, tmp_path / "w.png").stat().st_size > 0
-    assert plot_score_distributions(df, ["redness", "saturation"], tmp_path / "d.png").stat().st_size > 0
+    plot_win_rates(wins, tmp_path / "w.png")
+    plot_score_distributions(df, ["redness", "saturation"], tmp_path / "d.png")
+    assert (tmp_path / "w.png").stat().st_size > 0 and (tmp_path / "d.png").stat().st_size > 0
     assert markdown_table(pd.DataFrame({"x": [1.5]}), index=False) == "| x |\n|---|\n| 1.5 |\n"
     with pytest.raises(KeyError, match="model 'sft' not in the scores"):
         win_rates(df, "sft", "base")
@@ -241,3 +271,24 @@ def test_run_evaluation_compares_this_runs_n_images(tmp_path, monkeypatch):
     result = run_module.run_evaluation(cfg, progress=False, make_plots=False)
     assert sorted(set(result.scores["k"])) == [0, 1]
     assert (result.means.loc[result.means["style"] == "all", "n_images"] == 6).all()
+
+
+def test_plots_are_returned_titled_and_counted(svg_backend):
+    """The figures come back (a notebook shows them) on the current backend, which stays selected; the
+    win-rate chart has a title and the number of prompts behind each bar; names are human."""
+    import matplotlib
+
+    scores = pd.DataFrame([{"model": model, "prompt_id": f"p{i}", "prompt": "x", "style": "", "k": 0, "status": "ok",
+                            "pickscore": v + i} for i in range(4) for model, v in (("kto", 1.0), ("base", 0.0))])
+    wins = win_rates(scores, "kto", "base", ["pickscore"], method="wilson", by_style=False)
+    fig = plot_win_rates(wins)
+    assert matplotlib.get_backend() == svg_backend
+    assert "Win rate of A over B" in fig.get_suptitle() and "ties count half" in fig.get_suptitle()
+    assert legend_texts(fig) == ["Diffusion-KTO vs base model (n = 4 prompts)"]
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["PickScore"]
+    assert overlapping_texts(fig) == []
+    fig = plot_score_distributions(scores, ["pickscore"])
+    assert matplotlib.get_backend() == svg_backend
+    assert fig.axes[0].get_title() == "PickScore" and fig.get_suptitle()
+    assert legend_texts(fig) == ["Diffusion-KTO (n = 4)", "base model (n = 4)"]
+    assert overlapping_texts(fig) == []

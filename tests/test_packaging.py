@@ -1,6 +1,10 @@
-"""environment.yml (conda users) must list the same packages and torch pin as pyproject.toml."""
+"""environment.yml (conda users) must list the same packages and torch pin as pyproject.toml;
+.gitignore covers what the notebooks write."""
 
+import json
 import re
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -51,3 +55,22 @@ def test_environment_names_python_and_installs_the_project():
     assert any(isinstance(d, str) and d.startswith("python") for d in env["dependencies"])
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
     assert "-e ." in pip
+
+
+def _notebook_parameters(name: str) -> dict:
+    nb = json.loads((REPO / "notebooks" / name).read_text())
+    cell = next(c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", []))
+    values: dict = {}
+    exec("".join(cell["source"]), {}, values)  # the parameter cells only assign literals
+    return values
+
+
+def test_gitignore_covers_what_the_notebooks_write():
+    """Run from notebooks/ (Jupyter's working directory), the notebooks write these directories."""
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    written = [_notebook_parameters("evaluation.ipynb")["OUT_DIR"], _notebook_parameters("synthetic.ipynb")["RUN_DIR"],
+               _notebook_parameters("sd_finetune.ipynb")["OUTPUT_DIR"], "demo"]  # sd_finetune's DEMO data
+    probes = [f"notebooks/{d}/x.png" for d in written]
+    ignored = subprocess.run(["git", "check-ignore", *probes], cwd=REPO, capture_output=True, text=True).stdout.split()
+    assert sorted(ignored) == sorted(probes), f"not ignored: {sorted(set(probes) - set(ignored))}"

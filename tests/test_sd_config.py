@@ -31,6 +31,11 @@ def test_paper_defaults_full_and_lora():
     (["data.resolution=100"], "data.resolution"),
     (["lora.reference=copy"], "lora.reference"),
     (["model.reference=/x", "lora.enabled=true"], "frozen_copy"),
+    (["model.compile=partial"], "model.compile"),
+    (["model.compile_mode=fastest"], "model.compile_mode"),
+    (["model.compile=regional", "model.compile_blocks=[]"], "model.compile_blocks"),
+    (["objective.reference_point_fraction=0"], "reference_point_fraction"),
+    (["objective.reference_point=none", "objective.reference_point_fraction=0.5"], "reference_point_fraction"),
 ])
 def test_bad_values_name_the_field(override, named):
     with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
@@ -40,7 +45,10 @@ def test_bad_values_name_the_field(override, named):
 def test_config_errors_come_before_any_model_load(tmp_path):
     from kto_lab.sd.trainer import Trainer
 
-    missing_model = str(tmp_path / "no_such_model")
+    missing_model = tmp_path / "no_model_inside"  # passes the path check; loading it would fail
+    missing_model.mkdir()
+    (missing_model / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    missing_model = str(missing_model)
     with pytest.raises(ConfigError, match="optim.lr"):
         Trainer({"model": {"pretrained": missing_model}, "data": {"train": ["x.csv"]}}, overrides=["optim.lr=1"])
     with pytest.raises(ConfigError, match="data.train is empty"):
@@ -72,3 +80,9 @@ def test_sd15_unet_config_is_sd15():
     cfg = json.loads((CONFIGS / "sd15_unet.json").read_text())
     assert cfg["block_out_channels"] == [320, 640, 1280, 1280] and cfg["cross_attention_dim"] == 768
     assert cfg["layers_per_block"] == 2 and cfg["sample_size"] == 64 and cfg["attention_head_dim"] == 8
+
+
+@pytest.mark.parametrize("value, meaning", [(True, "full"), (False, "none"), ("regional", "regional"), ("none", "none")])
+def test_model_compile_is_a_choice_and_reads_the_old_booleans(value, meaning):
+    assert load_train_config(None, {"model": {"compile": value}}).model.compile == meaning
+    assert load_train_config(None, [f"model.compile={str(value).lower()}"]).model.compile == meaning

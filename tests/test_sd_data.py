@@ -132,7 +132,26 @@ def test_sft_draws_desirable_records_only(tmp_path, tokenizer, cached):
                                  "optim": {"batch_size": 64}})
         if cached:
             manifest = {"kind": cache_kind(objective), "pretrained": "tiny", "resolution": 8, "center_crop": True,
-                        "version": CACHE_VERSION, "shards": [{"file": "s.safetensors", "count": 4}]}
+                        "dtype": "float32", "vae_dtype": "fp32", "version": CACHE_VERSION, "shards": [{"file": "s.safetensors", "count": 4}]}
             (cache / "cache.json").write_text(__import__("json").dumps(manifest))
         labels = make_source(cfg, tokenizer).next_batch()["labels"]
         assert bool(labels.eq(1).all()) == all_desirable, objective
+
+
+def test_caption_dropout_empties_captions_from_the_source_generator(tmp_path, tokenizer):
+    from kto_lab.data.records import load_records, load_pairs
+
+    table = load_records(write_records(tmp_path))
+    empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                      return_tensors="pt").input_ids[0]
+    always = RecordSource(table, tokenizer, ImageTransform(8), batch_size=16, gamma=0.8, caption_dropout=1.0)
+    assert (always.next_batch()["input_ids"] == empty).all()
+    some = RecordSource(table, tokenizer, ImageTransform(8), batch_size=200, gamma=0.8, caption_dropout=0.2)
+    state = some.state_dict()
+    ids = some.next_batch()["input_ids"]
+    dropped = (ids == empty).all(dim=1).float().mean()
+    assert 0.1 < dropped < 0.3
+    some.load_state_dict(state)
+    assert torch.equal(some.next_batch()["input_ids"], ids)  # a resumed run drops the same captions
+    pairs = PairSource(load_pairs(write_pairs(tmp_path)), tokenizer, ImageTransform(8), batch_size=8, caption_dropout=1.0)
+    assert (pairs.next_batch()["input_ids"] == empty).all()

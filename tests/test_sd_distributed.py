@@ -57,11 +57,18 @@ ONE_SAMPLE_WORKER = textwrap.dedent("""
     trainer = T.Trainer(cfg, accelerator=acc)
     for _ in range(2):
         trainer.step(trainer.source.next_batch())
-    json.dump(seen, open(f"{out}/seen{acc.process_index}.json", "w"))
+    json.dump(seen, open(f"{out}/rank{acc.process_index}.json", "w"))
 """)
 
 
-def _torchrun(worker: str, cfg: dict, tmp_path):
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_two_workers(cfg: dict, tmp_path, worker: str = WORKER):
+    """``worker`` on 2 CPU processes (torchrun); returns both ranks' JSON reports (``rank{r}.json``)."""
     script = tmp_path / "worker.py"
     script.write_text(worker)
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
@@ -69,12 +76,7 @@ def _torchrun(worker: str, cfg: dict, tmp_path):
            "--master_port", str(_free_port()), str(script), json.dumps(cfg), str(tmp_path)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
 
 
 def test_two_process_cpu_run_shares_reference_point_and_parameters(tiny_sd_path, tmp_path):
@@ -87,9 +89,7 @@ def test_two_process_cpu_run_shares_reference_point_and_parameters(tiny_sd_path,
         "optim": {"max_steps": 10, "batch_size": 2, "learning_rate": 1e-3, "warmup_steps": 0},
         "logging": {"progress_bar": False, "log_every": 1},
     }
-    _torchrun(WORKER, cfg, tmp_path)
-
-    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    r0, r1 = run_two_workers(cfg, tmp_path)
     assert r0["world"] == r1["world"] == 2
     z0, z1 = [r["z_ref"] for r in r0["rows"]], [r["z_ref"] for r in r1["rows"]]
     assert z0 == z1 and any(z > 0 for z in z0)  # the same, non-trivial reference point on both ranks
@@ -122,7 +122,6 @@ def test_one_sample_per_process_pairs_with_the_other_process_caption(tiny_sd_pat
            "objective": {"objective": "kto", "beta": 20.0, "reference_point": "unrelated"},
            "optim": {"max_steps": 2, "batch_size": 1, "learning_rate": 1e-3, "warmup_steps": 0},
            "logging": {"progress_bar": False}}
-    _torchrun(ONE_SAMPLE_WORKER, cfg, tmp_path)
-    s0, s1 = (json.loads((tmp_path / f"seen{r}.json").read_text()) for r in (0, 1))
+    s0, s1 = run_two_workers(cfg, tmp_path, worker=ONE_SAMPLE_WORKER)
     for a, b in zip(s0, s1):
         assert a["unrelated"] == b["cond"] and b["unrelated"] == a["cond"]

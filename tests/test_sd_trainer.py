@@ -169,8 +169,8 @@ def test_cache_build_and_train_from_it(tiny_sd_path, records, tmp_path):
     manifest = read_manifest(cache)
     assert manifest["count"] == 6 and len(manifest["shards"]) == 2 and manifest["kind"] == "records"
 
-    # a second run reads the cache only: no VAE or text encoder is loaded
-    again = Trainer(cfg)
+    # a second run (its own output_dir) reads the cache only: no VAE or text encoder is loaded
+    again = Trainer({**cfg, "output_dir": str(tmp_path / "run_again")})
     assert again.components.vae is None and again.components.text_encoder is None
     batch = again.source.next_batch()
     assert set(batch) == {"latent_moments", "encoder_hidden_states", "labels"}
@@ -225,3 +225,32 @@ def test_step_takes_ready_latents_and_embeddings(tiny_sd_path, records, tmp_path
     assert trainer.global_step == 1 and math.isfinite(m["loss"]) and "z_ref" in m
     # the step leaves its metrics on the device (no host copy per step); the log step converts them
     assert all(isinstance(v, torch.Tensor) and v.device == trainer.device for v in m.values())
+
+
+def test_vae_encodes_in_fp32_and_the_cache_keeps_fp32_under_mixed_precision(tiny_sd_path, records, tmp_path):
+    """The official KTO script encodes with an fp32 VAE; so do the trainer and its cache by default. Options:
+    model.vae_dtype=auto (the mixed-precision dtype) and data.cache_dtype=fp16 (half the disk)."""
+    from safetensors.torch import load_file
+
+    from kto_lab.sd.cache import read_manifest
+
+    def build(name, **sections):
+        cache = tmp_path / f"cache_{name}"
+        cfg = config(tiny_sd_path, records, tmp_path / name, optim={"max_steps": 1, "mixed_precision": "bf16"},
+                     checkpoint={"every": 0})
+        for section, values in sections.items():
+            cfg[section] = {**cfg[section], **values}
+        cfg["data"]["cache_dir"] = str(cache)
+        trainer = Trainer(cfg)
+        shard = load_file(str(cache / read_manifest(cache)["shards"][0]["file"]))
+        return trainer, shard, read_manifest(cache)
+
+    trainer, shard, manifest = build("default")
+    assert trainer.components.vae.dtype == torch.float32
+    assert trainer.components.text_encoder.dtype == torch.bfloat16
+    assert shard["latent_moments"].dtype == torch.float32 and manifest["dtype"] == "float32"
+    assert manifest["vae_dtype"] == "fp32"
+
+    trainer, shard, manifest = build("auto_fp16", model={"vae_dtype": "auto"}, data={"cache_dtype": "fp16"})
+    assert trainer.components.vae.dtype == torch.bfloat16
+    assert shard["latent_moments"].dtype == torch.float16 and manifest["dtype"] == "float16"

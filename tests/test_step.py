@@ -104,6 +104,21 @@ def test_one_sample_batch_needs_other_captions_for_the_unrelated_pairs():
                        reference=StructuredRecorder())
 
 
+@pytest.mark.parametrize("fraction, pairs", [(1.0, 4), (0.5, 2), (0.25, 1), (0.01, 1)])
+def test_reference_point_fraction_uses_the_first_unrelated_pairs(fraction, pairs):
+    x0, labels = _batch(4)
+    cond = torch.tensor([10, 11, 12, 13])
+    policy, reference = Recorder(0.5), Recorder(0.4)
+    out = objective_step(ObjectiveConfig(beta=1.0, reference_point_fraction=fraction), SCHEDULE, policy, x0, labels,
+                         cond, reference=reference, generator=torch.Generator().manual_seed(0))
+    x_ref, _, c_ref = reference.calls[0]
+    assert len(reference.calls) == 1 and x_ref.shape[0] == 4 + pairs  # still one batched reference forward
+    assert c_ref[4:].tolist() == [13, 10, 11, 12][:pairs]  # captions rolled over the whole batch, then cut
+    x_u, t_u, c_u = policy.calls[1]
+    assert x_u.shape[0] == t_u.shape[0] == pairs and c_u.tolist() == [13, 10, 11, 12][:pairs]
+    assert out.err_policy.shape[0] == out.err_ref.shape[0] == 4  # the loss still sees the whole batch
+
+
 class StructuredRecorder:
     """A denoiser that takes an SDXL-like structured cond and records it."""
 
@@ -193,6 +208,12 @@ def test_objective_config_validation_names_the_value():
         ObjectiveConfig(beta=0).validate()
     with pytest.raises(ConfigError, match="reference_point='median'"):
         ObjectiveConfig(reference_point="median").validate()
+    with pytest.raises(ConfigError, match="reference_point_fraction=0 must be > 0"):
+        ObjectiveConfig(reference_point_fraction=0).validate()
+    with pytest.raises(ConfigError, match="reference_point_fraction=1.5 must be <= 1"):
+        ObjectiveConfig(reference_point_fraction=1.5).validate()
+    with pytest.raises(ConfigError, match="reference_point_fraction=0.5 applies only to reference_point='unrelated'"):
+        ObjectiveConfig(reference_point="batch", reference_point_fraction=0.5).validate()
     with pytest.raises(ConfigError, match="lambda_undesirable=-1"):
         ObjectiveConfig(lambda_undesirable=-1).validate()
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from notebooks import run_notebook
+from notebooks import run_notebook, shows_an_image
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = REPO / "figures" / "synthetic" / "base" / "pipeline"
@@ -19,8 +19,9 @@ def test_synthetic_notebook_runs_a_tiny_comparison(tmp_path):
     align = {"methods": ["kto", "csft", "spin"], "n_captions": 24, "renders_per_caption": 2, "steps": 4,
              "batch_size": 4, "eval_every": 2, "n_curve_prompts": 2, "n_eval_prompts": 4, "n_per_prompt": 2,
              "spin_iterations": 2}
-    run_notebook("synthetic.ipynb", tmp_path, timeout=600, BASE=str(BASE), RUN_EXPERIMENT=True,
-                 RUN_DIR=str(run_dir), ALIGN=align)
+    nb = run_notebook("synthetic.ipynb", tmp_path, timeout=600, BASE=str(BASE), RUN_EXPERIMENT=True,
+                      RUN_DIR=str(run_dir), ALIGN=align)
+    assert shows_an_image(nb, "sample_grid(") and shows_an_image(nb, "plot_curves(")
     for name in ("curves.csv", "win_rates.csv", "mean_scores.csv", "summary.json", "figures/curves.png",
                  "figures/table.md"):
         assert (run_dir / name).is_file(), name

@@ -25,8 +25,10 @@ def figure6() -> nbformat.NotebookNode:
             "Pretraining data N((0.5, 0.8), 0.04 I); desirable N((0.3, 0.8), 0.01 I); undesirable "
             "N((0.3, 0.6), 0.01 I). A small MLP diffusion model is pretrained, then fine-tuned with every "
             "objective through the same `kto_lab.step.objective_step` as the Stable Diffusion trainer, and "
-            "3,500 points are sampled per model. Same as `kto-lab toy figure6 --out DIR --seeds 3`."),
-        _parameters("seeds = 3            # metrics are mean ± sd over seeds\n"
+            "3,500 points are sampled per model. Same as `kto-lab toy figure6 --out DIR --seeds 3`; "
+            "`family = 'flow'` runs the toy under flow matching (`--family flow`)."),
+        _parameters("family = 'ddpm'      # 'ddpm' (the paper) or 'flow' (rectified flow, as Stable Diffusion 3)\n"
+                    "seeds = 3            # metrics are mean ± sd over seeds\n"
                     "steps = 600          # fine-tuning steps per method\n"
                     "pretrain_steps = 1500\n"
                     "n_samples = 3500     # sec. 6\n"
@@ -34,9 +36,10 @@ def figure6() -> nbformat.NotebookNode:
                     "out_dir = None       # a directory to also write figure6.png and the metrics files"),
         new_code_cell("from toy import ToyConfig, run_figure6\n"
                       "from toy.figures import metrics_table, plot_figure6, write_figure6\n\n"
-                      "cfg = ToyConfig(steps=steps, pretrain_steps=pretrain_steps, n_samples=n_samples, **overrides).validate()\n"
+                      "cfg = ToyConfig(family=family, steps=steps, pretrain_steps=pretrain_steps, n_samples=n_samples,\n"
+                      "                **overrides).validate()\n"
                       "result = run_figure6(cfg, seeds=seeds)"),
-        new_code_cell("fig = plot_figure6(result)"),
+        new_code_cell("plot_figure6(result)"),
         new_code_cell("import pandas as pd\n\n"
                       "pd.DataFrame(metrics_table(result.summary, cfg)).set_index('method')"),
         new_code_cell("if out_dir is not None:\n"
@@ -53,7 +56,7 @@ def figure9() -> nbformat.NotebookNode:
             "`kto-lab toy figure9 --out DIR`."),
         _parameters("utilities = ['loss_averse', 'kto', 'risk_seeking']  # names in kto_lab.objectives.UTILITIES\n"
                     "lim = 5.0"),
-        new_code_cell("from toy.figures import plot_figure9\n\nfig = plot_figure9(None, utilities, lim)"),
+        new_code_cell("from toy.figures import plot_figure9\n\nplot_figure9(None, utilities, lim)"),
         new_code_cell("import torch\nfrom kto_lab.objectives import get_utility\n\n"
                       "for name in utilities:\n"
                       "    x = torch.zeros(1, requires_grad=True)\n"

@@ -17,12 +17,12 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 from tqdm.auto import tqdm
 
 from .run import run_seed, torch_threads
-from .train import METHOD_LABELS, PRETRAINED, ToyConfig, pretrain
+from .train import PRETRAINED, ToyConfig, pretrain
 
 # method -> (ToyConfig field swept, values)
 FRONTIER_KNOBS: Dict[str, Tuple[str, Sequence[float]]] = {
@@ -64,19 +64,15 @@ def run_frontier(cfg: ToyConfig, seeds: int = 3, knobs: Dict[str, Tuple[str, Seq
     return pd.DataFrame(rows)
 
 
-def plot_toy_frontier(summary, pretrained: Dict[str, float], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot_toy_frontier(summary, pretrained: Dict[str, float], path: Optional[Path] = None):
+    """Desirable share against undesirable share and against the distance moved. Returns the figure."""
     from kto_lab.eval.frontier import plot_frontier, save_figure
+    from kto_lab.plotting import new_figure
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
-    plot_frontier(axes[0], summary, "share_undesirable", "share_desirable", labels=METHOD_LABELS,
-                  maximize_x=False, base=pretrained)
-    plot_frontier(axes[1], summary, "energy_to_pretrained", "share_desirable", labels=METHOD_LABELS,
-                  maximize_x=False, base=pretrained)
+    fig = new_figure(figsize=(12, 5.3), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for ax, x in zip(axes, ("share_undesirable", "energy_to_pretrained")):
+        plot_frontier(ax, summary, x, "share_desirable", maximize_x=False, base=pretrained)
     axes[0].set(xlabel="share of samples in the undesirable region", ylabel="share of samples in the desirable region",
                 title="toy: desirable vs undesirable share (up and left is better)")
     axes[1].set(xlabel="distance moved (energy distance to the pretrained model's samples)",

@@ -56,7 +56,9 @@ class SeedResult:
 def _sample_method(cfg: ToyConfig, method: str, model, seed: int) -> Tensor:
     objective, _ = parse_method(method)
     cond = 1 if objective == "csft" else None  # CSFT samples with the "good" class
-    return sample(model, cfg.schedule(), cfg.n_samples, cond=cond, generator=torch.Generator().manual_seed(seed + 5))
+    steps = cfg.flow_sample_steps if cfg.family == "flow" else None  # DDPM walks its whole chain
+    return sample(model, cfg.schedule(), cfg.n_samples, cond=cond, generator=torch.Generator().manual_seed(seed + 5),
+                  steps=steps)
 
 
 def run_seed(cfg: ToyConfig, seed: int, methods: Optional[Sequence[str]] = None,

@@ -12,6 +12,9 @@ Toy-specific choices (documented, not in the paper):
 - Diffusion-DPO gets random (desirable, undesirable) pairs: the toy has no real pairs.
 - Pretraining is the plain denoising loss (eq. 1, lambda(t) = 1); it is computed by the same
   step with ``objective="csft"`` and no class input, which is exactly that loss.
+- ``family="flow"`` swaps the DDPM schedule for rectified flow (:class:`kto_lab.schedule.FlowMatchingSchedule`,
+  as Stable Diffusion 3): the same MLP predicts the velocity, so every error is a velocity error; the
+  step, the objectives and the rest of this file are unchanged.
 """
 
 from __future__ import annotations
@@ -25,9 +28,9 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from kto_lab import objectives as O
-from kto_lab.config import ConfigError, check_choice, check_positive, check_range
+from kto_lab.config import ConfigError, check_choice, check_positive, check_range, warn_outside
 from kto_lab.data.sampler import GammaSampler, check_gamma, sampling_gamma
-from kto_lab.schedule import NoiseSchedule
+from kto_lab.schedule import TIMESTEP_DENSITIES, FlowMatchingSchedule, NoiseSchedule
 from kto_lab.step import ObjectiveConfig, objective_step
 
 from .data import PRETRAIN, FeedbackSet, make_feedback
@@ -42,18 +45,14 @@ FIGURE6_METHODS = (
     PRETRAINED, "sft", "csft", "bce", "dpo",
     "kto:loss_averse", "kto:risk_seeking", "kto:kto", "kto:prospect",
 )
-METHOD_LABELS = {
-    PRETRAINED: "pretrained",
-    "sft": "SFT",
-    "csft": "CSFT",
-    "bce": "BCE",
-    "dpo": "Diffusion-DPO (random pairs)",
-    "kto:kto": "Diffusion-KTO, Kahneman-Tversky (sigmoid)",
-    "kto:loss_averse": "Diffusion-KTO, loss-averse",
-    "kto:risk_seeking": "Diffusion-KTO, risk-seeking",
-    "kto:prospect": "Diffusion-KTO, prospect value fn (extra)",
-}
 
+
+# The schedule families and the ToyConfig fields that only one of them reads.
+FAMILY_OPTIONS = {"ddpm": ("beta_end",), "flow": ("flow_density", "flow_shift", "flow_sample_steps")}
+# Where Diffusion-KTO's beta still matters on the flow toy's velocity errors (3 seeds,
+# figures/beta_scale/ablation_flow_metrics.csv; docs/toy.md, "Flow matching"): below it every metric
+# equals beta -> 0's, above it KTO no longer avoids P_u. A beta outside it gets a one-line warning.
+FLOW_BETA_RANGE = (0.1, 30.0)
 
 # Fine-tuning fields a method may override (ToyConfig.method_overrides).
 OVERRIDABLE = {"beta", "lr", "steps", "gamma", "lambda_desirable", "lambda_undesirable", "reference_point"}
@@ -96,11 +95,15 @@ class ToyConfig:
     n_feedback: int = 1000  # points per class in the binary-feedback table
     n_samples: int = 3500  # sec. 6: "We sample 3500 data points from the trained model"
     # --- the denoiser (tiny-diffusion) ---
+    family: str = "ddpm"  # ddpm: the paper's noise-predicting DDPM (sec. 3.1) | flow: rectified flow (SD3), velocity-predicting
     hidden: int = 64
     num_blocks: int = 3
     emb_size: int = 32
-    num_timesteps: int = 50  # tiny-diffusion
-    beta_end: float = 0.2  # linear betas 1e-4..beta_end; 0.2 gives abar_T ~ 0.005 (data is not centred)
+    num_timesteps: int = 50  # tiny-diffusion; flow: the model's time input is t * num_timesteps, the DDPM range
+    beta_end: float = 0.2  # ddpm only: linear betas 1e-4..beta_end; 0.2 gives abar_T ~ 0.005 (data is not centred)
+    flow_density: str = "uniform"  # flow only: timestep density (SD3 sec. 3.1); uniform fits the 2-D toy better than SD3's logit_normal (docs/toy.md)
+    flow_shift: float = 1.0  # flow only: SD3's timestep shift (sec. 5.3.2; 3.0 for 1024 px latents; 1 = none)
+    flow_sample_steps: int = 200  # flow only: Euler steps of the ODE sampler; 50 would shrink P_d's spread 8 % even with the exact velocity
     # --- pretraining ---
     pretrain_steps: int = 1500
     pretrain_lr: float = 1e-3
@@ -126,8 +129,14 @@ class ToyConfig:
     threads: int = 1  # torch threads; a 128-wide MLP is fastest on one core
 
     def validate(self) -> "ToyConfig":
+        """Check every value (one-line ConfigError naming the field); warn about a suspicious beta."""
+        self._check_values()
+        self._warn_beta_scale()
+        return self
+
+    def _check_values(self) -> "ToyConfig":
         for name in ("n_feedback", "n_samples", "hidden", "num_blocks", "emb_size", "num_timesteps",
-                     "batch_size", "threads"):
+                     "flow_sample_steps", "batch_size", "threads"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name}={value!r} must be an integer >= 1")
@@ -137,7 +146,11 @@ class ToyConfig:
                 raise ConfigError(f"{name}={value!r} must be an integer >= 0")
         if self.emb_size % 2:
             raise ConfigError(f"emb_size={self.emb_size} must be even")
+        check_choice("family", self.family, FAMILY_OPTIONS)
+        self._check_family_options()
         check_range("beta_end", self.beta_end, low=0.0, high=1.0, low_open=True, high_open=True)
+        check_choice("flow_density", self.flow_density, TIMESTEP_DENSITIES)
+        check_positive("flow_shift", self.flow_shift)
         for name in ("pretrain_lr", "lr", "grad_clip", "beta", "lambda_desirable", "lambda_undesirable"):
             check_positive(name, getattr(self, name))
         check_range("divergence_factor", self.divergence_factor, low=1.0, low_open=True)
@@ -155,8 +168,22 @@ class ToyConfig:
             for k in kv:
                 if k not in OVERRIDABLE:
                     raise ConfigError(f"method_overrides[{m!r}]: {k!r} cannot be overridden per method; allowed: {overridable}")
-            self.for_method(m, check=False).validate()
+            if kv:  # an empty override is this config itself: checking it again would recurse
+                self.for_method(m, check=False)._check_values()
         return self
+
+    def _warn_beta_scale(self) -> None:
+        """Flow only: a Diffusion-KTO beta outside FLOW_BETA_RANGE gets a one-line warning."""
+        if self.family != "flow":
+            return
+        betas = {}  # the field to change -> its value, once each
+        for m in self.methods:
+            if parse_method(m)[0] == "kto":
+                own = "beta" in (self.method_overrides or {}).get(m, {})
+                betas[f"method_overrides[{m!r}].beta" if own else "beta"] = self.for_method(m, check=False).beta
+        for name, beta in betas.items():
+            warn_outside(name, beta, *FLOW_BETA_RANGE,
+                         "for Diffusion-KTO on the flow-matching toy's velocity errors (figures/beta_scale)")
 
     def for_method(self, method: str, check: bool = True) -> "ToyConfig":
         """This config with ``method_overrides[method]`` applied."""
@@ -164,9 +191,19 @@ class ToyConfig:
         if not kv:
             return self
         out = dataclasses.replace(self, method_overrides={}, **kv)
-        return out.validate() if check else out
+        return out._check_values() if check else out
 
-    def schedule(self) -> NoiseSchedule:
+    def _check_family_options(self) -> None:
+        """A schedule option of the other family is a mistake, not something to ignore silently."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for family, names in FAMILY_OPTIONS.items():
+            for name in names:
+                if family != self.family and getattr(self, name) != defaults[name]:
+                    raise ConfigError(f"{name}={getattr(self, name)!r} is a {family}-only option, but family={self.family!r}")
+
+    def schedule(self) -> NoiseSchedule | FlowMatchingSchedule:
+        if self.family == "flow":
+            return FlowMatchingSchedule(self.num_timesteps, shift=self.flow_shift, density=self.flow_density)
         return NoiseSchedule.linear(self.num_timesteps, beta_start=1e-4, beta_end=self.beta_end)
 
     def objective(self, method: str) -> ObjectiveConfig:

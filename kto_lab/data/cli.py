@@ -14,7 +14,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
+
+from ..config import ConfigError
 
 
 def _print(stats: dict) -> None:
@@ -45,15 +48,27 @@ def _threshold(args) -> int:
 
 
 def load_callable(spec: str):
-    """``package.module:attribute`` -> the callable it names."""
+    """``package.module:attribute`` -> the callable it names (modules in the current directory are
+    found, as with ``python -m``); a missing module or attribute, or a value that is not callable,
+    is a :class:`ConfigError` naming it."""
     module, sep, attr = spec.partition(":")
     if not sep or not module or not attr:
-        raise ValueError(f"--fn {spec!r} must look like package.module:function")
-    fn = importlib.import_module(module)
-    for part in attr.split("."):
+        raise ConfigError(f"--fn {spec!r} must look like package.module:function")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
+    try:
+        fn = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not (module == exc.name or module.startswith(exc.name + ".")):
+            raise  # the module exists but imports something missing: its traceback says where
+        raise ConfigError(f"--fn {spec!r}: no module named {exc.name!r} (looked in the current directory and "
+                          "sys.path)") from None
+    for k, part in enumerate(attr.split(".")):
+        if not hasattr(fn, part):
+            raise ConfigError(f"--fn {spec!r}: {'.'.join([module, *attr.split('.')[:k]])} has no attribute {part!r}")
         fn = getattr(fn, part)
     if not callable(fn):
-        raise TypeError(f"--fn {spec!r} is not callable")
+        raise ConfigError(f"--fn {spec!r} is a {type(fn).__name__}, not a function fn(image, caption) -> bool")
     return fn
 
 
@@ -88,17 +103,6 @@ def _stats(args) -> int:
     return 0
 
 
-def _clean_errors(action):
-    """Bad input (a ValueError or OSError whose message names the file, row and column) -> one line, exit 2."""
-    def run(args) -> int:
-        try:
-            return action(args)
-        except (ValueError, OSError) as exc:
-            print(f"kto-lab data {args.data_command}: error: {exc}", file=sys.stderr)
-            return 2
-    return run
-
-
 def add_parser(subparsers, name: str, help: str) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(name, help=help, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="data_command", required=True, metavar="ACTION")
@@ -107,7 +111,8 @@ def add_parser(subparsers, name: str, help: str) -> argparse.ArgumentParser:
         p.add_argument("--shards", nargs="+", required=True, help="Pick-a-Pic v2 parquet shards: files, directories or globs")
         p.add_argument("--out", required=True, help="output table (.parquet keeps image bytes; .csv/.jsonl need --image-dir)")
         p.add_argument("--image-dir", default=None, help="write each image once as a file here instead of keeping bytes")
-        p.add_argument("--on-missing-image", choices=("error", "skip"), default="error")
+        p.add_argument("--on-missing-image", choices=("error", "skip"), default="error",
+                       help="an image without bytes, or whose bytes are not an image: stop naming it, or skip and count it")
         p.add_argument("--drop-repeated-rankings", action="store_true",
                        help="count a decisive row whose ranking_id was seen before only once (default: keep it)")
 
@@ -115,28 +120,30 @@ def add_parser(subparsers, name: str, help: str) -> argparse.ArgumentParser:
     shards_args(p)
     p.add_argument("--partition", choices=("at_least_once", "win_only"), default="at_least_once",
                    help="desirable = preferred at least once (paper) or always preferred (appendix D.1)")
-    p.set_defaults(func=_clean_errors(_pickapic))
+    p.set_defaults(func=_pickapic)
 
     p = sub.add_parser("pairs", help="Pick-a-Pic v2 shards -> (winner, loser) pairs for Diffusion-DPO")
     shards_args(p)
-    p.set_defaults(func=_clean_errors(_pairs))
+    p.set_defaults(func=_pairs)
 
     p = sub.add_parser("threshold", help="scored images -> records, desirable iff score >= threshold")
     p.add_argument("table", help="table with image, caption and the score column")
-    p.add_argument("--out", required=True)
-    p.add_argument("--score-column", default="score")
+    p.add_argument("--out", required=True, help="output record table (.parquet, .csv or .jsonl)")
+    p.add_argument("--score-column", default="score", help="the column holding each image's score")
     p.add_argument("--threshold", type=float, default=7.0, help="paper appendix C: aesthetic score >= 7")
-    p.set_defaults(func=_clean_errors(_threshold))
+    p.set_defaults(func=_threshold)
 
     p = sub.add_parser("label", help="images -> records labelled by a Python function fn(image, caption) -> bool")
     p.add_argument("table", help="table with image and caption")
-    p.add_argument("--out", required=True)
-    p.add_argument("--fn", required=True, help="package.module:function returning True for desirable")
-    p.add_argument("--on-missing-image", choices=("error", "skip"), default="error")
-    p.set_defaults(func=_clean_errors(_label))
+    p.add_argument("--out", required=True, help="output record table (.parquet, .csv or .jsonl)")
+    p.add_argument("--fn", required=True, help="package.module:function returning True for desirable "
+                                               "(modules in the current directory are found)")
+    p.add_argument("--on-missing-image", choices=("error", "skip"), default="error",
+                   help="a missing or unreadable image: stop naming it, or leave it out and count it")
+    p.set_defaults(func=_label)
 
     p = sub.add_parser("stats", help="print the class counts of record (or pair) tables")
-    p.add_argument("tables", nargs="+")
+    p.add_argument("tables", nargs="+", help="record or pair tables (.parquet, .csv, .jsonl)")
     p.add_argument("--check-images", action="store_true", help="read every image once and count the unreadable ones")
-    p.set_defaults(func=_clean_errors(_stats))
+    p.set_defaults(func=_stats)
     return parser

@@ -27,7 +27,8 @@ Missing or unreadable images (``on_missing_image``):
 * ``"skip"``: ``load_image(i)`` returns ``None``, records ``(i, image, reason)`` once in
   ``table.skipped`` and remembers ``i`` (``table.is_skipped(i)``); the caller draws another
   index (e.g. from the gamma sampler) in its place. :meth:`RecordTable.check_images` reads every
-  image once up front, so the bad ones are known (and counted) before training.
+  image once up front, so the bad ones are known (and counted) before training;
+  :meth:`RecordTable.check_files` only checks that image files exist (a stat each, no reading).
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .tables import ImageLoadError, PathLike, TableFile, read_table, write_table
+from ..config import ConfigError
+from .tables import DataError, ImageLoadError, PathLike, TableFile, read_table, write_table
 
 __all__ = [
     "ImageLoadError", "RecordTable", "PairTable", "load_records", "load_pairs", "write_records", "write_pairs",
@@ -60,7 +62,7 @@ def parse_label(value: Any, where: str = "label") -> int:
         return int(value)
     if isinstance(value, str) and value.strip().lower() in _LABEL_WORDS:
         return _LABEL_WORDS[value.strip().lower()]
-    raise ValueError(f"{where}: label {value!r} is not one of 1/0, true/false, desirable/undesirable")
+    raise DataError(f"{where}: label {value!r} is not one of 1/0, true/false, desirable/undesirable")
 
 
 def _parse_score(value: Any, where: str) -> float:
@@ -69,12 +71,12 @@ def _parse_score(value: Any, where: str) -> float:
     try:
         return float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{where}: score {value!r} is not a number") from None
+        raise DataError(f"{where}: score {value!r} is not a number") from None
 
 
 def _parse_caption(value: Any, where: str) -> str:
     if not isinstance(value, str):
-        raise ValueError(f"{where}: caption {value!r} must be a string")
+        raise DataError(f"{where}: caption {value!r} must be a string")
     return value
 
 
@@ -93,14 +95,14 @@ def _parsed_column(files: Sequence[TableFile], name: str, parse, missing: Any = 
 
 def check_on_missing_image(on_missing_image: str) -> str:
     if on_missing_image not in ON_MISSING_IMAGE:
-        raise ValueError(f"on_missing_image={on_missing_image!r} is not allowed; choose one of {list(ON_MISSING_IMAGE)}")
+        raise ConfigError(f"on_missing_image={on_missing_image!r} is not allowed; choose one of {list(ON_MISSING_IMAGE)}")
     return on_missing_image
 
 
 def _as_paths(paths: Union[PathLike, Sequence[PathLike]]) -> List[Path]:
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     if not paths:
-        raise ValueError("no table file given")
+        raise ConfigError("no table file given")
     return [Path(p) for p in paths]
 
 
@@ -166,9 +168,32 @@ class ImageTable:
         except ImageLoadError as exc:
             if self.on_missing_image == "error":
                 raise
-            self._skipped_index.add(int(i))
-            self.skipped.append((int(i), f.images[column].describe(row), str(exc)))
+            self._skip(i, f.images[column].describe(row), str(exc))
             return None
+
+    def _skip(self, i: int, image: str, reason: str) -> None:
+        self._skipped_index.add(int(i))
+        self.skipped.append((int(i), image, reason))
+
+    def check_files(self) -> int:
+        """Check, without reading any image, that every image stored as a file exists (one stat each,
+        ~2 us): under "error" a missing one raises :class:`ImageLoadError` naming it; under "skip" the
+        missing ones are recorded as skipped now. Image bytes and decoding are checked when an image is
+        read (:meth:`check_images` reads them all). Returns how many records are skipped so far."""
+        missing = []  # (record index, the image's path, where the table names it)
+        for k, f in enumerate(self.files):
+            for column, images in f.images.items():
+                missing += [(int(self.offsets[k]) + row, images.describe(row),
+                             f"table {f.path}, row {row}, column {column!r}") for row in images.missing_rows()]
+        if missing and self.on_missing_image == "error":
+            i, image, where = missing[0]
+            more = f"; {len(missing) - 1} more image file(s) are missing" if len(missing) > 1 else ""
+            raise ImageLoadError(f"image file not found: {image!r} ({where}){more}; fix the paths or skip "
+                                 "missing images with on_missing_image=skip")
+        for i, image, where in missing:
+            if not self.is_skipped(i):
+                self._skip(i, image, "file not found")
+        return len(self._skipped_index)
 
     def check_images(self, progress: bool = False) -> int:
         """Read every image once; return how many failed (under "error" the first failure raises)."""
@@ -261,7 +286,7 @@ def _normalized_records(rows) -> Iterator[Dict[str, Any]]:
     for n, row in enumerate(rows):
         missing = [c for c in RECORD_COLUMNS if c not in row]
         if missing:
-            raise ValueError(f"record {n}: missing {missing} (a record needs {list(RECORD_COLUMNS)})")
+            raise DataError(f"record {n}: missing {missing} (a record needs {list(RECORD_COLUMNS)})")
         row = dict(row)
         row["caption"] = _parse_caption(row["caption"], f"record {n}")
         row["label"] = parse_label(row["label"], f"record {n}")
@@ -292,7 +317,7 @@ def write_pairs(rows, path: PathLike, **kwargs) -> Path:
         for n, row in enumerate(rows):
             missing = [c for c in PAIR_COLUMNS if c not in row]
             if missing:
-                raise ValueError(f"pair {n}: missing {missing} (a pair needs {list(PAIR_COLUMNS)})")
+                raise DataError(f"pair {n}: missing {missing} (a pair needs {list(PAIR_COLUMNS)})")
             yield row
 
     return write_table(checked(rows), path, image_columns=PAIR_COLUMNS[1:],

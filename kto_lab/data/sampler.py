@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 
 from ..config import ConfigError
+from .tables import DataError
 
 
 def check_gamma(gamma: float) -> float:
@@ -28,21 +29,28 @@ def sampling_gamma(objective: str, gamma: float) -> float:
     return 1.0 if objective == "sft" else gamma
 
 
+def check_classes(labels: Sequence[int] | torch.Tensor, gamma: float, where: str = "") -> None:
+    """Gamma sampling needs a desirable record, and an undesirable one when gamma < 1 (sec. 4.2);
+    else a :class:`DataError` naming ``where`` (e.g. the table) and the class counts."""
+    labels = torch.as_tensor(labels)
+    n_desirable = int((labels > 0).sum())
+    where = f"{where}: " if where else ""
+    if n_desirable == 0:
+        raise DataError(f"{where}no desirable record among {len(labels)}: gamma sampling needs at least one")
+    if gamma < 1.0 and n_desirable == len(labels):
+        raise DataError(f"{where}no undesirable record among {len(labels)} but gamma={gamma} < 1: "
+                        "add undesirable records or set gamma=1")
+
+
 class GammaSampler:
     """Draw record indices: desirable with probability ``gamma``, else undesirable."""
 
     def __init__(self, labels: Sequence[int] | torch.Tensor, gamma: float = 0.8, seed: int = 0):
         self.gamma = check_gamma(gamma)
         labels = torch.as_tensor(labels)
+        check_classes(labels, self.gamma)
         self.desirable = torch.nonzero(labels > 0).flatten()
         self.undesirable = torch.nonzero(labels <= 0).flatten()
-        if len(self.desirable) == 0:
-            raise ValueError(f"no desirable record among {len(labels)}: gamma sampling needs at least one")
-        if self.gamma < 1.0 and len(self.undesirable) == 0:
-            raise ValueError(
-                f"no undesirable record among {len(labels)} but gamma={self.gamma} < 1: "
-                "add undesirable records or set gamma=1"
-            )
         self.generator = torch.Generator().manual_seed(seed)
 
     def sample(self, n: int) -> torch.Tensor:

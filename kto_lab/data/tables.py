@@ -26,28 +26,58 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 
+from ..config import UserError
+
 PathLike = Union[str, os.PathLike]
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
 DEFAULT_ROW_GROUP_SIZE = 64  # rows per Parquet row group: ~64 images in memory at most per column
 
 
-class ImageLoadError(OSError):
+class DataError(UserError, ValueError):
+    """A table, shard or prompt file that cannot be used as given; the message names the file (and row, column)."""
+
+
+class ImageLoadError(UserError, OSError):
     """An image that is missing or cannot be decoded; the message names the file, table and row."""
+
+
+def not_utf8(path: PathLike) -> DataError:
+    """The error for a text file that is not UTF-8: it names the file and its first bad line."""
+    with open(path, "rb") as f:
+        for line_no, line in enumerate(f, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return DataError(f"{path}, line {line_no}: not UTF-8 text (byte {line[exc.start]:#04x} at column "
+                                 f"{exc.start + 1}); save the file as UTF-8")
+    return DataError(f"{path}: not UTF-8 text; save the file as UTF-8")
+
+
+def read_text(path: PathLike) -> str:
+    """A UTF-8 text file's content; any other encoding is a :class:`DataError` naming the file and line."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
 
 
 def table_format(path: PathLike) -> str:
     suffix = Path(path).suffix.lower()
     if suffix not in FORMATS:
-        raise ValueError(f"{path}: unknown table format {suffix!r}; use one of {sorted(FORMATS)}")
+        raise DataError(f"{path}: unknown table format {suffix!r}; use one of {sorted(FORMATS)}")
     return FORMATS[suffix]
 
 
 # --- image columns ------------------------------------------------------------------------
 
 
-def decode_image(data: Union[bytes, str, Path], where: str):
-    """Decode encoded bytes or a file into an RGB PIL image; any failure -> ImageLoadError naming ``where``."""
+def decode_image(data: Union[bytes, str, Path], where: str, *, header_only: bool = False):
+    """Decode encoded bytes or a file into an RGB PIL image; any failure -> ImageLoadError naming ``where``.
+
+    ``header_only``: read only the header (format and size) and return None. That takes ~40 us for
+    a 768x768 JPEG against ~2.4 ms to decode it (measured on the project's 2-core CPU); bytes that
+    are not an image fail, a truncated image passes."""
     from PIL import Image
 
     try:
@@ -57,10 +87,16 @@ def decode_image(data: Union[bytes, str, Path], where: str):
             image = Image.open(io.BytesIO(bytes(data)))
         else:
             image = Image.open(data)
+        if header_only:
+            image.close()
+            return None
         image.load()  # decode now, so a truncated file fails here and not in the trainer
         return image.convert("RGB")
     except Exception as exc:  # FileNotFoundError, UnidentifiedImageError, truncated data, ...
-        raise ImageLoadError(f"cannot read image {where}: {type(exc).__name__}: {exc}") from exc
+        from PIL import UnidentifiedImageError
+
+        reason = "not an image format PIL knows" if isinstance(exc, UnidentifiedImageError) else exc
+        raise ImageLoadError(f"cannot read image {where}: {type(exc).__name__}: {reason}") from exc
 
 
 class PathImageColumn:
@@ -71,7 +107,7 @@ class PathImageColumn:
         self.values = list(values)
         for row, value in enumerate(self.values):
             if not isinstance(value, str) or not value:
-                raise ValueError(f"{table}, row {row}, column {column!r}: image path {value!r} must be a non-empty string")
+                raise DataError(f"{table}, row {row}, column {column!r}: image path {value!r} must be a non-empty string")
 
     def __len__(self) -> int:
         return len(self.values)
@@ -82,6 +118,11 @@ class PathImageColumn:
 
     def describe(self, row: int) -> str:
         return self.raw(row)
+
+    def missing_rows(self) -> List[int]:
+        """Rows whose image file does not exist (one stat each, ~2 us; nothing is read)."""
+        folder = str(self.table.parent)
+        return [row for row, value in enumerate(self.values) if not os.path.isfile(os.path.join(folder, value))]
 
     def open(self, row: int):
         path = self.raw(row)
@@ -126,6 +167,10 @@ class ParquetBytesColumn:
     def describe(self, row: int) -> str:
         return f"<bytes in {self.table}, row {row}, column {self.column!r}>"
 
+    def missing_rows(self) -> List[int]:
+        """Nothing is known to be missing without reading the bytes: they are checked when read."""
+        return []
+
     def open(self, row: int):
         where = f"(table {self.table}, row {row}, column {self.column!r})"
         data = self.raw(row)
@@ -153,7 +198,7 @@ class TableFile:
 def _check_columns(path: Path, present: Sequence[str], required: Sequence[str]) -> None:
     missing = [c for c in required if c not in present]
     if missing:
-        raise ValueError(f"{path}: missing column(s) {missing}; the table has {list(present)}")
+        raise DataError(f"{path}: missing column(s) {missing}; the table has {list(present)}")
 
 
 def read_table(
@@ -170,9 +215,11 @@ def read_table(
         import pandas as pd
 
         try:
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+        except UnicodeDecodeError:
+            raise not_utf8(path) from None
         except Exception as exc:
-            raise ValueError(f"{path}: not a readable CSV table: {exc}") from exc
+            raise DataError(f"{path}: not a readable CSV table: {exc}") from exc
         present = list(frame.columns)
         data = {c: frame[c].tolist() for c in present}
         n = len(frame)
@@ -187,17 +234,16 @@ def read_table(
 
 def _read_jsonl(path: Path):
     rows: List[dict] = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}, line {line_no}: not valid JSON: {exc}") from exc
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}, line {line_no}: each line must be a JSON object, got {type(row).__name__}")
-            rows.append(row)
+    for line_no, line in enumerate(read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}, line {line_no}: not valid JSON: {exc}") from exc
+        if not isinstance(row, dict):
+            raise DataError(f"{path}, line {line_no}: each line must be a JSON object, got {type(row).__name__}")
+        rows.append(row)
     present: List[str] = []
     for row in rows:
         present.extend(k for k in row if k not in present)
@@ -212,7 +258,7 @@ def _read_parquet(path: Path, required, optional, image_columns) -> TableFile:
     try:
         file = pq.ParquetFile(path)
     except Exception as exc:
-        raise ValueError(f"{path}: not a readable Parquet file: {exc}") from exc
+        raise DataError(f"{path}: not a readable Parquet file: {exc}") from exc
     schema = file.schema_arrow
     present = list(schema.names)
     _check_columns(path, present, required)
@@ -230,8 +276,11 @@ def _read_parquet(path: Path, required, optional, image_columns) -> TableFile:
         elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
             small.append(c)  # paths: small, read with the rest
         else:
-            raise ValueError(f"{path}: column {c!r} has type {kind}; an image column holds paths (string) or encoded bytes (binary)")
-    table = file.read(columns=small) if small else None
+            raise DataError(f"{path}: column {c!r} has type {kind}; an image column holds paths (string) or encoded bytes (binary)")
+    try:
+        table = file.read(columns=small) if small else None
+    except Exception as exc:  # corrupt pages, a column of the wrong type
+        raise DataError(f"{path}: cannot read columns {small}: {exc}") from exc
     columns = {c: table.column(c).to_pylist() for c in small} if small else {}
     for c in list(columns):
         if c in image_columns:
@@ -297,18 +346,18 @@ class TableWriter:
                     self._csv = csv.DictWriter(self._file, fieldnames=self.keys)
                     self._csv.writeheader()
         elif set(row) != set(self.keys):
-            raise ValueError(f"{where}: columns {sorted(row)} differ from the first row's {sorted(self.keys)}")
+            raise DataError(f"{where}: columns {sorted(row)} differ from the first row's {sorted(self.keys)}")
         row = dict(row)
         for c in self.image_columns:
             value = row.get(c)
             if isinstance(value, (bytes, bytearray, memoryview)):
                 if self.format != "parquet":
-                    raise ValueError(f"{where}: column {c!r} holds image bytes, which only a .parquet table can store")
+                    raise DataError(f"{where}: column {c!r} holds image bytes, which only a .parquet table can store")
                 row[c] = bytes(value)
             elif isinstance(value, (str, os.PathLike)) and str(value):
                 row[c] = portable_path(str(value), self.path.parent)
             elif c in row:
-                raise ValueError(f"{where}: column {c!r} must be an image path or encoded bytes, got {value!r}")
+                raise DataError(f"{where}: column {c!r} must be an image path or encoded bytes, got {value!r}")
         if self.format == "parquet":
             self._buffer.append(row)
             if len(self._buffer) >= self.row_group_size:
@@ -343,7 +392,7 @@ class TableWriter:
         try:
             table = pa.Table.from_pylist(self._buffer, schema=self._schema)
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as exc:
-            raise ValueError(f"{self.path}, rows {self.rows_written}..{self.rows_written + len(self._buffer) - 1}: "
+            raise DataError(f"{self.path}, rows {self.rows_written}..{self.rows_written + len(self._buffer) - 1}: "
                              f"values do not fit the column types {self._schema}: {exc}") from exc
         self._parquet.write_table(table, row_group_size=self.row_group_size)
         self.rows_written += len(self._buffer)
@@ -352,7 +401,7 @@ class TableWriter:
     def close(self) -> Path:
         """Finish the file and move it into place; a table with no rows is an error."""
         if self.keys is None:
-            raise ValueError(f"{self.path}: no rows to write")
+            raise DataError(f"{self.path}: no rows to write")
         if self.format == "parquet":
             self._flush()
             self._parquet.close()
@@ -389,10 +438,15 @@ def table_columns(path: PathLike) -> List[str]:
         import pyarrow.parquet as pq
 
         return list(pq.read_schema(path).names)
-    with open(path, encoding="utf-8", newline="") as f:
-        if fmt == "csv":
-            return next(csv.reader(f), [])
-        for line in f:
-            if line.strip():
-                return list(json.loads(line))
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            if fmt == "csv":
+                return next(csv.reader(f), [])
+            for line in f:
+                if line.strip():
+                    return list(json.loads(line))
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}, first row: not valid JSON: {exc}") from exc
     return []

@@ -17,10 +17,12 @@ import sys
 from pathlib import Path
 from typing import Dict
 
+from kto_lab.config import ConfigError
+
 
 def parse_scorer(spec: str):
     """``name`` or ``name:key=value,key=value`` -> ScorerSpec (validated)."""
-    from kto_lab.config import ConfigError, from_dict
+    from kto_lab.config import from_dict
     from kto_lab.eval.run import ScorerSpec
 
     name, _, rest = spec.partition(":")
@@ -55,6 +57,7 @@ def _print_failures(generation: Dict[str, Dict[str, int]]) -> None:
 def cmd_generate(args) -> int:
     from kto_lab.eval.prompts import load_prompts, save_prompts
     from kto_lab.eval.run import EvalConfig, ModelSpec, generate_all
+    from kto_lab.sd.models import check_model_paths
 
     cfg = EvalConfig(prompts=args.prompts, prompt_format=args.prompt_format, limit=args.limit, per_style=args.per_style,
                      per_style_seed=args.per_style_seed,
@@ -62,6 +65,7 @@ def cmd_generate(args) -> int:
                      n_per_prompt=args.n, seed=args.seed, batch_size=args.batch_size, num_inference_steps=args.steps,
                      guidance_scale=args.guidance_scale, height=args.height, width=args.width, device=args.device,
                      dtype=args.dtype, safety_checker=args.safety_checker).validate()  # bad values fail before loading
+    check_model_paths(args.pipeline, args.unet, args.lora, prefix="--")
     prompts = load_prompts(cfg.prompts, cfg.prompt_format, limit=cfg.limit, per_style=cfg.per_style,
                            per_style_seed=cfg.per_style_seed)
     save_prompts(prompts, Path(cfg.out_dir) / "prompts.jsonl")
@@ -108,6 +112,12 @@ def cmd_compare(args) -> int:
 def cmd_implicit(args) -> int:
     from kto_lab.eval.implicit import evaluate_implicit_accuracy
     from kto_lab.eval.run import resolve_device
+    from kto_lab.sd.models import check_model_paths
+
+    if not (args.unet or args.lora):
+        raise ConfigError("eval implicit compares a fine-tuned model with its base --pipeline: give --unet DIR "
+                          "(a fine-tuned UNet) or --lora PATH (LoRA weights)")
+    check_model_paths(args.pipeline, args.unet, args.lora, prefix="--")
 
     res = evaluate_implicit_accuracy(args.pipeline, args.records, pairs_path=args.pairs, unet_path=args.unet,
                                      lora_path=args.lora,
@@ -120,63 +130,68 @@ def cmd_implicit(args) -> int:
 def _model_args(p):
     p.add_argument("--pipeline", required=True, help="base diffusers pipeline directory (e.g. SD v1-5)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--unet", help="fine-tuned UNet directory (diffusers format)")
-    g.add_argument("--lora", help="LoRA weights file or directory")
-    p.add_argument("--device", default="auto")
+    g.add_argument("--unet", help="fine-tuned UNet directory (diffusers format, e.g. a run's OUTPUT_DIR/unet; "
+                   "SD3: OUTPUT_DIR/transformer)")
+    g.add_argument("--lora", help="LoRA weights file or directory (e.g. a run's OUTPUT_DIR)")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N or mps")
 
 
 def add_parser(subparsers, name: str, help: str):
     parser = subparsers.add_parser(name, help=help, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="eval_command", required=True, metavar="STEP")
 
-    p = sub.add_parser("run", help="generate + score + compare from one YAML config")
-    p.add_argument("--config", help="YAML file of kto_lab.eval.run.EvalConfig")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. n_per_prompt=2")
-    p.add_argument("--no-plots", action="store_true")
+    from kto_lab.config import config_help
+    from kto_lab.eval.run import EvalConfig
+
+    p = sub.add_parser("run", help="generate + score + compare from one YAML config",
+                       epilog="config fields (key=default, then what it means):\n" + config_help(EvalConfig))
+    p.add_argument("--config", help="YAML file of EvalConfig fields (listed below)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config fields to override, e.g. n_per_prompt=2")
+    p.add_argument("--no-plots", action="store_true", help="write the tables only, no PNG figures")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("generate", help="N images per prompt for one model (resumable, manifest.jsonl)")
     _model_args(p)
     p.add_argument("--name", required=True, help="model name (its folder under --out)")
     p.add_argument("--prompts", required=True, help="PartiPrompts .tsv | HPS v2 dir | Pick-a-Pic .parquet | .txt")
-    p.add_argument("--prompt-format", default="auto")
-    p.add_argument("--limit", type=int)
-    p.add_argument("--per-style", type=int, help="n prompts per style, drawn at random (the user study: 25 per HPS style)")
+    p.add_argument("--prompt-format", default="auto", help="auto (from the path), partiprompts, hps, pickapic, text or jsonl")
+    p.add_argument("--limit", type=int, help="only the first N prompts (a quick look)")
+    p.add_argument("--per-style", type=int, help="N prompts per style, drawn at random (the paper's user study: 25)")
     p.add_argument("--per-style-seed", type=int, default=0, help="seed of the --per-style draw")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="evaluation directory; images go to OUT/NAME/images")
     p.add_argument("-n", type=int, default=5, help="images per prompt (paper: 5)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--guidance-scale", type=float, default=7.5)
-    p.add_argument("--height", type=int)
-    p.add_argument("--width", type=int)
-    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--seed", type=int, default=0, help="image k of prompt i uses seed + i * n + k, for every model")
+    p.add_argument("--batch-size", type=int, default=4, help="prompts per pipeline call")
+    p.add_argument("--steps", type=int, default=50, help="denoising steps")
+    p.add_argument("--guidance-scale", type=float, default=7.5, help="classifier-free guidance")
+    p.add_argument("--height", type=int, help="image height (the pipeline's default if not given)")
+    p.add_argument("--width", type=int, help="image width (the pipeline's default if not given)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="pipeline precision")
     p.add_argument("--safety-checker", help="SD pipeline dir with safety_checker/ and feature_extractor/")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("score", help="score generated images with one or more scorers (scores.csv)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--models", nargs="+", required=True)
+    p.add_argument("--out", required=True, help="the evaluation directory of `eval generate`")
+    p.add_argument("--models", nargs="+", required=True, help="model names (folders under --out)")
     p.add_argument("--scorer", action="append", required=True,
                    help="name or name:path=...,processor_path=...,clip_path=... (repeatable)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=16, help="images per scorer call")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N or mps")
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("compare", help="win rates with CIs, mean scores, NSFW share; tables and plots")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="the evaluation directory (scored models under it)")
     p.add_argument("--pair", action="append", required=True, help="model_a:model_b (repeatable)")
-    p.add_argument("--metrics", nargs="*")
+    p.add_argument("--metrics", nargs="*", help="scorer columns to compare (default: every one scored)")
     p.add_argument("--prompts-file", help="restrict to these prompts (e.g. <out>/prompts.jsonl)")
     p.add_argument("--ci", default="bootstrap", choices=["bootstrap", "wilson", "normal", "paper"],
-                   help="interval of the win rates: bootstrap over prompts (default), wilson, normal, or paper "
-                        "(normal approximation over all images, Diffusion-KTO Tables 3-5); the report shows the "
-                        "paper's interval beside the chosen one")
-    p.add_argument("--on-failure", default="loss", choices=["loss", "exclude"])
-    p.add_argument("--n-bootstrap", type=int, default=2000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-plots", action="store_true")
+                   help="95%% CI of a win rate: bootstrap over prompts (default), Wilson, normal, or paper (normal "
+                        "approximation over all images, Diffusion-KTO Tables 3-5; the report shows it beside any)")
+    p.add_argument("--on-failure", default="loss", choices=["loss", "exclude"],
+                   help="a prompt where a model has no image: a loss for it, or left out")
+    p.add_argument("--n-bootstrap", type=int, default=2000, help="bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    p.add_argument("--no-plots", action="store_true", help="write the tables only, no PNG figures")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("implicit", help="implicit reward accuracy: pairwise on held-out pairs (Diffusion-DPO "
@@ -187,10 +202,10 @@ def add_parser(subparsers, name: str, help: str):
                                    "higher implicit reward (Diffusion-DPO Table 2; winner and loser share t and noise)")
     t.add_argument("--records", help="held-out records (image, caption, label): share of images whose implicit reward "
                                      "has their label's sign (per-image; not the papers' metric)")
-    p.add_argument("--beta", type=float, default=5000.0)
+    p.add_argument("--beta", type=float, default=5000.0, help="scales the rewards (never their order or sign, so not the accuracy)")
     p.add_argument("--draws", type=int, default=4, help="(t, noise) draws per image")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--limit", type=int)
+    p.add_argument("--seed", type=int, default=0, help="seed of the (t, noise) draws")
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+    p.add_argument("--limit", type=int, help="only the first N records")
     p.set_defaults(func=cmd_implicit)
     return parser

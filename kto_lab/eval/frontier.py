@@ -14,10 +14,11 @@ toy:
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 
+from ..plotting import label
 from .stats import mean_ci
 
 
@@ -47,11 +48,10 @@ def pareto_mask(x, y, maximize_x: bool = True, maximize_y: bool = True) -> np.nd
 
 
 def plot_frontier(ax, summary, x: str, y: str, *, method_col: str = "method", knob_col: str = "knob",
-                  labels: Optional[Dict[str, str]] = None, maximize_x: bool = True, maximize_y: bool = True,
+                  label_of: Callable[[str], str] = label, maximize_x: bool = True, maximize_y: bool = True,
                   base: Optional[Dict[str, float]] = None, annotate: bool = True) -> None:
     """One line per method through its settings (sorted by ``knob_col``), 95 % intervals over seeds
     as error bars, Pareto-optimal settings (over every method) ringed, the base model as a star."""
-    labels = labels or {}
     front = pareto_mask(summary[x], summary[y], maximize_x, maximize_y)
     for k, (method, g) in enumerate(summary.groupby(method_col, sort=False)):
         g = g.sort_values(knob_col)
@@ -59,7 +59,7 @@ def plot_frontier(ax, summary, x: str, y: str, *, method_col: str = "method", kn
         xerr = np.abs(np.vstack([g[x] - g[f"{x}_low"], g[f"{x}_high"] - g[x]]))
         yerr = np.abs(np.vstack([g[y] - g[f"{y}_low"], g[f"{y}_high"] - g[y]]))
         ax.errorbar(g[x], g[y], xerr=np.nan_to_num(xerr), yerr=np.nan_to_num(yerr), color=color, marker="o", ms=4,
-                    lw=1.2, capsize=2, elinewidth=0.7, label=labels.get(method, method))
+                    lw=1.2, capsize=2, elinewidth=0.7, label=label_of(method))
         if annotate and len(g) > 1:
             for _, r in g.iterrows():
                 ax.annotate(f"{r[knob_col]:g}", (r[x], r[y]), fontsize=6, color=color, xytext=(3, 3),
@@ -71,13 +71,12 @@ def plot_frontier(ax, summary, x: str, y: str, *, method_col: str = "method", kn
     ax.set(xlabel=x, ylabel=y)
 
 
-def save_figure(fig, path, note: str = "", dpi: int = 120):
-    """Lay out ``fig`` with a one-line ``note`` under it, save it to ``path``, close it; returns the path."""
-    import matplotlib.pyplot as plt
 
+def save_figure(fig, path=None, note: str = "", dpi: int = 120):
+    """Put a one-line ``note`` under ``fig`` (a :func:`kto_lab.plotting.new_figure` with constrained
+    layout), save it to ``path`` if given, and return it."""
     if note:
-        fig.text(0.5, 0.005, note, ha="center", fontsize=7)
-    fig.tight_layout(rect=(0, 0.03 if note else 0, 1, 1))
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
+        fig.supxlabel(note, fontsize=7)
+    if path is not None:
+        fig.savefig(path, dpi=dpi)
+    return fig

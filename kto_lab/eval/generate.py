@@ -10,19 +10,19 @@ image to ``<out>/<model>/manifest.jsonl``::
 
     {"model", "prompt_id", "prompt", "style", "k", "seed", "file", "status": "ok" | "failed", "error", "nsfw"}
 
-Re-running skips images whose last manifest row is ``ok``, has this run's seed and whose file
-exists (resume), and retries the failed ones; an image made with another seed (an earlier run
-with another ``n_per_prompt``, base seed or prompt order) is made again, so the models compared
-always share their noise. A batch that raises is retried image by image; images that still
-fail are recorded with ``status="failed"`` and their error, never silently dropped (the
-protocol counts them; see :mod:`kto_lab.eval.protocol`).
+Re-running skips images whose last manifest row is ``ok``, has this run's seed and prompt text
+and whose file exists (resume), and retries the failed ones; an image made with another seed (an
+earlier run with another ``n_per_prompt``, base seed or prompt order) or from another text (an
+edited prompt file) is made again, so the models compared always share their noise and prompts.
+A batch that raises is retried image by image; images that still fail are recorded
+with ``status="failed"`` and their error, never silently dropped (the protocol counts them; see
+:mod:`kto_lab.eval.protocol`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -30,7 +30,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from kto_lab.eval.prompts import Prompt
+from kto_lab.eval.prompts import Prompt, check_unique_ids
 
 log = logging.getLogger(__name__)
 
@@ -122,18 +122,16 @@ def generate_images(
     """
     from tqdm.auto import tqdm
 
-    dupes = sorted(i for i, c in Counter(pr.id for pr in prompts).items() if c > 1)
-    if dupes:
-        raise ValueError(f"prompt ids must be unique (they name the image files); repeated: {dupes[:10]}")
+    check_unique_ids(prompts)
     model_dir = Path(model_dir)
     (model_dir / "images").mkdir(parents=True, exist_ok=True)
-    done = {(r["prompt_id"], int(r["k"]), r.get("seed")) for r in read_manifest(model_dir)
+    done = {(r["prompt_id"], int(r["k"]), r.get("seed"), r.get("prompt")) for r in read_manifest(model_dir)
             if r["status"] == "ok" and (model_dir / r["file"]).is_file()}
     todo = []
     for i, pr in enumerate(prompts):
         for k in range(n_per_prompt):
             seed = image_seed(base_seed, i, k, n_per_prompt)
-            if (pr.id, k, seed) not in done:
+            if (pr.id, k, seed, pr.text) not in done:
                 todo.append((pr, k, seed))
     counts = {"ok": 0, "failed": 0, "skipped": len(prompts) * n_per_prompt - len(todo)}
     extra = {k: v for k, v in (("height", height), ("width", width)) if v is not None}

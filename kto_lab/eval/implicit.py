@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from kto_lab.objectives import denoising_error, implicit_reward
-from kto_lab.schedule import NoiseSchedule
+from kto_lab.schedule import FlowMatchingSchedule, NoiseSchedule
 
 
 @dataclass
@@ -89,7 +89,7 @@ def pairwise_accuracy(rewards_winner, rewards_loser) -> PairwiseAccuracy:
                             rewards_loser=l)
 
 
-def _draws(schedule: NoiseSchedule, latents: torch.Tensor, n_draws: int,
+def _draws(schedule: NoiseSchedule | FlowMatchingSchedule, latents: torch.Tensor, n_draws: int,
            generator: Optional[torch.Generator]) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
     """``n_draws`` (t, noise) draws for a batch of latents, from ``generator`` (CPU, so a seed fixes them)."""
     for _ in range(n_draws):
@@ -98,7 +98,7 @@ def _draws(schedule: NoiseSchedule, latents: torch.Tensor, n_draws: int,
         yield t, noise
 
 
-def _reward(policy, reference, schedule: NoiseSchedule, latents, cond, t, noise, beta: float) -> torch.Tensor:
+def _reward(policy, reference, schedule: NoiseSchedule | FlowMatchingSchedule, latents, cond, t, noise, beta: float) -> torch.Tensor:
     x_t = schedule.add_noise(latents, noise, t)
     target = schedule.target(latents, noise, t)
     err_p = denoising_error(policy(x_t, t, cond), target)
@@ -107,8 +107,9 @@ def _reward(policy, reference, schedule: NoiseSchedule, latents, cond, t, noise,
 
 
 @torch.no_grad()
-def implicit_rewards(policy, reference, schedule: NoiseSchedule, latents: torch.Tensor, cond: Optional[torch.Tensor],
-                     *, beta: float = 5000.0, n_draws: int = 4, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def implicit_rewards(policy, reference, schedule: NoiseSchedule | FlowMatchingSchedule, latents: torch.Tensor,
+                     cond, *, beta: float = 5000.0, n_draws: int = 4,
+                     generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """``beta * mean_draws(err_ref - err_policy)`` per sample; policy and reference see the same x_t, t."""
     total = torch.zeros(latents.shape[0], dtype=torch.float32)
     for t, noise in _draws(schedule, latents, n_draws, generator):
@@ -117,11 +118,12 @@ def implicit_rewards(policy, reference, schedule: NoiseSchedule, latents: torch.
 
 
 @torch.no_grad()
-def implicit_reward_pairs(policy, reference, schedule: NoiseSchedule, latents_winner: torch.Tensor,
-                          latents_loser: torch.Tensor, cond: Optional[torch.Tensor], *, beta: float = 5000.0,
-                          n_draws: int = 4, generator: Optional[torch.Generator] = None):
+def implicit_reward_pairs(policy, reference, schedule: NoiseSchedule | FlowMatchingSchedule,
+                          latents_winner: torch.Tensor, latents_loser: torch.Tensor, cond, *, cond_loser=None,
+                          beta: float = 5000.0, n_draws: int = 4, generator: Optional[torch.Generator] = None):
     """Rewards of the winners and of the losers of pairs of one caption each; in every draw the loser
-    of a pair sees its winner's t and noise (Diffusion-DPO S4.1, eq. 48-49)."""
+    of a pair sees its winner's t and noise (Diffusion-DPO S4.1, eq. 48-49). ``cond_loser``: the
+    losers' conditioning where it is not ``cond`` (SDXL: the same caption, their own size and crop)."""
     if latents_winner.shape != latents_loser.shape:
         raise ValueError(f"winner latents {tuple(latents_winner.shape)} and loser latents "
                          f"{tuple(latents_loser.shape)} differ in shape")
@@ -129,7 +131,8 @@ def implicit_reward_pairs(policy, reference, schedule: NoiseSchedule, latents_wi
     total_l = torch.zeros_like(total_w)
     for t, noise in _draws(schedule, latents_winner, n_draws, generator):
         total_w += _reward(policy, reference, schedule, latents_winner, cond, t, noise, beta)
-        total_l += _reward(policy, reference, schedule, latents_loser, cond, t, noise, beta)
+        total_l += _reward(policy, reference, schedule, latents_loser, cond if cond_loser is None else cond_loser,
+                           t, noise, beta)
     return total_w / n_draws, total_l / n_draws
 
 
@@ -155,42 +158,58 @@ def evaluate_implicit_accuracy(
     ``records_path`` (image, caption, label) the per-image sign accuracy (:class:`SignAccuracy`).
 
     With a LoRA the reference is the same UNet with its adapters disabled (exact); with a full UNet
-    the reference is the base pipeline's UNet. Unreadable images are skipped and counted.
+    the reference is the base pipeline's UNet. SD3: its transformer, and its flow schedule (velocity errors,
+    SD3's logit-normal timesteps). Unreadable images are skipped and counted.
     """
     from tqdm.auto import tqdm
 
+    from kto_lab.config import ConfigError, check_positive, check_range
     from kto_lab.data.records import load_pairs, load_records
-    from kto_lab.sd.data import image_to_tensor
-    from kto_lab.sd.encoding import encode_images, encode_prompts, reference_denoiser, unet_denoiser
-    from kto_lab.sd.models import load_pipeline
+    from kto_lab.sd.components import load_unet
+    from kto_lab.sd.data import crop_image, geometry
+    from kto_lab.sd.encoding import encode_images
+    from kto_lab.sd.families import family_of_pipeline
+    from kto_lab.sd.models import check_model_paths, load_pipeline
 
+    # every check before any model loads
     if (unet_path is None) == (lora_path is None):
-        raise ValueError("implicit reward accuracy needs exactly one of unet_path (a fine-tuned UNet) or lora_path")
+        raise ConfigError("implicit reward accuracy compares a fine-tuned model with its base: give exactly one of "
+                          "unet (a fine-tuned UNet directory) or lora (LoRA weights)")
     if (records_path is None) == (pairs_path is None):
-        raise ValueError("implicit reward accuracy needs exactly one of pairs_path (held-out pairs: the pairwise "
-                         "accuracy of Diffusion-DPO Table 2) or records_path (per-image labels: sign accuracy)")
+        raise ConfigError("implicit reward accuracy needs exactly one of pairs_path (held-out pairs: the pairwise "
+                          "accuracy of Diffusion-DPO Table 2) or records_path (per-image labels: sign accuracy)")
+    check_range("draws", n_draws, low=1)
+    check_range("batch_size", batch_size, low=1)
+    check_positive("beta", beta)
+    if limit is not None:
+        check_range("limit", limit, low=1)
+    check_model_paths(pipeline_path, unet_path, lora_path)
     pairs = pairs_path is not None
-    # a bad table fails now, before models load
     table = load_pairs(pairs_path, on_missing_image="skip") if pairs else load_records(records_path, on_missing_image="skip")
     pipe = load_pipeline(pipeline_path, lora_path=lora_path)
+    family = family_of_pipeline(pipe)  # SD 1.x/2.x, SDXL or SD3: its text towers, conditioning, denoiser, schedule
+    base = family.denoiser_of(pipe).to(device).eval()
     if unet_path is not None:
-        from diffusers import UNet2DConditionModel
-
-        reference = unet_denoiser(pipe.unet.to(device).eval())
-        policy_unet = UNet2DConditionModel.from_pretrained(unet_path).to(device).eval()
-        policy = unet_denoiser(policy_unet)
+        reference = family.denoiser(base)
+        policy_unet = load_unet(unet_path, family).to(device).eval()
+        family.check_unet(policy_unet.config, f"unet_path={str(unet_path)!r}")
+        policy = family.denoiser(policy_unet)
     else:
-        policy = unet_denoiser(pipe.unet.to(device).eval())
-        reference = reference_denoiser(pipe.unet)
+        policy = family.denoiser(base)
+        reference = family.adapters_disabled_denoiser(base)
     pipe.vae.to(device).eval()
-    pipe.text_encoder.to(device).eval()
-    schedule = NoiseSchedule.from_diffusers(pipe.scheduler)
-    res = resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    for encoder in family.text_encoders(pipe):
+        encoder.to(device).eval()
+    schedule = family.schedule(pipe.scheduler)
+    res = resolution or base.config.sample_size * pipe.vae_scale_factor
     generator = torch.Generator().manual_seed(seed)
     n = len(table) if limit is None else min(limit, len(table))
-    def latents_of(ims):
-        pixels = torch.stack([image_to_tensor(im, res) for im in ims]).to(device)
-        return encode_images(pipe.vae, pixels, mode="mode").float()
+
+    def encoded(ims, text):
+        """Latents of ``ims`` and the family's conditioning of them with their captions' ``text``."""
+        crops = [crop_image(im, res) for im in ims]
+        latents = encode_images(pipe.vae, torch.stack([c.pixels for c in crops]).to(device), mode="mode").float()
+        return latents, family.cond(text, {k: v.to(device) for k, v in geometry(crops, family.image_keys).items()}, res)
 
     rewards, labels, skipped = [], [], 0  # pairs: rewards of the winners, "labels" those of the losers
     for start in tqdm(range(0, n, batch_size), desc="implicit reward", disable=not progress):
@@ -200,20 +219,22 @@ def evaluate_implicit_accuracy(
         skipped += len(images) - len(good)
         if not good:
             continue
-        cond = encode_prompts(pipe.tokenizer, pipe.text_encoder, [table.captions[i] for i, _ in good], device=device)
+        text = {k: v.to(device) for k, v in family.encode_captions(pipe, [table.captions[i] for i, _ in good]).items()}
         if pairs:
-            r_w, r_l = implicit_reward_pairs(policy, reference, schedule, latents_of([p[0] for _, p in good]),
-                                             latents_of([p[1] for _, p in good]), cond, beta=beta, n_draws=n_draws,
-                                             generator=generator)
+            (lat_w, cond_w), (lat_l, cond_l) = (encoded([p[k] for _, p in good], text) for k in (0, 1))
+            r_w, r_l = implicit_reward_pairs(policy, reference, schedule, lat_w, lat_l, cond_w, cond_loser=cond_l,
+                                             beta=beta, n_draws=n_draws, generator=generator)
             rewards.append(r_w.numpy())
             labels.append(r_l.numpy())
             continue
-        latents = latents_of([im for _, im in good])
+        latents, cond = encoded([im for _, im in good], text)
         rewards.append(implicit_rewards(policy, reference, schedule, latents, cond, beta=beta, n_draws=n_draws,
                                         generator=generator).numpy())
         labels.append(np.asarray([table.labels[i] for i, _ in good]))
     if not rewards:
-        raise ValueError(f"no readable images in {pairs_path if pairs else records_path!r} ({skipped} skipped)")
+        from kto_lab.data.tables import DataError
+
+        raise DataError(f"no readable images in {str(pairs_path if pairs else records_path)!r} ({skipped} skipped)")
     out = (pairwise_accuracy if pairs else sign_accuracy)(np.concatenate(rewards), np.concatenate(labels))
     out.n_skipped = skipped
     return out

@@ -13,10 +13,14 @@ the HPS style, PartiPrompts' ``Category``, or ``""``).
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence
+
+from kto_lab.config import ConfigError
+from kto_lab.data.tables import DataError, read_text
 
 HPS_STYLES = ("anime", "concept-art", "paintings", "photo")
 PROMPT_FORMATS = ("auto", "partiprompts", "hps", "pickapic", "text", "jsonl")
@@ -53,11 +57,10 @@ def load_partiprompts(path) -> List[Prompt]:
     import csv
 
     path = _require(Path(path), "PartiPrompts", "a TSV with columns Prompt and Category")
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f, delimiter="\t")
-        if not reader.fieldnames or "Prompt" not in reader.fieldnames:
-            raise ValueError(f"PartiPrompts: {str(path)!r} has columns {reader.fieldnames}; expected 'Prompt' (and 'Category')")
-        rows = [((r["Prompt"] or "").strip(), (r.get("Category") or "").strip()) for r in reader]
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""), delimiter="\t")
+    if not reader.fieldnames or "Prompt" not in reader.fieldnames:
+        raise DataError(f"PartiPrompts: {str(path)!r} has columns {reader.fieldnames}; expected 'Prompt' (and 'Category')")
+    rows = [((r["Prompt"] or "").strip(), (r.get("Category") or "").strip()) for r in reader]
     return [Prompt(f"parti-{i:05d}", text, cat) for i, (text, cat) in enumerate(rows) if text]
 
 
@@ -79,11 +82,11 @@ def load_hps_prompts(path, styles: Optional[Sequence[str]] = None) -> List[Promp
     out: List[Prompt] = []
     for f in files:
         try:
-            data = json.loads(f.read_text(encoding="utf-8"))
+            data = json.loads(read_text(f))
         except json.JSONDecodeError as exc:
-            raise ValueError(f"HPS v2 prompts: {str(f)!r} is not valid JSON: {exc}") from None
+            raise DataError(f"HPS v2 prompts: {str(f)!r} is not valid JSON: {exc}") from None
         if not isinstance(data, list) or not all(isinstance(t, str) for t in data):
-            raise ValueError(f"HPS v2 prompts: {str(f)!r} must hold a JSON list of strings")
+            raise DataError(f"HPS v2 prompts: {str(f)!r} must hold a JSON list of strings")
         out += [Prompt(f"hps-{f.stem}-{i:05d}", t.strip(), f.stem) for i, t in enumerate(data) if t.strip()]
     return out
 
@@ -96,9 +99,9 @@ def load_pickapic_prompts(path, column: str = "caption") -> List[Prompt]:
     try:
         names = pq.ParquetFile(path).schema_arrow.names
     except Exception as exc:
-        raise ValueError(f"Pick-a-Pic prompts: {str(path)!r} is not a readable parquet file: {exc}") from None
+        raise DataError(f"Pick-a-Pic prompts: {str(path)!r} is not a readable parquet file: {exc}") from None
     if column not in names:
-        raise ValueError(f"Pick-a-Pic prompts: {str(path)!r} has no {column!r} column (columns: {names})")
+        raise DataError(f"Pick-a-Pic prompts: {str(path)!r} has no {column!r} column (columns: {names})")
     texts = pq.read_table(path, columns=[column]).column(column).to_pylist()
     return [Prompt(f"pickapic-{i:05d}", t) for i, t in enumerate(_dedupe(t for t in texts if isinstance(t, str)))]
 
@@ -106,7 +109,7 @@ def load_pickapic_prompts(path, column: str = "caption") -> List[Prompt]:
 def load_text_prompts(path) -> List[Prompt]:
     """One prompt per line; blank lines and lines starting with ``#`` are skipped."""
     path = _require(Path(path), "text prompts", "a text file with one prompt per line")
-    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    lines = [ln.strip() for ln in read_text(path).splitlines()]
     return [Prompt(f"text-{i:05d}", t) for i, t in enumerate(t for t in lines if t and not t.startswith("#"))]
 
 
@@ -114,14 +117,14 @@ def load_jsonl_prompts(path) -> List[Prompt]:
     """JSONL rows ``{"id"?, "text", "style"?}`` (what :func:`save_prompts` writes)."""
     path = _require(Path(path), "JSONL prompts", "a JSONL file of {text, style, id}")
     out = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+    for i, line in enumerate(read_text(path).splitlines()):
         if line.strip():
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"JSONL prompts: {str(path)!r} line {i + 1} is not valid JSON: {exc}") from None
-            if not isinstance(row, dict) or "text" not in row:
-                raise ValueError(f"JSONL prompts: {str(path)!r} line {i + 1} has no 'text' field")
+                raise DataError(f"JSONL prompts: {str(path)!r} line {i + 1} is not valid JSON: {exc}") from None
+            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+                raise DataError(f"JSONL prompts: {str(path)!r} line {i + 1} has no 'text' string")
             out.append(Prompt(str(row.get("id", f"jsonl-{i:05d}")), row["text"], row.get("style", "")))
     return out
 
@@ -147,7 +150,7 @@ def load_prompts(path, fmt: str = "auto", limit: Optional[int] = None, per_style
     ``per_style`` keeps n prompts of each style drawn at random with ``per_style_seed``
     (:func:`sample_per_style`; the paper's user study: 25 per HPS style); ``limit`` keeps the first n overall."""
     if fmt not in PROMPT_FORMATS:
-        raise ValueError(f"prompt format {fmt!r} is not known; choose one of {list(PROMPT_FORMATS)}")
+        raise ConfigError(f"prompt format {fmt!r} is not known; choose one of {list(PROMPT_FORMATS)}")
     p = Path(path)
     if fmt == "auto":
         suffix = p.suffix.lower()
@@ -161,8 +164,18 @@ def load_prompts(path, fmt: str = "auto", limit: Optional[int] = None, per_style
     if limit is not None:
         prompts = prompts[:limit]
     if not prompts:
-        raise ValueError(f"no prompts found in {str(p)!r} (format {fmt})")
+        raise DataError(f"no prompts found in {str(p)!r} (format {fmt})")
+    check_unique_ids(prompts, str(p))
     return prompts
+
+
+def check_unique_ids(prompts: Sequence[Prompt], where: str = "the prompts") -> None:
+    """Prompt ids name the image files and key the resume: each must be unique."""
+    from collections import Counter
+
+    dupes = sorted(i for i, c in Counter(pr.id for pr in prompts).items() if c > 1)
+    if dupes:
+        raise DataError(f"{where}: prompt ids must be unique (they name the image files); repeated: {dupes[:10]}")
 
 
 def save_prompts(prompts: Sequence[Prompt], path) -> Path:

@@ -26,6 +26,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from kto_lab.data.tables import DataError
 from kto_lab.eval.generate import read_manifest
 from kto_lab.eval.scorers import Scorer
 from kto_lab.eval.stats import mean_ci, median_index, outcomes, paper_interval, share_ci, win_rate_from_outcomes
@@ -58,9 +59,9 @@ def score_model(model_dir, scorers: Dict[str, Scorer], batch_size: int = 16, pro
                                 f"(run `kto-lab eval generate` first)")
     df = pd.DataFrame(rows).sort_values(["prompt_id", "k"]).reset_index(drop=True)
     old_path = model_dir / SCORES
-    if old_path.is_file():  # keep every earlier metric; reuse scores of the same image (file and seed)
+    if old_path.is_file():  # keep every earlier metric; reuse scores of the same image (file, seed and prompt)
         old = pd.read_csv(old_path, dtype={"prompt_id": str, "file": str})
-        key = ["prompt_id", "k", "file"] + (["seed"] if "seed" in old.columns and "seed" in df.columns else [])
+        key = ["prompt_id", "k", "file"] + [c for c in ("seed", "prompt") if c in old.columns and c in df.columns]
         metrics = [c for c in old.columns if c not in _META]
         df = df.merge(old[key + metrics], on=key, how="left") if metrics else df
     ok = df["status"] == "ok"
@@ -124,6 +125,22 @@ def _pair_outcomes(ma: pd.DataFrame, mb: pd.DataFrame, on_failure: str):
     return o, keep.astype(bool), fa, fb, style, both["prompt_id"].to_numpy()
 
 
+def check_same_prompts(df: pd.DataFrame, models: Sequence[str]) -> None:
+    """Images compared under one prompt id must all come from one text: a prompt file edited between
+    two generations would otherwise pair different prompts (or pool them into one median)."""
+    if "prompt" not in df:
+        return
+    order = {m: i for i, m in enumerate(models)}
+    rows = df[df["model"].isin(list(models))]
+    texts = rows.groupby("prompt_id")["prompt"].nunique()
+    for pid in texts.index[texts > 1]:
+        g = rows[rows["prompt_id"] == pid].sort_values("model", key=lambda m: m.map(order), kind="stable")
+        (text_a, models_a), (text_b, models_b) = list(g.groupby("prompt", sort=False)["model"].unique().items())[:2]
+        raise DataError(f"prompt id {pid!r}: images of {sorted(models_a)} were made from {text_a!r} but images of "
+                        f"{sorted(models_b)} from {text_b!r}; generate them again from one prompt file "
+                        "(`kto-lab eval generate` remakes the images of changed prompts)")
+
+
 def win_rates(df: pd.DataFrame, model_a: str, model_b: str, metrics: Optional[Sequence[str]] = None, *,
               method: str = "bootstrap", on_failure: str = "loss", by_style: bool = True, level: float = 0.95,
               n_bootstrap: int = 2000, seed: int = 0) -> pd.DataFrame:
@@ -133,6 +150,7 @@ def win_rates(df: pd.DataFrame, model_a: str, model_b: str, metrics: Optional[Se
     for m in (model_a, model_b):
         if m not in set(df["model"]):
             raise KeyError(f"model {m!r} not in the scores (have {sorted(set(df['model']))})")
+    check_same_prompts(df, (model_a, model_b))
     images_per_prompt = df[df.model == model_a].groupby("prompt_id").size()  # generated, ok or failed
     rows = []
     for metric in metrics or metrics_in(df):

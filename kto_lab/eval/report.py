@@ -13,6 +13,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from kto_lab.plotting import label, new_figure
+
 
 def markdown_table(df: pd.DataFrame, index: bool = True) -> str:
     """A GitHub-flavoured Markdown table (no dependency on ``tabulate``)."""
@@ -85,53 +87,56 @@ def write_report(out_dir, wins: pd.DataFrame, means: pd.DataFrame, nsfw: Optiona
     return paths
 
 
-def plot_win_rates(wins: pd.DataFrame, path, style: str = "all"):
-    """Grouped bars: one group per metric, one bar per ``A vs B``, 95% CI error bars, 50% line."""
-    import matplotlib
+def plot_win_rates(wins: pd.DataFrame, path=None, style: str = "all"):
+    """Grouped bars: one group per metric, one bar per ``A vs B``, 95% CI error bars, 50% line.
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
+    Returns the figure (a notebook shows it); saves it too when ``path`` is given.
+    """
     w = wins[wins["style"] == style]
     metrics = list(dict.fromkeys(w["metric"]))
-    pairs = list(dict.fromkeys(w["model_a"] + " vs " + w["model_b"]))
+    pairs = list(dict.fromkeys(zip(w["model_a"], w["model_b"])))
     width = 0.8 / max(1, len(pairs))
-    fig, ax = plt.subplots(figsize=(1.2 + 1.4 * len(metrics), 3.2))
-    for j, pair in enumerate(pairs):
-        sel = w[(w["model_a"] + " vs " + w["model_b"]) == pair].set_index("metric").reindex(metrics)
+    fig = new_figure(figsize=(max(5.5, 2.4 + 1.5 * len(metrics)), 3.8 + 0.16 * len(pairs)), layout="constrained")
+    ax = fig.subplots()
+    for j, (a, b) in enumerate(pairs):
+        sel = w[(w["model_a"] == a) & (w["model_b"] == b)].set_index("metric").reindex(metrics)
         x = np.arange(len(metrics)) + (j - (len(pairs) - 1) / 2) * width
         err = np.stack([sel.win_rate - sel.ci_low, sel.ci_high - sel.win_rate])
-        ax.bar(x, sel.win_rate, width, yerr=err, capsize=3, label=pair)
+        ns = sorted(set(sel["n_prompts"].dropna().astype(int)))
+        n = f"{ns[0]}" if len(ns) == 1 else f"{ns[0]}-{ns[-1]}"
+        ax.bar(x, sel.win_rate, width, yerr=err, capsize=3, label=f"{label(a)} vs {label(b)} (n = {n} prompts)")
     ax.axhline(50, color="k", lw=0.8, ls="--")
-    ax.set_xticks(np.arange(len(metrics)), metrics)
-    ax.set_ylim(0, 100)
-    ax.set_ylabel("win rate (%)")
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    ax.set_xticks(np.arange(len(metrics)), [label(m) for m in metrics])
+    ax.set_ylim(0, 103)  # room for a CI cap at 100
+    ax.set_ylabel("win rate of A over B (%)")
+    scope = "" if style == "all" else f", style {style}"
+    ci = f" ({w['ci_method'].iloc[0]})" if "ci_method" in w and len(w) else ""
+    fig.suptitle(f"Win rate of A over B{scope}\nmedian image per prompt, ties count half; 95% CI{ci}; dashed: even",
+                 fontsize=9)
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", fontsize=7)
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
 
 
-def plot_score_distributions(df: pd.DataFrame, metrics: Sequence[str], path):
-    """One panel per metric: a histogram of all image scores per model."""
-    import matplotlib
+def plot_score_distributions(df: pd.DataFrame, metrics: Sequence[str], path=None):
+    """One panel per metric: a histogram of all image scores per model.
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 2.8), squeeze=False)
+    Returns the figure (a notebook shows it); saves it too when ``path`` is given.
+    """
+    ok = df[df["status"] == "ok"]
+    fig = new_figure(figsize=(3.2 * len(metrics), 3.2), layout="constrained")
+    axes = fig.subplots(1, len(metrics), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
-        ok = df[df["status"] == "ok"]
         values = ok[metric].dropna()
         bins = np.linspace(values.min(), values.max(), 21) if len(values) and values.max() > values.min() else 10
         for model, g in ok.groupby("model", sort=False):
-            ax.hist(g[metric].dropna(), bins=bins, alpha=0.5, label=model)
-        ax.set_title(metric)
+            ax.hist(g[metric].dropna(), bins=bins, alpha=0.5, label=f"{label(model)} (n = {g[metric].notna().sum()})")
+        ax.set_title(label(metric))
         ax.set_xlabel("score")
     axes[0][0].set_ylabel("images")
     axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    fig.suptitle("Scores of every generated image, per model", fontsize=10)
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig

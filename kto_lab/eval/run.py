@@ -19,7 +19,7 @@ import pandas as pd
 
 from kto_lab.config import ConfigError, check_choice, check_range, to_dict
 from kto_lab.eval.prompts import PROMPT_FORMATS
-from kto_lab.eval.scorers import MODEL_SCORERS, Scorer, get_scorer, known_scorers
+from kto_lab.eval.scorers import MODEL_SCORERS, Scorer, check_scorer_options, get_scorer, known_scorers
 from kto_lab.eval.stats import CI_METHODS
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -31,7 +31,7 @@ class ModelSpec:
 
     name: str = ""
     pipeline: str = ""  # local diffusers pipeline dir (or hub id when online), e.g. SD v1-5
-    unet: Optional[str] = None  # a fine-tuned UNet directory (diffusers format)
+    unet: Optional[str] = None  # a fine-tuned UNet directory (diffusers format; SD3: its transformer directory)
     lora: Optional[str] = None  # pytorch_lora_weights.safetensors or its directory
 
     def validate(self, where: str) -> None:
@@ -41,6 +41,10 @@ class ModelSpec:
             raise ConfigError(f"{where}.pipeline is required (a diffusers pipeline directory)")
         if self.unet and self.lora:
             raise ConfigError(f"{where}: give unet or lora, not both")
+        if (Path(self.pipeline) / "model_index.json").is_file():  # an unsupported family fails before any model loads
+            from kto_lab.sd.families import resolve_family
+
+            resolve_family(self.pipeline, field=f"{where}.pipeline")
 
 
 @dataclass
@@ -59,6 +63,7 @@ class ScorerSpec:
 
     def validate(self, where: str) -> None:
         check_choice(f"{where}.name", self.name, known_scorers())
+        check_scorer_options(self.name, list(self.kwargs()), where)
         if self.name in MODEL_SCORERS and not self.path:
             raise ConfigError(f"{where}: scorer {self.name!r} needs path= (its local weights; nothing is downloaded)")
         if self.name in ("aesthetic", "hpsv2") and not self.clip_path:
@@ -68,31 +73,31 @@ class ScorerSpec:
 @dataclass
 class EvalConfig:
     prompts: str = ""  # PartiPrompts .tsv | HPS v2 dir of <style>.json | Pick-a-Pic .parquet | .txt
-    prompt_format: str = "auto"
+    prompt_format: str = "auto"  # auto (from the path) | partiprompts | hps | pickapic | text | jsonl
     limit: Optional[int] = None  # first n prompts (quick runs)
     per_style: Optional[int] = None  # n random prompts per style (the paper's user study, A.2: 25 per HPS style)
     per_style_seed: int = 0  # the seed of that random draw
-    models: List[ModelSpec] = field(default_factory=list)
+    models: List[ModelSpec] = field(default_factory=list)  # each {name, pipeline[, unet | lora]}
     # pairs to compare as "a:b"; empty: the FIRST model against each of the others
     compare: List[str] = field(default_factory=list)
-    scorers: List[ScorerSpec] = field(default_factory=lambda: [ScorerSpec("redness")])
-    out_dir: str = "eval_out"
+    scorers: List[ScorerSpec] = field(default_factory=lambda: [ScorerSpec("redness")])  # each {name[, path, ...]}
+    out_dir: str = "eval_out"  # images, manifests, scores, tables and figures
     n_per_prompt: int = 5  # appendix A.2: 5 images per prompt and method, median-scoring one wins
     seed: int = 0  # image k of prompt i uses seed + i * n_per_prompt + k, for every model
-    batch_size: int = 4
-    num_inference_steps: int = 50
-    guidance_scale: float = 7.5
-    height: Optional[int] = None
+    batch_size: int = 4  # prompts per pipeline call
+    num_inference_steps: int = 50  # SD's usual sampling steps
+    guidance_scale: float = 7.5  # SD's usual classifier-free guidance
+    height: Optional[int] = None  # None: the pipeline's default size
     width: Optional[int] = None
     device: str = "auto"  # auto | cpu | cuda | cuda:0 ...
-    dtype: str = "float32"
+    dtype: str = "float32"  # float32 | float16 | bfloat16
     safety_checker: Optional[str] = None  # SD pipeline dir with safety_checker/ + feature_extractor/ (appendix F)
     # bootstrap (over prompts) | wilson | normal | paper (normal approximation over all images, Diffusion-KTO
     # Tables 3-5); the report shows the paper's interval beside the chosen one either way
     ci_method: str = "bootstrap"
-    n_bootstrap: int = 2000
+    n_bootstrap: int = 2000  # resamples of the bootstrap CI
     on_failure: str = "loss"  # a prompt with no image counts as a loss ("loss") or is left out ("exclude")
-    score_batch_size: int = 16
+    score_batch_size: int = 16  # images per scorer call
 
     def validate(self) -> "EvalConfig":
         if not self.prompts:
@@ -166,8 +171,10 @@ def generate_all(cfg: EvalConfig, prompts, progress: bool = True) -> Dict[str, D
     import torch
 
     from kto_lab.eval.generate import SafetyChecker, generate_images
-    from kto_lab.sd.models import load_pipeline
+    from kto_lab.sd.models import check_model_paths, load_pipeline
 
+    for i, m in enumerate(cfg.models):  # every model's paths before the first one loads
+        check_model_paths(m.pipeline, m.unet, m.lora, prefix=f"models[{i}].")
     device = resolve_device(cfg.device)
     dtype = None if cfg.dtype == "float32" else getattr(torch, cfg.dtype)
     checker = SafetyChecker.from_pretrained(cfg.safety_checker, device=device) if cfg.safety_checker else None
@@ -197,8 +204,10 @@ def compare_all(cfg: EvalConfig, scores: pd.DataFrame, metrics: List[str], make_
     paths = write_report(cfg.out_dir, wins, means, nsfw)
     if make_plots:
         if len(wins):
-            paths["win_rates_png"] = plot_win_rates(wins, Path(cfg.out_dir) / "win_rates.png")
-        paths["scores_png"] = plot_score_distributions(scores, metrics, Path(cfg.out_dir) / "score_distributions.png")
+            paths["win_rates_png"] = Path(cfg.out_dir) / "win_rates.png"
+            plot_win_rates(wins, paths["win_rates_png"])
+        paths["scores_png"] = Path(cfg.out_dir) / "score_distributions.png"
+        plot_score_distributions(scores, metrics, paths["scores_png"])
     return wins, means, nsfw, paths
 
 

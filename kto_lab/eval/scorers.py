@@ -16,6 +16,7 @@ weights (appendix C: redness; plus saturation, brightness, contrast for syntheti
 from __future__ import annotations
 
 import importlib
+import inspect
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Protocol, Sequence, Union, runtime_checkable
 
@@ -170,9 +171,26 @@ def known_scorers() -> List[str]:
     return sorted(set(SCORERS) | set(MODEL_SCORERS))
 
 
+def check_scorer_options(name: str, options: Sequence[str], where: str = "") -> None:
+    """A registered (weightless) scorer's factory must accept every option given, e.g. ``redness`` takes
+    none; model scorers check their own (``path`` and the like) when built."""
+    if name not in SCORERS:
+        return
+    params = inspect.signature(SCORERS[name]).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = [o for o in options if o not in params]
+    if unknown:
+        from kto_lab.config import ConfigError
+
+        takes = f"takes only {sorted(params)}" if params else "takes no options (it needs no weights)"
+        raise ConfigError(f"{where + ': ' if where else 'scorer '}{name!r} {takes}; got {unknown}")
+
+
 def get_scorer(name: str, **kwargs) -> Scorer:
     """Build the scorer called ``name``; model scorers take ``path=`` (and their own options)."""
     if name in SCORERS:
+        check_scorer_options(name, list(kwargs))
         return SCORERS[name](**kwargs)
     if name in MODEL_SCORERS:
         module, attr = MODEL_SCORERS[name].split(":")

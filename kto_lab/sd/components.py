@@ -1,13 +1,16 @@
 """The trainer's models: load them, attach LoRA, build the reference, save the result.
 
-* :func:`load_components` reads the UNet, VAE, text encoder, tokenizer and noise schedule of
-  an SD 1.x/2.x pipeline (local dir or hub id) with diffusers/transformers ``from_pretrained``.
+* :func:`load_components` reads the UNet (SD3: the transformer), VAE, text encoder(s), tokenizer(s)
+  and noise schedule of a pipeline (local dir or hub id) with diffusers/transformers ``from_pretrained``;
+  what differs between SD 1.x/2.x, SDXL and SD3 comes from its family (:mod:`kto_lab.sd.families`).
 * :func:`add_lora` attaches peft LoRA adapters through diffusers' ``unet.add_adapter``.
 * :func:`frozen_reference` makes the frozen low-precision copy kept on the device.
-* :func:`save_unet` / :func:`save_lora` write the diffusers UNet format and
-  ``pytorch_lora_weights.safetensors`` (loadable by ``StableDiffusionPipeline.load_lora_weights``).
-* :func:`unet_from_config` builds a randomly initialised UNet from a config JSON
-  (``kto_lab/configs/sd15_unet.json`` for benchmarks).
+* :func:`save_unet` / :func:`save_lora` write the diffusers model format and
+  ``pytorch_lora_weights.safetensors`` (loadable by the family pipeline's ``load_lora_weights``).
+* :func:`unet_from_config` builds a randomly initialised UNet (or SD3 transformer) from a config JSON
+  (``kto_lab/configs/sd15_unet.json``, ``sd3_transformer.json``, ... for benchmarks).
+
+"UNet" names the family's denoiser throughout the trainer: SD3's ``SD3Transformer2DModel`` too.
 """
 
 from __future__ import annotations
@@ -21,24 +24,29 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from ..config import CONFIG_DIR
 from ..schedule import NoiseSchedule
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 
 
 @dataclass
 class Components:
-    """What a training step needs. Only ``unet`` and ``schedule`` are required (a cached run or a
-    benchmark feeds latents and text embeddings directly)."""
+    """What a training step needs. Only ``unet`` (the denoiser: SD3's transformer too) and ``schedule``
+    are required (a cached run or a benchmark feeds latents and text embeddings directly)."""
 
     unet: Any
-    schedule: NoiseSchedule
+    schedule: NoiseSchedule  # or FlowMatchingSchedule (SD3)
     vae: Any = None
     text_encoder: Any = None
     tokenizer: Any = None
     reference_unet: Any = None  # a given reference (e.g. the previous SPIN iteration); None = copy of unet
     scheduler_config: Optional[Dict[str, Any]] = None  # the noise scheduler's config (for validation sampling)
+    text_encoder_2: Any = None  # SDXL's second text tower (OpenCLIP ViT-bigG with projection)
+    tokenizer_2: Any = None
+    text_encoder_3: Any = None  # SD3's T5 encoder
+    tokenizer_3: Any = None
+    family: Any = None  # kto_lab.sd.families.ModelFamily; None = detected from model.pretrained
 
 
 def local_only() -> bool:
@@ -46,56 +54,133 @@ def local_only() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
 
 
+def _looks_local(path: str) -> bool:
+    """A local path rather than a hub id (``org/name``)."""
+    return Path(path).exists() or path.startswith((".", "/", "~")) or path.count("/") > 1
+
+
+def _named(path: str, field: Optional[str]) -> str:
+    return f"{field}={path!r}" if field else repr(path)
+
+
 def check_pipeline_dir(path: str | Path, field: Optional[str] = None) -> None:
     """A path that looks local must be a diffusers pipeline directory; the error names ``field``."""
     path = str(path)
     p = Path(path)
-    looks_local = p.exists() or path.startswith((".", "/", "~")) or path.count("/") > 1
-    if looks_local and not (p / "model_index.json").is_file():
-        what = f"{field}={path!r}" if field else repr(path)
-        raise FileNotFoundError(f"{what} is not a diffusers pipeline directory (expected {p / 'model_index.json'})")
+    if _looks_local(path) and not (p / "model_index.json").is_file():
+        raise FileNotFoundError(f"{_named(path, field)} is not a diffusers pipeline directory (expected {p / 'model_index.json'})")
 
 
-def load_unet(path: str | Path, **kwargs):
-    """A ``UNet2DConditionModel`` from a UNet directory (config.json) or a pipeline directory (unet/)."""
-    from diffusers import UNet2DConditionModel
-
+def check_unet_dir(path: str | Path, field: Optional[str] = None, *, local: bool = False) -> None:
+    """A UNet or SD3 transformer directory (config.json) or a pipeline directory (unet/ or transformer/
+    config.json); a path that looks like a hub id passes unless ``local``. The error names ``field``
+    (nothing falls back to the hub). Which class it holds is checked when it loads (:func:`load_unet`)."""
+    path = str(path)
     p = Path(path)
-    if (p / "config.json").is_file():
-        return UNet2DConditionModel.from_pretrained(p, **kwargs)
-    if (p / "unet" / "config.json").is_file():
-        return UNet2DConditionModel.from_pretrained(p, subfolder="unet", **kwargs)
+    if any((p / sub / "config.json").is_file() for sub in ("", "unet", "transformer")):
+        return
+    if local or _looks_local(path):
+        where = "" if p.exists() else ": no such directory"
+        raise FileNotFoundError(f"{_named(path, field)} is neither a UNet directory (config.json) nor a pipeline "
+                                f"(unet/config.json; SD3: a transformer directory or transformer/config.json){where}")
+
+
+def check_model_config(model_cfg, family=None):
+    """The local paths of a ``ModelConfig`` exist and hold what they should, and a local ``model.unet`` /
+    ``model.reference`` is of the pipeline's family (from its config.json; no model is read). Returns the
+    family (``family``, or the one of ``model.pretrained``'s model_index.json)."""
+    from .families import resolve_family
+
+    check_pipeline_dir(model_cfg.pretrained, "model.pretrained")
+    family = family or resolve_family(model_cfg.pretrained, model_cfg.family)
+    for name in ("unet", "reference"):
+        path = getattr(model_cfg, name)
+        if path:
+            check_unet_dir(path, f"model.{name}")
+            found = _local_model(path, family.denoiser_subfolder)
+            if found is not None:
+                family.check_unet(json.loads((Path(path) / found / "config.json").read_text()), f"model.{name}={path!r}")
+    return family
+
+
+def _local_model(path: str | Path, subfolder: str) -> Optional[str]:
+    """Where under ``path`` a model's config.json is: "" (a model directory), ``subfolder`` (a pipeline), or None."""
+    p = Path(path)
+    return next((sub for sub in ("", subfolder) if (p / sub / "config.json").is_file()), None)
+
+
+def _load_model(cls, path: str | Path, subfolder: str, what: str, hub_subfolder: Optional[str],
+                check_config=None, **kwargs):
+    """``cls.from_pretrained`` of a model directory (config.json), a pipeline directory (``subfolder``/),
+    or a hub id (``hub_subfolder`` of it). ``check_config(config_dict)`` sees a local config before the model
+    is built."""
+    p = Path(path)
+    found = _local_model(p, subfolder)
+    if found is not None:
+        if check_config is not None:
+            check_config(json.loads((p / found / "config.json").read_text()))
+        return cls.from_pretrained(p, **({"subfolder": found} if found else {}), **kwargs)
     if p.exists() or str(path).startswith((".", "/", "~")):
-        raise FileNotFoundError(f"{str(path)!r} is neither a UNet directory (config.json) nor a pipeline (unet/config.json)")
-    return UNet2DConditionModel.from_pretrained(str(path), subfolder="unet", local_files_only=local_only(), **kwargs)
+        raise FileNotFoundError(f"{str(path)!r} is neither a {what} directory (config.json) nor a pipeline "
+                                f"({subfolder}/config.json)")
+    sub = {"subfolder": hub_subfolder} if hub_subfolder else {}
+    return cls.from_pretrained(str(path), local_files_only=local_only(), **sub, **kwargs)
 
 
-def load_components(model_cfg, *, need_text: bool = True, need_vae: bool = True) -> Components:
-    """Load the parts of ``model_cfg.pretrained`` (optionally another policy UNet or reference)."""
-    from diffusers import AutoencoderKL, DDPMScheduler
-    from transformers import CLIPTextModel, CLIPTokenizer
+def load_unet(path: str | Path, family=None, **kwargs):
+    """The denoiser of ``family`` (default SD 1.x/2.x: a ``UNet2DConditionModel``; SD3: its
+    ``SD3Transformer2DModel``) from its directory (config.json) or a pipeline directory (unet/, transformer/).
+    A local model of another class fails in one line before it is built."""
+    from .families import FAMILIES
+
+    family = family or FAMILIES["sd"]
+    check_unet_dir(path)
+
+    def check(config):
+        family.check_denoiser_class(config, repr(str(path)))
+
+    sub = family.denoiser_subfolder
+    return _load_model(family.denoiser_class(), path, sub, family.denoiser_class_name, sub, check, **kwargs)
+
+
+def load_vae(path: str | Path, **kwargs):
+    """An ``AutoencoderKL`` from a VAE directory or hub repo (e.g. an fp16-safe SDXL VAE) or a pipeline (vae/)."""
+    from diffusers import AutoencoderKL
+
+    return _load_model(AutoencoderKL, path, "vae", "VAE", None, **kwargs)
+
+
+def load_components(model_cfg, *, need_text: bool = True, need_vae: bool = True, family=None) -> Components:
+    """Load the parts of ``model_cfg.pretrained`` (optionally another policy UNet, reference or VAE).
+
+    ``family``: a :class:`~kto_lab.sd.families.ModelFamily` (default: ``model_cfg.family``, detected from
+    the pipeline's ``model_index.json`` when ``auto``). A UNet of another family is a one-line error.
+    """
+    from diffusers import AutoencoderKL
 
     src = str(model_cfg.pretrained)
-    check_pipeline_dir(src, "model.pretrained")
+    family = check_model_config(model_cfg, family)
     kw = {"local_files_only": local_only()}
-    scheduler = DDPMScheduler.from_pretrained(src, subfolder="scheduler", **kw)
-    unet = load_unet(model_cfg.unet) if model_cfg.unet else load_unet(src)
-    reference = load_unet(model_cfg.reference) if model_cfg.reference else None
+    schedule, scheduler_config = family.load_schedule(src, **kw)
+    unet = load_unet(model_cfg.unet or src, family)
+    family.check_unet(unet.config, f"model.unet={model_cfg.unet!r}" if model_cfg.unet else f"model.pretrained={src!r}")
+    reference = load_unet(model_cfg.reference, family) if model_cfg.reference else None
+    if reference is not None:
+        family.check_unet(reference.config, f"model.reference={model_cfg.reference!r}")
+    vae = None
+    if need_vae:
+        vae = load_vae(model_cfg.vae) if model_cfg.vae else AutoencoderKL.from_pretrained(src, subfolder="vae", **kw)
     return Components(
-        unet=unet,
-        schedule=NoiseSchedule.from_diffusers(scheduler),
-        vae=AutoencoderKL.from_pretrained(src, subfolder="vae", **kw) if need_vae else None,
-        text_encoder=CLIPTextModel.from_pretrained(src, subfolder="text_encoder", **kw) if need_text else None,
-        tokenizer=CLIPTokenizer.from_pretrained(src, subfolder="tokenizer", **kw) if need_text else None,
-        reference_unet=reference,
-        scheduler_config=dict(scheduler.config),
+        unet=unet, schedule=schedule, vae=vae, reference_unet=reference, scheduler_config=scheduler_config,
+        family=family, **(family.load_text(src, **kw) if need_text else {}),
     )
 
 
 def unet_from_config(config: str | Path | Dict[str, Any] = "sd15_unet.json", seed: int = 0):
-    """A randomly initialised ``UNet2DConditionModel`` from a config dict, a JSON file, or the name
-    of a JSON file in ``kto_lab/configs`` (default: SD 1.5's UNet)."""
-    from diffusers import UNet2DConditionModel
+    """A randomly initialised ``UNet2DConditionModel`` (or the config's ``_class_name``, e.g.
+    ``SD3Transformer2DModel``) from a config dict, a JSON file, or the name of a JSON file in
+    ``kto_lab/configs`` (default: SD 1.5's UNet)."""
+    import diffusers
 
     if not isinstance(config, dict):
         p = Path(config)
@@ -105,7 +190,7 @@ def unet_from_config(config: str | Path | Dict[str, Any] = "sd15_unet.json", see
             raise FileNotFoundError(f"UNet config {str(config)!r} not found (also looked in {CONFIG_DIR})")
         config = json.loads(p.read_text())
     torch.manual_seed(seed)
-    return UNet2DConditionModel.from_config(config)
+    return getattr(diffusers, config.get("_class_name", "UNet2DConditionModel")).from_config(config)
 
 
 def add_lora(unet, rank: int, alpha: float, target_modules) -> None:
@@ -120,7 +205,7 @@ def add_lora(unet, rank: int, alpha: float, target_modules) -> None:
     unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian",
                                 target_modules=list(target_modules)))
     if not any(p.requires_grad for p in unet.parameters()):
-        raise ValueError(f"lora.target_modules={list(target_modules)} matched no module of the UNet")
+        raise ValueError(f"lora.target_modules={list(target_modules)} matched no module of the {type(unet).__name__}")
 
 
 def cast_trainable_to_fp32(model) -> None:
@@ -150,31 +235,45 @@ def frozen_reference(unet, dtype: torch.dtype, device) -> Any:
     return ref
 
 
-def lora_state_dict(unet) -> Dict[str, torch.Tensor]:
-    """The LoRA weights of ``unet`` in diffusers' key format."""
+def lora_state_dict(unet, diffusers_keys: bool = True) -> Dict[str, torch.Tensor]:
+    """The LoRA weights of ``unet``: in diffusers' key format (``lora.down``/``lora.up``, what its UNet LoRA
+    scripts save) or, ``diffusers_keys=False``, in peft's (``lora_A``/``lora_B``, what its SD3 LoRA script saves)."""
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
-    return convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    state = get_peft_model_state_dict(unet)
+    return convert_state_dict_to_diffusers(state) if diffusers_keys else state
 
 
-def save_lora(unet, directory: str | Path) -> Path:
-    """``directory/pytorch_lora_weights.safetensors``, readable by ``pipe.load_lora_weights(directory)``."""
-    from diffusers import StableDiffusionPipeline
+def save_lora(unet, directory: str | Path, family=None) -> Path:
+    """``directory/pytorch_lora_weights.safetensors``, readable by ``pipe.load_lora_weights(directory)``
+    of ``family``'s pipeline (default SD 1.x/2.x)."""
+    from .families import FAMILIES
 
-    StableDiffusionPipeline.save_lora_weights(str(directory), unet_lora_layers=lora_state_dict(unet),
-                                              safe_serialization=True)
+    family = family or FAMILIES["sd"]
+    family.save_lora_weights(directory, lora_state_dict(unet, family.lora_diffusers_keys))
     return Path(directory) / LORA_WEIGHTS
 
 
-def load_lora(unet, directory: str | Path) -> None:
-    """Load ``pytorch_lora_weights.safetensors`` from ``directory`` into ``unet``'s (existing) adapter."""
-    from diffusers import StableDiffusionPipeline
+def read_lora_state(family, directory: str | Path, weight_name: Optional[str] = None) -> Dict[str, torch.Tensor]:
+    """The LoRA state dict in ``directory`` (``weight_name`` in it; default ``pytorch_lora_weights.safetensors``),
+    read by ``family``'s pipeline class (SD/SDXL's loaders return it with network alphas, SD3's alone)."""
+    out = family.pipeline_class().lora_state_dict(str(directory), **({"weight_name": weight_name} if weight_name else {}))
+    return out[0] if isinstance(out, tuple) else out
+
+
+def load_lora(unet, directory: str | Path, family=None) -> None:
+    """Load ``pytorch_lora_weights.safetensors`` from ``directory`` (saved by :func:`save_lora` for ``family``,
+    default SD 1.x/2.x) into ``unet``'s (existing) adapter."""
     from diffusers.utils import convert_unet_state_dict_to_peft
     from peft.utils import set_peft_model_state_dict
 
-    state, _ = StableDiffusionPipeline.lora_state_dict(str(directory))
-    state = {k[len("unet."):]: v for k, v in state.items() if k.startswith("unet.")}
+    from .families import FAMILIES
+
+    family = family or FAMILIES["sd"]
+    state = read_lora_state(family, directory)
+    prefix = family.denoiser_subfolder + "."
+    state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     result = set_peft_model_state_dict(unet, convert_unet_state_dict_to_peft(state), adapter_name="default")
     unexpected = getattr(result, "unexpected_keys", None)
     if unexpected:
@@ -182,6 +281,6 @@ def load_lora(unet, directory: str | Path) -> None:
 
 
 def save_unet(unet, directory: str | Path) -> Path:
-    """The UNet in diffusers format (``config.json`` + ``diffusion_pytorch_model.safetensors``)."""
+    """The UNet (or SD3 transformer) in diffusers format (``config.json`` + ``diffusion_pytorch_model.safetensors``)."""
     unet.save_pretrained(str(directory), safe_serialization=True)
     return Path(directory)

@@ -4,7 +4,9 @@ Defaults come from the Diffusion-KTO paper, appendix A.1 (full fine-tune of SD v
 lr 1e-7, 1,000 warm-up steps, 10,000 steps, beta 5000, gamma 0.8, batch 2 per GPU on 4 GPUs)
 and, for LoRA runs, from the LoRA study (lora-preference-alignment-study, sec. 3.3/4: rank 8,
 AdamW with weight decay 0.01, lr 1e-4, 500 warm-up steps). Fields whose paper value depends
-on full vs LoRA fine-tuning default to ``None`` and are resolved by :meth:`TrainConfig.resolved`.
+on full vs LoRA fine-tuning, or on the model family (SD 1.x/2.x, SDXL or SD3), default to ``None`` and
+are resolved by :meth:`TrainConfig.resolved`, which also refuses an option of the other kind of noise
+schedule (DDPM vs SD3's rectified flow) and warns about a beta far outside the family's useful range.
 
 Load with ``load_config(TrainConfig, "config.yaml", ["objective.beta=2000"])`` or
 :func:`load_train_config`; every check runs before any model is loaded.
@@ -15,26 +17,42 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, ClassVar, Dict, List, Optional, Sequence
 
-from ..config import ConfigError, check_choice, check_positive, check_range, load_config
+from ..config import ConfigError, check_choice, check_positive, check_range, load_config, warn_outside
 from ..data.sampler import check_gamma
+from ..schedule import PREDICTION_TYPES, FlowMatchingSchedule
 from ..step import ObjectiveConfig
+from . import metrics_log
 from .encoding import LATENT_MODES
+from .families import FAMILY_CHOICES
+from .speed import COMPILE_ALIASES, COMPILE_CHOICES, COMPILE_MODES, REPEATED_BLOCKS
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 REFERENCE_DTYPES = ("auto", "fp32", "fp16", "bf16")
 LORA_REFERENCES = ("disabled_adapters", "frozen_copy")
 MISSING_IMAGE_POLICIES = ("error", "skip")
-OPTIMIZERS = ("adamw", "adam")
+OPTIMIZERS = ("adamw", "adam", "adafactor")
+VAE_DTYPES = ("fp32", "auto")
+CACHE_DTYPES = ("fp32", "fp16")
 LR_SCHEDULERS = ("constant_with_warmup", "linear", "cosine")
 
 
 @dataclass
 class ModelConfig:
-    # A diffusers SD 1.x/2.x pipeline: a local directory or a hub id (read with from_pretrained).
+    # A diffusers SD 1.x/2.x, SDXL or SD3 pipeline: a local directory or a hub id (read with from_pretrained).
     pretrained: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-    # Start the policy from this UNet (a diffusers UNet dir, or a pipeline dir with unet/) instead.
+    # The model family: auto = from model_index.json's _class_name (StableDiffusionPipeline -> sd,
+    # StableDiffusionXLPipeline -> sdxl, StableDiffusion3Pipeline -> sd3); name it for a hub id that is
+    # not cached offline.
+    family: str = "auto"
+    # Another VAE (a VAE dir or hub repo, or a pipeline dir with vae/), e.g. an fp16-safe SDXL VAE.
+    vae: Optional[str] = None
+    # Precision of the VAE encoder (training and cache). fp32 as the official KTO and diffusers SDXL
+    # scripts; auto = the mixed-precision dtype (SDXL's own VAE stays fp32 under fp16: it overflows).
+    vae_dtype: str = "fp32"
+    # Start the policy from this UNet (a diffusers UNet dir, or a pipeline dir with unet/; SD3: a
+    # transformer dir, or a pipeline with transformer/) instead.
     unet: Optional[str] = None
     # The reference: None = a frozen copy of the initial policy (the paper). A path (UNet dir or
     # pipeline dir) = that model, e.g. the previous SPIN iteration. Always a frozen copy then.
@@ -42,15 +60,34 @@ class ModelConfig:
     # Precision of a frozen reference copy kept on the device. auto = the mixed-precision dtype
     # (bf16/fp16), fp32 without mixed precision. The official DPO script swaps it CPU<->GPU; we don't.
     reference_dtype: str = "auto"
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = False  # recompute activations in the backward: less memory, one more forward
     # torch.compile the policy UNet (and a frozen reference copy) in place after accelerate.prepare:
-    # the first steps pay the compilation. The gain is not measured yet (no GPU so far; benchmarks/sd_step.py --compile).
-    compile: bool = False
+    # none | regional (each ResNet/transformer block, compiled once per shape) | full (the whole UNet);
+    # true/false read as full/none. The first step pays the compilation. Off until a GPU measurement
+    # says which helps (benchmarks/README.md; kto_lab.sd.speed).
+    compile: str = "none"
+    # torch.compile's mode: default | reduce-overhead (CUDA graphs) | max-autotune | max-autotune-no-cudagraphs.
+    compile_mode: str = "default"
+    # Block classes that compile=regional compiles one by one (diffusers' own list for this UNet,
+    # _repeated_blocks, has only BasicTransformerBlock). SD3: its JointTransformerBlock where this is the default.
+    compile_blocks: List[str] = field(default_factory=lambda: list(REPEATED_BLOCKS))
+    # Keep the UNets' weights (and so their convolutions' activations) in the channels-last memory
+    # format, as MLPerf's SD recipe does; off until measured on a GPU.
+    channels_last: bool = False
 
     def validate(self) -> "ModelConfig":
         if not self.pretrained:
             raise ConfigError("model.pretrained must name a pipeline directory or hub id")
         check_choice("model.reference_dtype", self.reference_dtype, REFERENCE_DTYPES)
+        check_choice("model.family", self.family, FAMILY_CHOICES)
+        check_choice("model.vae_dtype", self.vae_dtype, VAE_DTYPES)
+        self.compile = COMPILE_ALIASES.get(str(self.compile).lower(), self.compile)
+        check_choice("model.compile", self.compile, COMPILE_CHOICES)
+        check_choice("model.compile_mode", self.compile_mode, COMPILE_MODES)
+        if isinstance(self.compile_blocks, str):
+            self.compile_blocks = [self.compile_blocks]
+        if self.compile == "regional" and not self.compile_blocks:
+            raise ConfigError("model.compile_blocks is empty; model.compile=regional needs block class names")
         return self
 
 
@@ -59,22 +96,31 @@ class DataConfig:
     # Binary-feedback record table(s) (CSV/JSONL/Parquet: image, caption, label); for objective=dpo
     # a pair table (kto_lab.data.records.load_pairs). Not needed when cache_dir holds a cache.
     train: List[str] = field(default_factory=list)
-    resolution: int = 512  # SD 1.5 trains at 512x512
+    resolution: Optional[int] = None  # None: the family's (SD 1.5: 512; SDXL: 1024, its paper sec. 2.3)
     center_crop: bool = True  # False: random crop
-    random_flip: bool = False
+    random_flip: bool = False  # mirror images horizontally at random (not with cache_dir)
     on_missing_image: str = "error"  # error: stop naming the file | skip: skip it, count it
     gamma: float = 0.8  # share of desirable samples (sec. 4.2, A.1: 0.8)
+    # Share of captions replaced by the empty caption (classifier-free guidance's unconditional
+    # model); the official KTO and Diffusion-DPO scripts use 0.2 (--proportion_empty_prompts).
+    caption_dropout: float = 0.0
     # Optional cache of VAE latent moments and text embeddings (kto_lab.sd.cache): built once,
     # then a training step runs only the UNets. Built here if the directory does not exist.
     cache_dir: Optional[str] = None
-    cache_shard_size: int = 1024
+    cache_shard_size: int = 1024  # records per cache shard file
+    # Storage dtype of the cached VAE moments and text embeddings: fp32 keeps what the VAE gave;
+    # fp16 halves the disk (docs/training.md measures the difference).
+    cache_dtype: str = "fp32"
     latent_mode: str = "sample"  # sample the VAE posterior (diffusers / official scripts) or take its mode
-    seed: int = 0
+    seed: int = 0  # sampling, crops and flips (each process adds 1000 x its rank)
 
     def validate(self) -> "DataConfig":
-        check_range("data.resolution", self.resolution, low=8)
-        if self.resolution % 8:
-            raise ConfigError(f"data.resolution={self.resolution} must be a multiple of 8")
+        if self.resolution is not None:
+            check_range("data.resolution", self.resolution, low=8)
+            if self.resolution % 8:
+                raise ConfigError(f"data.resolution={self.resolution} must be a multiple of 8 (the VAE's down-sampling factor)")
+        check_range("data.caption_dropout", self.caption_dropout, low=0.0, high=1.0)
+        check_choice("data.cache_dtype", self.cache_dtype, CACHE_DTYPES)
         check_choice("data.on_missing_image", self.on_missing_image, MISSING_IMAGE_POLICIES)
         try:
             check_gamma(self.gamma)
@@ -93,18 +139,20 @@ class DataConfig:
 class OptimConfig:
     max_steps: int = 10_000  # optimizer steps (A.1: 10,000; LoRA study: 10,000)
     batch_size: int = 2  # per device (A.1: 2 per GPU x 4 GPUs)
-    gradient_accumulation_steps: int = 1
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
     learning_rate: Optional[float] = None  # None: 1e-7 full (A.1), 1e-4 LoRA (LoRA study 3.3)
     warmup_steps: Optional[int] = None  # None: 1000 full (A.1), 500 LoRA (LoRA study 3.3)
-    lr_scheduler: str = "constant_with_warmup"
-    optimizer: str = "adamw"  # AdamW with weight_decay 0 is Adam (A.1)
+    lr_scheduler: str = "constant_with_warmup"  # constant_with_warmup (A.1) | linear | cosine (to 0 at max_steps)
+    # AdamW with weight_decay 0 is Adam (A.1); adafactor: Diffusion-DPO's SDXL optimizer (its sec. 5.1,
+    # "to save memory"), with the official script's settings (no relative step, clip threshold 1)
+    optimizer: str = "adamw"
     weight_decay: Optional[float] = None  # None: 0.0 full (Adam, A.1), 0.01 LoRA (LoRA study 3.3)
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_epsilon: float = 1e-8
+    adam_beta1: float = 0.9  # Adam's first-moment decay (torch's default; A.1 names no other)
+    adam_beta2: float = 0.999  # Adam's second-moment decay (torch's default)
+    adam_epsilon: float = 1e-8  # Adam's epsilon (torch's default)
     max_grad_norm: float = 1.0  # clipping as in diffusers' and Diffusion-DPO's scripts; 0 = off
     mixed_precision: str = "no"  # no | fp16 | bf16 (bf16 on A100/H100)
-    allow_tf32: bool = True
+    allow_tf32: bool = True  # TF32 matmuls on Ampere+ GPUs (faster fp32)
 
     def validate(self) -> "OptimConfig":
         check_range("optim.max_steps", self.max_steps, low=1)
@@ -128,10 +176,10 @@ class OptimConfig:
 
 @dataclass
 class LoraConfig:
-    enabled: bool = False
+    enabled: bool = False  # true: train LoRA adapters only (the LoRA study); false: the full UNet (A.1)
     rank: int = 8  # LoRA study 3.1: rank 8 in the UNet's attention
     alpha: Optional[float] = None  # None: = rank (scale 1, diffusers' examples)
-    target_modules: List[str] = field(default_factory=lambda: ["to_k", "to_q", "to_v", "to_out.0"])
+    target_modules: List[str] = field(default_factory=lambda: ["to_k", "to_q", "to_v", "to_out.0"])  # attention projections
     # The reference of a LoRA run: the same UNet with adapters disabled (exact, no extra memory,
     # a few % slower) or a frozen low-precision copy of the base UNet (more memory, faster).
     reference: str = "disabled_adapters"
@@ -147,18 +195,75 @@ class LoraConfig:
 
 
 @dataclass
+class ScheduleConfig:
+    # DDPM families (SD 1.x/2.x, SDXL) only: train with this prediction type instead of the scheduler
+    # config's (epsilon | v_prediction | sample), as diffusers' --prediction_type; null = the pipeline's.
+    prediction_type: Optional[str] = None
+    # Flow-matching families (SD3) only: the training timestep density (SD3 sec. 3.1): logit_normal
+    # (SD3's default and best) | uniform | mode; null = logit_normal. SD3's shift comes from its scheduler.
+    density: Optional[str] = None
+    logit_mean: Optional[float] = None  # flow only: the logit-normal mean m (SD3 sec. 3.1: 0); null = 0
+    logit_std: Optional[float] = None  # flow only: the logit-normal std s (SD3 sec. 3.1: 1); null = 1
+    mode_scale: Optional[float] = None  # flow only: the "mode" density's scale (SD3 sec. 3.1; diffusers 1.29); null = 1.29
+
+    FLOW_FIELDS: ClassVar[tuple] = ("density", "logit_mean", "logit_std", "mode_scale")
+
+    def validate(self) -> "ScheduleConfig":
+        if self.prediction_type is not None:
+            check_choice("schedule.prediction_type", self.prediction_type, PREDICTION_TYPES)
+        self._flow_schedule()  # the flow fields' values, checked where FlowMatchingSchedule checks them
+        return self
+
+    def _flow_schedule(self, base: Optional[FlowMatchingSchedule] = None) -> FlowMatchingSchedule:
+        values = {k: getattr(self, k) for k in self.FLOW_FIELDS if getattr(self, k) is not None}
+        try:
+            return dataclasses.replace(base or FlowMatchingSchedule(), **values)
+        except ConfigError as e:
+            raise ConfigError(f"schedule.{e}") from None
+
+    def check_family(self, family) -> None:
+        """An option of the other kind of schedule is a mistake, not something to ignore: one line."""
+        if family.flow_matching and self.prediction_type is not None:
+            raise ConfigError(f"schedule.prediction_type={self.prediction_type!r} is a DDPM option, but "
+                              f"{family.pipeline_class_name} ({family.name}) is a flow-matching model: it predicts the "
+                              f"velocity eps - x0; leave schedule.prediction_type unset")
+        flow_set = [k for k in self.FLOW_FIELDS if getattr(self, k) is not None]
+        if not family.flow_matching and flow_set:
+            raise ConfigError(f"schedule.{flow_set[0]} is a flow-matching option, but {family.pipeline_class_name} "
+                              f"({family.name}) is a DDPM model; leave schedule.{', schedule.'.join(flow_set)} unset")
+
+    def apply(self, schedule):
+        """``schedule`` (the pipeline's: NoiseSchedule or FlowMatchingSchedule) with the options set here."""
+        if isinstance(schedule, FlowMatchingSchedule):
+            return self._flow_schedule(schedule)
+        if self.prediction_type is not None and self.prediction_type != schedule.prediction_type:
+            return dataclasses.replace(schedule, prediction_type=self.prediction_type)
+        return schedule
+
+
+@dataclass
 class LoggingConfig:
+    MOVED: ClassVar[Dict[str, str]] = {"tensorboard": "logging.report_to=[tensorboard]"}
+
     log_every: int = 10  # optimizer steps between metric rows (the only host syncs for metrics)
-    tensorboard: bool = False
-    progress_bar: bool = True
-    validation_prompts: List[str] = field(default_factory=list)
+    # Experiment trackers through accelerate, beside metrics.jsonl/.csv: any of tensorboard, wandb,
+    # mlflow (each an extra: pip install "kto-lab[wandb]"); [] = none (like diffusers' report_to).
+    report_to: List[str] = field(default_factory=list)
+    project: str = "kto-lab"  # the trackers' project (W&B project, MLflow experiment, folder under OUTPUT_DIR/logs)
+    progress_bar: bool = True  # a tqdm bar on the main process
+    validation_prompts: List[str] = field(default_factory=list)  # prompts rendered every validation_every steps
     validation_every: int = 0  # optimizer steps; 0 = off
-    validation_inference_steps: int = 25
-    validation_guidance_scale: float = 7.5
-    validation_seed: int = 0
+    validation_inference_steps: int = 25  # sampler steps per validation image (DPM-Solver++; SD3: its flow Euler sampler)
+    validation_guidance_scale: float = 7.5  # classifier-free guidance of the validation images
+    validation_seed: int = 0  # image i uses seed + i
 
     def validate(self) -> "LoggingConfig":
         check_range("logging.log_every", self.log_every, low=1)
+        self.report_to = [name for name in self.report_to if name != "none"]
+        for name in self.report_to:
+            check_choice("logging.report_to", name, metrics_log.TRACKER_PACKAGES)
+            if not metrics_log.tracker_installed(name):
+                raise ConfigError(f"logging.report_to: {name} is not installed; pip install 'kto-lab[{name}]'")
         check_range("logging.validation_every", self.validation_every, low=0)
         check_range("logging.validation_inference_steps", self.validation_inference_steps, low=1)
         check_range("logging.validation_guidance_scale", self.validation_guidance_scale, low=0.0)
@@ -179,21 +284,22 @@ class CheckpointConfig:
 
 @dataclass
 class TrainConfig:
-    output_dir: str = "runs/sd"
-    seed: int = 0
+    output_dir: str = "runs/sd"  # checkpoints, metrics, config.yaml and the final weights
+    seed: int = 0  # model init (LoRA) and the per-step noise and timesteps
     cpu: bool = False  # force CPU even if a GPU is visible (torchrun CPU runs, tests)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    lora: LoraConfig = field(default_factory=LoraConfig)
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)  # the base pipeline, the policy's start, the reference
+    data: DataConfig = field(default_factory=DataConfig)  # the feedback table(s), images, gamma sampling, cache
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)  # the loss and its hyper-parameters
+    optim: OptimConfig = field(default_factory=OptimConfig)  # optimizer, schedule, batch, precision
+    lora: LoraConfig = field(default_factory=LoraConfig)  # LoRA adapters (the LoRA study) instead of a full fine-tune
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)  # training noise/timestep options (DDPM or flow)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)  # metrics, progress bar, validation images
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)  # cadence, pruning, resume
 
     def validate(self) -> "TrainConfig":
         if not self.output_dir:
             raise ConfigError("output_dir must be set")
-        for name in ("model", "data", "optim", "lora", "logging", "checkpoint"):
+        for name in ("model", "data", "optim", "lora", "schedule", "logging", "checkpoint"):
             getattr(self, name).validate()
         try:
             self.objective.validate()
@@ -206,9 +312,26 @@ class TrainConfig:
             )
         return self
 
-    def resolved(self) -> "TrainConfig":
-        """A copy with the mode-dependent paper defaults filled in (full: A.1; LoRA: the study)."""
-        cfg = dataclasses.replace(self, optim=dataclasses.replace(self.optim), lora=dataclasses.replace(self.lora))
+    def resolved(self, family=None) -> "TrainConfig":
+        """A copy with the mode-dependent paper defaults filled in (full: A.1; LoRA: the study), and with
+        ``family`` (a :class:`~kto_lab.sd.families.ModelFamily`) the family's default resolution and timestep
+        density; a ``schedule.*`` option of the other kind of schedule is a one-line error, a beta outside
+        the family's useful range a one-line warning."""
+        cfg = dataclasses.replace(self, optim=dataclasses.replace(self.optim), lora=dataclasses.replace(self.lora),
+                                  data=dataclasses.replace(self.data), schedule=dataclasses.replace(self.schedule),
+                                  model=dataclasses.replace(self.model))
+        if family is not None:
+            if cfg.data.resolution is None:
+                cfg.data.resolution = family.default_resolution
+            if cfg.model.compile_blocks == list(REPEATED_BLOCKS):  # the UNets' blocks: the family's own
+                cfg.model.compile_blocks = list(family.compile_blocks)
+            cfg.schedule.check_family(family)
+            if family.flow_matching:  # the values the run uses, in config.yaml and the resume check
+                flow = cfg.schedule._flow_schedule()
+                for k in ScheduleConfig.FLOW_FIELDS:
+                    setattr(cfg.schedule, k, getattr(flow, k))
+            if family.beta_range and cfg.objective.objective in ("kto", "dpo"):
+                warn_outside("objective.beta", cfg.objective.beta, *family.beta_range, family.beta_range_source)
         lora = cfg.lora.enabled
         if cfg.optim.learning_rate is None:
             cfg.optim.learning_rate = 1e-4 if lora else 1e-7

@@ -7,6 +7,9 @@ A *batch* is a dict of tensors (what :meth:`kto_lab.sd.trainer.Trainer.step` tak
     labels (B,)                        1 desirable / 0 undesirable
     pixel_values_l / latents_l / latent_moments_l   the losers, for objective "dpo"
 
+plus what the model family adds (:mod:`kto_lab.sd.families`); SDXL: ``input_ids_2`` (or the cached
+``text_embeds``) and each image's geometry ``original_size``, ``crop_top_left`` (B,2) (+ ``_l``).
+
 A *source* produces batches and has ``state_dict``/``load_state_dict`` so a resumed run draws
 exactly the batches of an uninterrupted one:
 
@@ -19,18 +22,25 @@ exactly the batches of an uninterrupted one:
 
 Missing or unreadable images: ``on_missing_image="error"`` stops with the table's error naming
 the file; ``"skip"`` counts the image (``source.skipped``) and draws another of the same class.
+
+Caption dropout (``data.caption_dropout``, the official scripts' ``--proportion_empty_prompts``)
+replaces a caption by the empty one, drawn from the source's generator (so a resumed run drops the
+same captions).
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from ..data.sampler import GammaSampler, sampling_gamma
+from ..config import ConfigError
+from ..data.sampler import GammaSampler, check_classes, sampling_gamma
+from ..data.tables import DataError
 from ..objectives import csft_caption
-from .encoding import tokenize
+from .families import FAMILIES
 
 Tensor = torch.Tensor
 
@@ -40,15 +50,23 @@ Tensor = torch.Tensor
 # --------------------------------------------------------------------------------------
 
 
-def image_to_tensor(
+@dataclass
+class CroppedImage:
+    pixels: Tensor  # (3, resolution, resolution) in [-1, 1]
+    original_size: Tuple[int, int]  # (height, width) before resizing: SDXL's size conditioning (its sec. 2.2)
+    crop_top_left: Tuple[int, int]  # (top, left) of the window in the resized image; mirrored with a flip
+
+
+def crop_image(
     image, resolution: int, *, center_crop: bool = True, flip: bool = False,
     generator: Optional[torch.Generator] = None,
-) -> Tensor:
-    """PIL image -> ``(3, resolution, resolution)`` float tensor in [-1, 1].
+) -> CroppedImage:
+    """PIL image -> ``(3, resolution, resolution)`` float tensor in [-1, 1], and where it came from.
 
     Resize so the shorter side is ``resolution`` (bilinear, as diffusers' training scripts),
     then crop the centre (``center_crop``) or a random window drawn from ``generator``, then
-    mirror horizontally if ``flip``.
+    mirror horizontally if ``flip``. The crop's left edge is then counted from the mirrored
+    image's left (the window's true position; diffusers' SDXL script writes ``resolution - left``).
     """
     from PIL import Image
 
@@ -66,7 +84,24 @@ def image_to_tensor(
     image = image.crop((left, top, left + resolution, top + resolution))
     array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
     tensor = torch.from_numpy(array).permute(2, 0, 1).contiguous()
-    return tensor.flip(-1) if flip else tensor
+    if flip:
+        return CroppedImage(tensor.flip(-1), (h, w), (top, new_w - left - resolution))
+    return CroppedImage(tensor, (h, w), (top, left))
+
+
+def image_to_tensor(image, resolution: int, **kwargs) -> Tensor:
+    """PIL image -> ``(3, resolution, resolution)`` float tensor in [-1, 1] (:func:`crop_image`'s pixels)."""
+    return crop_image(image, resolution, **kwargs).pixels
+
+
+def geometry(crops: Sequence[CroppedImage], keys: Sequence[str], suffix: str = "") -> Dict[str, Tensor]:
+    """The per-image geometry a family conditions on (its ``image_keys``), as ``(B, 2)`` tensors."""
+    return {k + suffix: torch.tensor([getattr(c, k) for c in crops], dtype=torch.long) for k in keys}
+
+
+def drop_caption(caption: str, p: float, generator: torch.Generator) -> str:
+    """The empty caption with probability ``p`` (no random draw when ``p`` is 0)."""
+    return "" if p > 0 and float(torch.rand((), generator=generator)) < p else caption
 
 
 class ImageTransform:
@@ -76,8 +111,11 @@ class ImageTransform:
         self.resolution, self.center_crop, self.random_flip = resolution, center_crop, random_flip
 
     def __call__(self, image, generator: torch.Generator) -> Tensor:
+        return self.crop(image, generator).pixels
+
+    def crop(self, image, generator: torch.Generator) -> CroppedImage:
         flip = bool(self.random_flip and torch.rand((), generator=generator) < 0.5)
-        return image_to_tensor(image, self.resolution, center_crop=self.center_crop, flip=flip, generator=generator)
+        return crop_image(image, self.resolution, center_crop=self.center_crop, flip=flip, generator=generator)
 
 
 # --------------------------------------------------------------------------------------
@@ -94,9 +132,24 @@ def gamma_sampler(labels, gamma: float, seed: int, where: str) -> GammaSampler:
 
 
 class _TableSource:
-    """What the table-backed sources share: the count of skipped (missing/unreadable) images."""
+    """What the table-backed sources share: the count of skipped (missing/unreadable) images, and how
+    captions and images become a batch for the model family."""
 
     table = None
+
+    def _setup(self, tokenizer, family, caption_dropout: float) -> None:
+        """``tokenizer``: one tokenizer, or one per text tower of ``family`` (default SD 1.x/2.x)."""
+        self.family = family or FAMILIES["sd"]
+        self.tokenizers = tuple(tokenizer) if isinstance(tokenizer, (list, tuple)) else (tokenizer,)
+        self.caption_dropout = caption_dropout
+
+    def _batch(self, crops: List[CroppedImage], captions: List[str], crops_l=None) -> Dict[str, Tensor]:
+        batch = {"pixel_values": torch.stack([c.pixels for c in crops]),
+                 **self.family.tokenize(self.tokenizers, captions), **geometry(crops, self.family.image_keys)}
+        if crops_l is not None:
+            batch["pixel_values_l"] = torch.stack([c.pixels for c in crops_l])
+            batch.update(geometry(crops_l, self.family.image_keys, "_l"))
+        return batch
 
     @property
     def skipped(self) -> int:
@@ -108,9 +161,10 @@ class RecordSource(_TableSource):
 
     def __init__(
         self, table, tokenizer, transform: ImageTransform, *, batch_size: int, gamma: float = 0.8,
-        seed: int = 0, csft: bool = False,
+        seed: int = 0, csft: bool = False, family=None, caption_dropout: float = 0.0,
     ):
-        self.table, self.tokenizer, self.transform = table, tokenizer, transform
+        self.table, self.transform = table, transform
+        self._setup(tokenizer, family, caption_dropout)
         self.batch_size, self.csft = batch_size, csft
         self.labels = np.asarray(table.labels).astype(np.int64)
         self.sampler = gamma_sampler(self.labels, gamma, seed, f"record table {table!r}")
@@ -128,7 +182,8 @@ class RecordSource(_TableSource):
         usable = [j for j in same if not self.table.is_skipped(int(j))]
         if not usable:
             kind = "desirable" if self.labels[i] > 0 else "undesirable"
-            raise RuntimeError(f"every {kind} image of {self.table!r} is missing or unreadable")
+            raise DataError(f"every {kind} image of {self.table!r} is missing or unreadable "
+                            f"(e.g. {self.table.skipped[-1][1]}: {self.table.skipped[-1][2]})")
         return int(usable[int(torch.randint(len(usable), (1,), generator=self.generator))])
 
     def _load(self, i: int):
@@ -139,19 +194,16 @@ class RecordSource(_TableSource):
         return i, image
 
     def next_batch(self) -> Dict[str, Tensor]:
-        pixels, captions, labels = [], [], []
+        crops, captions, labels = [], [], []
         for i in self.sampler.sample(self.batch_size).tolist():
             i, image = self._load(i)
             label = int(self.labels[i] > 0)
             caption = self.table.captions[i]
-            pixels.append(self.transform(image, self.generator))
-            captions.append(csft_caption(caption, bool(label)) if self.csft else caption)
+            crops.append(self.transform.crop(image, self.generator))
+            caption = csft_caption(caption, bool(label)) if self.csft else caption
+            captions.append(drop_caption(caption, self.caption_dropout, self.generator))
             labels.append(label)
-        return {
-            "pixel_values": torch.stack(pixels),
-            "input_ids": tokenize(self.tokenizer, captions),
-            "labels": torch.tensor(labels, dtype=torch.long),
-        }
+        return {**self._batch(crops, captions), "labels": torch.tensor(labels, dtype=torch.long)}
 
     def state_dict(self) -> dict:
         return {"sampler": self.sampler.state_dict(), "generator": self.generator.get_state()}
@@ -164,10 +216,12 @@ class RecordSource(_TableSource):
 class PairSource(_TableSource):
     """Uniformly drawn (winner, loser) pairs sharing a caption (Diffusion-DPO, SPIN)."""
 
-    def __init__(self, table, tokenizer, transform: ImageTransform, *, batch_size: int, seed: int = 0):
+    def __init__(self, table, tokenizer, transform: ImageTransform, *, batch_size: int, seed: int = 0, family=None,
+                 caption_dropout: float = 0.0):
         if len(table) == 0:
-            raise ValueError(f"pair table {table!r} is empty")
-        self.table, self.tokenizer, self.transform, self.batch_size = table, tokenizer, transform, batch_size
+            raise DataError(f"pair table {table!r} is empty")
+        self.table, self.transform, self.batch_size = table, transform, batch_size
+        self._setup(tokenizer, family, caption_dropout)
         self.generator = torch.Generator().manual_seed(seed)
 
     def _draw(self) -> int:
@@ -184,19 +238,14 @@ class PairSource(_TableSource):
                 if pair is not None:
                     break
             else:
-                raise RuntimeError(f"no readable pair found in {self.table!r}")
+                raise DataError(f"no readable pair found in {self.table!r}")
             # The same flip/crop for winner and loser, as the official DPO script does.
             state = self.generator.get_state()
-            winners.append(self.transform(pair[0], self.generator))
+            winners.append(self.transform.crop(pair[0], self.generator))
             self.generator.set_state(state)
-            losers.append(self.transform(pair[1], self.generator))
-            captions.append(self.table.captions[i])
-        return {
-            "pixel_values": torch.stack(winners),
-            "pixel_values_l": torch.stack(losers),
-            "input_ids": tokenize(self.tokenizer, captions),
-            "labels": torch.ones(len(captions), dtype=torch.long),
-        }
+            losers.append(self.transform.crop(pair[1], self.generator))
+            captions.append(drop_caption(self.table.captions[i], self.caption_dropout, self.generator))
+        return {**self._batch(winners, captions, losers), "labels": torch.ones(len(captions), dtype=torch.long)}
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}
@@ -206,17 +255,67 @@ class PairSource(_TableSource):
 
 
 def open_table(paths: List[str], objective: str, on_missing_image: str):
-    """Record table (or pair table for DPO) from the configured file(s)."""
-    from ..data.records import load_pairs, load_records
+    """Record table (or pair table for DPO) from the configured file(s); a table of the other kind
+    is an error naming the file and what the objective needs."""
+    from ..data.records import PAIR_COLUMNS, RECORD_COLUMNS, load_pairs, load_records
+    from ..data.tables import table_columns
 
-    loader = load_pairs if objective == "dpo" else load_records
+    pairs = objective == "dpo"
+    for path in paths:
+        columns = table_columns(path)
+        if pairs and "label" in columns and "image_w" not in columns:
+            raise DataError(f"objective=dpo trains on pairs, but {path} is a record table ({', '.join(RECORD_COLUMNS)}); "
+                            f"give a pair table ({', '.join(PAIR_COLUMNS)}), e.g. from `kto-lab data pairs`, or "
+                            "choose a per-image objective (kto, sft, csft, bce)")
+        if not pairs and "image_w" in columns and "label" not in columns:
+            raise DataError(f"objective={objective} trains on per-image labels, but {path} is a pair table "
+                            f"({', '.join(PAIR_COLUMNS)}); give a record table ({', '.join(RECORD_COLUMNS)}), "
+                            "e.g. from `kto-lab data pickapic`, or set objective.objective=dpo")
+    loader = load_pairs if pairs else load_records
     return loader(paths if len(paths) > 1 else paths[0], on_missing_image=on_missing_image)
 
 
-def make_source(cfg, tokenizer, rank: int = 0):
-    """The configured source: a cache if ``data.cache_dir`` holds one, else the table(s).
+def open_train_table(cfg):
+    """The configured table(s), checked before any model loads (what costs no image I/O):
 
-    Each process gets its own seed (``data.seed + 1000 * rank``) so ranks draw different samples.
+    * the files exist, are UTF-8 (CSV/JSONL) and are of the kind the objective needs (pairs for dpo);
+    * every caption, label and score is valid (:func:`kto_lab.data.records.load_records`);
+    * the table has rows; every image *file* exists (``on_missing_image=error``), or the missing ones
+      are skipped now (``skip``), and gamma sampling still has a desirable record, and an undesirable
+      one when gamma < 1 (or, for DPO, a pair with both images).
+
+    Image bytes and decoding are checked when an image is drawn (``error``: the run stops before
+    the step, naming the image; ``skip``: it is counted and replaced). ``kto-lab data stats TABLE
+    --check-images`` decodes every image up front.
+    """
+    from pathlib import Path
+
+    d, objective = cfg.data, cfg.objective.objective
+    if not d.train:
+        raise ConfigError("data.train is empty: give a record table (or data.cache_dir with a built cache)")
+    missing = [str(p) for p in d.train if not Path(p).is_file()]
+    if missing:
+        raise FileNotFoundError(f"data.train: no such table file {missing} (CSV, JSONL or Parquet)")
+    table = open_table(d.train, objective, d.on_missing_image)
+    if len(table) == 0:
+        raise DataError(f"data.train {list(d.train)}: the table has no rows")
+    table.check_files()
+    usable = np.array([not table.is_skipped(i) for i in range(len(table))], dtype=bool)
+    where = f"data.train {list(d.train)}" + (f" ({int((~usable).sum())} missing image(s) skipped)" if not usable.all() else "")
+    if objective == "dpo":
+        if not usable.any():
+            raise DataError(f"{where}: no pair has both images")
+    else:
+        check_classes(np.asarray(table.labels)[usable], sampling_gamma(objective, d.gamma), where)
+    return table
+
+
+def make_source(cfg, tokenizer, rank: int = 0, table=None, family=None):
+    """The configured source: a cache if ``data.cache_dir`` holds one, else the table(s) (``table``:
+    already opened by :func:`open_train_table`).
+
+    ``tokenizer``: one per text tower of ``family`` (default SD 1.x/2.x). Each process gets its own
+    seed (``data.seed + 1000 * rank``) so ranks draw different samples.
     """
     from pathlib import Path
 
@@ -225,10 +324,11 @@ def make_source(cfg, tokenizer, rank: int = 0):
     if d.cache_dir and (Path(d.cache_dir) / "cache.json").is_file():
         from .cache import CachedSource
 
-        return CachedSource(d.cache_dir, cfg, batch_size=cfg.optim.batch_size, seed=seed)
+        return CachedSource(d.cache_dir, cfg, batch_size=cfg.optim.batch_size, seed=seed, family=family)
     transform = ImageTransform(d.resolution, d.center_crop, d.random_flip)
-    table = open_table(d.train, o, d.on_missing_image)
+    table = table if table is not None else open_table(d.train, o, d.on_missing_image)
+    common = {"family": family, "caption_dropout": d.caption_dropout}
     if o == "dpo":
-        return PairSource(table, tokenizer, transform, batch_size=cfg.optim.batch_size, seed=seed)
+        return PairSource(table, tokenizer, transform, batch_size=cfg.optim.batch_size, seed=seed, **common)
     return RecordSource(table, tokenizer, transform, batch_size=cfg.optim.batch_size,
-                        gamma=sampling_gamma(o, d.gamma), seed=seed, csft=(o == "csft"))
+                        gamma=sampling_gamma(o, d.gamma), seed=seed, csft=(o == "csft"), **common)

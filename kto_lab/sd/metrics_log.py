@@ -1,6 +1,7 @@
-"""Scalar metrics of a run -> ``metrics.jsonl`` + ``metrics.csv`` (+ TensorBoard, optional).
+"""Scalar metrics of a run -> ``metrics.jsonl`` + ``metrics.csv`` (+ experiment trackers).
 
-Written by the main process only. Columns (TRL-style names, ``kto_lab.objectives``):
+Written by the main process only. Trackers (``logging.report_to``: TensorBoard, Weights & Biases,
+MLflow) are accelerate's; each is an optional package, checked when the config is read. Columns (TRL-style names, ``kto_lab.objectives``):
 
     step, loss, rewards/desirable, rewards/undesirable, rewards/margin, rewards/accuracy
     (share of samples whose implicit reward has the sign of their label), z_ref (reference
@@ -17,7 +18,17 @@ import csv
 import json
 import math
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
+
+# logging.report_to name -> the package it needs (the extra of the same name installs it)
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+
+
+def tracker_installed(name: str) -> bool:
+    """Whether the package of tracker ``name`` can be imported (accelerate would drop it silently)."""
+    import importlib.util
+
+    return importlib.util.find_spec(TRACKER_PACKAGES[name]) is not None
 
 CSV_COLUMNS = (
     "step", "loss", "rewards/desirable", "rewards/undesirable", "rewards/margin", "rewards/accuracy",
@@ -27,7 +38,9 @@ CSV_COLUMNS = (
 
 
 class MetricsLogger:
-    def __init__(self, directory: str | Path, *, tensorboard: bool = False, resume_step: Optional[int] = None):
+    """Rows to the JSONL/CSV files and to ``trackers`` (accelerate ``GeneralTracker``s, started)."""
+
+    def __init__(self, directory: str | Path, *, resume_step: Optional[int] = None, trackers: Sequence = ()):
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.jsonl_path, self.csv_path = self.dir / "metrics.jsonl", self.dir / "metrics.csv"
@@ -42,11 +55,7 @@ class MetricsLogger:
         self._csv = csv.DictWriter(self._csv_file, fieldnames=CSV_COLUMNS, extrasaction="ignore")
         if new_csv:
             self._csv.writeheader()
-        self.tb = None
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(self.dir / "tensorboard"))
+        self.trackers = list(trackers)
 
     def _truncate(self, step: int) -> None:
         """Keep only rows with ``step <= step`` (a resumed run rewrites what came after)."""
@@ -69,21 +78,23 @@ class MetricsLogger:
         self._jsonl.flush()
         self._csv.writerow(row)
         self._csv_file.flush()
-        if self.tb is not None:
-            for k, v in metrics.items():
-                self.tb.add_scalar(k, v, step)
+        for tracker in self.trackers:
+            tracker.log({k: float(v) for k, v in metrics.items()}, step=int(step))
 
     def log_images(self, step: int, tag: str, images) -> None:
-        if self.tb is not None:
-            import numpy as np
+        """PIL images to the trackers that take images (TensorBoard as one NHWC batch)."""
+        import numpy as np
 
-            self.tb.add_images(tag, np.stack([np.asarray(im) for im in images]), step, dataformats="NHWC")
+        for tracker in self.trackers:
+            if tracker.name == "tensorboard":
+                tracker.log_images({tag: np.stack([np.asarray(im) for im in images])}, step, dataformats="NHWC")
+            elif hasattr(tracker, "log_images"):
+                tracker.log_images({tag: list(images)}, step)
 
     def close(self) -> None:
+        """Close the files (the trackers are the trainer's: it finishes them when the run ends)."""
         self._jsonl.close()
         self._csv_file.close()
-        if self.tb is not None:
-            self.tb.close()
 
 
 def read_metrics(path: str | Path) -> list:

@@ -4,8 +4,11 @@
     trainer.fit()                                            # or: kto_lab.train(config)
 
 One step (:meth:`Trainer.step`) takes a batch dict (``kto_lab.sd.data``), turns it into latents
-and text embeddings (skipped when they come cached), and calls the shared
-:func:`kto_lab.step.objective_step` with the UNet as the policy and, for KTO and DPO, the
+and the model family's conditioning (SD 1.x/2.x: text embeddings; SDXL: text states, pooled
+embedding and size/crop time ids; SD3: CLIP and T5 states and pooled projections;
+:mod:`kto_lab.sd.families`; the encoders are skipped when the batch comes cached), and calls the shared
+:func:`kto_lab.step.objective_step` with the UNet (SD3: its transformer, a rectified flow whose
+errors are velocity errors) as the policy and, for KTO and DPO, the
 reference: a frozen low-precision copy kept on the device (full fine-tune, or LoRA with
 ``lora.reference=frozen_copy``) or the same UNet with its LoRA adapters disabled. The
 reference point comes from unrelated pairs (captions rolled inside the batch; with one sample per
@@ -18,6 +21,10 @@ before the update (so the device idles only while the optimizer step is launched
 the gradient norm stay on the device, summed there, averaged over the processes and copied to
 the host in one transfer on log steps (so a multi-GPU row describes every rank's samples). A
 non-finite loss stops the run before the update, so the last checkpoint stays usable.
+
+The run owns ``output_dir`` (``kto_lab.sd.run_dir``: claimed and locked before any model loads,
+a resume is compared with the checkpoint's config); checkpoints are verified before a resume
+(``kto_lab.sd.checkpoints``); a finished run writes a model card (``kto_lab.sd.model_card``).
 """
 
 from __future__ import annotations
@@ -25,9 +32,10 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import weakref
 from dataclasses import dataclass, asdict
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 import yaml
@@ -36,14 +44,17 @@ from .. import objectives as O
 from ..config import ConfigError
 from ..step import cond_batch_size, map_cond, objective_step, roll_cond
 from .cache import sample_latents
-from .components import (Components, LORA_WEIGHTS, add_lora, cast_trainable_to_fp32, frozen_reference, load_components,
-                         load_lora, move, save_lora, save_unet)
+from .checkpoints import CHECKPOINT_PREFIX, CheckpointError, commit, is_disk_full, prune, write_manifest
+from .components import (Components, LORA_WEIGHTS, add_lora, cast_trainable_to_fp32, check_model_config, frozen_reference,
+                         load_components, load_lora, move, save_lora, save_unet)
 from .config import TrainConfig, load_train_config
-from .encoding import unwrap_model, embed_input_ids, encode_images, reference_denoiser, unet_denoiser
+from .encoding import encode_images, latent_scale, unwrap_model
+from .families import resolve_family
+from .run_dir import check_resume_path, claim_on_main, flatten
+from .speed import compile_unet
 
 Tensor = torch.Tensor
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-CHECKPOINT_PREFIX = "checkpoint-"
 
 
 class TrainingDiverged(FloatingPointError):
@@ -54,56 +65,91 @@ class TrainingDiverged(FloatingPointError):
 class TrainResult:
     output_dir: str
     global_step: int
-    weights: Optional[str]  # output_dir/unet (full) or output_dir/pytorch_lora_weights.safetensors (LoRA)
+    weights: Optional[str]  # output_dir/unet (full; SD3: output_dir/transformer) or output_dir/pytorch_lora_weights.safetensors (LoRA)
     metrics_path: str
     last_metrics: Dict[str, float]
     skipped_images: int
 
 
-def make_accelerator(cfg: TrainConfig):
+def make_accelerator(cfg: TrainConfig, trackers: Sequence = ()):
+    """The run's Accelerator, logging to ``logging.report_to`` and the given ``GeneralTracker``s
+    (TensorBoard under ``OUTPUT_DIR/logs``). Outside a distributed launch, accelerate's
+    process-wide state is reset first, so runs with another precision can follow in one kernel."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+    from accelerate.utils import ProjectConfiguration
 
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    out = Path(cfg.output_dir)
     return Accelerator(
         mixed_precision=cfg.optim.mixed_precision,
         gradient_accumulation_steps=cfg.optim.gradient_accumulation_steps,
         cpu=cfg.cpu,
         step_scheduler_with_optimizer=False,  # the LR schedule steps once per optimizer step, here
+        log_with=[*cfg.logging.report_to, *trackers] or None,
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
     )
 
 
-def find_checkpoint(output_dir: str | Path, resume: Optional[str]) -> Optional[Path]:
-    """``"latest"`` -> the newest complete ``checkpoint-N`` (None if there is none); a path -> it."""
-    if resume is None:
-        return None
-    if resume != "latest":
-        p = Path(resume)
-        if not (p / "trainer_state_0.pt").is_file():
-            raise FileNotFoundError(f"checkpoint.resume={resume!r} is not a checkpoint directory (no trainer_state_0.pt)")
-        return p
-    root = Path(output_dir) / "checkpoints"
-    done = sorted(p for p in root.glob(CHECKPOINT_PREFIX + "*") if (p / "trainer_state_0.pt").is_file()) if root.is_dir() else []
-    return done[-1] if done else None
+def make_optimizer(params, o, fused: bool = False):
+    """The ``optim.optimizer`` over ``params`` (``o``: a resolved ``OptimConfig``). ``fused``: one CUDA kernel
+    for the whole Adam/AdamW update. Adafactor with the official Diffusion-DPO SDXL script's settings."""
+    if o.optimizer == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(params, lr=o.learning_rate, weight_decay=o.weight_decay, clip_threshold=1.0,
+                         scale_parameter=False, relative_step=False)
+    opt_cls = torch.optim.AdamW if o.optimizer == "adamw" else torch.optim.Adam
+    return opt_cls(params, lr=o.learning_rate, betas=(o.adam_beta1, o.adam_beta2), weight_decay=o.weight_decay,
+                   eps=o.adam_epsilon, **({"fused": True} if fused else {}))
 
 
 class Trainer:
     """Built from a config; :meth:`step` runs one micro-batch, :meth:`fit` the whole run."""
 
     def __init__(self, config: Any, *, overrides=(), accelerator=None, components: Optional[Components] = None,
-                 source=None):
+                 source=None, overwrite: bool = False, trackers: Sequence = ()):
+        """``overwrite``: delete an earlier run's files in ``output_dir`` first (else a used
+        directory is refused). ``trackers``: extra ``accelerate.tracking.GeneralTracker`` objects
+        beside ``logging.report_to`` (with a given ``accelerator``, configure its ``log_with``)."""
         cfg = load_train_config(config, overrides).resolved()
         self.cfg = cfg
-        ckpt_to_load = find_checkpoint(cfg.output_dir, cfg.checkpoint.resume)  # a bad path fails before loading
+        check_resume_path(cfg)  # a bad path fails before loading
         cache_ready = bool(cfg.data.cache_dir) and (Path(cfg.data.cache_dir) / "cache.json").is_file()
-        if source is None and not cache_ready:  # the tables are read after the models load: check them now
-            if not cfg.data.train:
-                raise ConfigError("data.train is empty: give a record table (or data.cache_dir with a built cache)")
-            missing = [str(p) for p in cfg.data.train if not Path(p).is_file()]
-            if missing:
-                raise FileNotFoundError(f"data.train: no such table file {missing} (CSV, JSONL or Parquet)")
+        family = components.family if components is not None else None
+        if components is None:  # a missing local model, or one of another family, is named before anything loads
+            family = check_model_config(cfg.model)
+        elif family is None:  # from model_index.json: no model is loaded yet
+            family = resolve_family(cfg.model.pretrained, cfg.model.family)
+        self.family = family
+        # the family's defaults where unset (resolution, flow timesteps); its options only (schedule.*)
+        self.cfg = cfg = cfg.resolved(family)
+        table = None
+        if source is None and not cache_ready:  # the table(s), checked before any model loads
+            from .data import open_train_table
 
+            table = open_train_table(cfg)
+
+        if accelerator is not None and (trackers or cfg.logging.report_to):
+            raise ConfigError("logging.report_to and trackers= need an Accelerator built by kto_lab; "
+                              "with your own, pass log_with= to it")
+        self.accelerator = acc = accelerator or make_accelerator(cfg, trackers)
+        # output_dir is this run's (new, resumed, or refused) before any model loads
+        self.run = claim_on_main(cfg, acc, overwrite=overwrite)
+        weakref.finalize(self, self.run.release)  # an abandoned Trainer frees its output_dir
+        try:
+            self._build(cfg, acc, components, source, cache_ready, table)
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self, cfg: TrainConfig, acc, components: Optional[Components], source, cache_ready: bool,
+               table=None) -> None:
+        """Models, optimizer, data source (``table``: the checked table(s)); then the claimed checkpoint, if any."""
         from accelerate.utils import set_seed
 
-        self.accelerator = acc = accelerator or make_accelerator(cfg)
         if getattr(acc.state, "deepspeed_plugin", None) is not None:
             acc.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.optim.batch_size
         set_seed(cfg.seed)
@@ -114,16 +160,23 @@ class Trainer:
         self.weight_dtype = DTYPES.get(str(acc.mixed_precision), torch.float32)  # "no" -> fp32
 
         # --- models ----------------------------------------------------------------------
+        family = self.family
         validating = cfg.logging.validation_every > 0 and bool(cfg.logging.validation_prompts)
         if components is None:
             need_encoders = validating or not cache_ready
-            components = load_components(cfg.model, need_text=need_encoders, need_vae=need_encoders)
+            components = load_components(cfg.model, need_text=need_encoders, need_vae=need_encoders, family=family)
         self.components = c = components
-        self.schedule = c.schedule
-        for frozen in (c.vae, c.text_encoder):
-            if frozen is not None:
-                move(frozen.requires_grad_(False).eval(), self.device, self.weight_dtype)
-        self.scaling_factor = float(c.vae.config.scaling_factor) if c.vae is not None else None
+        self.schedule = cfg.schedule.apply(c.schedule)  # schedule.* on the pipeline's schedule
+        if cfg.schedule.prediction_type and c.scheduler_config is not None:  # validation samples what is trained
+            c.scheduler_config = {**c.scheduler_config, "prediction_type": cfg.schedule.prediction_type}
+        if c.vae is not None:  # fp32 by default (model.vae_dtype), as the official scripts encode
+            vae_dtype = torch.float32 if cfg.model.vae_dtype == "fp32" else family.vae_dtype(c.vae, self.weight_dtype)
+            move(c.vae.requires_grad_(False).eval(), self.device, vae_dtype)
+        for encoder in family.text_encoders(c):
+            if encoder is not None:
+                move(encoder.requires_grad_(False).eval(), self.device, self.weight_dtype)
+        # x0 = (z - shift) * scale: from the VAE, or from the cache's manifest below
+        self.shift_factor, self.scaling_factor = latent_scale(c.vae.config) if c.vae is not None else (0.0, None)
 
         unet = c.unet
         needs_reference = O.NEEDS_REFERENCE[cfg.objective.objective]
@@ -142,30 +195,31 @@ class Trainer:
         unet.train()
         if cfg.model.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
+        if cfg.model.channels_last:  # in place: the optimizer below gets the same parameters
+            for model in (unet, self.reference_unet):
+                if model is not None:
+                    model.to(memory_format=torch.channels_last)
         self.trainable = [p for p in unet.parameters() if p.requires_grad]
 
         o = cfg.optim
-        opt_cls = torch.optim.AdamW if o.optimizer == "adamw" else torch.optim.Adam
-        fused = {"fused": True} if self.device.type == "cuda" else {}  # one kernel for the whole update
-        optimizer = opt_cls(self.trainable, lr=o.learning_rate, betas=(o.adam_beta1, o.adam_beta2),
-                            weight_decay=o.weight_decay, eps=o.adam_epsilon, **fused)
+        optimizer = make_optimizer(self.trainable, o, fused=self.device.type == "cuda")
         from diffusers.optimization import get_scheduler
 
         self.lr_scheduler = get_scheduler(o.lr_scheduler, optimizer, num_warmup_steps=o.warmup_steps,
                                           num_training_steps=o.max_steps)
         self.unet, self.optimizer = acc.prepare(unet, optimizer)
-        if cfg.model.compile:
+        if cfg.model.compile != "none":
             self.compile_unets()
         acc.register_save_state_pre_hook(self._save_model_hook)
         acc.register_load_state_pre_hook(self._load_model_hook)
 
-        self.policy = unet_denoiser(self.unet)
+        self.policy = family.denoiser(self.unet)
         if not needs_reference:
             self.reference = None
         elif self.reference_unet is not None:
-            self.reference = unet_denoiser(self.reference_unet)
+            self.reference = family.denoiser(self.reference_unet)
         else:
-            self.reference = reference_denoiser(self.unet)
+            self.reference = family.adapters_disabled_denoiser(self.unet)
         multi = acc.num_processes > 1
         self.reduce_mean = (lambda t: acc.reduce(t, "mean")) if multi else None
 
@@ -183,25 +237,29 @@ class Trainer:
                 if acc.is_main_process:
                     from .cache import build_cache
 
-                    build_cache(cfg, c.vae, c.text_encoder, c.tokenizer, progress=cfg.logging.progress_bar)
+                    build_cache(cfg, c, progress=cfg.logging.progress_bar)
                 acc.wait_for_everyone()
             from .data import make_source
 
-            source = make_source(cfg, c.tokenizer, rank=acc.process_index)
+            source = make_source(cfg, family.tokenizers(c), rank=acc.process_index, table=table, family=family)
         self.source = source
         manifest = getattr(source, "manifest", None)
         if self.scaling_factor is None and manifest is not None:
             self.scaling_factor = float(manifest["scaling_factor"])
+            self.shift_factor = float(manifest.get("shift_factor", 0.0))  # caches older than SD3 had none
 
-        if ckpt_to_load is not None:
-            self.load_checkpoint(ckpt_to_load)
+        if self.run.checkpoint is not None:
+            self.load_checkpoint(self.run.checkpoint)
 
-    def compile_unets(self) -> None:
-        """``torch.compile`` the policy UNet and a frozen reference copy, in place: the denoisers,
-        the adapters switch and the checkpoints keep seeing the same modules."""
-        unwrap_model(self.unet).compile()
-        if self.reference_unet is not None:
-            self.reference_unet.compile()
+    def compile_unets(self, how: Optional[str] = None, backend: str = "inductor") -> None:
+        """``torch.compile`` the policy UNet and a frozen reference copy as ``model.compile`` says
+        (``how`` overrides it: none | regional | full), in place (:func:`kto_lab.sd.speed.compile_unet`):
+        the denoisers, the adapters switch and the checkpoints keep seeing the same modules.
+        ``backend``: torch.compile's (``benchmarks/sd_step.py --compile-backend``)."""
+        m = self.cfg.model
+        for unet in (unwrap_model(self.unet), self.reference_unet):
+            if unet is not None:
+                compile_unet(unet, how or m.compile, mode=m.compile_mode, blocks=m.compile_blocks, backend=backend)
 
     # ------------------------------------------------------------------------------------
     # one step
@@ -215,7 +273,7 @@ class Trainer:
             if self.scaling_factor is None:
                 raise ValueError("batch has latent_moments but the trainer has no VAE scaling factor")
             return sample_latents(batch["latent_moments" + suffix].to(self.device), self.scaling_factor, mode,
-                                  self.generator)
+                                  self.generator, self.shift_factor)
         if "pixel_values" + suffix in batch:
             if self.components.vae is None:
                 raise ValueError("batch has pixel_values but the trainer has no VAE")
@@ -224,15 +282,28 @@ class Trainer:
             return None
         raise KeyError(f"batch needs latents, latent_moments or pixel_values; got keys {sorted(batch)}")
 
-    def _text(self, batch: Dict[str, Tensor]) -> Tensor:
-        if "encoder_hidden_states" in batch:
-            return batch["encoder_hidden_states"].to(self.device)
-        if "input_ids" in batch:
-            if self.components.text_encoder is None:
-                raise ValueError("batch has input_ids but the trainer has no text encoder")
+    def _text(self, batch: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        """The text part of the conditioning: cached, or encoded from the token ids."""
+        f = self.family
+        if all(k in batch for k in f.text_keys):
+            return {k: batch[k].to(self.device) for k in f.text_keys}
+        ids = [t.ids_key for t in f.towers]
+        if all(k in batch for k in ids):
+            encoders = f.text_encoders(self.components)
+            if any(e is None for e in encoders):
+                raise ValueError(f"batch has {ids} but the trainer has no text encoder")
             with torch.no_grad():
-                return embed_input_ids(self.components.text_encoder, batch["input_ids"].to(self.device))
-        raise KeyError(f"batch needs encoder_hidden_states or input_ids; got keys {sorted(batch)}")
+                return f.encode_ids(encoders, {k: batch[k].to(self.device) for k in ids})
+        raise KeyError(f"batch needs {list(f.text_keys)} or {ids}; got keys {sorted(batch)}")
+
+    def _cond(self, batch: Dict[str, Tensor], text: Dict[str, Tensor], suffix: str = ""):
+        """The family's conditioning of the images ``suffix`` ("" or the losers' "_l") of ``batch``."""
+        keys = [k + suffix for k in self.family.image_keys]
+        missing = [k for k in keys if k not in batch]
+        if missing:
+            raise KeyError(f"batch needs the images' geometry {missing} ({self.family.name}); got keys {sorted(batch)}")
+        geometry = {k: batch[k + suffix].to(self.device) for k in self.family.image_keys}
+        return self.family.cond(text, geometry, self.cfg.data.resolution)
 
     def _unrelated_cond(self, cond):
         """Captions for the unrelated pairs of a one-sample batch (rolling it would pair the sample with
@@ -247,7 +318,8 @@ class Trainer:
             every = roll_cond(map_cond(lambda c: acc.gather(c.contiguous()), cond), shifts=-1)
             return map_cond(lambda c: c[acc.process_index:acc.process_index + 1], every)
         if self._previous_cond is None:
-            self._previous_cond = self._text(self.source.next_batch())
+            first = self.source.next_batch()
+            self._previous_cond = self._cond(first, self._text(first))
         previous, self._previous_cond = self._previous_cond, map_cond(lambda c: c.detach(), cond)
         return previous
 
@@ -258,11 +330,14 @@ class Trainer:
         with acc.accumulate(self.unet):
             x0 = self._latents(batch)
             x0_l = self._latents(batch, "_l")
-            cond = self._text(batch)
+            text = self._text(batch)
+            cond = self._cond(batch, text)
+            cond_l = self._cond(batch, text, "_l") if x0_l is not None and self.family.image_keys else None
             labels = batch["labels"].to(self.device)
             out = objective_step(cfg.objective, self.schedule, self.policy, x0, labels, cond,
-                                 reference=self.reference, x0_loser=x0_l, generator=self.generator,
-                                 reduce_mean=self.reduce_mean, cond_unrelated=self._unrelated_cond(cond))
+                                 reference=self.reference, x0_loser=x0_l, cond_loser=cond_l,
+                                 generator=self.generator, reduce_mean=self.reduce_mean,
+                                 cond_unrelated=self._unrelated_cond(cond))
             acc.backward(out.loss)
             self._check_finite(out.metrics["loss"])  # the step's one host sync, before the update
             if acc.sync_gradients and cfg.optim.max_grad_norm > 0:
@@ -285,8 +360,8 @@ class Trainer:
             where = self.last_checkpoint or "none written yet"
             raise TrainingDiverged(
                 f"non-finite loss ({loss.item()}) at step {self.global_step + 1} (objective {self.cfg.objective.objective}); "
-                f"stopped before the update. Last checkpoint: {where}. Resume it with checkpoint.resume=latest "
-                f"(e.g. with a lower optim.learning_rate or objective.beta)."
+                f"stopped before the update. Last checkpoint: {where} (usable). Start again with a lower "
+                f"optim.learning_rate or objective.beta (another output_dir, or --overwrite): a resume keeps both."
             )
 
     # ------------------------------------------------------------------------------------
@@ -296,7 +371,8 @@ class Trainer:
     def fit(self, stop_at: Optional[int] = None) -> TrainResult:
         """Train to ``optim.max_steps`` (or stop early after optimizer step ``stop_at``, as an
         interruption would). Logs every ``logging.log_every`` steps, checkpoints every
-        ``checkpoint.every``, renders validation images every ``logging.validation_every``."""
+        ``checkpoint.every``, renders validation images every ``logging.validation_every``.
+        A finished run saves its weights and model card and calls :meth:`close`, as does an error."""
         from tqdm.auto import tqdm
 
         from .metrics_log import MetricsLogger
@@ -305,10 +381,12 @@ class Trainer:
         out = Path(cfg.output_dir)
         logger = None
         if acc.is_main_process:
+            if not self.run.lock.held:  # fit after close(): the directory must still be free
+                self.run.lock.acquire()
             out.mkdir(parents=True, exist_ok=True)
             (out / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
-            logger = MetricsLogger(out, tensorboard=cfg.logging.tensorboard,
-                                   resume_step=self.global_step if self.last_checkpoint else None)
+            self._start_trackers()
+            logger = MetricsLogger(out, resume_step=self.global_step, trackers=acc.trackers)
         bar = tqdm(total=cfg.optim.max_steps, initial=self.global_step, desc=f"train {cfg.objective.objective}",
                    disable=not (acc.is_main_process and cfg.logging.progress_bar), dynamic_ncols=True)
         sums: Dict[str, Tensor] = {}  # on the device; NaN entries (a class absent from a batch) skipped
@@ -340,15 +418,42 @@ class Trainer:
                     self.save_checkpoint()
                 if cfg.logging.validation_every and step % cfg.logging.validation_every == 0:
                     self.validate(logger)
+            weights = None
+            if self.global_step >= cfg.optim.max_steps:
+                weights = self.save_final()
+                if acc.is_main_process:
+                    from .model_card import data_counts, write_model_card
+
+                    write_model_card(out, asdict(cfg), metrics=last, counts=data_counts(self.source), family=self.family)
+        except BaseException:
+            self.close()
+            raise
         finally:
             bar.close()
             if logger is not None:
                 logger.close()
-        weights = None
-        if self.global_step >= cfg.optim.max_steps:
-            weights = self.save_final()
+        if weights is not None:
+            self.close()
         return TrainResult(str(out), self.global_step, weights, str(out / "metrics.jsonl"), last,
                            int(getattr(self.source, "skipped", 0)))
+
+    def _start_trackers(self) -> None:
+        """``accelerator.init_trackers`` once per run (main process), with the resolved config."""
+        acc, cfg = self.accelerator, self.cfg
+        if not acc.log_with or acc.trackers:
+            return
+        values = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in flatten(asdict(cfg)).items()}
+        name = Path(cfg.output_dir).name
+        acc.init_trackers(cfg.logging.project, config=values, init_kwargs={
+            "wandb": {"name": name, "id": self.run.run_id, "resume": "allow"}, "mlflow": {"run_name": name}})
+
+    def close(self) -> None:
+        """End the trackers and release ``output_dir``'s lock. :meth:`fit` calls it when the run
+        ends or fails; call it yourself for a Trainer you stop using mid-run."""
+        for tracker in self.accelerator.trackers:
+            tracker.finish()
+        self.accelerator.trackers.clear()
+        self.run.release()
 
     def _log_means(self, sums: Dict[str, Tensor], counts: Dict[str, Tensor]) -> Dict[str, Tensor]:
         """Per-metric means since the last log row, over the steps and over every process: sums and
@@ -373,9 +478,9 @@ class Trainer:
         if self.accelerator.is_main_process:
             for model in models:
                 if self.cfg.lora.enabled:
-                    save_lora(unwrap_model(model), output_dir)
+                    save_lora(unwrap_model(model), output_dir, self.family)
                 else:
-                    save_unet(unwrap_model(model), Path(output_dir) / "unet")
+                    save_unet(unwrap_model(model), Path(output_dir) / self.family.denoiser_subfolder)
                 if weights:
                     weights.pop()
 
@@ -385,9 +490,9 @@ class Trainer:
         while models:
             model = unwrap_model(models.pop())
             if self.cfg.lora.enabled:
-                load_lora(model, input_dir)
+                load_lora(model, input_dir, self.family)
             else:
-                loaded = load_unet(Path(input_dir) / "unet")
+                loaded = load_unet(Path(input_dir) / self.family.denoiser_subfolder, self.family)
                 model.load_state_dict(loaded.state_dict())
                 del loaded
 
@@ -402,7 +507,10 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> Path:
-        """``output_dir/checkpoints/checkpoint-NNNNNNN``, written atomically (temp dir, then rename)."""
+        """``output_dir/checkpoints/checkpoint-NNNNNNN``, written atomically: into a temp dir, its
+        manifest last (run id, step, config, file sizes and checksums), then renamed; this run's
+        checkpoints beyond ``checkpoint.keep`` are pruned. If the disk fills up, the temp dir is
+        removed and :class:`CheckpointError` says so; the previous checkpoint stays usable."""
         acc = self.accelerator
         root = Path(self.cfg.output_dir) / "checkpoints"
         final = root / f"{CHECKPOINT_PREFIX}{self.global_step:07d}"
@@ -412,23 +520,24 @@ class Trainer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
-        acc.save_state(str(tmp))
-        torch.save(self.state_dict(), tmp / f"trainer_state_{acc.process_index}.pt")
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            self._prune(root)
+        try:
+            acc.save_state(str(tmp))
+            torch.save(self.state_dict(), tmp / f"trainer_state_{acc.process_index}.pt")
+            acc.wait_for_everyone()
+            if acc.is_main_process:
+                write_manifest(tmp, run_id=self.run.run_id, step=self.global_step, num_processes=acc.num_processes,
+                               config=asdict(self.cfg))
+                commit(tmp, final)
+                prune(root, self.run.run_id, self.cfg.checkpoint.keep)
+        except Exception as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if is_disk_full(exc):
+                raise CheckpointError(f"no space left on device while writing {tmp} (removed it); the last "
+                                      f"complete checkpoint is {self.last_checkpoint or 'none'}") from exc
+            raise
         acc.wait_for_everyone()
         self.last_checkpoint = final
         return final
-
-    def _prune(self, root: Path) -> None:
-        keep = self.cfg.checkpoint.keep
-        done = sorted(p for p in root.glob(CHECKPOINT_PREFIX + "*") if p.is_dir())
-        for old in done[:-keep] if keep else []:
-            shutil.rmtree(old, ignore_errors=True)
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Continue the run saved in ``path``: weights, optimizer, RNG, LR schedule, data position."""
@@ -447,20 +556,21 @@ class Trainer:
         self.last_checkpoint = path
 
     def save_final(self) -> Optional[str]:
-        """``output_dir/unet`` (diffusers format) or ``output_dir/pytorch_lora_weights.safetensors``."""
+        """``output_dir/unet`` (SD3: ``output_dir/transformer``; diffusers format) or
+        ``output_dir/pytorch_lora_weights.safetensors``."""
         acc = self.accelerator
         acc.wait_for_everyone()
         out = Path(self.cfg.output_dir)
-        target = out / (LORA_WEIGHTS if self.cfg.lora.enabled else "unet")
+        denoiser = self.family.denoiser_subfolder
+        target = out / (LORA_WEIGHTS if self.cfg.lora.enabled else denoiser)
         if acc.is_main_process:
             if self.cfg.lora.enabled:
-                save_lora(self.base_unet(), out)
+                save_lora(self.base_unet(), out, self.family)
             else:
-                tmp = out / ".tmp-unet"
+                tmp = out / f".tmp-{denoiser}"
                 shutil.rmtree(tmp, ignore_errors=True)
                 save_unet(self.base_unet(), tmp)
-                shutil.rmtree(target, ignore_errors=True)
-                os.replace(tmp, target)
+                commit(tmp, target)
         acc.wait_for_everyone()
         return str(target)
 
@@ -474,15 +584,9 @@ class Trainer:
         cfg, c, acc = self.cfg, self.components, self.accelerator
         if not acc.is_main_process or not cfg.logging.validation_prompts:
             return None
-        if c.vae is None or c.text_encoder is None or c.scheduler_config is None:
-            raise ValueError("validation images need the VAE, text encoder and scheduler config")
-        from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
-
-        pipe = StableDiffusionPipeline(
-            vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=self.base_unet(),
-            scheduler=DPMSolverMultistepScheduler.from_config(c.scheduler_config),
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-        )
+        if c.vae is None or any(e is None for e in self.family.text_encoders(c)) or c.scheduler_config is None:
+            raise ValueError("validation images need the VAE, text encoder(s) and scheduler config")
+        pipe = self.family.pipeline(c, self.base_unet(), self.family.sampling_scheduler(c.scheduler_config))
         pipe.set_progress_bar_config(disable=True)
         out = Path(cfg.output_dir) / "validation" / f"step-{self.global_step:07d}"
         out.mkdir(parents=True, exist_ok=True)
@@ -503,11 +607,13 @@ class Trainer:
         return out
 
 
-def train(config: Any, overrides=(), **kwargs) -> TrainResult:
+def train(config: Any, overrides=(), *, overwrite: bool = False, trackers: Sequence = (), **kwargs) -> TrainResult:
     """``kto_lab.train(config)``: build a :class:`Trainer` and run it to the end.
 
     ``config``: a ``TrainConfig``, a YAML path or a dict; ``overrides``: ``["objective.beta=2000"]``
     or a nested dict; keyword overrides use ``__`` for dots (``optim__max_steps=10``).
+    ``overwrite=True`` deletes an earlier run's files in ``output_dir`` first; ``trackers``: extra
+    ``accelerate`` ``GeneralTracker`` objects.
     """
     from ..config import _merge, _set_dotted, parse_overrides
 
@@ -517,4 +623,4 @@ def train(config: Any, overrides=(), **kwargs) -> TrainResult:
     if extra:
         base = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
         overrides = _merge(base, extra)
-    return Trainer(config, overrides=overrides).fit()
+    return Trainer(config, overrides=overrides, overwrite=overwrite, trackers=trackers).fit()

@@ -84,29 +84,38 @@ def cmd_samples(args) -> int:
     from .figures import sample_grid
 
     _threads(args.threads)
-    print(sample_grid(args.base, args.out, unet=args.unet))
+    sample_grid(args.base, args.out, unet=args.unet)
+    print(args.out)
     return 0
 
 
 def add_parser(subparsers, name: str, help: str):
-    p = subparsers.add_parser(name, help=help, description=__doc__.splitlines()[0])
+    from kto_lab.config import config_help
+
+    from .experiment import AlignConfig, BaseConfig
+
+    fields = "config fields (key=default, then what it means):\n"
+    p = subparsers.add_parser(name, help=help, description="The synthetic shapes world: a base text-to-image model "
+                                                           "trained here, synthetic users, every method compared.")
     sub = p.add_subparsers(dest="synthetic_command", required=True, metavar="STEP")
 
     def common(q):
         q.add_argument("--threads", type=int, default=1,
-                       help="torch CPU threads (default 1: fastest on a shared 2-core machine; 0 = torch's default)")
+                       help="torch CPU threads (1 is fastest on a shared 2-core machine; 0 = torch's default)")
         q.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    b = sub.add_parser("base", help="train the base shapes pipeline from scratch and measure its fidelity")
+    b = sub.add_parser("base", help="train the base shapes pipeline from scratch and measure its fidelity",
+                       epilog=fields + config_help(BaseConfig, "base."))
     b.add_argument("--out", required=True, help="output directory (the pipeline goes to OUT/pipeline)")
-    b.add_argument("overrides", nargs="*", help="base.FIELD=VALUE")
+    b.add_argument("overrides", nargs="*", metavar="base.key=value", help="BaseConfig fields to override (listed below)")
     common(b)
     b.set_defaults(func=cmd_base)
 
-    c = sub.add_parser("compare", help="align the base to a synthetic user with every method; evaluate vs base")
+    c = sub.add_parser("compare", help="align the base to a synthetic user with every method; evaluate vs base",
+                       epilog=fields + config_help(AlignConfig, "align."))
     c.add_argument("--base", required=True, help="the base pipeline directory")
     c.add_argument("--out", required=True, help="run directory (curves.csv, win_rates.csv, mean_scores.csv, ...)")
-    c.add_argument("overrides", nargs="*", help="align.FIELD=VALUE")
+    c.add_argument("overrides", nargs="*", metavar="align.key=value", help="AlignConfig fields to override (listed below)")
     common(c)
     c.set_defaults(func=cmd_compare)
 
@@ -125,12 +134,12 @@ def add_parser(subparsers, name: str, help: str):
     r.set_defaults(func=cmd_sweep_report)
 
     f = sub.add_parser("figures", help="plots and tables of a comparison run")
-    f.add_argument("--run", required=True)
-    f.add_argument("--out", required=True)
+    f.add_argument("--run", required=True, help="the run directory of `synthetic compare`")
+    f.add_argument("--out", required=True, help="output directory for the figures and tables")
     f.set_defaults(func=cmd_figures)
 
     s = sub.add_parser("samples", help="a grid of generations of a pipeline with their captions")
-    s.add_argument("--base", required=True)
+    s.add_argument("--base", required=True, help="the pipeline directory to sample")
     s.add_argument("--unet", default=None, help="another UNet directory to sample with")
     s.add_argument("--out", required=True, help="PNG path")
     common(s)

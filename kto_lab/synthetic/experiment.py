@@ -135,7 +135,7 @@ def build_base(out_dir: str | Path, cfg: Optional[BaseConfig] = None, *, progres
         str(pipe_dir), out_dir / "train", records, resolution=cfg.image_size, objective="sft", steps=cfg.unet_steps,
         batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, warmup=min(200, cfg.unet_steps // 10),
         seed=cfg.seed, gamma=1.0, lr_scheduler="cosine", progress=progress)
-    result = train(train_cfg)
+    result = train(train_cfg, overwrite=True)  # the experiment owns its run directories: a re-run redoes them
     B.install_unet(result.weights, pipe_dir)
     t_total = time.time() - t0
     card = {"config": dataclasses.asdict(cfg), "vae": vae, "train_loss": result.last_metrics.get("loss"),
@@ -232,7 +232,7 @@ def align_one(method: str, base_dir: Path, out_dir: Path, feedback: Dict, cfg: A
         utility=utility, steps=cfg.steps, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
         warmup=cfg.warmup_steps, seed=cfg.seed, gamma=cfg.gamma, beta=cfg.beta,
         lr_scheduler=cfg.lr_scheduler, progress=progress)
-    trainer = Trainer(tcfg)
+    trainer = Trainer(tcfg, overwrite=True)  # the experiment owns its run directories: a re-run redoes them
     curve(method, 0, trainer.base_unet())
     step = 0
     while step < cfg.steps:

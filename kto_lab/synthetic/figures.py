@@ -9,58 +9,71 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import List, Optional
 
 import numpy as np
 
-LABELS = {"base": "Base", "sft": "SFT", "csft": "CSFT", "bce": "BCE", "dpo": "Diffusion-DPO", "kto": "Diffusion-KTO",
-          "kto_loss_averse": "KTO (loss-averse U)", "kto_risk_seeking": "KTO (risk-seeking U)", "spin": "SPIN-Diffusion"}
-SCORE_NAMES = {"red": "redness", "contrast": "contrast"}
+from kto_lab.plotting import label, new_figure
+
+from .users import get_user
 
 
-def _user(run: Path) -> str:
-    import json
-
-    return json.loads((run / "config.json").read_text())["user"]
+def _config(run: Path) -> dict:
+    return json.loads((run / "config.json").read_text())
 
 
-def plot_curves(run: Path, out: Path) -> Path:
-    import matplotlib
+def _score_name(run: Path) -> str:
+    """The score the run's synthetic user likes (``redness`` for the red user)."""
+    return get_user(_config(run)["user"]).scorer
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def plot_curves(run: str | Path, path: Optional[str | Path] = None):
+    """The user's score and prompt fidelity through training, one line per method (``run/curves.csv``).
+
+    Returns the figure (a notebook shows it); saves it too when ``path`` is given.
+    """
     import pandas as pd
 
+    from .experiment import CSFT_SAMPLING_PREFIX
+
+    run = Path(run)
     df = pd.read_csv(run / "curves.csv")
-    score = SCORE_NAMES.get(_user(run), "score")
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    cfg, score = _config(run), _score_name(run)
+    fig = new_figure(figsize=(12, 4.6), layout="constrained")
+    axes = fig.subplots(1, 2)
     for method, g in df.groupby("method", sort=False):
-        axes[0].plot(g["step"], g["score"], marker="o", ms=3, label=LABELS.get(method, method))
-        axes[1].plot(g["step"], g["fidelity"], marker="o", ms=3, label=LABELS.get(method, method))
-    axes[0].set(xlabel="optimizer step", ylabel=f"mean {score}", title=f"{score} through training (cf. paper Fig. 7)")
+        name = label(method) + (f' (sampled with "{CSFT_SAMPLING_PREFIX}")' if method == "csft" else "")
+        axes[0].plot(g["step"], g["score"], marker="o", ms=3, label=name)
+        axes[1].plot(g["step"], g["fidelity"], marker="o", ms=3, label=name)
+    axes[0].set(xlabel="optimizer step", ylabel=f"mean {score} of the samples",
+                title=f"the user's score ({score}) through training (cf. paper Fig. 7)")
     axes[1].set(xlabel="optimizer step", ylabel="prompt fidelity (share of named attributes right)",
                 title="prompt fidelity through training")
-    axes[1].legend(fontsize=8)
-    fig.tight_layout()
-    path = out / "curves.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right center", fontsize=8)
+    n = cfg.get("n_curve_prompts")
+    caption = f"'{cfg['user']}' user; every point: {n} held-out prompts x 2 seeds; step 0 is the base model"
+    if "csft" in set(df["method"]):
+        caption += (f'.\nCSFT is sampled with "{CSFT_SAMPLING_PREFIX}" at every point, step 0 included: the base '
+                    "model never saw that prefix in training, so CSFT's curve starts elsewhere")
+    fig.suptitle(caption, fontsize=9)
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
 
 
 def write_table(run: Path, out: Path) -> Path:
     import pandas as pd
 
-    user = _user(run)
-    score = SCORE_NAMES.get(user, "score")
+    score = _score_name(run)
     means = pd.read_csv(run / "mean_scores.csv")
     wins = pd.read_csv(run / "win_rates.csv")
     lines = [f"| model | mean {score} (95% CI) | mean fidelity (95% CI) | win rate vs base, {score} (95% CI) | "
              f"win rate vs base, fidelity (95% CI) |", "|---|---|---|---|---|"]
     for model in means["model"].unique():
         m = means[means.model == model].set_index("metric")
-        cells = [LABELS.get(model, model)]
+        cells = [label(model)]
         for metric in (score, "fidelity"):
             r = m.loc[metric]
             cells.append(f"{r['mean']:.4f} ({r['ci_low']:.4f}, {r['ci_high']:.4f})")
@@ -75,9 +88,11 @@ def write_table(run: Path, out: Path) -> Path:
 
 
 def make_figures(run: str | Path, out: str | Path) -> List[Path]:
+    """Curves and table of a comparison run, with its result files; ``out`` may be ``run`` itself."""
     run, out = Path(run), Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    paths = [plot_curves(run, out), write_table(run, out)]
+    plot_curves(run, out / "curves.png")
+    paths = [out / "curves.png", write_table(run, out)]
     for name in ("curves.csv", "win_rates.csv", "mean_scores.csv", "summary.json", "config.json"):
         src = run / name
         if src.is_file():
@@ -86,14 +101,13 @@ def make_figures(run: str | Path, out: str | Path) -> List[Path]:
     return paths
 
 
-def sample_grid(pipeline_dir: str | Path, out: str | Path, *, unet: Optional[str] = None, n: int = 16,
-                seed: int = 7) -> Path:
-    """Generations for ``n`` held-out captions (one each), captions as titles."""
-    import matplotlib
+def sample_grid(pipeline_dir: str | Path, path: Optional[str | Path] = None, *, unet: Optional[str] = None,
+                n: int = 16, seed: int = 7):
+    """Generations for ``n`` held-out captions (one each, caption ``k`` with seed ``k``), captions as titles,
+    with how many of the attributes each caption names the fidelity checker finds in the image.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    Returns the figure (a notebook shows it); saves it too when ``path`` is given.
+    """
     from kto_lab.sd.components import load_unet
 
     from .evaluate import make_pipeline, sample
@@ -103,17 +117,22 @@ def sample_grid(pipeline_dir: str | Path, out: str | Path, *, unet: Optional[str
     pipe = make_pipeline(pipeline_dir, load_unet(unet) if unet else None)
     caps = eval_captions(n, seed=seed)
     images = sample(pipe, caps, list(range(n)))
-    cols = 4
-    fig, axes = plt.subplots(int(np.ceil(n / cols)), cols, figsize=(3 * cols, 3 * int(np.ceil(n / cols))))
-    for ax, img, cap in zip(np.ravel(axes), images, caps):
+    cols = min(4, n)
+    rows = int(np.ceil(n / cols))
+    fig = new_figure(figsize=(3 * cols, 3 * rows + 0.7), layout="constrained")
+    axes = np.ravel(fig.subplots(rows, cols, squeeze=False))
+    for ax, img, cap in zip(axes, images, caps):
         ax.imshow(img.transpose(1, 2, 0), interpolation="nearest")
         ok = check(img, cap)
         ax.set_title(cap.replace(" on a", "\non a").replace(" at the", "\nat the") +
-                     f"\n{sum(ok.values())}/{len(ok)} right", fontsize=7)
+                     f"\n{sum(ok.values())} of {len(ok)} named attributes right", fontsize=7)
+    for ax in axes:
         ax.axis("off")
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    model = f"{pipeline_dir}" + (f" with the UNet {unet}" if unet else "")
+    fig.suptitle(f"Samples of {model}: {n} held-out captions, one image each (caption k drawn with seed k).\n"
+                 "'k of n named attributes right': the fidelity checker finds k of the n attributes the caption "
+                 "names (colour, shape, size, background, position)", fontsize=9)
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=100)
+    return fig

@@ -15,15 +15,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 
 from ..eval.frontier import plot_frontier, save_figure, summarize_over_seeds
 from ..eval.stats import mean_ci, outcomes
-from .figures import LABELS, SCORE_NAMES
+from ..plotting import label, new_figure
+from .experiment import METHODS
 from .regimes import REGIMES
 from .sweep import SweepConfig, load_cells, plan_settings, uses_beta
+from .users import get_user
 
 METRICS = ("score", "fidelity", "fidelity_all", "distance")
 SETTING = ["regime", "method", "beta", "learning_rate"]
@@ -61,12 +63,10 @@ def frontier_series(summary):
     return pd.concat(parts, ignore_index=True)
 
 
-def series_labels() -> Dict[str, str]:
-    out = dict(LABELS)
-    for m, label in LABELS.items():
-        out[f"{m}, beta"] = f"{label}, over beta"
-        out[f"{m}, learning rate"] = f"{label}, over the learning rate"
-    return out
+def series_label(series: str) -> str:
+    """"kto, learning rate" -> "Diffusion-KTO, over the learning rate"; a method name -> its display name."""
+    method, _, knob = series.partition(", ")
+    return label(method) + (f", over {'the learning rate' if knob == 'learning rate' else 'beta'}" if knob else "")
 
 
 def _base(run) -> Dict[str, float]:
@@ -85,27 +85,23 @@ def comparison_table(df, score_name: str):
     d = SweepConfig()
     default = (df.regime == "balanced") & (df.learning_rate == d.learning_rate) & (df.beta.isna() | (df.beta == d.beta))
     s = summarize_over_seeds(df[default], SETTING, METRICS)
-    order = [m for m in LABELS if m in set(s.method)]
+    order = [m for m in METHODS if m in set(s.method)]
     s = s.set_index("method").loc[order].reset_index()
     lines = [f"| method | seeds | {score_name} | fidelity | all attributes right | distance from base |",
              "|---|---|---|---|---|---|"]
     for _, r in s.iterrows():
-        lines.append(f"| {LABELS.get(r.method, r.method)} | {r.n_seeds} | " + " | ".join(_fmt(r, m) for m in METRICS) + " |")
+        lines.append(f"| {label(r.method)} | {r.n_seeds} | " + " | ".join(_fmt(r, m) for m in METRICS) + " |")
     return s, "\n".join(lines)
 
 
-def plot_frontiers(summary, base: Dict[str, float], score_name: str, path: Path) -> Path:
+def plot_frontiers(summary, base: Dict[str, float], score_name: str, path: Optional[Path] = None):
     """Three panels: the user's score against fidelity (all settings, then zoomed on the settings that keep
-    at least half the base's fidelity) and against the distance from the base."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(19, 6))
+    at least half the base's fidelity) and against the distance from the base. Returns the figure."""
+    fig = new_figure(figsize=(19, 6.3), layout="constrained")
+    axes = fig.subplots(1, 3)
     curves = frontier_series(summary)
     for ax, x in zip(axes, ("fidelity", "fidelity", "distance")):
-        plot_frontier(ax, curves, x, "score", method_col="series", labels=series_labels(), base=base,
+        plot_frontier(ax, curves, x, "score", method_col="series", label_of=series_label, base=base,
                       maximize_x=x == "fidelity", annotate=ax is not axes[0])
     kept = curves[curves.fidelity >= base["fidelity"] / 2]
     pad_x, pad_y = 0.01, 0.02
@@ -170,15 +166,12 @@ def _pairing(r) -> str:
     return f"KTO beta {r['kto_beta']:g} lr {r['kto_lr']:g} vs DPO beta {r['dpo_beta']:g} lr {r['dpo_lr']:g}"
 
 
-def plot_regimes(table, score_name: str, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot_regimes(table, score_name: str, path: Optional[Path] = None):
+    """Win rate of KTO over DPO per regime (score, fidelity) and each method's means. Returns the figure."""
     pairings = list(dict.fromkeys(table.apply(_pairing, axis=1)))
     regimes = [r for r in REGIMES if r in set(table.regime)]
-    fig, axes = plt.subplots(1, 3, figsize=(17, 5))
+    fig = new_figure(figsize=(17, 5.3), layout="constrained")
+    axes = fig.subplots(1, 3)
     width = 0.8 / max(len(pairings), 1)
     x = np.arange(len(regimes))
     drawn = set()
@@ -199,7 +192,7 @@ def plot_regimes(table, score_name: str, path: Path) -> Path:
             color = f"C{k}" if name == "dpo" else str(min(0.6, 0.3 * (n_kto - 1)))
             axes[2].errorbar(t[f"{name}_fidelity"], t[f"{name}_score"], fmt=marker, ms=5, color=color,
                              mfc="none" if name == "dpo" else color,
-                             label=f"{LABELS[name]} beta {setting[1]:g} lr {setting[2]:g}")
+                             label=f"{label(name)} beta {setting[1]:g} lr {setting[2]:g}")
             for r, (fx, sy) in zip(regimes, zip(t[f"{name}_fidelity"], t[f"{name}_score"])):
                 axes[2].annotate(r, (fx, sy), fontsize=6, xytext=(3, 2), textcoords="offset points")
     for ax, metric in zip(axes[:2], (score_name, "prompt fidelity")):
@@ -234,7 +227,7 @@ def write_report(run: str | Path, out: str | Path) -> List[Path]:
     run, out = Path(run), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     world = json.loads((run / "world.json").read_text())
-    score_name = SCORE_NAMES.get(world["user"], "score")
+    score_name = get_user(world["user"]).scorer
     df = cells_frame(run)
     base = _base(run)
     paths: List[Path] = []
@@ -244,7 +237,8 @@ def write_report(run: str | Path, out: str | Path) -> List[Path]:
     summary_all = summarize_over_seeds(df, SETTING + ["knob"], METRICS)
     frontier = summary_all[summary_all.regime == "balanced"]
     frontier.to_csv(out / "frontier.csv", index=False)
-    paths += [out / "frontier.csv", plot_frontiers(frontier, base, score_name, out / "frontier.png")]
+    plot_frontiers(frontier, base, score_name, out / "frontier.png")
+    paths += [out / "frontier.csv", out / "frontier.png"]
 
     comp, md = comparison_table(df, score_name)
     comp.to_csv(out / "comparison.csv", index=False)
@@ -259,7 +253,8 @@ def write_report(run: str | Path, out: str | Path) -> List[Path]:
             k: table["counts"].map(lambda c, k=k: c[k]) for k in ("images", "desirable", "undesirable", "pairs")
         }).to_csv(out / "regimes.csv", index=False)
         (out / "regimes.md").write_text(regime_markdown(table, score_name) + "\n")
-        paths += [out / "regimes.csv", out / "regimes.md", plot_regimes(table, score_name, out / "regimes.png")]
+        plot_regimes(table, score_name, out / "regimes.png")
+        paths += [out / "regimes.csv", out / "regimes.md", out / "regimes.png"]
     (out / "world.json").write_text(json.dumps(world, indent=2))
     paths.append(out / "world.json")
     return paths

@@ -1,0 +1,384 @@
+"""Runs users can trust (tiny SD, CPU): an output_dir belongs to one run (refusal, --overwrite,
+lock), a resume continues the same run or refuses, corrupt and partial checkpoints, disk full,
+consecutive runs in one process, trackers, the model card and ``kto-lab push``."""
+
+import errno
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from kto_lab.config import ConfigError
+from kto_lab.sd.metrics_log import read_metrics
+from kto_lab.sd.trainer import Trainer
+from sd_helpers import write_records
+from test_sd_trainer import config
+
+HINT = "resume with checkpoint.resume=latest, or choose another output_dir, or pass --overwrite"
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    return write_records(tmp_path_factory.mktemp("records"))
+
+
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    """Any model load fails the test: the refusals must come before."""
+    import kto_lab.sd.trainer as T
+
+    def forbidden(*a, **k):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(T, "load_components", forbidden)
+
+
+def short(tiny_sd_path, records, out, **sections):
+    sections.setdefault("optim", {"max_steps": 2})
+    sections.setdefault("checkpoint", {"every": 0})
+    return config(tiny_sd_path, records, out, **sections)
+
+
+# --- A1: an output_dir belongs to one run -----------------------------------------------
+
+
+def test_used_output_dir_is_refused_before_models_load_and_overwrite_clears_it(
+        tiny_sd_path, records, tmp_path, monkeypatch):
+    cfg = short(tiny_sd_path, records, tmp_path / "run")
+    Trainer(cfg).fit()
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    with monkeypatch.context() as m:
+        m.setattr("kto_lab.sd.trainer.load_components", lambda *a, **k: pytest.fail("a model was loaded"))
+        with pytest.raises(ConfigError, match="already holds a run") as err:
+            Trainer(cfg)
+    assert HINT in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "run" / "run.lock").exists()  # a refused claim leaves no lock
+
+    rows_before = read_metrics(tmp_path / "run")
+    (tmp_path / "run" / "metrics.jsonl").write_text('{"step": 99, "loss": 1.0}\n')  # mark the old run's rows
+    result = Trainer(cfg, overwrite=True).fit()
+    assert [r["step"] for r in read_metrics(result.metrics_path)] == [r["step"] for r in rows_before] == [1, 2]
+    assert (tmp_path / "run" / "notes.txt").read_text() == "mine"  # only a run's own files are deleted
+
+
+def test_cli_refuses_a_used_output_dir_in_one_line_and_overwrites_on_request(tiny_sd_path, records, tmp_path, capsys):
+    from kto_lab.cli import main
+
+    tiny_kto = Path(__file__).resolve().parents[1] / "kto_lab" / "configs" / "tiny_kto.yaml"
+    argv = ["train", "--config", str(tiny_kto), f"model.pretrained={tiny_sd_path}", f"data.train=[{records}]",
+            f"output_dir={tmp_path / 'tiny'}", "optim.max_steps=2", "checkpoint.every=0", "logging.progress_bar=false"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and HINT in err
+    assert main(argv + ["--overwrite"]) == 0
+
+
+def test_lock_refuses_a_live_run_takes_over_a_stale_one_and_is_released(
+        tiny_sd_path, records, tmp_path, capsys, no_model_loads):
+    import socket
+
+    from kto_lab.sd.run_dir import RunDirError, claim_output_dir
+    from kto_lab.sd.config import load_train_config
+
+    cfg = load_train_config(short(tiny_sd_path, records, tmp_path / "run")).resolved()
+    lock = tmp_path / "run" / "run.lock"
+    lock.parent.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock.write_text(json.dumps({"pid": other.pid, "host": socket.gethostname(), "started": "earlier"}))
+        with pytest.raises(RunDirError, match=f"in use by another run \\(pid {other.pid}"):
+            claim_output_dir(cfg)
+        with pytest.raises(ConfigError, match="in use by another run"):  # a Trainer refuses before loading
+            Trainer(cfg)
+    finally:
+        other.kill()
+        other.wait()
+    claim = claim_output_dir(cfg)  # the holder is dead: its lock is taken over, saying so
+    assert f"left by pid {other.pid}" in capsys.readouterr().err
+    assert json.loads(lock.read_text())["pid"] == os.getpid()
+    with pytest.raises(RunDirError, match="another Trainer in this process"):
+        claim_output_dir(cfg)
+    claim.release()
+    assert not lock.exists()
+
+
+def test_lock_is_held_while_training_and_released_at_the_end_and_on_errors(tiny_sd_path, records, tmp_path):
+    cfg = short(tiny_sd_path, records, tmp_path / "run", optim={"max_steps": 3})
+    trainer = Trainer(cfg)
+    lock = tmp_path / "run" / "run.lock"
+    assert json.loads(lock.read_text())["pid"] == os.getpid()
+    trainer.fit(stop_at=1)
+    assert lock.exists()  # the run goes on
+    result = trainer.fit()
+    assert not lock.exists()  # finished
+    assert [r["step"] for r in read_metrics(result.metrics_path)] == [1, 2, 3]  # the second fit kept row 1
+
+    cfg = short(tiny_sd_path, records, tmp_path / "boom", optim={"max_steps": 3})
+    trainer = Trainer(cfg)
+    trainer.step = lambda batch: (_ for _ in ()).throw(RuntimeError("boom"))
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer.fit()
+    assert not (tmp_path / "boom" / "run.lock").exists()
+
+
+def test_prune_and_latest_only_see_this_runs_checkpoints(tmp_path):
+    from kto_lab.sd.checkpoints import latest_checkpoint, prune, write_manifest
+
+    root = tmp_path / "checkpoints"
+    for run, step in [("a", 10), ("a", 20), ("a", 30), ("b", 1), ("b", 2), ("b", 3)]:
+        d = root / f"checkpoint-{run}{step:05d}"
+        d.mkdir(parents=True)
+        (d / "weights.bin").write_bytes(bytes([step]) * 8)
+        write_manifest(d, run_id=run, step=step, num_processes=1, config={})
+    prune(root, "b", keep=1)
+    assert sorted(p.name for p in root.iterdir()) == [
+        "checkpoint-a00010", "checkpoint-a00020", "checkpoint-a00030", "checkpoint-b00003"]
+    assert latest_checkpoint(root).name == "checkpoint-a00030"  # the newest run's newest, by step
+
+
+def test_manifest_names_a_missing_truncated_or_corrupt_file(tmp_path):
+    from kto_lab.sd.checkpoints import problem, write_manifest
+
+    d = tmp_path / "checkpoint-0000001"
+    (d / "unet").mkdir(parents=True)
+    (d / "unet" / "w.bin").write_bytes(b"abcdef")
+    (d / "optimizer.bin").write_bytes(b"123456")
+    assert "manifest.json" in problem(d)  # not complete until the manifest is written
+    write_manifest(d, run_id="r", step=1, num_processes=1, config={})
+    assert problem(d) is None
+    (d / "unet" / "w.bin").write_bytes(b"abcdeX")  # same size, other bytes
+    assert problem(d) == f"{d / 'unet' / 'w.bin'} is corrupt (its checksum differs from the one written)"
+    (d / "unet" / "w.bin").write_bytes(b"abc")
+    assert "w.bin is truncated or changed (3 bytes, 6 written)" in problem(d)
+    (d / "unet" / "w.bin").unlink()
+    assert problem(d) == f"{d / 'unet' / 'w.bin'} is missing"
+
+
+# --- A2: a resume continues the same run or refuses --------------------------------------
+
+
+def test_resume_with_other_run_settings_is_refused_naming_each_field(tiny_sd_path, records, tmp_path, monkeypatch):
+    cfg = short(tiny_sd_path, records, tmp_path / "run", optim={"max_steps": 4}, checkpoint={"every": 2})
+    first = Trainer(cfg)
+    first.fit(stop_at=3)
+    first.close()
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    changed = ["checkpoint.resume=latest", "objective.beta=30", "optim.batch_size=2", "data.gamma=0.5",
+               "lora.enabled=true", "seed=1", "optim.max_steps=3"]
+    with monkeypatch.context() as m:
+        m.setattr("kto_lab.sd.trainer.load_components", lambda *a, **k: pytest.fail("a model was loaded"))
+        with pytest.raises(ConfigError) as err:
+            Trainer(cfg, overrides=changed)
+    msg = str(err.value)
+    for field in ("objective.beta: 20.0 -> 30.0", "optim.batch_size: 4 -> 2", "data.gamma: 0.8 -> 0.5",
+                  "lora.enabled: False -> True", "seed: 0 -> 1", "optim.max_steps: 4 -> 3"):
+        assert field in msg, field
+    assert "\n" not in msg and (tmp_path / "run" / "config.yaml").read_text() == saved
+
+    # what may change: max_steps upward, logging, checkpoint cadence
+    resumed = Trainer(cfg, overrides=["checkpoint.resume=latest", "optim.max_steps=5", "logging.log_every=2",
+                                      "checkpoint.every=1", "checkpoint.keep=3"])
+    assert resumed.global_step == 2 and resumed.fit().global_step == 5
+
+
+def test_a_finished_run_keeps_its_weights_when_resumed_with_fewer_steps(tiny_sd_path, records, tmp_path):
+    cfg = short(tiny_sd_path, records, tmp_path / "run", optim={"max_steps": 4}, checkpoint={"every": 2})
+    weights = Path(Trainer(cfg).fit().weights) / "diffusion_pytorch_model.safetensors"
+    before = weights.read_bytes()
+    with pytest.raises(ConfigError, match=r"optim\.max_steps: 4 -> 3 .*final weights .* are kept"):
+        Trainer(cfg, overrides=["checkpoint.resume=latest", "optim.max_steps=3"])
+    assert weights.read_bytes() == before
+
+    # a finished run without checkpoints cannot be "resumed" by starting it again
+    cfg = short(tiny_sd_path, records, tmp_path / "no_ckpt")
+    Trainer(cfg).fit()
+    with pytest.raises(ConfigError, match="finished run without a checkpoint"):
+        Trainer(cfg, overrides=["checkpoint.resume=latest"])
+
+
+# --- A3: corrupt or partial checkpoints, disk full ----------------------------------------
+
+
+def test_truncated_file_in_newest_checkpoint_falls_back_to_the_previous(tiny_sd_path, records, tmp_path, capsys):
+    cfg = short(tiny_sd_path, records, tmp_path / "run", optim={"max_steps": 6}, checkpoint={"every": 2, "keep": 0})
+    trainer = Trainer(cfg)
+    trainer.fit(stop_at=4)
+    trainer.close()
+    newest = tmp_path / "run" / "checkpoints" / "checkpoint-0000004"
+    victim = newest / "optimizer.bin"
+    victim.write_bytes(victim.read_bytes()[:100])
+    resumed = Trainer(cfg, overrides=["checkpoint.resume=latest"])
+    assert resumed.global_step == 2
+    err = capsys.readouterr().err
+    assert str(victim) in err and "truncated" in err and "checkpoint-0000002 instead" in err
+
+    # a checkpoint without its manifest (a crash before the rename's last file) is passed over too
+    resumed.close()
+    (newest / "manifest.json").unlink()
+    assert Trainer(cfg, overrides=["checkpoint.resume=latest"]).global_step == 2
+
+
+def test_disk_full_while_saving_names_the_path_and_keeps_the_previous_checkpoint(
+        tiny_sd_path, records, tmp_path, monkeypatch):
+    from kto_lab.sd.checkpoints import CheckpointError, problem
+
+    cfg = short(tiny_sd_path, records, tmp_path / "run", optim={"max_steps": 6}, checkpoint={"every": 2})
+    trainer = Trainer(cfg)
+    trainer.fit(stop_at=2)
+    real_save = torch.save
+
+    def full_disk(obj, f, *a, **k):
+        if "checkpoint-0000004" in str(f):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CheckpointError, match=r"no space left on device while writing .*\.tmp-checkpoint-0000004") as e:
+        trainer.fit()
+    assert "\n" not in str(e.value) and "checkpoint-0000002" in str(e.value)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint-0000002"]  # no .tmp- left
+    assert problem(checkpoints / "checkpoint-0000002") is None
+    monkeypatch.setattr(torch, "save", real_save)
+    assert not (tmp_path / "run" / "run.lock").exists()  # released on the error
+    assert Trainer(cfg, overrides=["checkpoint.resume=latest"]).global_step == 2
+
+
+# --- C1: several runs in one process ---------------------------------------------------------
+
+
+def test_consecutive_runs_with_other_precisions_in_one_process(tiny_sd_path, records, tmp_path):
+    first = Trainer(short(tiny_sd_path, records, tmp_path / "fp32"))
+    assert first.fit().global_step == 2
+    second = Trainer(short(tiny_sd_path, records, tmp_path / "bf16",
+                           optim={"max_steps": 2, "mixed_precision": "bf16"}))
+    assert second.accelerator.mixed_precision == "bf16" and second.weight_dtype == torch.bfloat16
+    assert second.fit().global_step == 2
+
+
+# --- C3: trackers -----------------------------------------------------------------------------
+
+
+def test_report_to_is_checked_when_the_config_is_read(monkeypatch):
+    from kto_lab.sd import metrics_log
+    from kto_lab.sd.config import load_train_config
+
+    assert load_train_config(None, ["logging.report_to=none"]).logging.report_to == []
+    monkeypatch.setattr(metrics_log, "tracker_installed", lambda name: False)
+    with pytest.raises(ConfigError, match=r"wandb is not installed; pip install 'kto-lab\[wandb\]'"):
+        load_train_config(None, ["logging.report_to=[wandb]"])
+    with pytest.raises(ConfigError, match="logging.report_to='comet'"):
+        load_train_config(None, ["logging.report_to=[comet]"])
+    with pytest.raises(ConfigError, match=r"logging.tensorboard was replaced: use logging.report_to=\[tensorboard\]"):
+        load_train_config(None, ["logging.tensorboard=true"])
+    full = load_train_config(Path(__file__).resolve().parents[1] / "kto_lab" / "configs" / "sd15_kto_full.yaml")
+    assert full.logging.report_to == []  # ships no tracker (TensorBoard is an extra)
+
+
+def test_trackers_get_the_config_metrics_and_images_and_a_model_card_is_written(tiny_sd_path, records, tmp_path):
+    from accelerate.tracking import GeneralTracker
+    from huggingface_hub import ModelCard
+
+    class Recorder(GeneralTracker):
+        name = "recorder"
+        requires_logging_directory = False
+
+        def __init__(self):
+            super().__init__()
+            self.config, self.rows, self.images, self.finished = None, [], [], False
+
+        @property
+        def tracker(self):
+            return self
+
+        def store_init_configuration(self, values):
+            self.config = values
+
+        def log(self, values, step=None, **kwargs):
+            self.rows.append((step, values))
+
+        def log_images(self, values, step=None, **kwargs):
+            self.images.append((step, {k: len(v) for k, v in values.items()}))
+
+        def finish(self):
+            self.finished = True
+
+    rec = Recorder()
+    cfg = short(tiny_sd_path, records, tmp_path / "lora", lora={"enabled": True, "rank": 4},
+                logging={"log_every": 1, "progress_bar": False, "validation_prompts": ["a red square"],
+                         "validation_every": 2, "validation_inference_steps": 2})
+    result = Trainer(cfg, trackers=[rec]).fit()
+    assert rec.config["objective.beta"] == 20.0 and rec.config["lora.rank"] == 4
+    assert [s for s, _ in rec.rows] == [1, 2] and "loss" in rec.rows[-1][1] and "rewards/accuracy" in rec.rows[-1][1]
+    assert rec.images == [(2, {"validation": 1})] and rec.finished
+    assert [r["step"] for r in read_metrics(result.metrics_path)] == [1, 2]  # the files stay
+
+    card = ModelCard.load(tmp_path / "lora" / "README.md")
+    assert {"kto-lab", "kto", "lora", "text-to-image"} <= set(card.data.tags) and card.data.library_name == "diffusers"
+    for text in ("Diffusion-KTO", "beta 20", "2 desirable, 4 undesirable", "`records.csv`", "rank-4 LoRA",
+                 "load_lora_weights", "rewards/accuracy", str(tiny_sd_path)):
+        assert text in card.text, text
+
+
+# --- C5: kto-lab push (offline: the Hub API is replaced) --------------------------------------
+
+
+def test_push_uploads_a_finished_run_and_refuses_one_without_weights(tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+
+    from kto_lab.cli import main
+    from kto_lab.sd.config import load_train_config
+
+    calls = []
+
+    class FakeApi:
+        def __init__(self, token=None):
+            calls.append(("init", token))
+
+        def create_repo(self, repo_id, **kw):
+            calls.append(("create_repo", repo_id, kw))
+            return f"https://hub.example/{repo_id}"
+
+        def upload_folder(self, **kw):
+            calls.append(("upload_folder", kw))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = load_train_config({"output_dir": str(run), "model": {"pretrained": "org/base-model"},
+                             "data": {"train": ["r.csv"]}, "lora": {"enabled": True}}).resolved()
+    from dataclasses import asdict
+
+    (run / "config.yaml").write_text(yaml.safe_dump(asdict(cfg)))
+    (run / "metrics.jsonl").write_text('{"step": 10, "loss": 0.5, "rewards/accuracy": 0.75}\n')
+
+    assert main(["push", str(run), "me/kto-model"]) == 2  # no final weights yet
+    err = capsys.readouterr().err.strip()
+    assert "no final weights" in err and "\n" not in err and not calls
+
+    (run / "pytorch_lora_weights.safetensors").write_bytes(b"weights")
+    from kto_lab.sd.model_card import write_model_card
+
+    write_model_card(run, asdict(cfg), metrics={"loss": 0.5}, counts={"desirable": 3, "undesirable": 1})
+    assert f'load_lora_weights("{run}")' in (run / "README.md").read_text()  # as the finished run wrote it
+    assert main(["push", str(run), "me/kto-model", "--private", "--token", "hf_x"]) == 0
+    assert calls[0] == ("init", "hf_x")
+    assert calls[1] == ("create_repo", "me/kto-model", {"private": True, "exist_ok": True})
+    upload = calls[2][1]
+    assert upload["repo_id"] == "me/kto-model" and upload["folder_path"] == str(run)
+    assert "checkpoints/**" in upload["ignore_patterns"]
+    card = (run / "README.md").read_text()
+    assert 'load_lora_weights("me/kto-model")' in card and str(run) not in card and "3 desirable, 1 undesirable" in card
+    assert "base_model: org/base-model" in card
+
+    (run / "README.md").unlink()  # a run without a card (older kto_lab) gets one from config.yaml and metrics
+    assert main(["push", str(run), "me/kto-model"]) == 0
+    card = (run / "README.md").read_text()
+    assert 'load_lora_weights("me/kto-model")' in card and "| loss | 0.5 |" in card
