@@ -253,9 +253,10 @@ def train_config(name: str, args, output_dir: str, batch_size: int) -> Dict[str,
     }
 
 
-def build_trainer(name: str, args, base: Dict[str, Any], output_dir: str, batch_size: int):
+def build_trainer(name: str, args, base: Dict[str, Any], output_dir: str, batch_size: int, batch: Dict[str, Any]):
     """A ``kto_lab.sd.trainer.Trainer`` on fresh copies of the base models. With the cache only the
-    UNet is given (as a cached run loads it); without, also the VAE and text encoder."""
+    UNet is given (as a cached run loads it); without, also the VAE and text encoder. Its stand-in
+    data source serves ``batch`` (a one-sample KTO step draws a batch once, for its unrelated captions)."""
     from kto_lab.sd.components import Components
     from kto_lab.sd.encoding import latent_scale
     from kto_lab.sd.trainer import Trainer
@@ -266,7 +267,7 @@ def build_trainer(name: str, args, base: Dict[str, Any], output_dir: str, batch_
     components = Components(unet=copy.deepcopy(base["unet"]), schedule=model_schedule(MODEL_SETS[args.config]),
                             family=fam, vae=None if cached else copy.deepcopy(base["vae"]), **encoders)
     shift, scale = latent_scale(base["vae"].config)
-    source = SimpleNamespace(manifest={"scaling_factor": scale, "shift_factor": shift}, skipped=0)
+    source = SimpleNamespace(manifest={"scaling_factor": scale, "shift_factor": shift}, skipped=0, next_batch=lambda: batch)
     return Trainer(train_config(name, args, output_dir, batch_size), components=components, source=source)
 
 
@@ -360,8 +361,11 @@ class OfficialLikeStep:
             text = fam.encode_ids(self.text_encoders, {t.ids_key: batch[t.ids_key].to(self.device) for t in fam.towers})
             cond = fam.cond(text, {k: batch[k].to(self.device) for k in fam.image_keys}, self.resolution)
         labels = batch["labels"].to(self.device)
+        # the official script rolls the prompts inside the batch: at batch 1 that is the sample's own caption
+        # (the trainer would use the previous micro-batch's; the work per step is the same)
+        own = cond if latents.shape[0] == 1 else None
         out = objective_step(self.objective, self.schedule, self.policy, latents.float(), labels, cond,
-                             reference=self.reference, generator=self.generator)
+                             reference=self.reference, generator=self.generator, cond_unrelated=own)
         self.acc.backward(out.loss)
         self.acc.clip_grad_norm_(self.params, 1.0)
         self.optimizer.step()
@@ -498,7 +502,7 @@ def measure(name: str, args, base: Dict[str, Any], output_dir: str, batch_size: 
                        resolution=args.resolution, seed=args.seed, pin=args.device == "cuda")
     if args.device == "cuda":
         torch.cuda.empty_cache()
-    runner = OfficialLikeStep(args, base) if official else build_trainer(name, args, base, output_dir, batch_size)
+    runner = OfficialLikeStep(args, base) if official else build_trainer(name, args, base, output_dir, batch_size, batch)
     after_build = torch.cuda.memory_allocated() if args.device == "cuda" else None
 
     with checkpointing_paused(runner.unet):  # eager, no recompute: model FLOPs

@@ -249,7 +249,8 @@ def dpo_loss(
 
         loss = -log sigmoid( -beta/2 * ((err_p(w) - err_r(w)) - (err_p(l) - err_r(l))) )
 
-    Winner ``w`` and loser ``l`` of a pair share the noise and the timestep. ``beta`` here is
+    Winner ``w`` and loser ``l`` of a pair share the noise and the timestep (the official ``train.py``
+    repeats one pair member's noise and timestep; the pseudo-code of its supplement S9). ``beta`` here is
     the official ``beta_dpo`` (2000-5000 for SD 1.5), so values are comparable with theirs.
     The per-image implicit reward reported is ``beta/2 * g``.
     """
@@ -292,7 +293,9 @@ def csft_loss(err_policy: Tensor) -> ObjectiveOutput:
 def bce_loss(err_policy: Tensor, labels: Tensor) -> ObjectiveOutput:
     """BCE baseline of the LoRA study (its sec. 3.1.3, eq. 3): ``BCE(logit = -err_policy, y)``.
 
-    ``y = 1`` for desirable samples, 0 otherwise. No reference model is involved.
+    ``y = 1`` for desirable samples, 0 otherwise. No reference model is involved. The study labels
+    ``y = 1`` only for "exclusive_win" (always preferred): train on a ``win_only`` Pick-a-Pic table to
+    follow it (``kto_lab.data.pickapic``); the labels are the table's, whatever it is.
     """
     y = (_labels_as_sign(labels) > 0).float().to(err_policy.device)
     logits = -err_policy.float()

@@ -18,7 +18,8 @@ Forward passes per step for Diffusion-KTO with the paper's reference point (sec.
 The unrelated batch pairs every image with the caption of its neighbour (captions rolled by
 one position, KTO's convention) and draws its own noise and timestep. With
 ``reference_point_fraction`` < 1 it keeps only the first m of those pairs (passes 2 and 3 then
-run B + m and m samples): a cheaper, noisier z_ref.
+run B + m and m samples): a cheaper, noisier z_ref. A batch of one sample has no neighbour: the
+caller passes other captions (``cond_unrelated``), or the step refuses.
 """
 
 from __future__ import annotations
@@ -97,6 +98,30 @@ def cat_cond(*conds: Cond) -> Cond:
     return map_cond(lambda *cs: torch.cat(cs, dim=0), *conds)
 
 
+def cond_batch_size(cond: Cond) -> Optional[int]:
+    """The batch size of a conditioning (its first tensor's dim 0); None for ``None``."""
+    if cond is None or isinstance(cond, Tensor):
+        return None if cond is None else cond.shape[0]
+    parts = cond.values() if isinstance(cond, dict) else cond
+    return next((n for n in map(cond_batch_size, parts) if n is not None), None)
+
+
+def unrelated_cond(cond: Cond, given: Cond = None) -> Cond:
+    """The conditioning of the unrelated batch (sec. 4.1): ``given`` when the caller has other captions
+    (the SD trainer with one sample per device: another process's, or the previous micro-batch's),
+    else the batch's own rolled by one position (KTO's convention). A conditioned batch of one sample
+    has no other caption to roll to: that is an error, not a silent matched-batch estimate."""
+    if given is not None:
+        return given
+    if cond is not None and cond_batch_size(cond) < 2:
+        raise ValueError(
+            "reference_point='unrelated' pairs each sample with another sample's caption, but this batch has one "
+            "sample: rolling would pair it with its own caption. Pass cond_unrelated (e.g. the previous "
+            "micro-batch's conditioning), use a batch of at least 2, or reference_point='batch'."
+        )
+    return roll_cond(cond)
+
+
 def unrelated_pair_count(batch_size: int, fraction: float) -> int:
     """How many unrelated pairs estimate z_ref: ``fraction`` of the batch, rounded, at least one."""
     return min(batch_size, max(1, round(fraction * batch_size)))
@@ -119,14 +144,18 @@ def objective_step(
     cond_loser: Cond = None,
     generator: Optional[torch.Generator] = None,
     reduce_mean: Optional[Callable[[Tensor], Tensor]] = None,
+    cond_unrelated: Cond = None,
 ) -> StepOutput:
     """Compute the loss of ``cfg.objective`` on one batch.
 
     ``x0``: clean samples (latents for SD), ``labels``: 1 desirable / 0 undesirable.
     For ``dpo``, ``x0`` holds the winners and ``x0_loser`` the losers of the same captions
-    ``cond``; winner and loser share noise and timestep (Diffusion-DPO eq. 14). ``cond_loser``:
-    the losers' conditioning where it is not ``cond`` (SDXL: same caption, their own size and crop).
-    ``reduce_mean`` averages the reference point across processes (sec. 4.1).
+    ``cond``; winner and loser share noise and timestep (the official Diffusion-DPO ``train.py``,
+    ``train_method == "dpo"``, and the pseudo-code of its supplement S9; eq. 14 is the loss).
+    ``cond_loser``: the losers' conditioning where it is not ``cond`` (SDXL: same caption, their
+    own size and crop). ``reduce_mean`` averages the reference point across processes (sec. 4.1).
+    ``cond_unrelated``: the unrelated batch's conditioning, if not the batch's own rolled by one
+    (:func:`unrelated_cond`).
     """
     name = cfg.objective
     if O.NEEDS_REFERENCE[name] and reference is None:
@@ -157,7 +186,7 @@ def objective_step(
             noise_u = _randn_like(x0_u, generator)
             x_u = schedule.add_noise(x0_u, noise_u, t_u)
             target_u = schedule.target(x0_u, noise_u, t_u)
-            cond_u = map_cond(lambda c: c[:m], roll_cond(cond))
+            cond_u = map_cond(lambda c: c[:m], unrelated_cond(cond, cond_unrelated))
             with torch.no_grad():
                 err_r_all = O.denoising_error(
                     reference(torch.cat([x_t, x_u]), torch.cat([t, t_u]), cat_cond(cond, cond_u)),

@@ -160,6 +160,7 @@ def test_implicit_reward_accuracy(tiny_sd_path, other_unet, lora_dir, evaluation
     records = write_records(rows, tmp_path / "heldout.jsonl")
 
     same = evaluate_implicit_accuracy(tiny_sd_path, records, unet_path=tiny_sd_path / "unet", n_draws=2, progress=False)
+    assert same.to_dict()["metric"] == "sign_accuracy"
     assert (same.rewards == 0).all() and same.accuracy == 0.5  # policy == reference: every reward is 0 (counts half)
 
     res = evaluate_implicit_accuracy(tiny_sd_path, records, lora_path=lora_dir, n_draws=2, batch_size=3, progress=False)
@@ -172,6 +173,41 @@ def test_implicit_reward_accuracy(tiny_sd_path, other_unet, lora_dir, evaluation
     assert (full.rewards != 0).all()
     with pytest.raises(ValueError, match="exactly one"):
         evaluate_implicit_accuracy(tiny_sd_path, records)
+
+
+def test_pairwise_implicit_reward_accuracy(tiny_sd_path, lora_dir, evaluation, tmp_path):
+    """Diffusion-DPO Table 2's metric on held-out pairs: winner and loser of a pair see the same t and
+    noise, so a pair of one image twice ties exactly and swapping every pair flips the accuracy."""
+    from kto_lab.data.records import write_pairs
+    from kto_lab.eval.implicit import evaluate_implicit_accuracy, pairwise_accuracy
+
+    cfg, result = evaluation
+    s = result.scores[result.scores.model == "base"].head(4)
+    files, prompts = [f"{cfg.out_dir}/base/{f}" for f in s.file], list(s.prompt)
+    rows = [{"caption": prompts[i], "image_w": files[i], "image_l": files[(i + 1) % 4]} for i in range(4)]
+    pairs = write_pairs(rows, tmp_path / "pairs.jsonl")
+    swapped = write_pairs([{**r, "image_w": r["image_l"], "image_l": r["image_w"]} for r in rows], tmp_path / "sw.jsonl")
+    same = write_pairs([{**r, "image_l": r["image_w"]} for r in rows], tmp_path / "same.jsonl")
+
+    kw = dict(lora_path=lora_dir, n_draws=2, batch_size=3, progress=False)
+    res = evaluate_implicit_accuracy(tiny_sd_path, pairs_path=pairs, **kw)
+    assert res.n == 4 and res.to_dict()["metric"] == "pairwise_accuracy"
+    assert res.accuracy == pairwise_accuracy(res.rewards_winner, res.rewards_loser).accuracy
+    flipped = evaluate_implicit_accuracy(tiny_sd_path, pairs_path=swapped, **kw)
+    np.testing.assert_array_equal(flipped.rewards_winner, res.rewards_loser)
+    assert flipped.accuracy == pytest.approx(1 - res.accuracy)
+    tie = evaluate_implicit_accuracy(tiny_sd_path, pairs_path=same, **kw)
+    np.testing.assert_array_equal(tie.rewards_winner, tie.rewards_loser)
+    assert tie.accuracy == 0.5
+    with pytest.raises(ValueError, match="exactly one of pairs_path"):
+        evaluate_implicit_accuracy(tiny_sd_path, pairs_path=pairs, records_path=pairs, lora_path=lora_dir)
+
+
+def test_pairwise_accuracy_known_values():
+    from kto_lab.eval.implicit import pairwise_accuracy
+
+    acc = pairwise_accuracy([2.0, 1.0, 0.0], [1.0, 1.0, 3.0])  # right, tie (half), wrong
+    assert acc.accuracy == pytest.approx(0.5) and acc.n == 3
 
 
 def test_sign_accuracy_known_values():

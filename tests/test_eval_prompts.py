@@ -32,6 +32,21 @@ def test_hps_directory_of_style_files(tmp_path):
         load_prompts(tmp_path)
 
 
+def test_per_style_subset_is_a_seeded_random_draw_not_the_first_n(tmp_path):
+    """The user study samples 25 prompts per HPS style at random (Diffusion-KTO A.2): a seeded draw, in file order."""
+    for style in HPS_STYLES:
+        (tmp_path / f"{style}.json").write_text(json.dumps([f"{style} prompt {j}" for j in range(40)]))
+    every = load_prompts(tmp_path)
+    picked = load_prompts(tmp_path, per_style=25)
+    assert [sum(p.style == s for p in picked) for s in HPS_STYLES] == [25] * 4
+    first = [p for s in HPS_STYLES for p in [q for q in every if q.style == s][:25]]
+    assert picked != first
+    assert picked == load_prompts(tmp_path, per_style=25, per_style_seed=0)
+    assert picked != load_prompts(tmp_path, per_style=25, per_style_seed=1)
+    assert [every.index(p) for p in picked] == sorted(every.index(p) for p in picked)  # file order kept
+    assert len(load_prompts(tmp_path, per_style=50)) == 160  # a style with fewer prompts keeps them all
+
+
 def test_pickapic_parquet_is_deduplicated_in_order(tmp_path):
     path = tmp_path / "test.parquet"
     pq.write_table(pa.table({"caption": ["a cat", "a dog", "a cat", " ", "a bird"], "x": [1, 2, 3, 4, 5]}), path)

@@ -15,6 +15,7 @@ from kto_lab.eval.prompts import Prompt
 from kto_lab.eval.protocol import load_scores, mean_scores, median_table, nsfw_shares, score_model, win_rates
 from kto_lab.eval.report import markdown_table, plot_score_distributions, plot_win_rates, write_report
 from kto_lab.eval.scorers import get_scorer
+from kto_lab.eval.stats import paper_interval
 
 from figure_checks import legend_texts, overlapping_texts
 
@@ -187,6 +188,14 @@ def test_report_tables_and_plots(tmp_path):
     paths = write_report(tmp_path / "report", wins, mean_scores(df), nsfw_shares(df))
     text = paths["report"].read_text()
     assert "| kto vs base |" in text and "### Style: photo" in text and "Mean score" in text
+    # the papers' interval beside the bootstrap one: n = every image (3 prompts x 3 images)
+    overall = wins[wins["style"] == "all"].iloc[0]
+    assert overall.n_images == 9 and overall.n_prompts == 3
+    low, high = paper_interval(overall.win_rate / 100, 9)
+    assert (overall.paper_ci_low, overall.paper_ci_high) == pytest.approx((100 * low, 100 * high))
+    assert "papers' interval" in text and f"{overall.win_rate:.1f} ± {100 * (high - low) / 2:.2f}" in text
+    paper = win_rates(df, "kto", "base", method="paper")
+    assert paper.ci_low.tolist() == pytest.approx(paper.paper_ci_low.tolist())
     assert pd.read_csv(paths["win_rates"]).shape[0] == len(wins)
     plot_win_rates(wins, tmp_path / "w.png")
     plot_score_distributions(df, ["redness", "saturation"], tmp_path / "d.png")

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from kto_lab.eval.stats import mean_ci, median_index, median_score, outcomes, share_ci, win_rate, wilson_interval
+from kto_lab.eval.stats import (mean_ci, median_index, median_score, outcomes, paper_interval, share_ci, win_rate,
+                                 win_rate_from_outcomes, wilson_interval)
 
 
 def test_median_of_odd_n_is_the_middle_image():
@@ -92,3 +93,21 @@ def test_mean_ci_matches_scipy_t_interval():
 def test_share_ci_counts_flags():
     s = share_ci([True, False, False, False])
     assert s.rate == 0.25 and s.n == 4 and (s.low, s.high) == pytest.approx(wilson_interval(1, 4))
+
+
+@pytest.mark.parametrize("rate, half", [(0.860, 0.0136), (0.966, 0.0071), (0.742, 0.0172), (0.955, 0.0081)])
+def test_paper_interval_reproduces_diffusion_kto_tables_3_to_5(rate, half):
+    """Every "±" of Diffusion-KTO Tables 3-5 is the normal approximation over all 2,500 images
+    (500 prompts x 5): e.g. 86.0 ± 1.36 and 96.6 ± 0.71 (Table 3), 74.2 ± 1.72 and 95.5 ± 0.81 (Table 5)."""
+    low, high = paper_interval(rate, 2500)
+    assert round(100 * (high - rate), 2) == pytest.approx(100 * half) and high - rate == pytest.approx(rate - low)
+
+
+def test_paper_ci_method_counts_images_not_prompts():
+    o = np.array([1.0] * 7 + [0.0] * 3)  # 10 prompts, 5 images each
+    wr = win_rate_from_outcomes(o, method="paper", n_images=50)
+    assert (wr.low, wr.high) == pytest.approx(paper_interval(0.7, 50))
+    prompts_as_unit = win_rate_from_outcomes(o, method="normal")
+    assert (wr.high - wr.low) == pytest.approx((prompts_as_unit.high - prompts_as_unit.low) / np.sqrt(5))
+    with pytest.raises(ValueError, match="needs n_images"):
+        win_rate_from_outcomes(o, method="paper")

@@ -109,6 +109,35 @@ def test_encoding_helpers(tiny_sd_path):
     assert torch.allclose(base(lat, t, h), policy_out)  # and are back on afterwards
 
 
+@pytest.mark.parametrize("cached", [False, True])
+def test_sft_draws_desirable_records_only(tmp_path, tokenizer, cached):
+    """SFT trains on the desirable set (Diffusion-KTO sec. 5): gamma does not apply to it, in the
+    table source and in the latent-cache source alike; other objectives keep gamma."""
+    from safetensors.torch import save_file
+
+    from kto_lab.sd.cache import CACHE_VERSION, cache_kind
+    from kto_lab.sd.config import load_train_config
+    from kto_lab.sd.data import make_source
+
+    records = write_records(tmp_path / "records")  # 2 of 6 records desirable
+    data = {"train": [str(records)], "resolution": 8, "gamma": 0.5}
+    if cached:  # a hand-written cache: 1 desirable row, 3 undesirable
+        cache = tmp_path / "cache"
+        cache.mkdir()
+        save_file({"latent_moments": torch.zeros(4, 8, 1, 1), "encoder_hidden_states": torch.zeros(4, 2, 3),
+                   "labels": torch.tensor([1, 0, 0, 0]), "index": torch.arange(4)}, str(cache / "s.safetensors"))
+        data["cache_dir"] = str(cache)
+    for objective, all_desirable in (("sft", True), ("kto", False), ("bce", False)):
+        cfg = load_train_config({"model": {"pretrained": "tiny"}, "data": data, "objective": {"objective": objective},
+                                 "optim": {"batch_size": 64}})
+        if cached:
+            manifest = {"kind": cache_kind(objective), "pretrained": "tiny", "resolution": 8, "center_crop": True,
+                        "dtype": "float32", "vae_dtype": "fp32", "version": CACHE_VERSION, "shards": [{"file": "s.safetensors", "count": 4}]}
+            (cache / "cache.json").write_text(__import__("json").dumps(manifest))
+        labels = make_source(cfg, tokenizer).next_batch()["labels"]
+        assert bool(labels.eq(1).all()) == all_desirable, objective
+
+
 def test_caption_dropout_empties_captions_from_the_source_generator(tmp_path, tokenizer):
     from kto_lab.data.records import load_records, load_pairs
 

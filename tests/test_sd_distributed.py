@@ -41,16 +41,36 @@ WORKER = textwrap.dedent("""
 """)
 
 
+ONE_SAMPLE_WORKER = textwrap.dedent("""
+    import json, sys
+    import torch
+    from accelerate import Accelerator
+    import kto_lab.sd.trainer as T
+
+    cfg, out = json.loads(sys.argv[1]), sys.argv[2]
+    seen, real = [], T.objective_step
+    def spy(*args, **kwargs):
+        seen.append({"cond": args[5].sum().item(), "unrelated": kwargs["cond_unrelated"].sum().item()})
+        return real(*args, **kwargs)
+    T.objective_step = spy
+    acc = Accelerator(cpu=True)
+    trainer = T.Trainer(cfg, accelerator=acc)
+    for _ in range(2):
+        trainer.step(trainer.source.next_batch())
+    json.dump(seen, open(f"{out}/rank{acc.process_index}.json", "w"))
+""")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def run_two_workers(cfg: dict, tmp_path):
-    """WORKER on 2 CPU processes (torchrun); returns both ranks' JSON reports."""
+def run_two_workers(cfg: dict, tmp_path, worker: str = WORKER):
+    """``worker`` on 2 CPU processes (torchrun); returns both ranks' JSON reports (``rank{r}.json``)."""
     script = tmp_path / "worker.py"
-    script.write_text(WORKER)
+    script.write_text(worker)
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()), str(script), json.dumps(cfg), str(tmp_path)]
@@ -91,3 +111,17 @@ def test_two_process_cpu_run_shares_reference_point_and_parameters(tiny_sd_path,
     assert a["loss"] != b["loss"]
     for key in ("loss", "rewards/accuracy", "err/policy"):
         assert logged[key] == pytest.approx((a[key] + b[key]) / 2, rel=1e-5), key
+
+
+def test_one_sample_per_process_pairs_with_the_other_process_caption(tiny_sd_path, tmp_path):
+    """With a per-device batch of 1 on two processes, each rank's unrelated caption (sec. 4.1) is the other
+    rank's caption of the same step (gathered), not its own."""
+    records = write_records(tmp_path / "data")
+    cfg = {"output_dir": str(tmp_path / "run"), "cpu": True, "model": {"pretrained": str(tiny_sd_path)},
+           "data": {"train": [str(records)], "resolution": 32},
+           "objective": {"objective": "kto", "beta": 20.0, "reference_point": "unrelated"},
+           "optim": {"max_steps": 2, "batch_size": 1, "learning_rate": 1e-3, "warmup_steps": 0},
+           "logging": {"progress_bar": False}}
+    s0, s1 = run_two_workers(cfg, tmp_path, worker=ONE_SAMPLE_WORKER)
+    for a, b in zip(s0, s1):
+        assert a["unrelated"] == b["cond"] and b["unrelated"] == a["cond"]

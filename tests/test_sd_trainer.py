@@ -73,6 +73,33 @@ def test_kto_full_resume_equals_uninterrupted_run(tiny_sd_path, records, tmp_pat
     assert len(list((tmp_path / "b" / "checkpoints").glob("checkpoint-*"))) == 1  # keep=1
 
 
+def test_batch_of_one_pairs_with_the_previous_micro_batch_and_resumes_exactly(tiny_sd_path, records, tmp_path,
+                                                                            monkeypatch):
+    """Per-device batch 1 with gradient accumulation: each micro-batch's unrelated captions (sec. 4.1) are
+    the previous micro-batch's (rolling a batch of one would give its own), and an interrupted run
+    resumes bit for bit (those captions are in the checkpoint)."""
+    import kto_lab.sd.trainer as T
+
+    calls, real = [], T.objective_step
+
+    def spy(*args, **kwargs):
+        calls.append((args[5].clone(), kwargs["cond_unrelated"].clone()))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(T, "objective_step", spy)
+    one = {"optim": {"batch_size": 1, "gradient_accumulation_steps": 2, "max_steps": 4}}
+    full = Trainer(config(tiny_sd_path, records, tmp_path / "a", **one)).fit()
+    assert len(calls) == 8
+    for (_, unrelated), (previous, _) in zip(calls[1:], calls[:-1]):
+        assert torch.equal(unrelated, previous)
+
+    cfg_b = config(tiny_sd_path, records, tmp_path / "b", **one)
+    Trainer(cfg_b).fit(stop_at=3)
+    result = Trainer(cfg_b, overrides=["checkpoint.resume=latest"]).fit()
+    assert [(r["loss"], r["z_ref"]) for r in read_metrics(result.metrics_path)] == \
+        [(r["loss"], r["z_ref"]) for r in read_metrics(full.metrics_path)]
+
+
 def test_lora_dpo_weights_load_into_a_pipeline(tiny_sd_path, pairs, tmp_path):
     from kto_lab.sd.models import load_pipeline
 

@@ -87,6 +87,23 @@ def test_unrelated_reference_point_batches_reference_and_rolls_cond():
     assert not torch.equal(policy.calls[0][0], policy.calls[1][0]), "the unrelated batch draws its own noise"
 
 
+def test_one_sample_batch_needs_other_captions_for_the_unrelated_pairs():
+    """Rolling a batch of one pairs the sample with its own caption (the matched-batch estimate, silently):
+    the step refuses, and uses the caller's other captions (cond_unrelated) when given; structured too."""
+    x0, labels = _batch(1)
+    policy, reference = Recorder(0.5), Recorder(0.4)
+    with pytest.raises(ValueError, match="one sample: rolling would pair it with its own caption"):
+        objective_step(ObjectiveConfig(beta=1.0), SCHEDULE, policy, x0, labels, torch.tensor([7]), reference=reference)
+    policy, reference = Recorder(0.5), Recorder(0.4)
+    objective_step(ObjectiveConfig(beta=1.0), SCHEDULE, policy, x0, labels, torch.tensor([7]), reference=reference,
+                   cond_unrelated=torch.tensor([3]), generator=torch.Generator().manual_seed(0))
+    assert reference.calls[0][2].tolist() == [7, 3] and policy.calls[1][2].tolist() == [3]
+    cond = {"text": torch.zeros(1, 3, 2), "added": {"text_embeds": torch.zeros(1, 1), "time_ids": torch.zeros(1, 6)}}
+    with pytest.raises(ValueError, match="one sample"):
+        objective_step(ObjectiveConfig(beta=1.0), SCHEDULE, StructuredRecorder(), x0, labels, cond,
+                       reference=StructuredRecorder())
+
+
 @pytest.mark.parametrize("fraction, pairs", [(1.0, 4), (0.5, 2), (0.25, 1), (0.01, 1)])
 def test_reference_point_fraction_uses_the_first_unrelated_pairs(fraction, pairs):
     x0, labels = _batch(4)

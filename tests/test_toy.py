@@ -202,6 +202,14 @@ def test_kto_moves_mass_from_undesirable_to_desirable(family):
     assert r.metrics["kto:kto"]["share_desirable"] > r.metrics["pretrained"]["share_desirable"]
 
 
+def test_sft_trains_on_desirable_points_only():
+    """SFT's batches hold desirable points only (the paper's baseline, sec. 5), whatever gamma says."""
+    cfg = ToyConfig(**TINY, gamma=0.5).validate()
+    feedback = make_feedback(64, 64, torch.Generator().manual_seed(0))
+    history = finetune(cfg, "sft", pretrain(cfg), feedback, log_every=1).history
+    assert [row["sft/desirable_in_batch"] for row in history] == [cfg.batch_size] * cfg.steps
+
+
 def test_divergence_stops_with_the_method_and_step():
     cfg = ToyConfig(**{**TINY, "steps": 300, "lr": 0.05, "divergence_factor": 3.0},
                     method_overrides={}).validate()
@@ -358,3 +366,18 @@ def test_cli_bad_input_fails_before_training(tmp_path, capsys, args, match):
     err = capsys.readouterr().err.strip()
     assert re.search(match, err) and err.startswith("kto-lab toy: error:") and "Traceback" not in err
     assert not (tmp_path / "figure6.png").exists()
+
+
+def test_frontier_sweeps_every_method_and_writes_its_files(tmp_path):
+    import pandas as pd
+
+    from toy.frontier import run_frontier, write_frontier
+
+    cfg = ToyConfig(**TINY).validate()
+    knobs = {"kto:kto": ("beta", (1.0, 3.0)), "sft": ("lr", (1e-4, 1e-3))}
+    rows = run_frontier(cfg, seeds=2, knobs=knobs, progress=False)
+    assert len(rows) == 2 * (1 + 4) and set(rows.method) == {"pretrained", "kto:kto", "sft"}
+    assert (rows[rows.method == "pretrained"].energy_to_pretrained.abs() < 1e-9).all()
+    paths = write_frontier(rows, tmp_path, command="test", config=cfg)
+    summary = pd.read_csv(paths["summary"])
+    assert len(summary) == 4 and (summary.n_seeds == 2).all() and paths["png"].stat().st_size > 0

@@ -4,6 +4,7 @@
     kto-lab toy figure6 --out figures --seeds 3 --family flow     # the same under flow matching (SD3's schedule)
     kto-lab toy figure9 --out figures
     kto-lab toy ablations --out figures [--seeds 2] [--family flow] [--betas 0.1 1 10]
+    kto-lab toy frontier --out figures [--seeds 3]
 
 ``key=value`` (or ``--set key=value``) overrides any :class:`toy.train.ToyConfig` field
 (``--config C.yaml`` too); bad values and an unwritable ``--out`` fail before any training starts.
@@ -78,6 +79,18 @@ def cmd_ablations(args) -> int:
     return 0
 
 
+def cmd_frontier(args) -> int:
+    from .frontier import run_frontier, write_frontier
+
+    _check_seeds(args.seeds)
+    cfg = _config(args)
+    t0 = time.perf_counter()
+    rows = run_frontier(cfg, seeds=args.seeds)
+    paths = write_frontier(rows, Path(args.out), command=_command(), config=cfg)
+    print(f"frontier: {args.seeds} seed(s) in {time.perf_counter() - t0:.1f}s -> {paths['png']}, {paths['summary']}")
+    return 0
+
+
 def _common(p, seeds_default):
     from kto_lab.config import config_help
 
@@ -113,4 +126,8 @@ def add_parser(subparsers, name: str = "toy", help: str = "2-D Gaussian toy"):
     pa.add_argument("--betas", nargs="+", type=float, default=None,
                     help="the betas of the beta sweep (default: 0.3 1 3 10 30)")
     pa.set_defaults(func=cmd_ablations)
+    pf = sub.add_parser("frontier", help="every method over beta / learning rate: desirable vs undesirable share, "
+                                         "distance moved (frontiers over seeds)")
+    _common(pf, 3)
+    pf.set_defaults(func=cmd_frontier)
     return parser

@@ -29,7 +29,7 @@ import torch
 
 from kto_lab import objectives as O
 from kto_lab.config import ConfigError, check_choice, check_positive, check_range, warn_outside
-from kto_lab.data.sampler import GammaSampler, check_gamma
+from kto_lab.data.sampler import GammaSampler, check_gamma, sampling_gamma
 from kto_lab.schedule import TIMESTEP_DENSITIES, FlowMatchingSchedule, NoiseSchedule
 from kto_lab.step import ObjectiveConfig, objective_step
 
@@ -257,7 +257,7 @@ def finetune(cfg: ToyConfig, method: str, pretrained: ToyDenoiser, feedback: Fee
              seed: Optional[int] = None, log_every: int = 50) -> FinetuneResult:
     """Fine-tune a copy of ``pretrained`` with ``method`` on the feedback table.
 
-    Batches are gamma-sampled (sec. 4.2); Diffusion-DPO instead draws ``batch_size // 2``
+    Batches are gamma-sampled (sec. 4.2; SFT: desirable points only); Diffusion-DPO instead draws ``batch_size // 2``
     random (desirable, undesirable) pairs. A non-finite loss or a policy error that grows
     past ``divergence_factor`` times its first-step value stops the run with
     :class:`ToyDivergenceError` naming the method and the step.
@@ -276,7 +276,7 @@ def finetune(cfg: ToyConfig, method: str, pretrained: ToyDenoiser, feedback: Fee
     if O.NEEDS_REFERENCE[objective]:
         reference = copy.deepcopy(pretrained).eval().requires_grad_(False)
     gen = torch.Generator().manual_seed(seed + 2)
-    sampler = GammaSampler(feedback.labels, cfg.gamma, seed=seed + 3)
+    sampler = GammaSampler(feedback.labels, sampling_gamma(objective, cfg.gamma), seed=seed + 3)
     des, und = feedback.desirable, feedback.undesirable
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr)
     history: List[Dict[str, float]] = []

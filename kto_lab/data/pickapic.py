@@ -172,6 +172,12 @@ class _Comparisons:
         return True
 
 
+def is_desirable(wins: int, losses: int, partition: str = "at_least_once") -> bool:
+    """An image's label from its decisive comparisons (module docstring): ``at_least_once`` (the
+    paper's) = won at least once; ``win_only`` (appendix D.1) = won and never lost."""
+    return wins >= 1 and (partition == "at_least_once" or losses == 0)
+
+
 def _safe_name(uid) -> str:
     name = re.sub(r"[^A-Za-z0-9._-]", "_", str(uid))
     if not name.strip("._"):
@@ -286,9 +292,6 @@ def pickapic_to_records(
                 entry = tally.setdefault(r[f"image_{side}_uid"], [0, 0, caption])
                 entry[0 if side == what else 1] += 1
 
-    def desirable(wins: int, losses: int) -> bool:
-        return wins >= 1 and (partition == "at_least_once" or losses == 0)
-
     # pass 2: each labelled uid's bytes, the first time it appears
     def records():
         done = set()
@@ -305,7 +308,7 @@ def pickapic_to_records(
                             continue
                         done.add(uid)
                         wins, losses, caption = tally[uid]
-                        yield {"image": image, "caption": caption, "label": int(desirable(wins, losses)),
+                        yield {"image": image, "caption": caption, "label": int(is_desirable(wins, losses, partition)),
                                "source_id": str(uid), "wins": wins, "losses": losses}
                     row += 1
                 if len(done) == len(tally):

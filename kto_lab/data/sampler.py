@@ -22,6 +22,13 @@ def check_gamma(gamma: float) -> float:
     return float(gamma)
 
 
+def sampling_gamma(objective: str, gamma: float) -> float:
+    """The gamma an objective samples with: 1 for ``sft`` (desirable records only, the paper's
+    SFT baseline, sec. 5), the configured ``gamma`` for every other objective. The one place
+    this rule lives; the toy and every SD source (tables and the latent cache) call it."""
+    return 1.0 if objective == "sft" else gamma
+
+
 def check_classes(labels: Sequence[int] | torch.Tensor, gamma: float, where: str = "") -> None:
     """Gamma sampling needs a desirable record, and an undesirable one when gamma < 1 (sec. 4.2);
     else a :class:`DataError` naming ``where`` (e.g. the table) and the class counts."""

@@ -5,7 +5,8 @@
     kto-lab eval generate --pipeline SD --lora out/lora --name kto --prompts PartiPrompts.tsv --out runs/eval
     kto-lab eval score --out runs/eval --models base kto --scorer redness --scorer pickscore:path=/m/PickScore_v1
     kto-lab eval compare --out runs/eval --pair kto:base [--ci bootstrap] [--on-failure loss]
-    kto-lab eval implicit --pipeline SD --lora out/lora --records heldout.parquet
+    kto-lab eval implicit --pipeline SD --lora out/lora --pairs heldout_pairs.parquet     # Diffusion-DPO Table 2
+    kto-lab eval implicit --pipeline SD --lora out/lora --records heldout.parquet         # per-image sign accuracy
 """
 
 from __future__ import annotations
@@ -59,12 +60,14 @@ def cmd_generate(args) -> int:
     from kto_lab.sd.models import check_model_paths
 
     cfg = EvalConfig(prompts=args.prompts, prompt_format=args.prompt_format, limit=args.limit, per_style=args.per_style,
+                     per_style_seed=args.per_style_seed,
                      models=[ModelSpec(args.name, args.pipeline, args.unet, args.lora)], out_dir=args.out,
                      n_per_prompt=args.n, seed=args.seed, batch_size=args.batch_size, num_inference_steps=args.steps,
                      guidance_scale=args.guidance_scale, height=args.height, width=args.width, device=args.device,
                      dtype=args.dtype, safety_checker=args.safety_checker).validate()  # bad values fail before loading
     check_model_paths(args.pipeline, args.unet, args.lora, prefix="--")
-    prompts = load_prompts(cfg.prompts, cfg.prompt_format, limit=cfg.limit, per_style=cfg.per_style)
+    prompts = load_prompts(cfg.prompts, cfg.prompt_format, limit=cfg.limit, per_style=cfg.per_style,
+                           per_style_seed=cfg.per_style_seed)
     save_prompts(prompts, Path(cfg.out_dir) / "prompts.jsonl")
     counts = generate_all(cfg, prompts)
     print(json.dumps(counts))
@@ -116,7 +119,8 @@ def cmd_implicit(args) -> int:
                           "(a fine-tuned UNet) or --lora PATH (LoRA weights)")
     check_model_paths(args.pipeline, args.unet, args.lora, prefix="--")
 
-    res = evaluate_implicit_accuracy(args.pipeline, args.records, unet_path=args.unet, lora_path=args.lora,
+    res = evaluate_implicit_accuracy(args.pipeline, args.records, pairs_path=args.pairs, unet_path=args.unet,
+                                     lora_path=args.lora,
                                      beta=args.beta, n_draws=args.draws, seed=args.seed, batch_size=args.batch_size,
                                      device=resolve_device(args.device), limit=args.limit)
     print(json.dumps(res.to_dict()))
@@ -152,7 +156,8 @@ def add_parser(subparsers, name: str, help: str):
     p.add_argument("--prompts", required=True, help="PartiPrompts .tsv | HPS v2 dir | Pick-a-Pic .parquet | .txt")
     p.add_argument("--prompt-format", default="auto", help="auto (from the path), partiprompts, hps, pickapic, text or jsonl")
     p.add_argument("--limit", type=int, help="only the first N prompts (a quick look)")
-    p.add_argument("--per-style", type=int, help="only the first N prompts of each style (the paper's user study: 25)")
+    p.add_argument("--per-style", type=int, help="N prompts per style, drawn at random (the paper's user study: 25)")
+    p.add_argument("--per-style-seed", type=int, default=0, help="seed of the --per-style draw")
     p.add_argument("--out", required=True, help="evaluation directory; images go to OUT/NAME/images")
     p.add_argument("-n", type=int, default=5, help="images per prompt (paper: 5)")
     p.add_argument("--seed", type=int, default=0, help="image k of prompt i uses seed + i * n + k, for every model")
@@ -179,8 +184,9 @@ def add_parser(subparsers, name: str, help: str):
     p.add_argument("--pair", action="append", required=True, help="model_a:model_b (repeatable)")
     p.add_argument("--metrics", nargs="*", help="scorer columns to compare (default: every one scored)")
     p.add_argument("--prompts-file", help="restrict to these prompts (e.g. <out>/prompts.jsonl)")
-    p.add_argument("--ci", default="bootstrap", choices=["bootstrap", "wilson", "normal"],
-                   help="95%% CI of a win rate: bootstrap over prompts, Wilson or normal approximation")
+    p.add_argument("--ci", default="bootstrap", choices=["bootstrap", "wilson", "normal", "paper"],
+                   help="95%% CI of a win rate: bootstrap over prompts (default), Wilson, normal, or paper (normal "
+                        "approximation over all images, Diffusion-KTO Tables 3-5; the report shows it beside any)")
     p.add_argument("--on-failure", default="loss", choices=["loss", "exclude"],
                    help="a prompt where a model has no image: a loss for it, or left out")
     p.add_argument("--n-bootstrap", type=int, default=2000, help="bootstrap resamples")
@@ -188,10 +194,15 @@ def add_parser(subparsers, name: str, help: str):
     p.add_argument("--no-plots", action="store_true", help="write the tables only, no PNG figures")
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("implicit", help="implicit reward accuracy on held-out binary labels")
+    p = sub.add_parser("implicit", help="implicit reward accuracy: pairwise on held-out pairs (Diffusion-DPO "
+                                        "Table 2), or per-image sign accuracy on held-out labels")
     _model_args(p)
-    p.add_argument("--records", required=True, help="held-out records (image, caption, label)")
-    p.add_argument("--beta", type=float, default=5000.0, help="scales the rewards (never their sign, so not the accuracy)")
+    t = p.add_mutually_exclusive_group(required=True)
+    t.add_argument("--pairs", help="held-out pairs (caption, image_w, image_l): share of pairs whose winner gets the "
+                                   "higher implicit reward (Diffusion-DPO Table 2; winner and loser share t and noise)")
+    t.add_argument("--records", help="held-out records (image, caption, label): share of images whose implicit reward "
+                                     "has their label's sign (per-image; not the papers' metric)")
+    p.add_argument("--beta", type=float, default=5000.0, help="scales the rewards (never their order or sign, so not the accuracy)")
     p.add_argument("--draws", type=int, default=4, help="(t, noise) draws per image")
     p.add_argument("--seed", type=int, default=0, help="seed of the (t, noise) draws")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")

@@ -372,7 +372,8 @@ class HPSv2Scorer(CLIPPairScorer):
     """HPS v2 / v2.1 (Wu et al. 2023). ``path`` = ``HPS_v2_compressed.pt`` or ``HPS_v2.1_compressed.pt``
     (an open_clip ViT-H-14 state dict under ``state_dict``); ``clip_path`` = a
     ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K`` download, used for its config.json and processor only
-    (224 px bicubic resize + centre crop, OpenAI mean/std, as HPSv2's eval transform for square images)."""
+    (224 px bicubic resize + centre crop, OpenAI mean/std: approximately HPSv2's eval transform, which
+    does the same steps with torchvision; resampling and rounding may differ slightly per pixel)."""
 
     name = "hpsv2"
 

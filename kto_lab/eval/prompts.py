@@ -129,11 +129,26 @@ def load_jsonl_prompts(path) -> List[Prompt]:
     return out
 
 
-def load_prompts(path, fmt: str = "auto", limit: Optional[int] = None, per_style: Optional[int] = None) -> List[Prompt]:
+def sample_per_style(prompts: Sequence[Prompt], n: int, seed: int = 0) -> List[Prompt]:
+    """``n`` prompts of each style drawn at random (without replacement, ``seed`` fixes the draw), in
+    the file's order: the paper's user study "randomly sampling 100 prompts, 25 from each prompt
+    style" of HPS v2 (Diffusion-KTO A.2). A style with fewer than ``n`` prompts keeps them all."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    keep = set()
+    for style in dict.fromkeys(p.style for p in prompts):
+        idx = [i for i, p in enumerate(prompts) if p.style == style]
+        keep.update(idx if len(idx) <= n else rng.choice(idx, size=n, replace=False).tolist())
+    return [p for i, p in enumerate(prompts) if i in keep]
+
+
+def load_prompts(path, fmt: str = "auto", limit: Optional[int] = None, per_style: Optional[int] = None,
+                 per_style_seed: int = 0) -> List[Prompt]:
     """Load a prompt set; ``fmt="auto"`` picks the loader from the path (directory -> HPS, .tsv ->
     PartiPrompts, .parquet -> Pick-a-Pic, .json -> HPS file, .jsonl -> JSONL, else text).
-    ``per_style`` keeps the first n prompts of each style (the paper's user study: 25 per HPS style);
-    ``limit`` keeps the first n overall."""
+    ``per_style`` keeps n prompts of each style drawn at random with ``per_style_seed``
+    (:func:`sample_per_style`; the paper's user study: 25 per HPS style); ``limit`` keeps the first n overall."""
     if fmt not in PROMPT_FORMATS:
         raise ConfigError(f"prompt format {fmt!r} is not known; choose one of {list(PROMPT_FORMATS)}")
     p = Path(path)
@@ -145,13 +160,7 @@ def load_prompts(path, fmt: str = "auto", limit: Optional[int] = None, per_style
               "text": load_text_prompts, "jsonl": load_jsonl_prompts}[fmt]
     prompts = loader(p)
     if per_style is not None:
-        counts: dict = {}
-        kept = []
-        for pr in prompts:
-            if counts.get(pr.style, 0) < per_style:
-                counts[pr.style] = counts.get(pr.style, 0) + 1
-                kept.append(pr)
-        prompts = kept
+        prompts = sample_per_style(prompts, per_style, per_style_seed)
     if limit is not None:
         prompts = prompts[:limit]
     if not prompts:

@@ -5,7 +5,8 @@
 2. :func:`median_table`: for each model, prompt and metric, the median-scoring image of its N
    (lower median for even N; :func:`kto_lab.eval.stats.median_index`).
 3. :func:`win_rates`: model A vs model B per metric (and per style): per-prompt outcome from
-   the two median images, ties count half, 95% CI (Tables 1, 3-5).
+   the two median images, ties count half, 95% CI (Tables 1, 3-5), and beside it always the
+   paper's interval (normal approximation over all images, ``paper_ci_low``/``paper_ci_high``).
 4. :func:`mean_scores`: mean score over all images with the t-based 95% CI (Table 2).
 5. :func:`nsfw_shares`: share of images the safety checker flagged (appendix F).
 
@@ -28,7 +29,7 @@ import pandas as pd
 from kto_lab.data.tables import DataError
 from kto_lab.eval.generate import read_manifest
 from kto_lab.eval.scorers import Scorer
-from kto_lab.eval.stats import mean_ci, median_index, outcomes, share_ci, win_rate_from_outcomes
+from kto_lab.eval.stats import mean_ci, median_index, outcomes, paper_interval, share_ci, win_rate_from_outcomes
 
 ON_FAILURE = ("loss", "exclude")
 SCORES = "scores.csv"
@@ -121,7 +122,7 @@ def _pair_outcomes(ma: pd.DataFrame, mb: pd.DataFrame, on_failure: str):
     o = np.where(fa & fb, 0.5, np.where(fa, 0.0, np.where(fb, 1.0, o)))
     keep = ~(fa | fb) if on_failure == "exclude" else np.ones_like(fa)
     style = both["style_a"].fillna(both["style_b"]).fillna("").to_numpy()
-    return o, keep.astype(bool), fa, fb, style
+    return o, keep.astype(bool), fa, fb, style, both["prompt_id"].to_numpy()
 
 
 def check_same_prompts(df: pd.DataFrame, models: Sequence[str]) -> None:
@@ -150,22 +151,26 @@ def win_rates(df: pd.DataFrame, model_a: str, model_b: str, metrics: Optional[Se
         if m not in set(df["model"]):
             raise KeyError(f"model {m!r} not in the scores (have {sorted(set(df['model']))})")
     check_same_prompts(df, (model_a, model_b))
+    images_per_prompt = df[df.model == model_a].groupby("prompt_id").size()  # generated, ok or failed
     rows = []
     for metric in metrics or metrics_in(df):
         med = median_table(df, metric)
         ma, mb = med[med.model == model_a], med[med.model == model_b]
-        o, keep, fa, fb, style = _pair_outcomes(ma, mb, on_failure)
+        o, keep, fa, fb, style, prompt_ids = _pair_outcomes(ma, mb, on_failure)
         groups = [("all", np.ones_like(keep))]
         if by_style:
             groups += [(s, style == s) for s in sorted(set(style)) if s]
         for name, sel in groups:
-            wr = win_rate_from_outcomes(o[sel & keep], method, level, n_bootstrap, seed)
+            n_images = int(images_per_prompt.reindex(prompt_ids[sel & keep]).fillna(0).sum())
+            wr = win_rate_from_outcomes(o[sel & keep], method, level, n_bootstrap, seed, n_images=n_images)
+            paper = paper_interval(wr.rate, n_images, level)
             rows.append({
                 "metric": metric, "model_a": model_a, "model_b": model_b, "style": name,
                 "win_rate": 100 * wr.rate, "ci_low": 100 * wr.low, "ci_high": 100 * wr.high, "n_prompts": wr.n,
                 "wins": wr.wins, "ties": wr.ties, "losses": wr.losses,
                 "failed_a": int((fa & sel).sum()), "failed_b": int((fb & sel).sum()),
                 "excluded": int((sel & ~keep).sum()), "ci_method": method, "on_failure": on_failure,
+                "n_images": n_images, "paper_ci_low": 100 * paper[0], "paper_ci_high": 100 * paper[1],
             })
     return pd.DataFrame(rows)
 

@@ -32,11 +32,15 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def win_rate_wide(wins: pd.DataFrame, style: str = "all") -> pd.DataFrame:
-    """Rows ``A vs B``, columns metrics, cells ``62.5 [55.0, 70.0]`` (percent)."""
+def win_rate_wide(wins: pd.DataFrame, style: str = "all", paper: bool = False) -> pd.DataFrame:
+    """Rows ``A vs B``, columns metrics, cells ``62.5 [55.0, 70.0]`` (percent); with ``paper``, the
+    paper's interval over all images as ``62.5 ± 1.90`` (Diffusion-KTO Tables 3-5)."""
     w = wins[wins["style"] == style].copy()
     w["pair"] = w["model_a"] + " vs " + w["model_b"]
-    w["cell"] = [f"{r:.1f} [{lo:.1f}, {hi:.1f}]" for r, lo, hi in zip(w.win_rate, w.ci_low, w.ci_high)]
+    if paper:
+        w["cell"] = [f"{r:.1f} ± {(hi - lo) / 2:.2f}" for r, lo, hi in zip(w.win_rate, w.paper_ci_low, w.paper_ci_high)]
+    else:
+        w["cell"] = [f"{r:.1f} [{lo:.1f}, {hi:.1f}]" for r, lo, hi in zip(w.win_rate, w.ci_low, w.ci_high)]
     return w.pivot(index="pair", columns="metric", values="cell")
 
 
@@ -61,6 +65,10 @@ def write_report(out_dir, wins: pd.DataFrame, means: pd.DataFrame, nsfw: Optiona
         method = wins["ci_method"].iloc[0]
         md += [f"## Win rate (%) of A over B, median of N images per prompt, ties count half; 95% CI ({method})\n",
                markdown_table(win_rate_wide(wins))]
+        if "paper_ci_low" in wins:
+            md += ["\n### The same win rates with the papers' interval: normal approximation over all generated "
+                   "images (Diffusion-KTO Tables 3-5; narrower: it counts every image as an independent trial)\n",
+                   markdown_table(win_rate_wide(wins, paper=True))]
         styles = [s for s in wins["style"].unique() if s != "all"]
         for s in styles:
             md += [f"\n### Style: {s}\n", markdown_table(win_rate_wide(wins, s))]

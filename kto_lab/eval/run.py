@@ -75,7 +75,8 @@ class EvalConfig:
     prompts: str = ""  # PartiPrompts .tsv | HPS v2 dir of <style>.json | Pick-a-Pic .parquet | .txt
     prompt_format: str = "auto"  # auto (from the path) | partiprompts | hps | pickapic | text | jsonl
     limit: Optional[int] = None  # first n prompts (quick runs)
-    per_style: Optional[int] = None  # first n prompts per style (the paper's user study: 25 per HPS style)
+    per_style: Optional[int] = None  # n random prompts per style (the paper's user study, A.2: 25 per HPS style)
+    per_style_seed: int = 0  # the seed of that random draw
     models: List[ModelSpec] = field(default_factory=list)  # each {name, pipeline[, unet | lora]}
     # pairs to compare as "a:b"; empty: the FIRST model against each of the others
     compare: List[str] = field(default_factory=list)
@@ -91,7 +92,9 @@ class EvalConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:0 ...
     dtype: str = "float32"  # float32 | float16 | bfloat16
     safety_checker: Optional[str] = None  # SD pipeline dir with safety_checker/ + feature_extractor/ (appendix F)
-    ci_method: str = "bootstrap"  # bootstrap (over prompts) | wilson | normal
+    # bootstrap (over prompts) | wilson | normal | paper (normal approximation over all images, Diffusion-KTO
+    # Tables 3-5); the report shows the paper's interval beside the chosen one either way
+    ci_method: str = "bootstrap"
     n_bootstrap: int = 2000  # resamples of the bootstrap CI
     on_failure: str = "loss"  # a prompt with no image counts as a loss ("loss") or is left out ("exclude")
     score_batch_size: int = 16  # images per scorer call
@@ -216,7 +219,8 @@ def run_evaluation(cfg: EvalConfig, *, progress: bool = True, make_plots: bool =
     from kto_lab.eval.protocol import load_scores, score_model
 
     cfg.validate()
-    prompts = load_prompts(cfg.prompts, cfg.prompt_format, limit=cfg.limit, per_style=cfg.per_style)
+    prompts = load_prompts(cfg.prompts, cfg.prompt_format, limit=cfg.limit, per_style=cfg.per_style,
+                           per_style_seed=cfg.per_style_seed)
     scorers = build_scorers(cfg.scorers, resolve_device(cfg.device), cfg.score_batch_size)  # fail before generating
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -184,6 +184,7 @@ class CachedSource:
         from safetensors import safe_open
         from safetensors.torch import load_file
 
+        from ..data.sampler import sampling_gamma
         from .data import gamma_sampler
         from .families import FAMILIES
 
@@ -209,8 +210,8 @@ class CachedSource:
             self.empty_caption = load_file(str(self.dir / EMPTY_CAPTION))
         self.skipped = len(self.manifest.get("skipped", []))
         self.generator = torch.Generator().manual_seed(seed)
-        self.sampler = None if self.pairs else gamma_sampler(self.labels, cfg.data.gamma, seed,
-                                                             f"latent cache {str(self.dir)!r}")
+        gamma = sampling_gamma(cfg.objective.objective, cfg.data.gamma)
+        self.sampler = None if self.pairs else gamma_sampler(self.labels, gamma, seed, f"latent cache {str(self.dir)!r}")
 
     def __len__(self) -> int:
         return int(self.offsets[-1])

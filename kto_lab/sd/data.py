@@ -15,7 +15,7 @@ exactly the batches of an uninterrupted one:
 
 * :class:`RecordSource`: per-image binary feedback (:func:`kto_lab.data.records.load_records`),
   indices from :class:`~kto_lab.data.sampler.GammaSampler` (Diffusion-KTO sec. 4.2: desirable
-  with probability gamma). For CSFT the caption gets the "good image, "/"bad image, " prefix.
+  with probability gamma; SFT draws desirable records only, ``sampling_gamma``). For CSFT the caption gets the "good image, "/"bad image, " prefix.
 * :class:`PairSource`: (winner, loser) pairs for Diffusion-DPO / SPIN
   (:func:`kto_lab.data.records.load_pairs`), drawn uniformly with replacement.
 * :class:`kto_lab.sd.cache.CachedSource`: the same, read from a latent/embedding cache.
@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from ..config import ConfigError
-from ..data.sampler import GammaSampler, check_classes
+from ..data.sampler import GammaSampler, check_classes, sampling_gamma
 from ..data.tables import DataError
 from ..objectives import csft_caption
 from .families import FAMILIES
@@ -306,7 +306,7 @@ def open_train_table(cfg):
         if not usable.any():
             raise DataError(f"{where}: no pair has both images")
     else:
-        check_classes(np.asarray(table.labels)[usable], d.gamma, where)
+        check_classes(np.asarray(table.labels)[usable], sampling_gamma(objective, d.gamma), where)
     return table
 
 
@@ -330,5 +330,5 @@ def make_source(cfg, tokenizer, rank: int = 0, table=None, family=None):
     common = {"family": family, "caption_dropout": d.caption_dropout}
     if o == "dpo":
         return PairSource(table, tokenizer, transform, batch_size=cfg.optim.batch_size, seed=seed, **common)
-    return RecordSource(table, tokenizer, transform, batch_size=cfg.optim.batch_size, gamma=d.gamma, seed=seed,
-                        csft=(o == "csft"), **common)
+    return RecordSource(table, tokenizer, transform, batch_size=cfg.optim.batch_size,
+                        gamma=sampling_gamma(o, d.gamma), seed=seed, csft=(o == "csft"), **common)

@@ -11,8 +11,9 @@ embedding and size/crop time ids; SD3: CLIP and T5 states and pooled projections
 errors are velocity errors) as the policy and, for KTO and DPO, the
 reference: a frozen low-precision copy kept on the device (full fine-tune, or LoRA with
 ``lora.reference=frozen_copy``) or the same UNet with its LoRA adapters disabled. The
-reference point comes from unrelated pairs (captions rolled inside the batch) and is averaged
-across processes (Diffusion-KTO sec. 4.1). Mixed precision, gradient accumulation and
+reference point comes from unrelated pairs (captions rolled inside the batch; with one sample per
+device, another process's or the previous micro-batch's captions) and is averaged across processes
+(Diffusion-KTO sec. 4.1). Mixed precision, gradient accumulation and
 multi-GPU / multi-node (DDP, DeepSpeed) come from ``accelerate launch``.
 
 Host syncs: one per step, the loss's finiteness, read after the backward pass is queued and
@@ -41,7 +42,7 @@ import yaml
 
 from .. import objectives as O
 from ..config import ConfigError
-from ..step import objective_step
+from ..step import cond_batch_size, map_cond, objective_step, roll_cond
 from .cache import sample_latents
 from .checkpoints import CHECKPOINT_PREFIX, CheckpointError, commit, is_disk_full, prune, write_manifest
 from .components import (Components, LORA_WEIGHTS, add_lora, cast_trainable_to_fp32, check_model_config, frozen_reference,
@@ -228,6 +229,7 @@ class Trainer:
         self.last_checkpoint: Optional[Path] = None
         self._grad_norm: Optional[Tensor] = None
         self._lr = 0.0
+        self._previous_cond = None  # unrelated captions for a one-sample batch on one process (_unrelated_cond)
 
         # --- data ------------------------------------------------------------------------
         if source is None:
@@ -303,6 +305,24 @@ class Trainer:
         geometry = {k: batch[k + suffix].to(self.device) for k in self.family.image_keys}
         return self.family.cond(text, geometry, self.cfg.data.resolution)
 
+    def _unrelated_cond(self, cond):
+        """Captions for the unrelated pairs of a one-sample batch (rolling it would pair the sample with
+        its own caption, sec. 4.1): with several processes, the next process's; with one, the previous
+        micro-batch's (kept in checkpoints; the run's first micro-batch draws one extra batch for it).
+        None for larger batches: ``objective_step`` rolls the batch's own."""
+        o = self.cfg.objective
+        if o.objective != "kto" or o.reference_point != "unrelated" or cond_batch_size(cond) != 1:
+            return None
+        acc = self.accelerator
+        if acc.num_processes > 1:  # every rank gathers the same global batch; take the next rank's row
+            every = roll_cond(map_cond(lambda c: acc.gather(c.contiguous()), cond), shifts=-1)
+            return map_cond(lambda c: c[acc.process_index:acc.process_index + 1], every)
+        if self._previous_cond is None:
+            first = self.source.next_batch()
+            self._previous_cond = self._cond(first, self._text(first))
+        previous, self._previous_cond = self._previous_cond, map_cond(lambda c: c.detach(), cond)
+        return previous
+
     def step(self, batch: Dict[str, Tensor]) -> Dict[str, Tensor]:
         """One micro-batch: loss (shared ``objective_step``), backward, and on the last micro-batch
         of an accumulation window, clipping, optimizer and LR-schedule steps."""
@@ -316,7 +336,8 @@ class Trainer:
             labels = batch["labels"].to(self.device)
             out = objective_step(cfg.objective, self.schedule, self.policy, x0, labels, cond,
                                  reference=self.reference, x0_loser=x0_l, cond_loser=cond_l,
-                                 generator=self.generator, reduce_mean=self.reduce_mean)
+                                 generator=self.generator, reduce_mean=self.reduce_mean,
+                                 cond_unrelated=self._unrelated_cond(cond))
             acc.backward(out.loss)
             self._check_finite(out.metrics["loss"])  # the step's one host sync, before the update
             if acc.sync_gradients and cfg.optim.max_grad_norm > 0:
@@ -482,6 +503,7 @@ class Trainer:
             "generator": self.generator.get_state(),
             "lr_scheduler": self.lr_scheduler.state_dict(),
             "source": self.source.state_dict(),
+            "previous_cond": map_cond(lambda c: c.cpu(), self._previous_cond),
         }
 
     def save_checkpoint(self) -> Path:
@@ -530,6 +552,7 @@ class Trainer:
         self.generator.set_state(state["generator"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self.source.load_state_dict(state["source"])
+        self._previous_cond = map_cond(lambda c: c.to(self.device), state.get("previous_cond"))
         self.last_checkpoint = path
 
     def save_final(self) -> Optional[str]:

@@ -4,9 +4,12 @@
     kto-lab synthetic compare --base figures/synthetic/base/pipeline --out runs/synthetic/red [align.user=red ...]
     kto-lab synthetic figures --run runs/synthetic/red --out figures/synthetic/red
     kto-lab synthetic samples --base figures/synthetic/base/pipeline --out figures/synthetic/base_samples.png
+    kto-lab synthetic sweep --plan frontier --base figures/synthetic/base/pipeline --out runs/sweeps/red [sweep.steps=200 ...]
+    kto-lab synthetic sweep-report --run runs/sweeps/red --out figures/kto_vs_dpo
 
 Overrides are ``section.field=value`` on :class:`~kto_lab.synthetic.experiment.BaseConfig`
-(``base.``) or :class:`~kto_lab.synthetic.experiment.AlignConfig` (``align.``); a bad value
+(``base.``), :class:`~kto_lab.synthetic.experiment.AlignConfig` (``align.``) or
+:class:`~kto_lab.synthetic.sweep.SweepConfig` (``sweep.``); a bad value
 fails before anything is trained.
 """
 
@@ -49,6 +52,23 @@ def cmd_compare(args) -> int:
     _threads(args.threads)
     summary = run_comparison(args.base, args.out, cfg, progress=not args.quiet)
     print(json.dumps({"win_rates": summary["win_rates"], "seconds": summary["seconds"]}, indent=1, default=float))
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from .sweep import SweepConfig, run_sweep
+
+    cfg = _load(SweepConfig, "sweep", args.overrides)
+    _threads(args.threads)
+    run_sweep(args.plan, args.base, args.out, cfg, progress=not args.quiet)
+    return 0
+
+
+def cmd_sweep_report(args) -> int:
+    from .sweep_report import write_report
+
+    for path in write_report(args.run, args.out):
+        print(path)
     return 0
 
 
@@ -98,6 +118,20 @@ def add_parser(subparsers, name: str, help: str):
     c.add_argument("overrides", nargs="*", metavar="align.key=value", help="AlignConfig fields to override (listed below)")
     common(c)
     c.set_defaults(func=cmd_compare)
+
+    w = sub.add_parser("sweep", help="a resumable sweep over methods, settings, regimes and seeds (one cell per run)")
+    w.add_argument("--plan", required=True, choices=["frontier", "regimes"],
+                   help="frontier: every method over beta / learning rate; regimes: KTO vs DPO per data regime")
+    w.add_argument("--base", required=True, help="the base pipeline directory")
+    w.add_argument("--out", required=True, help="sweep directory (cells/*.json; finished cells are skipped)")
+    w.add_argument("overrides", nargs="*", help="sweep.FIELD=VALUE")
+    common(w)
+    w.set_defaults(func=cmd_sweep)
+
+    r = sub.add_parser("sweep-report", help="frontier and regime plots and tables of a sweep directory")
+    r.add_argument("--run", required=True, help="the sweep directory")
+    r.add_argument("--out", required=True, help="where the figures and tables go")
+    r.set_defaults(func=cmd_sweep_report)
 
     f = sub.add_parser("figures", help="plots and tables of a comparison run")
     f.add_argument("--run", required=True, help="the run directory of `synthetic compare`")

@@ -104,9 +104,24 @@ class Measurement:
         return {"score": self.score, "fidelity": self.fidelity, "fidelity_all": self.fidelity_all}
 
 
-def measure(images: np.ndarray, captions: Sequence[str], user) -> Measurement:
+def per_image_scores(images: np.ndarray, captions: Sequence[str], user) -> Dict[str, np.ndarray]:
+    """Per image: the user's ``score``, ``fidelity`` (fraction of named attributes right) and
+    ``fidelity_all`` (every named attribute right)."""
     f = fidelity(images, list(captions))
-    return Measurement(float(user.score(images).mean()), float(f["score"].mean()), float(f["all"].mean()))
+    return {"score": np.asarray(user.score(images), dtype=np.float64), "fidelity": f["score"], "fidelity_all": f["all"]}
+
+
+def measure(images: np.ndarray, captions: Sequence[str], user) -> Measurement:
+    return Measurement(**{k: float(v.mean()) for k, v in per_image_scores(images, captions, user).items()})
+
+
+def image_distance(images: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Per image, the RMS pixel difference (in [0, 1] units) from the reference image drawn for the
+    same caption and seed: how far a fine-tuned model's outputs moved from the base model's."""
+    images, reference = np.asarray(images, dtype=np.float64), np.asarray(reference, dtype=np.float64)
+    if images.shape != reference.shape:
+        raise ValueError(f"image_distance: shapes differ, {images.shape} vs {reference.shape}")
+    return np.sqrt(((images - reference) ** 2).reshape(len(images), -1).mean(axis=1))
 
 
 def evaluate_models(

@@ -20,14 +20,15 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Set
 
 import numpy as np
 
 from ..config import check_choice, check_range
 from ..objectives import CSFT_PREFIXES
+from ..sd.config import LR_SCHEDULERS
 from . import base as B
-from .evaluate import eval_set, evaluate_models, make_pipeline, measure, sample
+from .evaluate import eval_set, evaluate_models, image_distance, make_pipeline, per_image_scores, sample
 from .shapes import eval_captions, make_dataset
 from .users import USERS, get_user, label_pool
 
@@ -68,6 +69,7 @@ class AlignConfig:
     batch_size: int = 32
     learning_rate: float = 1e-4  # full fine-tune, AdamW without weight decay (Adam, as A.1)
     warmup_steps: int = 20
+    lr_scheduler: str = "constant_with_warmup"  # or "cosine" (the sweeps: a settled final model), "linear"
     beta: float = 1000.0  # KTO and DPO beta (A.1 uses 5000 for SD at lr 1e-7; see docs/synthetic.md)
     gamma: float = 0.8  # share of desirable samples (sec. 4.2)
     spin_iterations: int = 3
@@ -87,6 +89,7 @@ class AlignConfig:
         check_range("align.learning_rate", self.learning_rate, low=0.0, low_open=True)
         check_range("align.beta", self.beta, low=0.0, low_open=True)
         check_range("align.gamma", self.gamma, low=0.0, high=1.0, low_open=True)
+        check_choice("align.lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
         return self
 
 
@@ -169,12 +172,16 @@ def _method_objective(method: str):
     return method, "kto"
 
 
-def write_feedback(base_dir: Path, out_dir: Path, cfg: AlignConfig, image_size: int = 16) -> Dict:
-    """The user's feedback: records (all images) and pairs (same caption) on disk."""
-    user = get_user(cfg.user)
+def user_feedback(cfg: AlignConfig, image_size: int = 16):
+    """The user's labelled candidate pool for ``cfg`` (captions drawn with seed ``cfg.seed + 1``)."""
     data = make_dataset(cfg.n_captions, renders_per_caption=cfg.renders_per_caption, image_size=image_size,
                         seed=cfg.seed + 1)
-    fb = label_pool(data, user)
+    return label_pool(data, get_user(cfg.user))
+
+
+def write_feedback(base_dir: Path, out_dir: Path, cfg: AlignConfig, image_size: int = 16) -> Dict:
+    """The user's feedback: records (all images) and pairs (same caption) on disk."""
+    fb = user_feedback(cfg, image_size)
     d = out_dir / "feedback"
     records = B.write_image_records(fb.images, fb.captions, fb.labels, d, scores=fb.scores)
     pairs = B.write_image_pairs(fb.images, fb.captions, fb.pairs, d)
@@ -186,19 +193,29 @@ def write_feedback(base_dir: Path, out_dir: Path, cfg: AlignConfig, image_size: 
 
 
 class CurveRecorder:
-    """The user's score and fidelity of a model on fixed prompts and seeds (Figure 7's curve)."""
+    """The user's score, fidelity and distance from the base of a model on fixed prompts and seeds
+    (Figure 7's curve). ``distance``: mean RMS pixel difference from the base model's image of the
+    same caption and seed. ``steps``: measure only at these steps (None: at every call).
+    ``per_image[(method, step)]`` keeps each image's scores (for head-to-head win rates)."""
 
-    def __init__(self, pipe_dir: Path, user, n_prompts: int, image_size: int):
+    def __init__(self, pipe_dir: Path, user, n_prompts: int, image_size: int, steps: Optional[Set[int]] = None):
         self.pipe = make_pipeline(pipe_dir)
         self.caps, self.seeds = eval_set(eval_captions(n_prompts, seed=99), 2)
-        self.user, self.image_size = user, image_size
+        self.user, self.image_size, self.steps = user, image_size, steps
+        self.base_images = sample(self.pipe, self.caps, self.seeds, image_size=image_size)
         self.rows: List[Dict] = []
+        self.per_image: Dict[tuple, Dict[str, np.ndarray]] = {}
 
-    def __call__(self, method: str, step: int, unet) -> Dict:
+    def __call__(self, method: str, step: int, unet) -> Optional[Dict]:
+        if self.steps is not None and step not in self.steps:
+            return None
         self.pipe.unet = unet
         prompts = [CSFT_SAMPLING_PREFIX + c for c in self.caps] if method == "csft" else self.caps
         images = sample(self.pipe, prompts, self.seeds, image_size=self.image_size)
-        row = {"method": method, "step": step, **measure(images, self.caps, self.user).to_dict()}
+        scores = per_image_scores(images, self.caps, self.user)
+        scores["distance"] = image_distance(images, self.base_images)
+        self.per_image[(method, step)] = scores
+        row = {"method": method, "step": step, **{k: float(v.mean()) for k, v in scores.items()}}
         self.rows.append(row)
         return row
 
@@ -213,7 +230,8 @@ def align_one(method: str, base_dir: Path, out_dir: Path, feedback: Dict, cfg: A
     tcfg = _train_config(
         str(base_dir), out_dir / "runs" / method, Path(records), resolution=image_size, objective=objective,
         utility=utility, steps=cfg.steps, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
-        warmup=cfg.warmup_steps, seed=cfg.seed, gamma=cfg.gamma, beta=cfg.beta, progress=progress)
+        warmup=cfg.warmup_steps, seed=cfg.seed, gamma=cfg.gamma, beta=cfg.beta,
+        lr_scheduler=cfg.lr_scheduler, progress=progress)
     trainer = Trainer(tcfg, overwrite=True)  # the experiment owns its run directories: a re-run redoes them
     curve(method, 0, trainer.base_unet())
     step = 0
@@ -234,7 +252,7 @@ def align_spin(base_dir: Path, out_dir: Path, feedback: Dict, cfg: AlignConfig, 
     tcfg = _train_config(
         str(base_dir), out_dir / "runs" / "spin", Path(feedback["records"]), resolution=image_size, objective="dpo",
         steps=steps, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, warmup=cfg.warmup_steps,
-        seed=cfg.seed, beta=cfg.beta, cache=False, progress=progress)
+        seed=cfg.seed, beta=cfg.beta, lr_scheduler=cfg.lr_scheduler, cache=False, progress=progress)
     gen_pipe = make_pipeline(base_dir)
     base_unet = gen_pipe.unet
 
