@@ -60,7 +60,7 @@ def spin(
     the real (winner) images. ``pairs_per_iteration``: real images drawn per round (all if None).
     """
     from kto_lab.data.records import load_records, write_pairs
-    from kto_lab.synthetic.shapes import to_pil  # (3, H, W) floats in [0, 1] -> PIL, the ``generate`` layout
+    from kto_lab.images import to_pil  # (3, H, W) floats in [0, 1] -> PIL, the ``generate`` layout
 
     if iterations < 1:
         raise ValueError(f"spin: iterations must be >= 1, got {iterations}")

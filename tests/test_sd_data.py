@@ -117,7 +117,7 @@ def test_sft_draws_desirable_records_only(tmp_path, tokenizer, cached):
 
     from kto_lab.sd.cache import CACHE_VERSION, cache_kind
     from kto_lab.sd.config import load_train_config
-    from kto_lab.sd.data import make_source
+    from kto_lab.sd.source import make_source
 
     records = write_records(tmp_path / "records")  # 2 of 6 records desirable
     data = {"train": [str(records)], "resolution": 8, "gamma": 0.5}

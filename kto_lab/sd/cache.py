@@ -38,6 +38,7 @@ import torch
 
 from ..config import ConfigError
 from ..objectives import csft_caption
+from .data import ImageTransform, gamma_sampler, geometry, open_table
 
 Tensor = torch.Tensor
 CACHE_VERSION = 2
@@ -71,7 +72,6 @@ def build_cache(cfg, components, *, batch_size: int = 8, progress: bool = True) 
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
-    from .data import ImageTransform, geometry, open_table
     from .encoding import latent_scale
 
     family, vae = components.family, components.vae
@@ -185,7 +185,6 @@ class CachedSource:
         from safetensors.torch import load_file
 
         from ..data.sampler import sampling_gamma
-        from .data import gamma_sampler
         from .families import FAMILIES
 
         self.dir = Path(cache_dir)

@@ -18,7 +18,8 @@ exactly the batches of an uninterrupted one:
   with probability gamma; SFT draws desirable records only, ``sampling_gamma``). For CSFT the caption gets the "good image, "/"bad image, " prefix.
 * :class:`PairSource`: (winner, loser) pairs for Diffusion-DPO / SPIN
   (:func:`kto_lab.data.records.load_pairs`), drawn uniformly with replacement.
-* :class:`kto_lab.sd.cache.CachedSource`: the same, read from a latent/embedding cache.
+* :class:`kto_lab.sd.cache.CachedSource`: the same, read from a latent/embedding cache
+  (:func:`kto_lab.sd.source.make_source` picks one).
 
 Missing or unreadable images: ``on_missing_image="error"`` stops with the table's error naming
 the file; ``"skip"`` counts the image (``source.skipped``) and draws another of the same class.
@@ -308,27 +309,3 @@ def open_train_table(cfg):
     else:
         check_classes(np.asarray(table.labels)[usable], sampling_gamma(objective, d.gamma), where)
     return table
-
-
-def make_source(cfg, tokenizer, rank: int = 0, table=None, family=None):
-    """The configured source: a cache if ``data.cache_dir`` holds one, else the table(s) (``table``:
-    already opened by :func:`open_train_table`).
-
-    ``tokenizer``: one per text tower of ``family`` (default SD 1.x/2.x). Each process gets its own
-    seed (``data.seed + 1000 * rank``) so ranks draw different samples.
-    """
-    from pathlib import Path
-
-    seed = cfg.data.seed + 1000 * rank
-    d, o = cfg.data, cfg.objective.objective
-    if d.cache_dir and (Path(d.cache_dir) / "cache.json").is_file():
-        from .cache import CachedSource
-
-        return CachedSource(d.cache_dir, cfg, batch_size=cfg.optim.batch_size, seed=seed, family=family)
-    transform = ImageTransform(d.resolution, d.center_crop, d.random_flip)
-    table = table if table is not None else open_table(d.train, o, d.on_missing_image)
-    common = {"family": family, "caption_dropout": d.caption_dropout}
-    if o == "dpo":
-        return PairSource(table, tokenizer, transform, batch_size=cfg.optim.batch_size, seed=seed, **common)
-    return RecordSource(table, tokenizer, transform, batch_size=cfg.optim.batch_size,
-                        gamma=sampling_gamma(o, d.gamma), seed=seed, csft=(o == "csft"), **common)

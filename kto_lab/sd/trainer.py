@@ -239,7 +239,7 @@ class Trainer:
 
                     build_cache(cfg, c, progress=cfg.logging.progress_bar)
                 acc.wait_for_everyone()
-            from .data import make_source
+            from .source import make_source
 
             source = make_source(cfg, family.tokenizers(c), rank=acc.process_index, table=table, family=family)
         self.source = source

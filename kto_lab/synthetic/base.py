@@ -29,7 +29,8 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import torch
 
-from .shapes import MAX_TOKENS, VOCABULARY, ShapesDataset, to_pil
+from ..images import to_pil
+from .shapes import MAX_TOKENS, VOCABULARY, ShapesDataset
 
 KL_WEIGHT = 1e-6  # SD's VAE weighs its KL term by 1e-6 against the reconstruction
 

@@ -8,7 +8,7 @@ draw the right image, and :mod:`kto_lab.synthetic.fidelity` can check programmat
 did (only what the caption names is checked).
 
 Images are float32 arrays ``(3, H, W)`` in ``[0, 1]`` (``H = W = 16`` by default), the layout of
-``torch`` image batches; :func:`to_pil` turns one into a PIL image for files and pipelines.
+``torch`` image batches; :func:`kto_lab.images.to_pil` turns one into a PIL image for files and pipelines.
 """
 
 from __future__ import annotations
@@ -188,18 +188,6 @@ def render(scene: Scene, image_size: int = 16, rng: Optional[np.random.Generator
     img[:] = np.asarray(COLORS[scene.background], dtype=np.float32)[:, None, None]
     img[:, mask] = np.asarray(COLORS[scene.color], dtype=np.float32)[:, None]
     return img
-
-
-def to_pil(image: np.ndarray):
-    """``(3, H, W)`` float array in [0, 1] -> RGB PIL image."""
-    from PIL import Image
-
-    arr = (np.clip(np.asarray(image), 0, 1) * 255).round().astype(np.uint8).transpose(1, 2, 0)
-    return Image.fromarray(arr, "RGB")
-
-
-def from_pil(img) -> np.ndarray:
-    return (np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0).transpose(2, 0, 1).copy()
 
 
 @dataclass
