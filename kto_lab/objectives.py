@@ -228,12 +228,16 @@ def kto_loss(
     sign = _labels_as_sign(labels).to(err_policy.device)
     g = err_ref.float() - err_policy.float()
     z = torch.as_tensor(z_ref, dtype=g.dtype, device=g.device).detach()
-    utility_value = U(sign * beta * (g - z))
+    x = sign * beta * (g - z)
+    utility_value = U(x)
     weight = torch.where(sign > 0, float(lambda_desirable), float(lambda_undesirable))
     loss = (weight * (1.0 - utility_value)).mean()
     metrics = _reward_metrics(beta * g, sign)
     metrics["z_ref"] = beta * z
     metrics["kl"] = z.clone()
+    # Share of samples where the sigmoid utility's slope is below 0.1 (|x| >= 2): they barely send gradient.
+    # When most do, runs become sensitive to tiny changes (figures/kto_vs_dpo.md, section 4).
+    metrics["saturated"] = (x.detach().abs() >= 2.0).float().mean()
     return ObjectiveOutput(loss, metrics)
 
 

@@ -10,6 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -199,3 +200,27 @@ def test_flow_beta_scale_weights_are_the_optimal_denoisers_reward():
             g_mean = (((optimal(0.0) - target) ** 2) - ((optimal(delta) - target) ** 2)).mean(0)
             expected = weight(schedule, torch.tensor([step])) * delta * (2 * x0[0] - delta)
             assert torch.allclose(g_mean, expected, atol=2e-3 * max(1.0, float(expected.abs().max()))), (name, step)
+
+
+def test_kto_saturation_statistics_and_recording():
+    """benchmarks/kto_saturation.py: the statistics of known arguments, and the recorder sees |w beta (g - z_ref)|
+    of every kto_loss call while leaving the loss unchanged, and restores the original."""
+    spec = importlib.util.spec_from_file_location("kto_saturation", REPO / "benchmarks" / "kto_saturation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    import kto_lab.objectives as O
+
+    stats = module.saturation_stats(np.array([0.0] * 2 + [10.0] * 14))  # 2 active samples of 16 carry ~all
+    assert stats["median_abs_x"] == 10.0 and stats["share_active"] == 0.125
+    assert stats["top_eighth_gradient_share"] == pytest.approx(0.25 / (0.25 + 7 * 4.54e-5), rel=1e-3)
+    flat = module.saturation_stats(np.array([-1.0, 1.0] * 8))  # equal slopes: the top eighth carries an eighth
+    assert flat["share_active"] == 1.0 and flat["top_eighth_gradient_share"] == pytest.approx(0.125)
+
+    original, records = O.kto_loss, []
+    restore = module.record_kto_arguments(records)
+    err_p, err_r, labels = torch.tensor([0.5, 0.4]), torch.tensor([0.6, 0.3]), torch.tensor([1, 0])
+    out = O.kto_loss(err_p, err_r, labels, beta=10.0, z_ref=torch.tensor(0.02))
+    restore()
+    assert O.kto_loss is original
+    np.testing.assert_allclose(records[0], [10 * abs(0.1 - 0.02), 10 * abs(-0.1 - 0.02)], rtol=1e-5)
+    assert torch.equal(out.loss, original(err_p, err_r, labels, beta=10.0, z_ref=torch.tensor(0.02)).loss)

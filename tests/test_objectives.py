@@ -42,6 +42,12 @@ def test_kto_loss_matches_hand_computation(utility, expected):
     assert floats(out)["z_ref"] == pytest.approx(0.1)  # beta * z, in reward units
 
 
+def test_kto_loss_reports_the_share_of_saturated_samples():
+    # x = w * beta * (g - z) = [0.1 * b, 0.3 * b] with b = beta / 2: saturated where |x| >= 2
+    for beta, share in ((2.0, 0.0), (20.0, 0.5), (40.0, 1.0)):
+        assert floats(O.kto_loss(ERR_P, ERR_R, LABELS, beta=beta, z_ref=0.05))["saturated"] == share
+
+
 def test_kto_loss_class_weights():
     # lambda_D = 2, lambda_U = 0.5: mean(2 * 0.475021, 0.5 * 0.425557)
     out = O.kto_loss(ERR_P, ERR_R, LABELS, beta=2.0, z_ref=0.05, lambda_desirable=2.0, lambda_undesirable=0.5)
