@@ -27,7 +27,7 @@ import tokenize
 import typing
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Type, TypeVar
+from typing import Any, Dict, Iterable, Iterator, Optional, Sequence, Type, TypeVar
 
 import yaml
 

@@ -22,6 +22,9 @@ def no_model_loads(monkeypatch):
 
     monkeypatch.setattr(toy.run, "run_figure6", loaded)
     monkeypatch.setattr(toy.run, "run_ablations", loaded)
+    import toy.frontier
+
+    monkeypatch.setattr(toy.frontier, "run_frontier", loaded)
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +109,8 @@ CASES = {
                           r"--out='.*records\.csv' is not a writable directory"),
     "toy ablations out under a file": (lambda w: ["toy", "ablations", "--out", str(w["records"] / "sub")],
                                        r"--out='.*records\.csv/sub' is not a writable directory"),
+    "toy frontier out is a file": (lambda w: ["toy", "frontier", "--out", str(w["records"])],
+                                   r"--out='.*records\.csv' is not a writable directory"),
 }
 
 

@@ -335,6 +335,9 @@ def test_cli_figure6_figure9_ablations(tmp_path):
     abl = json.loads((tmp_path / "ablation_metrics.json").read_text())
     assert set(abl) >= {"beta", "gamma", "utility"} and "3.0" in abl["beta"] and "kto" in abl["utility"]
     assert (tmp_path / "ablation.png").is_file()
+    assert main(["toy", "frontier", "--out", str(tmp_path / "frontier"), "--seeds", "1", "--steps", "2",
+                 "--pretrain-steps", "3", "--set=n_samples=50", *tiny]) == 0
+    assert {p.name for p in (tmp_path / "frontier").iterdir()} >= {"toy_frontier.png", "toy_frontier_summary.csv"}
 
 
 def test_cli_flow_family_writes_its_own_files(tmp_path):

@@ -84,9 +84,10 @@ def cmd_frontier(args) -> int:
 
     _check_seeds(args.seeds)
     cfg = _config(args)
+    out = check_output_dir("--out", args.out)
     t0 = time.perf_counter()
     rows = run_frontier(cfg, seeds=args.seeds)
-    paths = write_frontier(rows, Path(args.out), command=_command(), config=cfg)
+    paths = write_frontier(rows, out, command=_command(), config=cfg)
     print(f"frontier: {args.seeds} seed(s) in {time.perf_counter() - t0:.1f}s -> {paths['png']}, {paths['summary']}")
     return 0
 

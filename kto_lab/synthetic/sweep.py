@@ -38,7 +38,7 @@ import numpy as np
 from ..config import check_choice, check_range
 from ..objectives import NEEDS_REFERENCE
 from . import base as B
-from .experiment import METHODS, AlignConfig, CurveRecorder, _method_objective, align_one, align_spin, user_feedback
+from .experiment import AlignConfig, CurveRecorder, _method_objective, align_one, align_spin, user_feedback
 from .regimes import REGIMES, get_regime, regime_data
 from .users import USERS, get_user
 
