@@ -29,13 +29,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def saturation_stats(x: np.ndarray) -> Dict[str, float]:
-    """For arguments ``x`` of the sigmoid utility: median |x|, share with |x| < 2, and the share of the total
-    gradient weight ``sigmoid'(x)`` carried by the eighth of the samples with the largest weight."""
+    """For arguments ``x`` of the sigmoid utility: median |x|, share below ``objectives.SATURATED_AT`` (2: the
+    complement of the trainer's ``saturated`` metric), and the share of the total gradient weight
+    ``sigmoid'(x)`` carried by the eighth of the samples with the largest weight."""
+    from kto_lab.objectives import SATURATED_AT
+
     x = np.abs(np.asarray(x, dtype=np.float64)).ravel()
     s = 1.0 / (1.0 + np.exp(-x))
     slope = np.sort(s * (1.0 - s))[::-1]
     top = max(1, len(slope) // 8)
-    return {"median_abs_x": float(np.median(x)), "share_active": float(np.mean(x < 2.0)),
+    return {"median_abs_x": float(np.median(x)), "share_active": float(np.mean(x < SATURATED_AT)),
             "top_eighth_gradient_share": float(slope[:top].sum() / slope.sum())}
 
 

@@ -205,6 +205,11 @@ def _reward_metrics(rewards: Tensor, sign: Tensor) -> Dict[str, Tensor]:
     return m
 
 
+# |w beta (g - z_ref)| from which a sample counts as saturated: the sigmoid utility's slope is below 0.1 there
+# (40 % of its largest). When most samples are, runs become sensitive to tiny changes.
+SATURATED_AT = 2.0
+
+
 def kto_loss(
     err_policy: Tensor,
     err_ref: Tensor,
@@ -235,9 +240,8 @@ def kto_loss(
     metrics = _reward_metrics(beta * g, sign)
     metrics["z_ref"] = beta * z
     metrics["kl"] = z.clone()
-    # Share of samples where the sigmoid utility's slope is below 0.1 (|x| >= 2): they barely send gradient.
-    # When most do, runs become sensitive to tiny changes (figures/kto_vs_dpo.md, section 4).
-    metrics["saturated"] = (x.detach().abs() >= 2.0).float().mean()
+    # Share of samples where the sigmoid utility barely sends gradient (figures/kto_vs_dpo.md, section 4).
+    metrics["saturated"] = (x.detach().abs() >= SATURATED_AT).float().mean()
     return ObjectiveOutput(loss, metrics)
 
 
