@@ -35,9 +35,9 @@ OBJECTIVES = ("kto", "dpo", "sft", "csft", "bce")
 
 
 def build_tiny(family: str, path: Path) -> Path:
-    from kto_lab.sd.models import build_tiny_sd, build_tiny_sd3, build_tiny_sdxl
+    from kto_lab.sd.families import FAMILIES
 
-    return {"sd": build_tiny_sd, "sdxl": build_tiny_sdxl, "sd3": build_tiny_sd3}[family](path, words=conftest.TINY_WORDS)
+    return FAMILIES[family].build_tiny(path, words=conftest.TINY_WORDS)
 
 
 def run_config(pipeline, table, out, objective: str, lora: bool, **sections):
@@ -118,7 +118,7 @@ def family_lines(family: str, tmp: Path) -> None:
     lora, full = runs["kto", True], runs["kto", False]
     for name, kwargs in (("lora records", {"records_path": records, "lora_path": lora.weights}),
                          ("lora pairs", {"pairs_path": pairs, "lora_path": lora.weights}),
-                         ("full records", {"records_path": records, "unet_path": full.weights})):
+                         ("full records", {"records_path": records, "denoiser_path": full.weights})):
         res = evaluate_implicit_accuracy(pipe, n_draws=2, resolution=32, progress=False, beta=50.0, **kwargs)
         rewards = res.rewards if hasattr(res, "rewards") else list(res.rewards_winner) + list(res.rewards_loser)
         print(f"{family} implicit {name} {hexes(rewards)}")

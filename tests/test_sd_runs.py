@@ -188,6 +188,25 @@ def test_resume_with_other_run_settings_is_refused_naming_each_field(tiny_sd_pat
     assert resumed.global_step == 2 and resumed.fit().global_step == 5
 
 
+def test_a_checkpoint_written_before_the_denoiser_rename_resumes(tiny_sd_path, records, tmp_path):
+    """A run of a kto_lab from before model.unet was called model.denoiser saved the old name in its checkpoints:
+    it resumes (the names are matched), and a different denoiser is still refused, under the new name."""
+    from kto_lab.sd.run_dir import config_differences
+
+    cfg = short(tiny_sd_path, records, tmp_path / "run", optim={"max_steps": 4}, checkpoint={"every": 2},
+                model={"denoiser": str(tiny_sd_path / "unet")})
+    Trainer(cfg).fit(stop_at=3)
+    (checkpoint,) = (tmp_path / "run" / "checkpoints").glob("checkpoint-*")
+    manifest = json.loads((checkpoint / "manifest.json").read_text())
+    manifest["config"]["model"]["unet"] = manifest["config"]["model"].pop("denoiser")  # as the older kto_lab wrote it
+    (checkpoint / "manifest.json").write_text(json.dumps(manifest))
+    resumed = Trainer(cfg, overrides=["checkpoint.resume=latest"])
+    assert resumed.global_step == 2 and resumed.fit().global_step == 4
+    other = {**cfg, "model": {**cfg["model"], "denoiser": str(tiny_sd_path)}}
+    assert config_differences(manifest["config"], {**manifest["config"], "model": other["model"]}) == \
+        [f"model.denoiser: {str(tiny_sd_path / 'unet')!r} -> {str(tiny_sd_path)!r}"]
+
+
 def test_a_finished_run_keeps_its_weights_when_resumed_with_fewer_steps(tiny_sd_path, records, tmp_path):
     cfg = short(tiny_sd_path, records, tmp_path / "run", optim={"max_steps": 4}, checkpoint={"every": 2})
     weights = Path(Trainer(cfg).fit().weights) / "diffusion_pytorch_model.safetensors"
@@ -352,8 +371,11 @@ def test_push_uploads_a_finished_run_and_refuses_one_without_weights(tmp_path, m
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     run = tmp_path / "run"
     run.mkdir()
+    from kto_lab.sd.families import FAMILIES
+
+    sd = FAMILIES["sd"]
     cfg = load_train_config({"output_dir": str(run), "model": {"pretrained": "org/base-model"},
-                             "data": {"train": ["r.csv"]}, "lora": {"enabled": True}}).resolved()
+                             "data": {"train": ["r.csv"]}, "lora": {"enabled": True}}).resolved(sd)
     from dataclasses import asdict
 
     (run / "config.yaml").write_text(yaml.safe_dump(asdict(cfg)))
@@ -366,7 +388,7 @@ def test_push_uploads_a_finished_run_and_refuses_one_without_weights(tmp_path, m
     (run / "pytorch_lora_weights.safetensors").write_bytes(b"weights")
     from kto_lab.sd.model_card import write_model_card
 
-    write_model_card(run, asdict(cfg), metrics={"loss": 0.5}, counts={"desirable": 3, "undesirable": 1})
+    write_model_card(run, asdict(cfg), metrics={"loss": 0.5}, counts={"desirable": 3, "undesirable": 1}, family=sd)
     assert f'load_lora_weights("{run}")' in (run / "README.md").read_text()  # as the finished run wrote it
     assert main(["push", str(run), "me/kto-model", "--private", "--token", "hf_x"]) == 0
     assert calls[0] == ("init", "hf_x")
@@ -378,7 +400,13 @@ def test_push_uploads_a_finished_run_and_refuses_one_without_weights(tmp_path, m
     assert 'load_lora_weights("me/kto-model")' in card and str(run) not in card and "3 desirable, 1 undesirable" in card
     assert "base_model: org/base-model" in card
 
-    (run / "README.md").unlink()  # a run without a card (older kto_lab) gets one from config.yaml and metrics
+    (run / "README.md").unlink()  # a run without a card (older kto_lab) gets one from config.yaml and metrics ...
+    assert main(["push", str(run), "me/kto-model"]) == 2  # ... for the family of its pipeline, which must be readable
+    err = capsys.readouterr().err.strip()
+    assert "config.yaml: model.pretrained='org/base-model'" in err and "set model.family" in err and "\n" not in err
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    saved["model"]["family"] = "sd"
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
     assert main(["push", str(run), "me/kto-model"]) == 0
     card = (run / "README.md").read_text()
     assert 'load_lora_weights("me/kto-model")' in card and "| loss | 0.5 |" in card

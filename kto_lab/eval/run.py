@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import ClassVar, Dict, List, Optional
 
 import pandas as pd
 
@@ -27,11 +27,14 @@ DTYPES = ("float32", "float16", "bfloat16")
 
 @dataclass
 class ModelSpec:
-    """A model to evaluate: a base pipeline, optionally with a fine-tuned UNet or a LoRA."""
+    """A model to evaluate: a base pipeline, optionally with a fine-tuned denoiser or a LoRA."""
+
+    RENAMED: ClassVar[Dict[str, str]] = {"unet": "denoiser"}  # old key -> its name now (read with a note)
 
     name: str = ""
     pipeline: str = ""  # local diffusers pipeline dir (or hub id when online), e.g. SD v1-5
-    unet: Optional[str] = None  # a fine-tuned UNet directory (diffusers format; SD3: its transformer directory)
+    # a fine-tuned denoiser directory (diffusers format: a run's OUTPUT_DIR/unet, SD3's OUTPUT_DIR/transformer)
+    denoiser: Optional[str] = None
     lora: Optional[str] = None  # pytorch_lora_weights.safetensors or its directory
 
     def validate(self, where: str) -> None:
@@ -39,8 +42,8 @@ class ModelSpec:
             raise ConfigError(f"{where}.name={self.name!r} must be a non-empty name without '/'")
         if not self.pipeline:
             raise ConfigError(f"{where}.pipeline is required (a diffusers pipeline directory)")
-        if self.unet and self.lora:
-            raise ConfigError(f"{where}: give unet or lora, not both")
+        if self.denoiser and self.lora:
+            raise ConfigError(f"{where}: give denoiser or lora, not both")
         if (Path(self.pipeline) / "model_index.json").is_file():  # an unsupported family fails before any model loads
             from kto_lab.sd.families import resolve_family
 
@@ -77,7 +80,7 @@ class EvalConfig:
     limit: Optional[int] = None  # first n prompts (quick runs)
     per_style: Optional[int] = None  # n random prompts per style (the paper's user study, A.2: 25 per HPS style)
     per_style_seed: int = 0  # the seed of that random draw
-    models: List[ModelSpec] = field(default_factory=list)  # each {name, pipeline[, unet | lora]}
+    models: List[ModelSpec] = field(default_factory=list)  # each {name, pipeline[, denoiser | lora]}
     # pairs to compare as "a:b"; empty: the FIRST model against each of the others
     compare: List[str] = field(default_factory=list)
     scorers: List[ScorerSpec] = field(default_factory=lambda: [ScorerSpec("redness")])  # each {name[, path, ...]}
@@ -104,7 +107,7 @@ class EvalConfig:
             raise ConfigError("prompts is required (a prompt file or directory)")
         check_choice("prompt_format", self.prompt_format, PROMPT_FORMATS)
         if not self.models:
-            raise ConfigError("models must list at least one model (name, pipeline[, unet | lora])")
+            raise ConfigError("models must list at least one model (name, pipeline[, denoiser | lora])")
         names = [m.name for m in self.models]
         for i, m in enumerate(self.models):
             m.validate(f"models[{i}]")
@@ -174,13 +177,13 @@ def generate_all(cfg: EvalConfig, prompts, progress: bool = True) -> Dict[str, D
     from kto_lab.sd.models import check_model_paths, load_pipeline
 
     for i, m in enumerate(cfg.models):  # every model's paths before the first one loads
-        check_model_paths(m.pipeline, m.unet, m.lora, prefix=f"models[{i}].")
+        check_model_paths(m.pipeline, m.denoiser, m.lora, prefix=f"models[{i}].")
     device = resolve_device(cfg.device)
     dtype = None if cfg.dtype == "float32" else getattr(torch, cfg.dtype)
     checker = SafetyChecker.from_pretrained(cfg.safety_checker, device=device) if cfg.safety_checker else None
     counts = {}
     for m in cfg.models:
-        pipe = load_pipeline(m.pipeline, torch_dtype=dtype, unet_path=m.unet, lora_path=m.lora).to(device)
+        pipe = load_pipeline(m.pipeline, torch_dtype=dtype, denoiser_path=m.denoiser, lora_path=m.lora).to(device)
         pipe.set_progress_bar_config(disable=True)
         counts[m.name] = generate_images(
             pipe, prompts, Path(cfg.out_dir) / m.name, model_name=m.name, n_per_prompt=cfg.n_per_prompt,

@@ -2,7 +2,7 @@
 
 It says what the weights are and how they were made: base model, objective and its
 hyper-parameters, data files and counts, steps, final metrics, and how to load the LoRA or
-the UNet (SD3: the transformer) with the family's diffusers pipeline. ``kto-lab push`` writes it
+the denoiser (SD's UNet, SD3's transformer) with the family's diffusers pipeline. ``kto-lab push`` writes it
 again with the Hub repository id.
 """
 
@@ -70,23 +70,20 @@ def _usage(base: str, location: str, lora: bool, csft: bool, family) -> str:
 
 
 def write_model_card(output_dir: str | Path, config: Dict[str, Any], *, metrics: Dict[str, float],
-                     counts: Dict[str, int], repo_id: Optional[str] = None, family=None) -> Path:
-    """Write ``output_dir/README.md`` for a finished run with resolved ``config`` (a dict).
-    ``repo_id``: where the usage snippet loads the weights from (default: ``output_dir``); ``family``: the
-    run's :class:`~kto_lab.sd.families.ModelFamily` (default: ``model.family`` if named, else SD 1.x/2.x)."""
+                     counts: Dict[str, int], family, repo_id: Optional[str] = None) -> Path:
+    """Write ``output_dir/README.md`` for a finished run with resolved ``config`` (a dict) of model ``family``
+    (a :class:`~kto_lab.sd.families.ModelFamily`). ``repo_id``: where the usage snippet loads the weights from
+    (default: ``output_dir``)."""
     from huggingface_hub import ModelCard, ModelCardData
-
-    from .families import FAMILIES
 
     out = Path(output_dir)
     model, obj, optim, lora, data = (config[k] for k in ("model", "objective", "optim", "lora", "data"))
-    family = family or FAMILIES.get(model.get("family"), FAMILIES["sd"])
     base, name = model["pretrained"], obj["objective"]
+    start = model.get("denoiser")  # where the policy started, if not from the pipeline's denoiser
     is_hub_id = not Path(base).exists() and base.count("/") == 1
     method = {"kto": "Diffusion-KTO", "dpo": "Diffusion-DPO", "sft": "SFT", "csft": "CSFT", "bce": "BCE"}[name]
-    whole = "UNet" if family.denoiser_subfolder == "unet" else family.denoiser_subfolder
     tuned = (f"a rank-{lora['rank']} LoRA (alpha {lora['alpha']:g}) on {', '.join(lora['target_modules'])}"
-             if lora["enabled"] else f"the full {whole}")
+             if lora["enabled"] else f"the full {family.denoiser_name}")
     objective = {"kto": f"{method}, utility {obj['utility']}, beta {obj['beta']:g}, reference point "
                         f"{obj['reference_point']}, gamma {data['gamma']:g}",
                  "dpo": f"{method}, beta {obj['beta']:g}"}.get(name, method)
@@ -94,7 +91,7 @@ def write_model_card(output_dir: str | Path, config: Dict[str, Any], *, metrics:
     files = ", ".join(f"`{Path(p).name}`" for p in data["train"]) or f"the cache `{data['cache_dir']}`"
     count_text = ", ".join(f"{v} {k}" for k, v in counts.items()) or "not recorded"
     settings = {
-        "base model": f"`{base}`" + (f" (policy initialised from `{model['unet']}`)" if model.get("unet") else ""),
+        "base model": f"`{base}`" + (f" (policy initialised from `{start}`)" if start else ""),
         "objective": objective,
         "fine-tuned": tuned,
         "data": f"{files}: {count_text}",

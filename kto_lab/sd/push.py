@@ -22,17 +22,25 @@ KEEP_LOCAL = ["checkpoints/**", "**/.tmp-*", ".tmp-*", "logs/**", LOCK]
 
 
 def point_card_at(run_dir: Path, repo_id: str) -> Path:
-    """``run_dir/README.md`` loading the weights from ``repo_id`` (written anew if missing)."""
+    """``run_dir/README.md`` loading the weights from ``repo_id`` (written anew if missing, for the family of the
+    run's pipeline)."""
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     card = run_dir / "README.md"
     if card.is_file():
         card.write_text(card.read_text().replace(f'"{Path(config["output_dir"])}"', f'"{repo_id}"'))
         return card
+    from ..config import renamed_keys
+    from .config import ModelConfig
+    from .families import resolve_family
     from .model_card import write_model_card
 
+    config["model"] = renamed_keys(ModelConfig, config["model"], "model.")  # a run's config.yaml of an older kto_lab
+    family = resolve_family(config["model"]["pretrained"], config["model"].get("family", "auto"),
+                            field=f"{run_dir / 'config.yaml'}: model.pretrained")
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()] \
         if (run_dir / "metrics.jsonl").is_file() else []
-    return write_model_card(run_dir, config, metrics=rows[-1] if rows else {}, counts={}, repo_id=repo_id)
+    return write_model_card(run_dir, config, metrics=rows[-1] if rows else {}, counts={}, family=family,
+                            repo_id=repo_id)
 
 
 def push_run(run_dir: str | Path, repo_id: str, *, private: bool = False, token: Optional[str] = None) -> str:
@@ -41,7 +49,8 @@ def push_run(run_dir: str | Path, repo_id: str, *, private: bool = False, token:
     if not (run / "config.yaml").is_file():
         raise FileNotFoundError(f"{run} is not a kto_lab run directory (no config.yaml)")
     if final_weights(run) is None:
-        raise FileNotFoundError(f"{run} has no final weights (unet/ or pytorch_lora_weights.safetensors): "
+        raise FileNotFoundError(f"{run} has no final weights (its denoiser folder, e.g. unet/, or "
+                                f"pytorch_lora_weights.safetensors): "
                                 f"only a finished run can be pushed")
     if repo_id.count("/") > 1 or not repo_id.strip("/"):
         raise ConfigError(f"REPO_ID {repo_id!r} must look like name or user/name")

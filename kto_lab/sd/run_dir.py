@@ -34,13 +34,14 @@ import yaml
 from ..config import ConfigError
 from .checkpoints import latest_checkpoint, problem, read_manifest
 from .components import LORA_WEIGHTS
+from .families import DENOISER_FOLDERS
 
 LOCK = "run.lock"
 # Files that mark output_dir as used by a run, and everything a run writes there (what
 # ``overwrite`` deletes; other files stay).
-# (a full fine-tune's weights: unet/, SD3's transformer/)
-RUN_MARKERS = ("config.yaml", "metrics.jsonl", "metrics.csv", "checkpoints", "unet", "transformer", LORA_WEIGHTS)
-RUN_FILES = RUN_MARKERS + ("validation", "logs", "README.md", ".tmp-unet", ".tmp-transformer")
+# (a full fine-tune's weights: the family's denoiser folder, unet/, transformer/, ...)
+RUN_MARKERS = ("config.yaml", "metrics.jsonl", "metrics.csv", "checkpoints", *DENOISER_FOLDERS, LORA_WEIGHTS)
+RUN_FILES = RUN_MARKERS + ("validation", "logs", "README.md", *(f".tmp-{d}" for d in DENOISER_FOLDERS))
 # Config fields a resumed run may change (prefixes end with a dot); every other field defines the run.
 MAY_CHANGE_ON_RESUME = ("output_dir", "cpu", "optim.max_steps", "optim.allow_tf32", "model.compile",
                         "model.compile_mode", "model.compile_blocks", "model.channels_last",
@@ -53,9 +54,10 @@ class RunDirError(ConfigError):
 
 
 def final_weights(output_dir: str | Path) -> Optional[Path]:
-    """A finished run's weights in ``output_dir`` (``unet/``, SD3's ``transformer/`` or the LoRA file), if any."""
+    """A finished run's weights in ``output_dir`` (its denoiser folder, ``unet/``, ``transformer/``, ..., or the
+    LoRA file), if any."""
     out = Path(output_dir)
-    for denoiser in ("unet", "transformer"):
+    for denoiser in DENOISER_FOLDERS:
         if (out / denoiser / "config.json").is_file():
             return out / denoiser
     return out / LORA_WEIGHTS if (out / LORA_WEIGHTS).is_file() else None
@@ -168,11 +170,12 @@ def flatten(config: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
 
 def config_differences(old: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
     """``"field: old -> new"`` for each run-defining field that differs, and for a smaller
-    ``optim.max_steps``. Fields the old config lacks (added to kto_lab since) count as their default."""
-    from .config import TrainConfig
+    ``optim.max_steps``. Fields the old config lacks (added to kto_lab since) count as their default; a field
+    renamed since (``model.unet``) is compared under its new name."""
+    from .config import RENAMED_FIELDS, TrainConfig
 
     defaults = flatten(dataclasses.asdict(TrainConfig()))
-    old_flat, new_flat = flatten(old), flatten(new)
+    old_flat, new_flat = {RENAMED_FIELDS.get(k, k): v for k, v in flatten(old).items()}, flatten(new)
     out = []
     for key, value in new_flat.items():
         before = old_flat.get(key, defaults.get(key))
