@@ -15,6 +15,7 @@ Load with ``load_config(TrainConfig, "config.yaml", ["objective.beta=2000"])`` o
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Optional, Sequence
@@ -36,6 +37,7 @@ OPTIMIZERS = ("adamw", "adam", "adafactor")
 VAE_DTYPES = ("fp32", "auto")
 CACHE_DTYPES = ("fp32", "fp16")
 LR_SCHEDULERS = ("constant_with_warmup", "linear", "cosine")
+MAX_SEED = 2**32 - 1  # numpy's (accelerate's set_seed) largest seed
 
 
 @dataclass
@@ -127,6 +129,7 @@ class DataConfig:
         except ConfigError as e:
             raise ConfigError(f"data.{e}") from None
         check_range("data.cache_shard_size", self.cache_shard_size, low=1)
+        check_range("data.seed", self.seed, low=0, high=MAX_SEED)
         check_choice("data.latent_mode", self.latent_mode, LATENT_MODES)
         if isinstance(self.train, str):
             self.train = [self.train]
@@ -299,18 +302,33 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         if not self.output_dir:
             raise ConfigError("output_dir must be set")
+        check_range("seed", self.seed, low=0, high=MAX_SEED)
         for name in ("model", "data", "optim", "lora", "schedule", "logging", "checkpoint"):
             getattr(self, name).validate()
         try:
             self.objective.validate()
         except (ValueError, ConfigError) as e:
             raise ConfigError(f"objective: {e}") from None
+        self._expand_home()
         if self.model.reference is not None and self.lora.enabled and self.lora.reference == "disabled_adapters":
             raise ConfigError(
                 "model.reference is set but lora.reference=disabled_adapters uses the base UNet; "
                 "set lora.reference=frozen_copy to use the given reference"
             )
         return self
+
+    def _expand_home(self) -> None:
+        """``~`` in a path field is the user's home (a shell expands it only at a word's start, so
+        ``output_dir=~/runs/x`` would otherwise make a folder named ``~``)."""
+        def home(path: Optional[str]) -> Optional[str]:
+            return None if path is None else os.path.expanduser(path)
+
+        self.output_dir = home(self.output_dir)
+        self.data.train = [home(p) for p in self.data.train]
+        self.data.cache_dir = home(self.data.cache_dir)
+        self.checkpoint.resume = home(self.checkpoint.resume)
+        for name in ("pretrained", "unet", "reference", "vae"):
+            setattr(self.model, name, home(getattr(self.model, name)))
 
     def resolved(self, family=None) -> "TrainConfig":
         """A copy with the mode-dependent paper defaults filled in (full: A.1; LoRA: the study), and with
