@@ -20,6 +20,7 @@ import dataclasses
 import inspect
 import io
 import math
+import os
 import re
 import tempfile
 import textwrap
@@ -137,6 +138,14 @@ def check_output_dir(name: str, path: str | Path) -> Path:
     except OSError as exc:
         raise ConfigError(f"{name}={str(path)!r} is not a writable directory: {exc.strerror or exc}") from None
     return path
+
+
+def resolved_paths(value: Any) -> Any:
+    """A path (or a list of them) made absolute and real, for comparing: ``records.csv`` and its absolute
+    path give the same string. A hub id is treated alike on both sides, so equal ids stay equal."""
+    if isinstance(value, (list, tuple)):
+        return [resolved_paths(v) for v in value]
+    return os.path.realpath(os.path.expanduser(value)) if isinstance(value, str) else value
 
 
 # --- building dataclasses from dicts ----------------------------------------------------

@@ -382,3 +382,111 @@ def test_push_uploads_a_finished_run_and_refuses_one_without_weights(tmp_path, m
     assert main(["push", str(run), "me/kto-model"]) == 0
     card = (run / "README.md").read_text()
     assert 'load_lora_weights("me/kto-model")' in card and "| loss | 0.5 |" in card
+
+
+# --- the data a run and a cache are made of -----------------------------------------------------
+
+
+def flipped(table: Path) -> Path:
+    """``table`` with every label flipped, beside it (same images)."""
+    import csv
+
+    with open(table, newline="") as f:
+        rows = list(csv.DictReader(f))
+    out = table.with_name("flipped.csv")
+    with open(out, "w", newline="") as f:
+        w = csv.DictWriter(f, ["image", "caption", "label"])
+        w.writeheader()
+        w.writerows({**r, "label": 1 - int(r["label"])} for r in rows)
+    return out
+
+
+def test_a_cache_is_keyed_on_its_data_and_auto_gives_each_dataset_its_own(tiny_sd_path, tmp_path, monkeypatch):
+    from kto_lab.sd.cache import read_manifest
+
+    table = write_records(tmp_path / "data")
+    other = flipped(table)
+    cache = tmp_path / "cache"
+    one_step = {"optim": {"max_steps": 1}, "checkpoint": {"every": 0}}
+    Trainer(short(tiny_sd_path, table, tmp_path / "a", data={"cache_dir": str(cache)}, **one_step)).fit()
+    with monkeypatch.context() as m:  # the flipped labels are not trained on the old cache: refused before loading
+        m.setattr("kto_lab.sd.trainer.load_components", lambda *a, **k: pytest.fail("a model was loaded"))
+        with pytest.raises(ConfigError, match=rf"latent cache '{cache}' was built from other data than data.train: "
+                                              rf"the table files were \['{table}'\], now \['{other}'\]") as err:
+            Trainer(short(tiny_sd_path, other, tmp_path / "b", data={"cache_dir": str(cache)}, **one_step))
+        assert "data.cache_dir=auto" in str(err.value) and "\n" not in str(err.value)
+        table.write_text(table.read_text().replace("red0.png,a red square,1", "red0.png,a red square,0"))
+        with pytest.raises(ConfigError, match=rf"{table} has changed since \(6 rows then, 6 now"):
+            Trainer(short(tiny_sd_path, table, tmp_path / "b", data={"cache_dir": str(cache)}, **one_step))
+
+    # data.cache_dir=auto: one cache per dataset and model, beside the runs
+    runs = tmp_path / "runs"
+    for name, data in (("kto", table), ("flipped", other)):
+        Trainer(short(tiny_sd_path, data, runs / name, data={"cache_dir": "auto"}, **one_step)).fit()
+    caches = sorted((runs / "latent_cache").iterdir())
+    assert len(caches) == 2 and all(c.name.startswith("sd-32px-") for c in caches)
+    labels = {tuple(read_manifest(c)["sources"]): c for c in caches}
+    assert set(labels) == {(str(table),), (str(other),)}
+    again = Trainer(short(tiny_sd_path, other, runs / "again", data={"cache_dir": "auto"}, **one_step))
+    assert again.cfg.data.cache_dir == str(labels[(str(other),)]) and again.components.vae is None  # reused
+    again.close()
+
+
+def test_a_cache_dir_that_is_not_a_cache_a_truncated_shard_and_a_full_disk_are_one_line(
+        tiny_sd_path, records, tmp_path, monkeypatch):
+    import safetensors.torch
+
+    from kto_lab.sd.checkpoints import CheckpointError
+    from kto_lab.data.tables import DataError
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    with monkeypatch.context() as m:
+        m.setattr("kto_lab.sd.trainer.load_components", lambda *a, **k: pytest.fail("a model was loaded"))
+        with pytest.raises(ConfigError, match=rf"data.cache_dir='{folder}' is a folder that is not a latent cache"):
+            Trainer(short(tiny_sd_path, records, tmp_path / "a", data={"cache_dir": str(folder)}))
+    assert (folder / "notes.txt").read_text() == "mine"
+
+    cache = tmp_path / "cache"
+    real_save = safetensors.torch.save_file
+
+    def full_disk(tensors, filename, *a, **k):
+        if "shard-00001" in str(filename):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(tensors, filename, *a, **k)
+
+    cfg = short(tiny_sd_path, records, tmp_path / "b", data={"cache_dir": str(cache), "cache_shard_size": 4},
+                optim={"max_steps": 1})
+    with monkeypatch.context() as m:
+        m.setattr(safetensors.torch, "save_file", full_disk)
+        with pytest.raises(CheckpointError, match=rf"no space left on device while writing {cache}.partial \(removed it\)"):
+            Trainer(cfg).fit()
+    assert not cache.exists() and not Path(f"{cache}.partial").exists()
+
+    Trainer(cfg, overwrite=True).fit()
+    shard = cache / "shard-00000.safetensors"
+    shard.write_bytes(shard.read_bytes()[:200])
+    with pytest.raises(DataError, match=rf"latent cache shard {shard} cannot be read .*truncated or corrupt; delete {cache}"):
+        Trainer(cfg, overwrite=True)
+
+
+def test_resume_refuses_changed_data_and_takes_the_same_file_by_another_path(tiny_sd_path, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    table = write_records(tmp_path / "data")
+    cfg = short(tiny_sd_path, Path("data") / "records.csv", tmp_path / "run", optim={"max_steps": 4},
+                checkpoint={"every": 2})
+    first = Trainer(cfg)
+    first.fit(stop_at=3)
+    first.close()
+    same = Trainer(cfg, overrides=["checkpoint.resume=latest", f"data.train=[{table}]"])  # absolute: the same file
+    assert same.global_step == 2
+    same.close()
+
+    table.write_text(table.read_text().replace("blue1.png,a blue square,0", "blue1.png,a blue square,1"))
+    with monkeypatch.context() as m:
+        m.setattr("kto_lab.sd.trainer.load_components", lambda *a, **k: pytest.fail("a model was loaded"))
+        with pytest.raises(ConfigError, match=rf"cannot resume .*checkpoint-0000002: the run was made with other settings: "
+                                              rf"data.train: {table} has changed since") as err:
+            Trainer(cfg, overrides=["checkpoint.resume=latest"])
+    assert "\n" not in str(err.value)

@@ -152,6 +152,11 @@ class ImageTable:
         f, row = self.locate(i)
         return f.images[column].describe(row)
 
+    def fingerprint(self) -> List[Dict[str, Any]]:
+        """Each file's :meth:`~kto_lab.data.tables.TableFile.fingerprint` (path, rows, SHA-256 of the rows):
+        what a latent cache is keyed on and what a resume compares (:func:`~kto_lab.data.tables.fingerprint_changes`)."""
+        return [f.fingerprint() for f in self.files]
+
     def is_skipped(self, i: int) -> bool:
         return int(i) in self._skipped_index
 

@@ -30,7 +30,8 @@ MANIFEST = "manifest.json"
 
 
 class CheckpointError(UserError, RuntimeError):
-    """A checkpoint cannot be written (no space left) or no complete one can be read (one line from kto-lab)."""
+    """A checkpoint, the final weights or the latent cache cannot be written (no space left), or no complete
+    checkpoint can be read (one line from kto-lab)."""
 
 
 def crc32(path: Path, chunk: int = 16 << 20) -> int:
@@ -48,11 +49,15 @@ def _files(directory: Path) -> Iterator[Tuple[str, Path]]:
             yield p.relative_to(directory).as_posix(), p
 
 
-def write_manifest(directory: Path, *, run_id: str, step: int, num_processes: int, config: Dict[str, Any]) -> None:
-    """List every file of ``directory`` (size, CRC-32) with the run's id, step and resolved config.
-    Call it after every file is written and before the rename: a manifest means "complete"."""
+def write_manifest(directory: Path, *, run_id: str, step: int, num_processes: int, config: Dict[str, Any],
+                   data: Optional[List[Dict[str, Any]]] = None) -> None:
+    """List every file of ``directory`` (size, CRC-32) with the run's id, step, resolved config and the
+    fingerprint of its data (``data``: :meth:`~kto_lab.data.records.ImageTable.fingerprint`, which a resume
+    compares). Call it after every file is written and before the rename: a manifest means "complete"."""
     files = {name: {"size": p.stat().st_size, "crc32": crc32(p)} for name, p in _files(directory)}
     manifest = {"run_id": run_id, "step": step, "num_processes": num_processes, "config": config, "files": files}
+    if data is not None:
+        manifest["data"] = data
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=1))
 
 
@@ -132,6 +137,13 @@ def is_disk_full(exc: BaseException) -> bool:
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return True
     return "No space left on device" in str(exc)
+
+
+def raise_if_disk_full(exc: BaseException, written: Path, then: str) -> None:
+    """A full disk while writing ``written`` (already removed) as one line saying what to do or what is
+    still usable (``then``); any other error is left to the caller."""
+    if is_disk_full(exc):
+        raise CheckpointError(f"no space left on device while writing {written} (removed it); {then}") from exc
 
 
 def commit(tmp: Path, final: Path) -> None:

@@ -31,7 +31,8 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
-from ..config import ConfigError
+from ..config import ConfigError, resolved_paths
+from ..data.tables import fingerprint_changes
 from .checkpoints import latest_checkpoint, problem, read_manifest
 from .components import LORA_WEIGHTS
 
@@ -46,6 +47,8 @@ MAY_CHANGE_ON_RESUME = ("output_dir", "cpu", "optim.max_steps", "optim.allow_tf3
                         "model.compile_mode", "model.compile_blocks", "model.channels_last",
                         "model.gradient_checkpointing", "logging.", "checkpoint.")
 RESUME_HINT = "resume with checkpoint.resume=latest, or choose another output_dir, or pass --overwrite"
+# Fields holding local paths (or hub ids): equal when they name the same file, however written.
+PATH_FIELDS = ("data.train", "data.cache_dir", "model.pretrained", "model.unet", "model.reference", "model.vae")
 
 
 class RunDirError(ConfigError):
@@ -168,7 +171,9 @@ def flatten(config: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
 
 def config_differences(old: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
     """``"field: old -> new"`` for each run-defining field that differs, and for a smaller
-    ``optim.max_steps``. Fields the old config lacks (added to kto_lab since) count as their default."""
+    ``optim.max_steps``. Fields the old config lacks (added to kto_lab since) count as their default;
+    path fields (:data:`PATH_FIELDS`) are compared as resolved paths, so ``records.csv`` and its absolute
+    path are the same file."""
     from .config import TrainConfig
 
     defaults = flatten(dataclasses.asdict(TrainConfig()))
@@ -179,6 +184,8 @@ def config_differences(old: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
         if key == "optim.max_steps":
             if value < before:
                 out.append(f"optim.max_steps: {before} -> {value} (it may only grow)")
+        elif key in PATH_FIELDS and resolved_paths(before) == resolved_paths(value):
+            continue
         elif before != value and not any(key == m or (m.endswith(".") and key.startswith(m))
                                           for m in MAY_CHANGE_ON_RESUME):
             out.append(f"{key}: {before!r} -> {value!r}")
@@ -186,10 +193,14 @@ def config_differences(old: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
 
 
 def _check_same_run(old: Dict[str, Any], cfg, source: str, num_processes: Optional[int] = None,
-                    now_processes: int = 1) -> None:
+                    now_processes: int = 1, old_data: Optional[list] = None, data: Optional[list] = None) -> None:
+    """Refuse a resume that would make another run: other settings, processes or data content
+    (``old_data``/``data``: the tables' fingerprints then and now; compared when both are known)."""
     diffs = config_differences(old, dataclasses.asdict(cfg))
     if num_processes is not None and num_processes != now_processes:
         diffs.append(f"number of processes: {num_processes} -> {now_processes}")
+    if old_data is not None and data is not None and not any(d.startswith("data.train:") for d in diffs):
+        diffs += [f"data.train: {change}" for change in fingerprint_changes(old_data, data)]
     if diffs:
         finished = final_weights(cfg.output_dir)
         keep = f"; the final weights in {finished} are kept" if finished else ""
@@ -220,9 +231,11 @@ def check_resume_path(cfg) -> Optional[Path]:
     return Path(resume)
 
 
-def claim_output_dir(cfg, *, overwrite: bool = False, num_processes: int = 1) -> Claim:
+def claim_output_dir(cfg, *, overwrite: bool = False, num_processes: int = 1, data: Optional[list] = None) -> Claim:
     """Lock ``cfg.output_dir`` and decide: a new run, a continued one, or a one-line refusal.
-    Main process only; touches no model. The lock is released again if the claim is refused."""
+    ``data``: the fingerprint of ``data.train`` (:meth:`~kto_lab.data.records.ImageTable.fingerprint`),
+    compared with the one a checkpoint holds. Main process only; touches no model. The lock is released
+    again if the claim is refused."""
     out = Path(cfg.output_dir)
     explicit = check_resume_path(cfg)
     lock = RunLock(out)
@@ -252,25 +265,26 @@ def claim_output_dir(cfg, *, overwrite: bool = False, num_processes: int = 1) ->
         if checkpoint is None:
             return Claim(uuid.uuid4().hex[:12], None, lock)
         manifest = read_manifest(checkpoint)
-        _check_same_run(manifest["config"], cfg, str(checkpoint), manifest["num_processes"], num_processes)
+        _check_same_run(manifest["config"], cfg, str(checkpoint), manifest["num_processes"], num_processes,
+                        manifest.get("data"), data)
         return Claim(manifest["run_id"], checkpoint, lock)
     except BaseException:
         lock.release()
         raise
 
 
-def claim_on_main(cfg, accelerator, *, overwrite: bool = False) -> Claim:
+def claim_on_main(cfg, accelerator, *, overwrite: bool = False, data: Optional[list] = None) -> Claim:
     """:func:`claim_output_dir` on the main process; the other processes get its decision (or its
     message), so every rank resumes the same checkpoint or stops with the same error."""
     acc = accelerator
     if acc.num_processes == 1:
-        return claim_output_dir(cfg, overwrite=overwrite)
+        return claim_output_dir(cfg, overwrite=overwrite, data=data)
     from accelerate.utils import broadcast_object_list
 
     claim, error, payload = None, None, [None]
     if acc.is_main_process:
         try:
-            claim = claim_output_dir(cfg, overwrite=overwrite, num_processes=acc.num_processes)
+            claim = claim_output_dir(cfg, overwrite=overwrite, num_processes=acc.num_processes, data=data)
             payload = [(claim.run_id, None if claim.checkpoint is None else str(claim.checkpoint), None)]
         except Exception as exc:  # re-raised below, once the other ranks have the message
             error, payload = exc, [(None, None, str(exc))]

@@ -44,7 +44,7 @@ from .. import objectives as O
 from ..config import ConfigError
 from ..step import cond_batch_size, map_cond, objective_step, roll_cond
 from .cache import sample_latents
-from .checkpoints import CHECKPOINT_PREFIX, CheckpointError, commit, is_disk_full, prune, write_manifest
+from .checkpoints import CHECKPOINT_PREFIX, commit, prune, raise_if_disk_full, write_manifest
 from .components import (Components, LORA_WEIGHTS, add_lora, cast_trainable_to_fp32, check_model_config, frozen_reference,
                          load_components, load_lora, move, save_lora, save_unet)
 from .config import TrainConfig, load_train_config
@@ -117,7 +117,6 @@ class Trainer:
         cfg = load_train_config(config, overrides).resolved()
         self.cfg = cfg
         check_resume_path(cfg)  # a bad path fails before loading
-        cache_ready = bool(cfg.data.cache_dir) and (Path(cfg.data.cache_dir) / "cache.json").is_file()
         family = components.family if components is not None else None
         if components is None:  # a missing local model, or one of another family, is named before anything loads
             family = check_model_config(cfg.model)
@@ -126,24 +125,39 @@ class Trainer:
         self.family = family
         # the family's defaults where unset (resolution, flow timesteps); its options only (schedule.*)
         self.cfg = cfg = cfg.resolved(family)
-        table = None
-        if source is None and not cache_ready:  # the table(s), checked before any model loads
-            from .data import open_train_table
-
-            table = open_train_table(cfg)
+        table, self.data_fingerprint = None, None
+        if source is None:  # the table(s) and the cache, checked before any model loads
+            table = self._check_data(cfg, family)
+        cache_ready = bool(cfg.data.cache_dir) and (Path(cfg.data.cache_dir) / "cache.json").is_file()
 
         if accelerator is not None and (trackers or cfg.logging.report_to):
             raise ConfigError("logging.report_to and trackers= need an Accelerator built by kto_lab; "
                               "with your own, pass log_with= to it")
         self.accelerator = acc = accelerator or make_accelerator(cfg, trackers)
         # output_dir is this run's (new, resumed, or refused) before any model loads
-        self.run = claim_on_main(cfg, acc, overwrite=overwrite)
+        self.run = claim_on_main(cfg, acc, overwrite=overwrite, data=self.data_fingerprint)
         weakref.finalize(self, self.run.release)  # an abandoned Trainer frees its output_dir
         try:
             self._build(cfg, acc, components, source, cache_ready, table)
         except BaseException:
             self.close()
             raise
+
+    def _check_data(self, cfg: TrainConfig, family):
+        """Open and check ``data.train`` (:func:`~kto_lab.sd.data.open_train_table`; only its rows, when a built
+        cache is used), take its fingerprint (the run's and the cache's identity of the data) and check the
+        cache directory (``auto`` resolved in ``cfg``). Returns the table to train on, if any."""
+        from .cache import AUTO, check_cache_dir
+        from .data import open_table, open_train_table
+
+        d = cfg.data
+        built = bool(d.cache_dir) and d.cache_dir != AUTO and (Path(d.cache_dir) / "cache.json").is_file()
+        table = open_train_table(cfg) if not built else None
+        rows = table if table is not None else (open_table(d.train, cfg.objective.objective, d.on_missing_image)
+                                                if d.train else None)
+        self.data_fingerprint = None if rows is None else rows.fingerprint()
+        d.cache_dir = check_cache_dir(cfg, family, self.data_fingerprint)
+        return table
 
     def _build(self, cfg: TrainConfig, acc, components: Optional[Components], source, cache_ready: bool,
                table=None) -> None:
@@ -526,14 +540,12 @@ class Trainer:
             acc.wait_for_everyone()
             if acc.is_main_process:
                 write_manifest(tmp, run_id=self.run.run_id, step=self.global_step, num_processes=acc.num_processes,
-                               config=asdict(self.cfg))
+                               config=asdict(self.cfg), data=self.data_fingerprint)
                 commit(tmp, final)
                 prune(root, self.run.run_id, self.cfg.checkpoint.keep)
         except Exception as exc:
             shutil.rmtree(tmp, ignore_errors=True)
-            if is_disk_full(exc):
-                raise CheckpointError(f"no space left on device while writing {tmp} (removed it); the last "
-                                      f"complete checkpoint is {self.last_checkpoint or 'none'}") from exc
+            raise_if_disk_full(exc, tmp, f"the last complete checkpoint is {self.last_checkpoint or 'none'}")
             raise
         acc.wait_for_everyone()
         self.last_checkpoint = final
