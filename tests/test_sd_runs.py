@@ -490,3 +490,102 @@ def test_resume_refuses_changed_data_and_takes_the_same_file_by_another_path(tin
                                               rf"data.train: {table} has changed since") as err:
             Trainer(cfg, overrides=["checkpoint.resume=latest"])
     assert "\n" not in str(err.value)
+
+
+# --- only what a run wrote is ever deleted or replaced ------------------------------------------
+
+
+def test_overwrite_deletes_only_what_a_run_wrote_and_a_users_files_are_refused(tiny_sd_path, records, tmp_path,
+                                                                               no_model_loads):
+    out = tmp_path / "mine"
+    (out / "logs").mkdir(parents=True)
+    (out / "validation").mkdir()
+    files = {"README.md": "my notes", "logs/train.log": "my log", "validation/holdout.csv": "image,caption\n"}
+    for name, text in files.items():
+        (out / name).write_text(text)
+    validating = {"validation_prompts": ["a red square"], "validation_every": 1}
+    for overwrite in (False, True):
+        with pytest.raises(ConfigError, match=rf"output_dir {out} holds README.md, validation, which kto_lab did not "
+                                              rf"write and a run writes .*: move them") as err:
+            Trainer(short(tiny_sd_path, records, out, logging=validating), overwrite=overwrite)
+        assert "\n" not in str(err.value)
+    assert {n: (out / n).read_text() for n in files} == files and not (out / "run.lock").exists()
+
+
+def test_a_run_beside_a_users_files_keeps_them_through_overwrite(tiny_sd_path, records, tmp_path):
+    out = tmp_path / "run"
+    (out / "logs").mkdir(parents=True)
+    (out / "logs" / "train.log").write_text("my log")  # e.g. `kto-lab train ... > run/logs/train.log`
+    (out / "notes.txt").write_text("mine")
+    cfg = short(tiny_sd_path, records, out)
+    Trainer(cfg).fit()
+    assert (out / "README.md").is_file() and (out / "unet").is_dir()
+    Trainer(cfg, overwrite=True).close()  # the claim alone: the earlier run's files are gone, the user's stay
+    assert not (out / "unet").exists() and not (out / "README.md").exists() and not (out / "metrics.jsonl").exists()
+    assert (out / "logs" / "train.log").read_text() == "my log" and (out / "notes.txt").read_text() == "mine"
+
+
+def test_an_output_dir_that_overlaps_an_input_is_refused_before_anything_is_deleted(tiny_sd_path, records, tmp_path,
+                                                                                   no_model_loads):
+    import shutil
+
+    pipe = tmp_path / "pipe"
+    shutil.copytree(tiny_sd_path, pipe)
+    before = sorted(p.relative_to(pipe) for p in pipe.rglob("*"))
+    cfg = short(pipe, records, pipe)
+    for out, field in ((pipe, r"is model.pretrained="), (pipe / "unet", r"is inside model.pretrained=")):
+        with pytest.raises(ConfigError, match=rf"output_dir='{out}' {field}'{pipe}': a run would write its files among"):
+            Trainer({**cfg, "output_dir": str(out)}, overwrite=True)
+    assert sorted(p.relative_to(pipe) for p in pipe.rglob("*")) == before  # the base model is whole
+
+    run = tmp_path / "run"  # continuing from a finished run's UNet into the same directory would delete it first
+    (run / "unet").mkdir(parents=True)
+    shutil.copy(pipe / "unet" / "config.json", run / "unet" / "config.json")
+    with pytest.raises(ConfigError, match=rf"model.unet='{run / 'unet'}' lies in {run / 'unet'}, which the run in "
+                                          rf"output_dir='{run}' writes \(and --overwrite deletes\)"):
+        Trainer(short(pipe, records, run, model={"pretrained": str(pipe), "unet": str(run / "unet")}), overwrite=True)
+    assert (run / "unet" / "config.json").is_file()
+
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(ConfigError, match=rf"output_dir='{tmp_path / 'a_file'}' is a file, not a directory"):
+        Trainer(short(pipe, records, tmp_path / "a_file"))
+    read_only = Path("/sys/kernel")  # not writable, even by root (tests here run as root, where chmod does not bind)
+    if os.geteuid() != 0:
+        read_only = tmp_path / "read_only"
+        read_only.mkdir(mode=0o555)
+    if os.access(read_only, os.W_OK) and os.geteuid() != 0:
+        pytest.skip("no read-only directory to test with")
+    with pytest.raises(ConfigError, match=rf"output_dir='{read_only}' is not a writable directory"):
+        Trainer(short(pipe, records, read_only))
+
+
+def test_symbolic_links_in_a_run_are_refused_and_the_card_never_follows_one(tiny_sd_path, records, tmp_path, capsys):
+    from kto_lab.cli import main
+    from kto_lab.sd.model_card import write_model_card
+
+    cfg = short(tiny_sd_path, records, tmp_path / "run")
+    Trainer(cfg).fit()
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "checkpoint-0000001").mkdir(parents=True)
+    (elsewhere / "keep.txt").write_text("keep")
+    (tmp_path / "run" / "checkpoints").symlink_to(elsewhere, target_is_directory=True)
+    tiny_kto = Path(__file__).resolve().parents[1] / "kto_lab" / "configs" / "tiny_kto.yaml"
+    argv = ["train", "--config", str(tiny_kto), f"model.pretrained={tiny_sd_path}", f"data.train=[{records}]",
+            f"output_dir={tmp_path / 'run'}", "optim.max_steps=1", "--overwrite"]
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"{tmp_path / 'run' / 'checkpoints'} is a symbolic link" in err
+    assert (elsewhere / "keep.txt").read_text() == "keep" and (elsewhere / "checkpoint-0000001").is_dir()
+    assert (tmp_path / "run" / "unet").is_dir()  # nothing deleted
+
+    target = tmp_path / "someone_elses.md"
+    target.write_text("theirs")
+    card = tmp_path / "run" / "README.md"
+    card.unlink()
+    card.symlink_to(target)
+    from kto_lab.sd.config import load_train_config
+    from dataclasses import asdict
+
+    write_model_card(tmp_path / "run", asdict(load_train_config(cfg).resolved()), metrics={}, counts={})
+    assert target.read_text() == "theirs" and not card.is_symlink() and "Diffusion-KTO" in card.read_text()

@@ -6,7 +6,8 @@ may do with ``cfg.output_dir``:
 * a directory without a run's files: a new run (a fresh run id);
 * a used one (config, metrics, checkpoints or weights of an earlier run): refused, unless
   ``checkpoint.resume`` continues that run or ``overwrite=True`` (``kto-lab train --overwrite``)
-  deletes its files first;
+  deletes its files first: only what a run wrote, and nothing before every check has passed
+  (:mod:`kto_lab.sd.run_files`: the ledger, the user's files, links, inputs);
 * a resume continues the same run or is refused: the run-defining fields of the config
   (everything but :data:`MAY_CHANGE_ON_RESUME`) are compared with the ones saved in the
   checkpoint, and every difference is listed with its old and new value;
@@ -20,7 +21,6 @@ import dataclasses
 import gc
 import json
 import os
-import shutil
 import socket
 import sys
 import time
@@ -33,15 +33,14 @@ import yaml
 
 from ..config import ConfigError, resolved_paths
 from ..data.tables import fingerprint_changes
+from . import run_files
 from .checkpoints import latest_checkpoint, problem, read_manifest
 from .components import LORA_WEIGHTS
 
 LOCK = "run.lock"
-# Files that mark output_dir as used by a run, and everything a run writes there (what
-# ``overwrite`` deletes; other files stay).
-# (a full fine-tune's weights: unet/, SD3's transformer/)
+# Files that mark output_dir as used by a run (a full fine-tune's weights: unet/, SD3's transformer/);
+# what a run writes and what --overwrite deletes: kto_lab.sd.run_files
 RUN_MARKERS = ("config.yaml", "metrics.jsonl", "metrics.csv", "checkpoints", "unet", "transformer", LORA_WEIGHTS)
-RUN_FILES = RUN_MARKERS + ("validation", "logs", "README.md", ".tmp-unet", ".tmp-transformer")
 # Config fields a resumed run may change (prefixes end with a dot); every other field defines the run.
 MAY_CHANGE_ON_RESUME = ("output_dir", "cpu", "optim.max_steps", "optim.allow_tf32", "model.compile",
                         "model.compile_mode", "model.compile_blocks", "model.channels_last",
@@ -65,15 +64,9 @@ def final_weights(output_dir: str | Path) -> Optional[Path]:
 
 
 def used_by(output_dir: Path) -> List[str]:
-    """The files of an earlier run found in ``output_dir`` (empty: the directory is free)."""
-    return [name for name in RUN_MARKERS if (output_dir / name).exists()]
-
-
-def clear(output_dir: Path) -> None:
-    """Delete what a run writes in ``output_dir`` (:data:`RUN_FILES`); keep everything else."""
-    for name in RUN_FILES:
-        p = output_dir / name
-        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    """The files of an earlier kto_lab run found in ``output_dir`` (empty: the directory is free)."""
+    mine = run_files.owned(output_dir)
+    return [name for name in RUN_MARKERS if name in mine and (output_dir / name).exists()]
 
 
 # ----------------------------------------------------------------------------------------
@@ -238,11 +231,11 @@ def claim_output_dir(cfg, *, overwrite: bool = False, num_processes: int = 1, da
     again if the claim is refused."""
     out = Path(cfg.output_dir)
     explicit = check_resume_path(cfg)
+    run_files.check(cfg, out)
     lock = RunLock(out)
     lock.acquire()
     try:
-        if overwrite:
-            clear(out)
+        written = run_files.prepare(cfg, out, overwrite=overwrite)
         checkpoint = None
         if explicit is not None:
             why = problem(explicit)
@@ -263,11 +256,14 @@ def claim_output_dir(cfg, *, overwrite: bool = False, num_processes: int = 1, da
                 _check_same_run(yaml.safe_load((out / "config.yaml").read_text()), cfg, f"{out} (its config.yaml)")
             print(f"kto_lab: {out} has no checkpoint yet: the run starts again from step 0", file=sys.stderr)
         if checkpoint is None:
-            return Claim(uuid.uuid4().hex[:12], None, lock)
-        manifest = read_manifest(checkpoint)
-        _check_same_run(manifest["config"], cfg, str(checkpoint), manifest["num_processes"], num_processes,
-                        manifest.get("data"), data)
-        return Claim(manifest["run_id"], checkpoint, lock)
+            claim = Claim(uuid.uuid4().hex[:12], None, lock)
+        else:
+            manifest = read_manifest(checkpoint)
+            _check_same_run(manifest["config"], cfg, str(checkpoint), manifest["num_processes"], num_processes,
+                            manifest.get("data"), data)
+            claim = Claim(manifest["run_id"], checkpoint, lock)
+        run_files.record(out, written)
+        return claim
     except BaseException:
         lock.release()
         raise
