@@ -589,3 +589,40 @@ def test_symbolic_links_in_a_run_are_refused_and_the_card_never_follows_one(tiny
 
     write_model_card(tmp_path / "run", asdict(load_train_config(cfg).resolved()), metrics={}, counts={})
     assert target.read_text() == "theirs" and not card.is_symlink() and "Diffusion-KTO" in card.read_text()
+
+
+# --- interruptions: a cut manifest or metrics line -------------------------------------------------
+
+
+def test_a_malformed_manifest_falls_back_to_the_previous_checkpoint(tiny_sd_path, records, tmp_path, capsys):
+    cfg = short(tiny_sd_path, records, tmp_path / "run", optim={"max_steps": 6}, checkpoint={"every": 2, "keep": 0})
+    trainer = Trainer(cfg)
+    trainer.fit(stop_at=4)
+    trainer.close()
+    manifest = tmp_path / "run" / "checkpoints" / "checkpoint-0000004" / "manifest.json"
+    good = manifest.read_text()
+    for bad in ("{}", "[]", good.replace('"step": 4', '"step": "4"'), good[: len(good) // 2]):
+        manifest.write_text(bad)  # a kill while it was written left {} (KeyError: 'step' before)
+        capsys.readouterr()
+        resumed = Trainer(cfg, overrides=["checkpoint.resume=latest"])
+        assert resumed.global_step == 2
+        err = capsys.readouterr().err
+        assert f"{manifest.parent} has no complete manifest.json" in err and "checkpoint-0000002 instead" in err
+        resumed.close()
+
+
+def test_a_cut_last_metrics_line_is_dropped_on_resume_saying_so(tiny_sd_path, records, tmp_path, capsys):
+    cfg = short(tiny_sd_path, records, tmp_path / "run", optim={"max_steps": 4}, checkpoint={"every": 2})
+    trainer = Trainer(cfg)
+    trainer.fit(stop_at=3)
+    trainer.close()
+    jsonl, csv_file = tmp_path / "run" / "metrics.jsonl", tmp_path / "run" / "metrics.csv"
+    jsonl.write_text(jsonl.read_text()[:-25])  # killed while writing the row of step 3
+    csv_file.write_text(csv_file.read_text()[:-25])
+    assert [r["step"] for r in read_metrics(jsonl)] == [1, 2]
+    capsys.readouterr()
+    result = Trainer(cfg, overrides=["checkpoint.resume=latest"]).fit()  # JSONDecodeError before
+    err = capsys.readouterr().err
+    assert f"dropped the last line of {jsonl}, cut short" in err and f"dropped the last line of {csv_file}" in err
+    assert [r["step"] for r in read_metrics(result.metrics_path)] == [1, 2, 3, 4]
+    assert [line.split(",")[0] for line in csv_file.read_text().splitlines()[1:]] == ["1", "2", "3", "4"]

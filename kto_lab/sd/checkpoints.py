@@ -62,18 +62,29 @@ def write_manifest(directory: Path, *, run_id: str, step: int, num_processes: in
 
 
 def read_manifest(directory: Path) -> Optional[Dict[str, Any]]:
-    """The checkpoint's manifest, or None if it has none or an unreadable one."""
+    """The checkpoint's manifest, or None if it has none, an unreadable one, or one without the fields
+    :func:`write_manifest` writes (a kill while it was written can leave ``{}``)."""
     try:
-        return json.loads((Path(directory) / MANIFEST).read_text())
+        manifest = json.loads((Path(directory) / MANIFEST).read_text())
     except (OSError, ValueError):
         return None
+    return manifest if _well_formed(manifest) else None
+
+
+def _well_formed(manifest: Any) -> bool:
+    m = manifest
+    types = {"run_id": str, "step": int, "num_processes": int, "config": dict, "files": dict}
+    return (isinstance(m, dict) and all(isinstance(m.get(k), t) and not isinstance(m.get(k), bool) for k, t in types.items())
+            and all(isinstance(f, dict) and isinstance(f.get("size"), int) and isinstance(f.get("crc32"), int)
+                    for f in m["files"].values()))
 
 
 def problem(directory: Path) -> Optional[str]:
     """Why ``directory`` is not a complete checkpoint (naming the file), or None if it is one."""
     manifest = read_manifest(directory)
     if manifest is None:
-        return f"{directory} has no readable {MANIFEST} (written partly, or by an older kto_lab)"
+        return (f"{directory} has no complete {MANIFEST} (missing, cut short or malformed: a crash while it was "
+                f"written, or an older kto_lab)")
     for name, expected in manifest["files"].items():
         p = directory / name
         if not p.is_file():
