@@ -626,3 +626,71 @@ def test_a_cut_last_metrics_line_is_dropped_on_resume_saying_so(tiny_sd_path, re
     assert f"dropped the last line of {jsonl}, cut short" in err and f"dropped the last line of {csv_file}" in err
     assert [r["step"] for r in read_metrics(result.metrics_path)] == [1, 2, 3, 4]
     assert [line.split(",")[0] for line in csv_file.read_text().splitlines()[1:]] == ["1", "2", "3", "4"]
+
+
+# --- a finished run keeps its last checkpoint: "train 1,000 more steps" -------------------------
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_a_finished_run_is_extended_by_more_steps_as_one_run_of_that_length(tiny_sd_path, records, tmp_path, lora, capsys):
+    from safetensors.torch import load_file
+
+    lora_cfg = {"enabled": True, "rank": 4} if lora else {"enabled": False}
+    whole = Trainer(short(tiny_sd_path, records, tmp_path / "six", optim={"max_steps": 6}, checkpoint={"every": 4},
+                          lora=lora_cfg)).fit()
+    cfg = short(tiny_sd_path, records, tmp_path / "run", optim={"max_steps": 4}, checkpoint={"every": 4}, lora=lora_cfg)
+    first = Trainer(cfg).fit()
+    last = tmp_path / "run" / "checkpoints" / "checkpoint-0000004"  # the last step is checkpointed
+    weights = Path(first.weights) / "diffusion_pytorch_model.safetensors" if not lora else Path(first.weights)
+    in_checkpoint = last / weights.relative_to(tmp_path / "run")
+    assert os.path.samefile(weights, in_checkpoint)  # the final weights are the checkpoint's files, not a copy
+    capsys.readouterr()
+    again = Trainer(cfg, overrides=["checkpoint.resume=latest"]).fit()  # the same max_steps: nothing to train
+    assert again.global_step == 4 and "finished at step 4 (optim.max_steps): nothing to train" in capsys.readouterr().err
+
+    more = Trainer(cfg, overrides=["checkpoint.resume=latest", "optim.max_steps=6"])
+    assert more.global_step == 4
+    extended = more.fit()
+    rows, ref = read_metrics(extended.metrics_path), read_metrics(whole.metrics_path)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6] and [r["loss"] for r in rows] == [r["loss"] for r in ref]
+    final = Path(extended.weights) / "diffusion_pytorch_model.safetensors" if not lora else Path(extended.weights)
+    mine, theirs = load_file(str(final)), load_file(str(Path(whole.weights) / final.relative_to(extended.weights))
+                                                    if not lora else whole.weights)
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_disk_full_while_writing_the_final_weights_is_one_line_and_leaves_nothing_that_looks_finished(
+        tiny_sd_path, records, tmp_path, monkeypatch, lora, capsys):
+    import safetensors.torch
+
+    from kto_lab.cli import main
+    from kto_lab.sd.checkpoints import CheckpointError
+
+    real_save = safetensors.torch.save_file
+
+    def full_disk(tensors, filename, *a, **k):
+        if "checkpoint" not in str(filename):  # the final weights, not a checkpoint
+            Path(filename).write_bytes(b"half a file")  # what a full disk leaves behind
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(tensors, filename, *a, **k)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    out = tmp_path / "run"
+    tiny_kto = Path(__file__).resolve().parents[1] / "kto_lab" / "configs" / "tiny_kto.yaml"
+    argv = ["train", "--config", str(tiny_kto), f"model.pretrained={tiny_sd_path}", f"data.train=[{records}]",
+            f"output_dir={out}", "optim.max_steps=2", "checkpoint.every=0", f"lora.enabled={str(lora).lower()}"]
+    assert main(argv) == 2  # no checkpoint of the last step (every=0): the weights are written fresh
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("kto-lab train: error: no space left on device while writing") and ".tmp-" in err
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "metrics.csv", "metrics.jsonl", "run_files.json"]
+
+    monkeypatch.setattr(safetensors.torch, "save_file", real_save)  # with a checkpoint: linked from it
+    monkeypatch.setattr(os, "link", lambda *a: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
+    cfg = short(tiny_sd_path, records, out, optim={"max_steps": 2}, checkpoint={"every": 2}, lora={"enabled": lora})
+    with pytest.raises(CheckpointError, match=r"no space left on device while writing .*\.tmp-.* \(removed it\); the "
+                                              r"last complete checkpoint is .*checkpoint-0000002") as err:
+        Trainer(cfg, overwrite=True).fit()
+    assert "\n" not in str(err.value) and not (out / "run.lock").exists()
+    assert not any(p.name.startswith(".tmp-") or p.name in ("unet", "pytorch_lora_weights.safetensors")
+                   for p in out.iterdir())

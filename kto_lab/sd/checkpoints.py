@@ -157,6 +157,20 @@ def raise_if_disk_full(exc: BaseException, written: Path, then: str) -> None:
         raise CheckpointError(f"no space left on device while writing {written} (removed it); {then}") from exc
 
 
+def link_or_copy(src: Path, dst: Path) -> None:
+    """``dst`` made of hard links to the files of ``src`` (a file or a directory tree): the same bytes on
+    disk once. Where the file system refuses a hard link, a copy; a full disk is raised as it is."""
+    pairs = [(src, dst)] if src.is_file() else [(p, dst / p.relative_to(src)) for p in sorted(src.rglob("*")) if p.is_file()]
+    for a, b in pairs:
+        b.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(a, b)
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise
+            shutil.copy2(a, b)
+
+
 def commit(tmp: Path, final: Path) -> None:
     """Replace ``final`` by the complete ``tmp`` directory."""
     if final.exists():

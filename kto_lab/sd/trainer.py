@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import sys
 import weakref
 from dataclasses import dataclass, asdict
 from pathlib import Path
@@ -44,7 +45,7 @@ from .. import objectives as O
 from ..config import ConfigError
 from ..step import cond_batch_size, map_cond, objective_step, roll_cond
 from .cache import sample_latents
-from .checkpoints import CHECKPOINT_PREFIX, commit, prune, raise_if_disk_full, write_manifest
+from .checkpoints import CHECKPOINT_PREFIX, commit, link_or_copy, prune, raise_if_disk_full, write_manifest
 from .components import (Components, LORA_WEIGHTS, add_lora, cast_trainable_to_fp32, check_model_config, frozen_reference,
                          load_components, load_lora, move, save_lora, save_unet)
 from .config import TrainConfig, load_train_config
@@ -407,6 +408,9 @@ class Trainer:
         counts: Dict[str, Tensor] = {}
         last: Dict[str, float] = {}
         end = cfg.optim.max_steps if stop_at is None else min(stop_at, cfg.optim.max_steps)
+        if acc.is_main_process and 0 < cfg.optim.max_steps <= self.global_step:
+            print(f"kto_lab: the run in {out} finished at step {self.global_step} (optim.max_steps): nothing to "
+                  f"train; raise optim.max_steps to train more steps", file=sys.stderr)
         try:
             while self.global_step < end:
                 metrics = self.step(self.source.next_batch())
@@ -428,8 +432,8 @@ class Trainer:
                     if logger is not None:
                         logger.log(step, last)
                     bar.set_postfix(loss=f"{last['loss']:.4g}")
-                if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < cfg.optim.max_steps:
-                    self.save_checkpoint()
+                if cfg.checkpoint.every and (step % cfg.checkpoint.every == 0 or step == cfg.optim.max_steps):
+                    self.save_checkpoint()  # the last step too: a finished run can be extended (resume, more max_steps)
                 if cfg.logging.validation_every and step % cfg.logging.validation_every == 0:
                     self.validate(logger)
             weights = None
@@ -569,20 +573,36 @@ class Trainer:
 
     def save_final(self) -> Optional[str]:
         """``output_dir/unet`` (SD3: ``output_dir/transformer``; diffusers format) or
-        ``output_dir/pytorch_lora_weights.safetensors``."""
+        ``output_dir/pytorch_lora_weights.safetensors``. When a checkpoint of this step holds them (a run
+        checkpoints its last step), they are hard links of its files: no second copy on disk (a copy where
+        the file system has no hard links). Written under a temp name and renamed, so a full disk leaves
+        nothing that looks finished and stops in one line, as a checkpoint does."""
         acc = self.accelerator
         acc.wait_for_everyone()
         out = Path(self.cfg.output_dir)
-        denoiser = self.family.denoiser_subfolder
-        target = out / (LORA_WEIGHTS if self.cfg.lora.enabled else denoiser)
+        lora, denoiser = self.cfg.lora.enabled, self.family.denoiser_subfolder
+        name = LORA_WEIGHTS if lora else denoiser
+        target, tmp = out / name, out / (".tmp-lora" if lora else f".tmp-{denoiser}")
         if acc.is_main_process:
-            if self.cfg.lora.enabled:
-                save_lora(self.base_unet(), out, self.family)
-            else:
-                tmp = out / f".tmp-{denoiser}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            last = self.last_checkpoint
+            saved = last / name if last is not None and last.name == f"{CHECKPOINT_PREFIX}{self.global_step:07d}" else None
+            try:
+                if saved is not None and saved.exists():
+                    link_or_copy(saved, tmp / LORA_WEIGHTS if lora else tmp)
+                elif lora:
+                    save_lora(self.base_unet(), tmp, self.family)
+                else:
+                    save_unet(self.base_unet(), tmp)
+                if lora:
+                    os.replace(tmp / LORA_WEIGHTS, target)
+                    shutil.rmtree(tmp)
+                else:
+                    commit(tmp, target)
+            except Exception as exc:
                 shutil.rmtree(tmp, ignore_errors=True)
-                save_unet(self.base_unet(), tmp)
-                commit(tmp, target)
+                raise_if_disk_full(exc, tmp, f"the last complete checkpoint is {self.last_checkpoint or 'none'}")
+                raise
         acc.wait_for_everyone()
         return str(target)
 
