@@ -694,3 +694,86 @@ def test_disk_full_while_writing_the_final_weights_is_one_line_and_leaves_nothin
     assert "\n" not in str(err.value) and not (out / "run.lock").exists()
     assert not any(p.name.startswith(".tmp-") or p.name in ("unet", "pytorch_lora_weights.safetensors")
                    for p in out.iterdir())
+
+
+# --- Ctrl-C and SIGTERM ------------------------------------------------------------------------------
+
+
+def _tiny_argv(tiny_sd_path, records, out, *extra):
+    tiny_kto = Path(__file__).resolve().parents[1] / "kto_lab" / "configs" / "tiny_kto.yaml"
+    return ["train", "--config", str(tiny_kto), f"model.pretrained={tiny_sd_path}", f"data.train=[{records}]",
+            f"output_dir={out}", "logging.progress_bar=false", *extra]
+
+
+def test_ctrl_c_stops_in_one_line_naming_the_last_checkpoint(tiny_sd_path, records, tmp_path, monkeypatch, capsys):
+    from kto_lab.cli import main
+
+    real_step = Trainer.step
+
+    def interrupted_at_step_3(self, batch):
+        if self.global_step == 3:
+            raise KeyboardInterrupt  # what Ctrl-C raises, wherever the run is
+        return real_step(self, batch)
+
+    monkeypatch.setattr(Trainer, "step", interrupted_at_step_3)
+    out = tmp_path / "run"
+    assert main(_tiny_argv(tiny_sd_path, records, out, "optim.max_steps=6", "checkpoint.every=2")) == 130
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and err.splitlines()[-1] == (
+        f"kto-lab train: interrupted: stopped by Ctrl-C at step 3; last checkpoint: {out / 'checkpoints' / 'checkpoint-0000002'} "
+        f"(resume with checkpoint.resume=latest)")
+    assert not (out / "run.lock").exists()
+
+
+def test_sigterm_writes_a_checkpoint_that_fits_releases_the_lock_and_says_so(tiny_sd_path, records, tmp_path):
+    """A real process receiving SIGTERM (what schedulers send) mid-run."""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    argv = _tiny_argv(tiny_sd_path, records, out, "optim.max_steps=100000", "checkpoint.every=1000", "logging.log_every=1")
+    proc = subprocess.Popen([sys.executable, "-m", "kto_lab.cli", *argv], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 240
+        while not ((out / "metrics.jsonl").is_file() and len(read_metrics(out)) >= 2) and time.time() < deadline:
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    step = read_metrics(out)[-1]["step"]  # the step it finished after the signal
+    checkpoint = out / "checkpoints" / f"checkpoint-{step:07d}"
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == (
+        f"kto-lab train: interrupted: stopped by SIGTERM after step {step}; last checkpoint: {checkpoint} "
+        f"(resume with checkpoint.resume=latest)")
+    assert not (out / "run.lock").exists()
+    from kto_lab.sd.checkpoints import problem
+
+    assert problem(checkpoint) is None  # a tiny checkpoint fits the budget: written before stopping
+    from kto_lab.sd.config import load_train_config
+
+    assert Trainer(load_train_config(argv[2], argv[3:] + ["checkpoint.resume=latest"])).global_step == step
+
+
+def test_sigterm_skips_a_checkpoint_that_would_not_fit(tiny_sd_path, records, tmp_path, monkeypatch):
+    import signal
+
+    import kto_lab.sd.trainer as T
+    from kto_lab.sd.interrupts import TrainingInterrupted
+
+    real_step = Trainer.step
+
+    def signalled_in_step_3(self, batch):
+        if self.global_step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # handled after this step
+        return real_step(self, batch)
+
+    monkeypatch.setattr(Trainer, "step", signalled_in_step_3)
+    monkeypatch.setattr(T, "SAVE_BUDGET_S", 0.0)  # no write fits
+    trainer = Trainer(short(tiny_sd_path, records, tmp_path / "run", optim={"max_steps": 6}, checkpoint={"every": 2}))
+    with pytest.raises(TrainingInterrupted, match=r"stopped by SIGTERM after step 3; last checkpoint: .*checkpoint-0000002"):
+        trainer.fit()
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["checkpoint-0000002"]
+    assert not (tmp_path / "run" / "run.lock").exists() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
