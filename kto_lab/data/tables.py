@@ -74,8 +74,30 @@ def table_format(path: PathLike) -> str:
 # --- image columns ------------------------------------------------------------------------
 
 
+# Bounds on an image's size, checked from its header before it is decoded: PIL's own decompression-bomb
+# limit (Image.MAX_IMAGE_PIXELS, about 89 MP; PIL only warns below twice that), and an aspect ratio of
+# 10:1 (SDXL's widest training bucket is 4:1): resized so its short side is the training resolution, a
+# 1 x 20,000 px strip (165 bytes as a PNG) would be 512 x 10,240,000 px, 15 GiB.
+MAX_IMAGE_PIXELS = 89_478_485
+MAX_ASPECT_RATIO = 10
+
+
+class ImageTooLarge(ValueError):
+    """An image whose header gives a size beyond :data:`MAX_IMAGE_PIXELS` or :data:`MAX_ASPECT_RATIO`."""
+
+
+def check_image_size(width: int, height: int) -> None:
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ImageTooLarge(f"it is {width} x {height} pixels, more than {MAX_IMAGE_PIXELS:,} (decoding it would "
+                            f"take {3 * width * height / 2**30:.1f} GiB); resize it")
+    if max(width, height) > MAX_ASPECT_RATIO * max(1, min(width, height)):
+        raise ImageTooLarge(f"it is {width} x {height} pixels, an aspect ratio beyond {MAX_ASPECT_RATIO}:1 (resized to "
+                            f"the training resolution it would take gigabytes); crop it, or leave it out")
+
+
 def decode_image(data: Union[bytes, str, Path], where: str, *, header_only: bool = False):
     """Decode encoded bytes or a file into an RGB PIL image; any failure -> ImageLoadError naming ``where``.
+    Its size is checked from the header first (:func:`check_image_size`), before decoding costs memory.
 
     ``header_only``: read only the header (format and size) and return None. That takes ~40 us for
     a 768x768 JPEG against ~2.4 ms to decode it (measured on the project's 2-core CPU); bytes that
@@ -89,6 +111,7 @@ def decode_image(data: Union[bytes, str, Path], where: str, *, header_only: bool
             image = Image.open(io.BytesIO(bytes(data)))
         else:
             image = Image.open(data)
+        check_image_size(*image.size)
         if header_only:
             image.close()
             return None
@@ -97,6 +120,8 @@ def decode_image(data: Union[bytes, str, Path], where: str, *, header_only: bool
     except Exception as exc:  # FileNotFoundError, UnidentifiedImageError, truncated data, ...
         from PIL import UnidentifiedImageError
 
+        if isinstance(exc, ImageTooLarge):
+            raise ImageLoadError(f"image {where} is refused: {exc}") from None
         reason = "not an image format PIL knows" if isinstance(exc, UnidentifiedImageError) else exc
         raise ImageLoadError(f"cannot read image {where}: {type(exc).__name__}: {reason}") from exc
 
@@ -489,9 +514,13 @@ def table_columns(path: PathLike) -> List[str]:
     if not path.is_file():
         raise FileNotFoundError(f"table file not found: {path}")
     if fmt == "parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        return list(pq.read_schema(path).names)
+        try:
+            return list(pq.read_schema(path).names)
+        except (pa.ArrowException, OSError) as exc:  # not Parquet (a CSV renamed, a cut download)
+            raise DataError(f"{path}: not a readable Parquet file: {exc}") from None
     try:
         with open(path, encoding="utf-8", newline="") as f:
             if fmt == "csv":
