@@ -101,17 +101,21 @@ def check_positive(name: str, value: Any) -> None:
     check_range(name, value, low=0.0, low_open=True)
 
 
-_WARNED: Dict[tuple, Any] = {}  # warn_outside's registry: each distinct warning once per process
+_WARNED: Dict[tuple, Any] = {}  # warn_once's registry: each distinct warning once per process
+
+
+def warn_once(message: str) -> None:
+    """A config warning: one line (no source line under it), once per process however often a config is
+    validated or resolved; the run goes on."""
+    warnings.warn_explicit(message, UserWarning, "kto-lab", 0, registry=_WARNED)
 
 
 def warn_outside(name: str, value: float, low: float, high: float, measured: str) -> bool:
-    """Warn when ``value`` lies outside ``[low, high]``, a range *measured* useful (``measured``
-    says where), not a hard limit: the run goes on. One line (no source line under it), once per
-    process however often a config is validated. Returns whether ``value`` is outside."""
+    """Warn (:func:`warn_once`) when ``value`` lies outside ``[low, high]``, a range *measured* useful
+    (``measured`` says where), not a hard limit. Returns whether ``value`` is outside."""
     if low <= value <= high:
         return False
-    warnings.warn_explicit(f"{name}={value:g} is outside [{low:g}, {high:g}], the range measured useful {measured}",
-                           UserWarning, "kto-lab", 0, registry=_WARNED)
+    warn_once(f"{name}={value:g} is outside [{low:g}, {high:g}], the range measured useful {measured}")
     return True
 
 
