@@ -252,24 +252,30 @@ class PairTable(ImageTable):
 
     image_columns = ("image_w", "image_l")
 
-    def __init__(self, files: Sequence[TableFile], on_missing_image: str = "error"):
-        super().__init__(files, on_missing_image)
-        for f in self.files:  # paths: checked now, without touching the files
+    distinct = False  # set by check_distinct: load_pair then refuses a pair of equal image bytes
+
+    def check_distinct(self) -> None:
+        """Training needs two images a pair (on one image twice Diffusion-DPO's loss stays at ln 2, whatever
+        the model): a row naming the same file twice is a :class:`DataError` naming it, now (paths only, no
+        file is touched), and a row of equal image bytes (Parquet) when :meth:`load_pair` reads it.
+        (Evaluation may pair an image with itself on purpose: an exact tie.)"""
+        for f in self.files:
             w, l = f.images["image_w"], f.images["image_l"]
             if isinstance(w, PathImageColumn) and isinstance(l, PathImageColumn):
                 folder = str(f.path.parent)
                 for row, (a, b) in enumerate(zip(w.values, l.values)):
                     if os.path.normpath(os.path.join(folder, a)) == os.path.normpath(os.path.join(folder, b)):
                         raise _same_image(f, row, repr(a))
+        self.distinct = True
 
     def load_pair(self, i: int):
-        """``(winner, loser)`` RGB PIL images; ``None`` if either is unreadable under "skip". Equal image
-        bytes (Parquet) are a :class:`DataError` naming the row."""
-        f, row = self.locate(i)
-        w, l = f.images["image_w"], f.images["image_l"]
-        if isinstance(w, ParquetBytesColumn) and isinstance(l, ParquetBytesColumn) and w.raw(row) is not None \
-                and w.raw(row) == l.raw(row):
-            raise _same_image(f, row, "equal bytes")
+        """``(winner, loser)`` RGB PIL images; ``None`` if either is unreadable under "skip"."""
+        if self.distinct:
+            f, row = self.locate(i)
+            w, l = f.images["image_w"], f.images["image_l"]
+            if isinstance(w, ParquetBytesColumn) and isinstance(l, ParquetBytesColumn) and w.raw(row) is not None \
+                    and w.raw(row) == l.raw(row):
+                raise _same_image(f, row, "equal bytes")
         winner = self._open(i, "image_w")
         loser = self._open(i, "image_l") if winner is not None else None
         return None if winner is None or loser is None else (winner, loser)
