@@ -10,7 +10,8 @@
 Sub-command modules are imported lazily, so ``kto-lab toy`` never imports diffusers.
 Bad input (any :class:`kto_lab.config.UserError`: a config value, a file, a table row; or a
 missing file) and a diverged run end with one line naming the problem, not a traceback (exit 2
-and 3); ``kto-lab --debug ...`` shows the traceback.
+and 3), as does an interrupted one (Ctrl-C: exit 130; SIGTERM while training: 143); ``kto-lab --debug ...``
+shows the traceback.
 """
 
 from __future__ import annotations
@@ -83,6 +84,12 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     try:
         return int(args.func(args) or 0)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM during training (kto_lab.sd.interrupts)
+        if args.debug:
+            raise
+        message = " ".join(str(exc).split())
+        print(f"kto-lab {args.command}: interrupted{': ' + message if message else ''}", file=sys.stderr)
+        return getattr(exc, "exit_code", 130)
     except (UserError, FileNotFoundError, NotADirectoryError, FloatingPointError) as exc:
         if args.debug:
             raise

@@ -43,6 +43,11 @@ def world(tmp_path_factory):
     (d / "latin1.csv").write_bytes("image,caption,label\nred0.png,caf\xe9,1\nblue0.png,b,0\n".encode("latin-1"))
     (d / "latin1.jsonl").write_bytes('{"image": "red0.png", "caption": "caf\xe9", "label": 1}\n'.encode("latin-1"))
     (d / "desirable_missing.csv").write_text("image,caption,label\ngone0.png,a,1\ngone1.png,b,1\nblue0.png,c,0\n")
+    (d / "fake.parquet").write_text("image,caption,label\nred0.png,a,1\n")  # a CSV under a .parquet name
+    (d / "pairs_same.csv").write_text("caption,image_w,image_l\na,red0.png,./red0.png\n")
+    (d / "scored_nan.csv").write_text("image,caption,score\nred0.png,a,7.5\nblue0.png,b,nan\n")
+    (root / "badpipe").mkdir()
+    (root / "badpipe" / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline",')  # cut short
     (root / "bad.jsonl").write_text('{"text": "a cat"}\n{oops\n')
     (root / "latin1.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1"))
     (root / "empty.txt").write_text("# nothing\n")
@@ -83,6 +88,19 @@ CASES = {
     "train kto on pairs": (lambda w: train(w, w["pairs"]), r"objective=kto trains on per-image labels, but .*pairs\.csv is a pair table"),
     "train missing unet": (lambda w: train(w, w["records"], f"model.unet={w['root'] / 'no_unet'}"),
                            r"model\.unet='.*no_unet' is neither a UNet directory .*: no such directory"),
+    "train parquet that is not Parquet": (lambda w: train(w, w["d"] / "fake.parquet"),
+                                          r"fake\.parquet: not a readable Parquet file"),
+    "train infinite max_steps": (lambda w: train(w, w["records"], "optim.max_steps=.inf"),
+                                 r"optim\.max_steps must be a finite integer, got inf"),
+    "train max_steps 1e400": (lambda w: train(w, w["records"], "optim.max_steps=1e400"),
+                              r"optim\.max_steps must be a finite integer, got '1e400'"),
+    "train unclosed list": (lambda w: train(w, "a.csv", "data.train=[a.csv"),
+                            r"data\.train='\[a\.csv' is not a valid list: write \[a, b\]"),
+    "train negative seed": (lambda w: train(w, w["records"], "seed=-1"), r"seed=-1 must be >= 0"),
+    "train corrupt model_index.json": (lambda w: train(w, w["records"], f"model.pretrained={w['root'] / 'badpipe'}"),
+                                       r"badpipe/model_index\.json is not valid JSON .*: the pipeline's download or copy is damaged"),
+    "train dpo pair of one image": (lambda w: train(w, w["d"] / "pairs_same.csv", "objective.objective=dpo"),
+                                    r"pairs_same\.csv, row 0: image_w and image_l are the same image \('red0\.png'\)"),
     # eval
     "generate bad JSONL": (lambda w: generate(w, w["root"] / "bad.jsonl"), r"bad\.jsonl' line 2 is not valid JSON"),
     "generate not UTF-8": (lambda w: generate(w, w["root"] / "latin1.txt"), r"latin1\.txt, line 1: not UTF-8 text"),
@@ -100,6 +118,10 @@ CASES = {
     "label missing module": (lambda w: label(w, "no_such_module_xyz:fn"), r"no module named 'no_such_module_xyz'"),
     "label missing attribute": (lambda w: label(w, "json:no_such_fn"), r"--fn 'json:no_such_fn': json has no attribute 'no_such_fn'"),
     "label not callable": (lambda w: label(w, "json:__name__"), r"--fn 'json:__name__' is a str, not a function"),
+    "threshold NaN score": (lambda w: ["data", "threshold", str(w["d"] / "scored_nan.csv"), "--out", str(w["root"] / "t.csv")],
+                            r"scored_nan\.csv, row 1, column 'score': score 'nan' is not a finite number"),
+    "threshold NaN threshold": (lambda w: ["data", "threshold", str(w["records"]), "--out", str(w["root"] / "t.csv"),
+                                           "--threshold", "nan"], r"threshold=nan must be a finite number"),
     "stats not UTF-8 CSV": (lambda w: ["data", "stats", str(w["d"] / "latin1.csv")], r"latin1\.csv, line 2: not UTF-8"),
     "stats not UTF-8 JSONL": (lambda w: ["data", "stats", str(w["d"] / "latin1.jsonl")], r"latin1\.jsonl, line 1: not UTF-8"),
     # toy
@@ -231,3 +253,38 @@ def test_toy_overrides_without_set(tmp_path, monkeypatch):
         with pytest.raises(Stop):
             main(["toy", "figure6", "--out", str(tmp_path), *style])
         assert (seen[-1].beta, seen[-1].gamma) == (2.5, 0.5)
+
+
+def test_truncated_weights_and_lora_targets_matching_nothing_are_one_line(tiny_sd_path, records_dir, tmp_path, capsys,
+                                                                         monkeypatch):
+    """A cut UNet file (model.pretrained or model.unet) stops before any model loads; LoRA targets that name no
+    module of the UNet stop once it has loaded, before training."""
+    import shutil
+
+    pipe = tmp_path / "pipe"
+    shutil.copytree(tiny_sd_path, pipe)
+    weights = pipe / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    args = ["train", "cpu=true", "data.resolution=32", "optim.max_steps=1", "logging.progress_bar=false",
+            f"data.train=[{records_dir / 'records.csv'}]"]
+    with monkeypatch.context() as m:
+        m.setattr(kto_lab.sd.trainer, "load_components", lambda *a, **k: pytest.fail("a model was loaded"))
+        for field, value in (("model.pretrained", pipe), ("model.unet", pipe / "unet")):
+            extra = [f"model.pretrained={tiny_sd_path}", f"model.unet={value}"] if field == "model.unet" else [f"model.pretrained={value}"]
+            assert main([*args, *extra, f"output_dir={tmp_path / 'a'}"]) == 2
+            err = capsys.readouterr().err.strip()
+            assert "Traceback" not in err and len(err.splitlines()) == 1, err
+            assert re.search(rf"error: {field}='{value}': {weights} cannot be read \(.*\): it is truncated or damaged", err), err
+
+    assert main([*args, f"model.pretrained={tiny_sd_path}", f"output_dir={tmp_path / 'b'}", "lora.enabled=true",
+                 "lora.target_modules=[to_q,attn_nosuch]"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert re.search(r"error: lora.target_modules: \['attn_nosuch'\] match no module of the UNet2DConditionModel; its "
+                     r"linear layers are named \[.*'to_q'", err.strip().splitlines()[-1])
+    assert not (tmp_path / "b" / "metrics.jsonl").exists()
+
+
+@pytest.fixture(scope="module")
+def records_dir(tmp_path_factory):
+    return write_records(tmp_path_factory.mktemp("recs")).parent

@@ -86,3 +86,23 @@ def test_sd15_unet_config_is_sd15():
 def test_model_compile_is_a_choice_and_reads_the_old_booleans(value, meaning):
     assert load_train_config(None, {"model": {"compile": value}}).model.compile == meaning
     assert load_train_config(None, [f"model.compile={str(value).lower()}"]).model.compile == meaning
+
+
+def test_a_run_that_ends_inside_its_warm_up_is_a_one_line_warning():
+    import warnings
+
+    from kto_lab.sd.config import load_train_config
+
+    def warned(*overrides):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            load_train_config("sd15_kto_lora", list(overrides)).resolved()
+        return [str(w.message) for w in caught if "warm-up" in str(w.message)]
+
+    [message] = warned("optim.max_steps=10")  # the README's first run: warm-up 500
+    assert message == ("optim.warmup_steps=500 >= optim.max_steps=10: the run ends inside its warm-up, its learning rate "
+                       "peaking at 1.8e-06 (1.8% of optim.learning_rate=0.0001); the weights will barely move (close "
+                       "to a no-op): lower optim.warmup_steps or raise optim.max_steps")
+    [message] = warned("optim.max_steps=400")  # inside the warm-up, but at 80 % of the rate: no "no-op"
+    assert "peaking at 8e-05 (79.8%" in message and "no-op" not in message
+    assert warned("optim.max_steps=501") == [] and warned("optim.max_steps=10", "optim.warmup_steps=0") == []

@@ -382,3 +382,398 @@ def test_push_uploads_a_finished_run_and_refuses_one_without_weights(tmp_path, m
     assert main(["push", str(run), "me/kto-model"]) == 0
     card = (run / "README.md").read_text()
     assert 'load_lora_weights("me/kto-model")' in card and "| loss | 0.5 |" in card
+
+
+# --- the data a run and a cache are made of -----------------------------------------------------
+
+
+def flipped(table: Path) -> Path:
+    """``table`` with every label flipped, beside it (same images)."""
+    import csv
+
+    with open(table, newline="") as f:
+        rows = list(csv.DictReader(f))
+    out = table.with_name("flipped.csv")
+    with open(out, "w", newline="") as f:
+        w = csv.DictWriter(f, ["image", "caption", "label"])
+        w.writeheader()
+        w.writerows({**r, "label": 1 - int(r["label"])} for r in rows)
+    return out
+
+
+def test_a_cache_is_keyed_on_its_data_and_auto_gives_each_dataset_its_own(tiny_sd_path, tmp_path, monkeypatch):
+    from kto_lab.sd.cache import read_manifest
+
+    table = write_records(tmp_path / "data")
+    other = flipped(table)
+    cache = tmp_path / "cache"
+    one_step = {"optim": {"max_steps": 1}, "checkpoint": {"every": 0}}
+    Trainer(short(tiny_sd_path, table, tmp_path / "a", data={"cache_dir": str(cache)}, **one_step)).fit()
+    with monkeypatch.context() as m:  # the flipped labels are not trained on the old cache: refused before loading
+        m.setattr("kto_lab.sd.trainer.load_components", lambda *a, **k: pytest.fail("a model was loaded"))
+        with pytest.raises(ConfigError, match=rf"latent cache '{cache}' was built from other data than data.train: "
+                                              rf"the table files were \['{table}'\], now \['{other}'\]") as err:
+            Trainer(short(tiny_sd_path, other, tmp_path / "b", data={"cache_dir": str(cache)}, **one_step))
+        assert "data.cache_dir=auto" in str(err.value) and "\n" not in str(err.value)
+        table.write_text(table.read_text().replace("red0.png,a red square,1", "red0.png,a red square,0"))
+        with pytest.raises(ConfigError, match=rf"{table} has changed since \(6 rows then, 6 now"):
+            Trainer(short(tiny_sd_path, table, tmp_path / "b", data={"cache_dir": str(cache)}, **one_step))
+
+    # data.cache_dir=auto: one cache per dataset and model, beside the runs
+    runs = tmp_path / "runs"
+    for name, data in (("kto", table), ("flipped", other)):
+        Trainer(short(tiny_sd_path, data, runs / name, data={"cache_dir": "auto"}, **one_step)).fit()
+    caches = sorted((runs / "latent_cache").iterdir())
+    assert len(caches) == 2 and all(c.name.startswith("sd-32px-") for c in caches)
+    labels = {tuple(read_manifest(c)["sources"]): c for c in caches}
+    assert set(labels) == {(str(table),), (str(other),)}
+    again = Trainer(short(tiny_sd_path, other, runs / "again", data={"cache_dir": "auto"}, **one_step))
+    assert again.cfg.data.cache_dir == str(labels[(str(other),)]) and again.components.vae is None  # reused
+    again.close()
+
+
+def test_a_cache_dir_that_is_not_a_cache_a_truncated_shard_and_a_full_disk_are_one_line(
+        tiny_sd_path, records, tmp_path, monkeypatch):
+    import safetensors.torch
+
+    from kto_lab.sd.checkpoints import CheckpointError
+    from kto_lab.data.tables import DataError
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    with monkeypatch.context() as m:
+        m.setattr("kto_lab.sd.trainer.load_components", lambda *a, **k: pytest.fail("a model was loaded"))
+        with pytest.raises(ConfigError, match=rf"data.cache_dir='{folder}' is a folder that is not a latent cache"):
+            Trainer(short(tiny_sd_path, records, tmp_path / "a", data={"cache_dir": str(folder)}))
+    assert (folder / "notes.txt").read_text() == "mine"
+
+    cache = tmp_path / "cache"
+    real_save = safetensors.torch.save_file
+
+    def full_disk(tensors, filename, *a, **k):
+        if "shard-00001" in str(filename):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(tensors, filename, *a, **k)
+
+    cfg = short(tiny_sd_path, records, tmp_path / "b", data={"cache_dir": str(cache), "cache_shard_size": 4},
+                optim={"max_steps": 1})
+    with monkeypatch.context() as m:
+        m.setattr(safetensors.torch, "save_file", full_disk)
+        with pytest.raises(CheckpointError, match=rf"no space left on device while writing {cache}.partial \(removed it\)"):
+            Trainer(cfg).fit()
+    assert not cache.exists() and not Path(f"{cache}.partial").exists()
+
+    Trainer(cfg, overwrite=True).fit()
+    shard = cache / "shard-00000.safetensors"
+    shard.write_bytes(shard.read_bytes()[:200])
+    with pytest.raises(DataError, match=rf"latent cache shard {shard} cannot be read .*truncated or corrupt; delete {cache}"):
+        Trainer(cfg, overwrite=True)
+
+
+def test_resume_refuses_changed_data_and_takes_the_same_file_by_another_path(tiny_sd_path, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    table = write_records(tmp_path / "data")
+    cfg = short(tiny_sd_path, Path("data") / "records.csv", tmp_path / "run", optim={"max_steps": 4},
+                checkpoint={"every": 2})
+    first = Trainer(cfg)
+    first.fit(stop_at=3)
+    first.close()
+    same = Trainer(cfg, overrides=["checkpoint.resume=latest", f"data.train=[{table}]"])  # absolute: the same file
+    assert same.global_step == 2
+    same.close()
+
+    table.write_text(table.read_text().replace("blue1.png,a blue square,0", "blue1.png,a blue square,1"))
+    with monkeypatch.context() as m:
+        m.setattr("kto_lab.sd.trainer.load_components", lambda *a, **k: pytest.fail("a model was loaded"))
+        with pytest.raises(ConfigError, match=rf"cannot resume .*checkpoint-0000002: the run was made with other settings: "
+                                              rf"data.train: {table} has changed since") as err:
+            Trainer(cfg, overrides=["checkpoint.resume=latest"])
+    assert "\n" not in str(err.value)
+
+
+# --- only what a run wrote is ever deleted or replaced ------------------------------------------
+
+
+def test_overwrite_deletes_only_what_a_run_wrote_and_a_users_files_are_refused(tiny_sd_path, records, tmp_path,
+                                                                               no_model_loads):
+    out = tmp_path / "mine"
+    (out / "logs").mkdir(parents=True)
+    (out / "validation").mkdir()
+    files = {"README.md": "my notes", "logs/train.log": "my log", "validation/holdout.csv": "image,caption\n"}
+    for name, text in files.items():
+        (out / name).write_text(text)
+    validating = {"validation_prompts": ["a red square"], "validation_every": 1}
+    for overwrite in (False, True):
+        with pytest.raises(ConfigError, match=rf"output_dir {out} holds README.md, validation, which kto_lab did not "
+                                              rf"write and a run writes .*: move them") as err:
+            Trainer(short(tiny_sd_path, records, out, logging=validating), overwrite=overwrite)
+        assert "\n" not in str(err.value)
+    assert {n: (out / n).read_text() for n in files} == files and not (out / "run.lock").exists()
+
+
+def test_a_run_beside_a_users_files_keeps_them_through_overwrite(tiny_sd_path, records, tmp_path):
+    out = tmp_path / "run"
+    (out / "logs").mkdir(parents=True)
+    (out / "logs" / "train.log").write_text("my log")  # e.g. `kto-lab train ... > run/logs/train.log`
+    (out / "notes.txt").write_text("mine")
+    cfg = short(tiny_sd_path, records, out)
+    Trainer(cfg).fit()
+    assert (out / "README.md").is_file() and (out / "unet").is_dir()
+    Trainer(cfg, overwrite=True).close()  # the claim alone: the earlier run's files are gone, the user's stay
+    assert not (out / "unet").exists() and not (out / "README.md").exists() and not (out / "metrics.jsonl").exists()
+    assert (out / "logs" / "train.log").read_text() == "my log" and (out / "notes.txt").read_text() == "mine"
+
+
+def test_an_output_dir_that_overlaps_an_input_is_refused_before_anything_is_deleted(tiny_sd_path, records, tmp_path,
+                                                                                   no_model_loads):
+    import shutil
+
+    pipe = tmp_path / "pipe"
+    shutil.copytree(tiny_sd_path, pipe)
+    before = sorted(p.relative_to(pipe) for p in pipe.rglob("*"))
+    cfg = short(pipe, records, pipe)
+    for out, field in ((pipe, r"is model.pretrained="), (pipe / "unet", r"is inside model.pretrained=")):
+        with pytest.raises(ConfigError, match=rf"output_dir='{out}' {field}'{pipe}': a run would write its files among"):
+            Trainer({**cfg, "output_dir": str(out)}, overwrite=True)
+    assert sorted(p.relative_to(pipe) for p in pipe.rglob("*")) == before  # the base model is whole
+
+    run = tmp_path / "run"  # continuing from a finished run's UNet into the same directory would delete it first
+    (run / "unet").mkdir(parents=True)
+    shutil.copy(pipe / "unet" / "config.json", run / "unet" / "config.json")
+    with pytest.raises(ConfigError, match=rf"model.unet='{run / 'unet'}' lies in {run / 'unet'}, which the run in "
+                                          rf"output_dir='{run}' writes \(and --overwrite deletes\)"):
+        Trainer(short(pipe, records, run, model={"pretrained": str(pipe), "unet": str(run / "unet")}), overwrite=True)
+    assert (run / "unet" / "config.json").is_file()
+
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(ConfigError, match=rf"output_dir='{tmp_path / 'a_file'}' is a file, not a directory"):
+        Trainer(short(pipe, records, tmp_path / "a_file"))
+    read_only = Path("/sys/kernel")  # not writable, even by root (tests here run as root, where chmod does not bind)
+    if os.geteuid() != 0:
+        read_only = tmp_path / "read_only"
+        read_only.mkdir(mode=0o555)
+    if os.access(read_only, os.W_OK) and os.geteuid() != 0:
+        pytest.skip("no read-only directory to test with")
+    with pytest.raises(ConfigError, match=rf"output_dir='{read_only}' is not a writable directory"):
+        Trainer(short(pipe, records, read_only))
+
+
+def test_symbolic_links_in_a_run_are_refused_and_the_card_never_follows_one(tiny_sd_path, records, tmp_path, capsys):
+    from kto_lab.cli import main
+    from kto_lab.sd.model_card import write_model_card
+
+    cfg = short(tiny_sd_path, records, tmp_path / "run")
+    Trainer(cfg).fit()
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "checkpoint-0000001").mkdir(parents=True)
+    (elsewhere / "keep.txt").write_text("keep")
+    (tmp_path / "run" / "checkpoints").symlink_to(elsewhere, target_is_directory=True)
+    tiny_kto = Path(__file__).resolve().parents[1] / "kto_lab" / "configs" / "tiny_kto.yaml"
+    argv = ["train", "--config", str(tiny_kto), f"model.pretrained={tiny_sd_path}", f"data.train=[{records}]",
+            f"output_dir={tmp_path / 'run'}", "optim.max_steps=1", "--overwrite"]
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"{tmp_path / 'run' / 'checkpoints'} is a symbolic link" in err
+    assert (elsewhere / "keep.txt").read_text() == "keep" and (elsewhere / "checkpoint-0000001").is_dir()
+    assert (tmp_path / "run" / "unet").is_dir()  # nothing deleted
+
+    target = tmp_path / "someone_elses.md"
+    target.write_text("theirs")
+    card = tmp_path / "run" / "README.md"
+    card.unlink()
+    card.symlink_to(target)
+    from kto_lab.sd.config import load_train_config
+    from dataclasses import asdict
+
+    write_model_card(tmp_path / "run", asdict(load_train_config(cfg).resolved()), metrics={}, counts={})
+    assert target.read_text() == "theirs" and not card.is_symlink() and "Diffusion-KTO" in card.read_text()
+
+
+# --- interruptions: a cut manifest or metrics line -------------------------------------------------
+
+
+def test_a_malformed_manifest_falls_back_to_the_previous_checkpoint(tiny_sd_path, records, tmp_path, capsys):
+    cfg = short(tiny_sd_path, records, tmp_path / "run", optim={"max_steps": 6}, checkpoint={"every": 2, "keep": 0})
+    trainer = Trainer(cfg)
+    trainer.fit(stop_at=4)
+    trainer.close()
+    manifest = tmp_path / "run" / "checkpoints" / "checkpoint-0000004" / "manifest.json"
+    good = manifest.read_text()
+    for bad in ("{}", "[]", good.replace('"step": 4', '"step": "4"'), good[: len(good) // 2]):
+        manifest.write_text(bad)  # a kill while it was written left {} (KeyError: 'step' before)
+        capsys.readouterr()
+        resumed = Trainer(cfg, overrides=["checkpoint.resume=latest"])
+        assert resumed.global_step == 2
+        err = capsys.readouterr().err
+        assert f"{manifest.parent} has no complete manifest.json" in err and "checkpoint-0000002 instead" in err
+        resumed.close()
+
+
+def test_a_cut_last_metrics_line_is_dropped_on_resume_saying_so(tiny_sd_path, records, tmp_path, capsys):
+    cfg = short(tiny_sd_path, records, tmp_path / "run", optim={"max_steps": 4}, checkpoint={"every": 2})
+    trainer = Trainer(cfg)
+    trainer.fit(stop_at=3)
+    trainer.close()
+    jsonl, csv_file = tmp_path / "run" / "metrics.jsonl", tmp_path / "run" / "metrics.csv"
+    jsonl.write_text(jsonl.read_text()[:-25])  # killed while writing the row of step 3
+    csv_file.write_text(csv_file.read_text()[:-25])
+    assert [r["step"] for r in read_metrics(jsonl)] == [1, 2]
+    capsys.readouterr()
+    result = Trainer(cfg, overrides=["checkpoint.resume=latest"]).fit()  # JSONDecodeError before
+    err = capsys.readouterr().err
+    assert f"dropped the last line of {jsonl}, cut short" in err and f"dropped the last line of {csv_file}" in err
+    assert [r["step"] for r in read_metrics(result.metrics_path)] == [1, 2, 3, 4]
+    assert [line.split(",")[0] for line in csv_file.read_text().splitlines()[1:]] == ["1", "2", "3", "4"]
+
+
+# --- a finished run keeps its last checkpoint: "train 1,000 more steps" -------------------------
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_a_finished_run_is_extended_by_more_steps_as_one_run_of_that_length(tiny_sd_path, records, tmp_path, lora, capsys):
+    from safetensors.torch import load_file
+
+    lora_cfg = {"enabled": True, "rank": 4} if lora else {"enabled": False}
+    whole = Trainer(short(tiny_sd_path, records, tmp_path / "six", optim={"max_steps": 6}, checkpoint={"every": 4},
+                          lora=lora_cfg)).fit()
+    cfg = short(tiny_sd_path, records, tmp_path / "run", optim={"max_steps": 4}, checkpoint={"every": 4}, lora=lora_cfg)
+    first = Trainer(cfg).fit()
+    last = tmp_path / "run" / "checkpoints" / "checkpoint-0000004"  # the last step is checkpointed
+    weights = Path(first.weights) / "diffusion_pytorch_model.safetensors" if not lora else Path(first.weights)
+    in_checkpoint = last / weights.relative_to(tmp_path / "run")
+    assert os.path.samefile(weights, in_checkpoint)  # the final weights are the checkpoint's files, not a copy
+    capsys.readouterr()
+    again = Trainer(cfg, overrides=["checkpoint.resume=latest"]).fit()  # the same max_steps: nothing to train
+    assert again.global_step == 4 and "finished at step 4 (optim.max_steps): nothing to train" in capsys.readouterr().err
+
+    more = Trainer(cfg, overrides=["checkpoint.resume=latest", "optim.max_steps=6"])
+    assert more.global_step == 4
+    extended = more.fit()
+    rows, ref = read_metrics(extended.metrics_path), read_metrics(whole.metrics_path)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6] and [r["loss"] for r in rows] == [r["loss"] for r in ref]
+    final = Path(extended.weights) / "diffusion_pytorch_model.safetensors" if not lora else Path(extended.weights)
+    mine, theirs = load_file(str(final)), load_file(str(Path(whole.weights) / final.relative_to(extended.weights))
+                                                    if not lora else whole.weights)
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_disk_full_while_writing_the_final_weights_is_one_line_and_leaves_nothing_that_looks_finished(
+        tiny_sd_path, records, tmp_path, monkeypatch, lora, capsys):
+    import safetensors.torch
+
+    from kto_lab.cli import main
+    from kto_lab.sd.checkpoints import CheckpointError
+
+    real_save = safetensors.torch.save_file
+
+    def full_disk(tensors, filename, *a, **k):
+        if "checkpoint" not in str(filename):  # the final weights, not a checkpoint
+            Path(filename).write_bytes(b"half a file")  # what a full disk leaves behind
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(tensors, filename, *a, **k)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    out = tmp_path / "run"
+    tiny_kto = Path(__file__).resolve().parents[1] / "kto_lab" / "configs" / "tiny_kto.yaml"
+    argv = ["train", "--config", str(tiny_kto), f"model.pretrained={tiny_sd_path}", f"data.train=[{records}]",
+            f"output_dir={out}", "optim.max_steps=2", "checkpoint.every=0", f"lora.enabled={str(lora).lower()}"]
+    assert main(argv) == 2  # no checkpoint of the last step (every=0): the weights are written fresh
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("kto-lab train: error: no space left on device while writing") and ".tmp-" in err
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "metrics.csv", "metrics.jsonl", "run_files.json"]
+
+    monkeypatch.setattr(safetensors.torch, "save_file", real_save)  # with a checkpoint: linked from it
+    monkeypatch.setattr(os, "link", lambda *a: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
+    cfg = short(tiny_sd_path, records, out, optim={"max_steps": 2}, checkpoint={"every": 2}, lora={"enabled": lora})
+    with pytest.raises(CheckpointError, match=r"no space left on device while writing .*\.tmp-.* \(removed it\); the "
+                                              r"last complete checkpoint is .*checkpoint-0000002") as err:
+        Trainer(cfg, overwrite=True).fit()
+    assert "\n" not in str(err.value) and not (out / "run.lock").exists()
+    assert not any(p.name.startswith(".tmp-") or p.name in ("unet", "pytorch_lora_weights.safetensors")
+                   for p in out.iterdir())
+
+
+# --- Ctrl-C and SIGTERM ------------------------------------------------------------------------------
+
+
+def _tiny_argv(tiny_sd_path, records, out, *extra):
+    tiny_kto = Path(__file__).resolve().parents[1] / "kto_lab" / "configs" / "tiny_kto.yaml"
+    return ["train", "--config", str(tiny_kto), f"model.pretrained={tiny_sd_path}", f"data.train=[{records}]",
+            f"output_dir={out}", "logging.progress_bar=false", *extra]
+
+
+def test_ctrl_c_stops_in_one_line_naming_the_last_checkpoint(tiny_sd_path, records, tmp_path, monkeypatch, capsys):
+    from kto_lab.cli import main
+
+    real_step = Trainer.step
+
+    def interrupted_at_step_3(self, batch):
+        if self.global_step == 3:
+            raise KeyboardInterrupt  # what Ctrl-C raises, wherever the run is
+        return real_step(self, batch)
+
+    monkeypatch.setattr(Trainer, "step", interrupted_at_step_3)
+    out = tmp_path / "run"
+    assert main(_tiny_argv(tiny_sd_path, records, out, "optim.max_steps=6", "checkpoint.every=2")) == 130
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and err.splitlines()[-1] == (
+        f"kto-lab train: interrupted: stopped by Ctrl-C at step 3; last checkpoint: {out / 'checkpoints' / 'checkpoint-0000002'} "
+        f"(resume with checkpoint.resume=latest)")
+    assert not (out / "run.lock").exists()
+
+
+def test_sigterm_writes_a_checkpoint_that_fits_releases_the_lock_and_says_so(tiny_sd_path, records, tmp_path):
+    """A real process receiving SIGTERM (what schedulers send) mid-run."""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    argv = _tiny_argv(tiny_sd_path, records, out, "optim.max_steps=100000", "checkpoint.every=1000", "logging.log_every=1")
+    proc = subprocess.Popen([sys.executable, "-m", "kto_lab.cli", *argv], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 240
+        while not ((out / "metrics.jsonl").is_file() and len(read_metrics(out)) >= 2) and time.time() < deadline:
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    step = read_metrics(out)[-1]["step"]  # the step it finished after the signal
+    checkpoint = out / "checkpoints" / f"checkpoint-{step:07d}"
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == (
+        f"kto-lab train: interrupted: stopped by SIGTERM after step {step}; last checkpoint: {checkpoint} "
+        f"(resume with checkpoint.resume=latest)")
+    assert not (out / "run.lock").exists()
+    from kto_lab.sd.checkpoints import problem
+
+    assert problem(checkpoint) is None  # a tiny checkpoint fits the budget: written before stopping
+    from kto_lab.sd.config import load_train_config
+
+    assert Trainer(load_train_config(argv[2], argv[3:] + ["checkpoint.resume=latest"])).global_step == step
+
+
+def test_sigterm_skips_a_checkpoint_that_would_not_fit(tiny_sd_path, records, tmp_path, monkeypatch):
+    import signal
+
+    import kto_lab.sd.trainer as T
+    from kto_lab.sd.interrupts import TrainingInterrupted
+
+    real_step = Trainer.step
+
+    def signalled_in_step_3(self, batch):
+        if self.global_step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # handled after this step
+        return real_step(self, batch)
+
+    monkeypatch.setattr(Trainer, "step", signalled_in_step_3)
+    monkeypatch.setattr(T, "SAVE_BUDGET_S", 0.0)  # no write fits
+    trainer = Trainer(short(tiny_sd_path, records, tmp_path / "run", optim={"max_steps": 6}, checkpoint={"every": 2}))
+    with pytest.raises(TrainingInterrupted, match=r"stopped by SIGTERM after step 3; last checkpoint: .*checkpoint-0000002"):
+        trainer.fit()
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["checkpoint-0000002"]
+    assert not (tmp_path / "run" / "run.lock").exists() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

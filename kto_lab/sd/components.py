@@ -24,7 +24,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from ..config import CONFIG_DIR
+from ..config import CONFIG_DIR, ConfigError
 from ..schedule import NoiseSchedule
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
@@ -93,6 +93,7 @@ def check_model_config(model_cfg, family=None):
 
     check_pipeline_dir(model_cfg.pretrained, "model.pretrained")
     family = family or resolve_family(model_cfg.pretrained, model_cfg.family)
+    check_weights(model_cfg.pretrained, "model.pretrained")
     for name in ("unet", "reference"):
         path = getattr(model_cfg, name)
         if path:
@@ -100,7 +101,26 @@ def check_model_config(model_cfg, family=None):
             found = _local_model(path, family.denoiser_subfolder)
             if found is not None:
                 family.check_unet(json.loads((Path(path) / found / "config.json").read_text()), f"model.{name}={path!r}")
+                check_weights(Path(path) / found, f"model.{name}")
     return family
+
+
+def check_weights(path: str | Path, field: str) -> None:
+    """Each safetensors file of a local model or pipeline directory (and its sub-folders) has a whole header
+    and the length it declares: a cut download or copy fails here, in one line naming the file, before any
+    model loads (from_pretrained's own error is a traceback). Reads the headers only."""
+    from safetensors import SafetensorError, safe_open
+
+    p = Path(path)
+    if not p.is_dir():
+        return  # a hub id: diffusers checks what it downloads
+    for f in sorted([*p.glob("*.safetensors"), *p.glob("*/*.safetensors")]):
+        try:
+            with safe_open(str(f), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as exc:
+            raise ConfigError(f"{field}={str(path)!r}: {f} cannot be read ({exc}): it is truncated or damaged; "
+                              "copy or download it again") from None
 
 
 def _local_model(path: str | Path, subfolder: str) -> Optional[str]:
@@ -201,11 +221,15 @@ def add_lora(unet, rank: int, alpha: float, target_modules) -> None:
     """
     from peft import LoraConfig
 
+    names = [n for n, _ in unet.named_modules()]
+    unmatched = [t for t in target_modules if not any(n == t or n.endswith("." + t) for n in names)]  # peft's rule
+    if unmatched:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in unet.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise ConfigError(f"lora.target_modules: {unmatched} match no module of the {type(unet).__name__}; its linear "
+                          f"layers are named {linear[:16]}{' ...' if len(linear) > 16 else ''}")
     unet.requires_grad_(False)
     unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian",
                                 target_modules=list(target_modules)))
-    if not any(p.requires_grad for p in unet.parameters()):
-        raise ValueError(f"lora.target_modules={list(target_modules)} matched no module of the {type(unet).__name__}")
 
 
 def cast_trainable_to_fp32(model) -> None:

@@ -17,8 +17,11 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from ..data.tables import DataError
 
 # logging.report_to name -> the package it needs (the extra of the same name installs it)
 TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
@@ -58,14 +61,22 @@ class MetricsLogger:
         self.trackers = list(trackers)
 
     def _truncate(self, step: int) -> None:
-        """Keep only rows with ``step <= step`` (a resumed run rewrites what came after)."""
+        """Keep only rows with ``step <= step`` (a resumed run rewrites what came after). A last line cut
+        short by an interruption is dropped, saying so."""
         if self.jsonl_path.is_file():
-            rows = [line for line in self.jsonl_path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= step]
-            self.jsonl_path.write_text("".join(r + "\n" for r in rows))
+            rows, cut = _jsonl_rows(self.jsonl_path)
+            if cut:
+                print(f"kto_lab: dropped the last line of {self.jsonl_path}, cut short when the run was interrupted",
+                      file=sys.stderr)
+            self.jsonl_path.write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] <= step))
         if self.csv_path.is_file():
             with open(self.csv_path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+                rows = list(csv.DictReader(f))
+            if rows and (None in rows[-1] or None in rows[-1].values()):  # fewer or more fields than the header
+                print(f"kto_lab: dropped the last line of {self.csv_path}, cut short when the run was interrupted",
+                      file=sys.stderr)
+                rows.pop()
+            rows = [r for r in rows if int(r["step"]) <= step]
             with open(self.csv_path, "w", newline="") as f:
                 w = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
                 w.writeheader()
@@ -97,9 +108,28 @@ class MetricsLogger:
         self._csv_file.close()
 
 
+def _jsonl_rows(path: Path) -> Tuple[List[dict], bool]:
+    """The rows of a metrics JSONL file, and whether its last line was cut short (dropped: a run killed
+    while writing it). Any other line that is not a JSON row is a :class:`DataError` naming it."""
+    lines = [(n, line) for n, line in enumerate(path.read_text().splitlines(), start=1) if line.strip()]
+    rows = []
+    for k, (n, line) in enumerate(lines):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if isinstance(row, dict) and "step" in row:
+            rows.append(row)
+        elif k == len(lines) - 1:
+            return rows, True
+        else:
+            raise DataError(f"{path}, line {n}: not a metrics row ({line[:60]!r}); the file was edited or damaged")
+    return rows, False
+
+
 def read_metrics(path: str | Path) -> list:
-    """The rows of a ``metrics.jsonl`` (or a run directory holding one)."""
+    """The rows of a ``metrics.jsonl`` (or a run directory holding one), without a last line cut short."""
     p = Path(path)
     if p.is_dir():
         p = p / "metrics.jsonl"
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    return _jsonl_rows(p)[0]

@@ -8,6 +8,7 @@ again with the Hub repository id.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -119,5 +120,7 @@ def write_model_card(output_dir: str | Path, config: Dict[str, Any], *, metrics:
         usage=_usage(base, repo_id or str(out), lora["enabled"], name == "csft", family), note=note,
     )
     path = out / "README.md"
-    card.save(path)
+    tmp = out / ".README.md.tmp"
+    card.save(tmp)
+    os.replace(tmp, path)  # replaces a link at README.md itself, never the file it points to
     return path
