@@ -7,8 +7,10 @@ MLflow) are accelerate's; each is an optional package, checked when the config i
     (share of samples whose implicit reward has the sign of their label), z_ref (reference
     point in reward units, beta * z), kl, err/policy, err/reference, lr, grad_norm, skipped_images
 
-plus objective-specific extras (JSONL has every key; the CSV has a fixed header, so extras
-outside it only go to the JSONL). On resume, rows after the resumed step are dropped, so the
+plus objective-specific extras (KTO's ``saturated``, ...). Both files carry every key: the CSV's
+header is these columns, then any other key in the order it first appears; a key that appears
+mid-run rewrites the CSV with the wider header (atomically: a temp file renamed over it). On
+resume, rows after the resumed step are dropped and the CSV is rebuilt from the JSONL, so the
 files read as one uninterrupted run.
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
@@ -44,38 +47,54 @@ class MetricsLogger:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.jsonl_path, self.csv_path = self.dir / "metrics.jsonl", self.dir / "metrics.csv"
+        self.columns = list(CSV_COLUMNS)  # the CSV's header: CSV_COLUMNS, then other keys as they appear
         if resume_step is None:
-            for p in (self.jsonl_path, self.csv_path):
-                p.unlink(missing_ok=True)
+            self.jsonl_path.unlink(missing_ok=True)
+            self._rewrite_csv([])
         else:
             self._truncate(resume_step)
-        new_csv = not self.csv_path.is_file()
         self._jsonl = open(self.jsonl_path, "a")
-        self._csv_file = open(self.csv_path, "a", newline="")
-        self._csv = csv.DictWriter(self._csv_file, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-        if new_csv:
-            self._csv.writeheader()
+        self._open_csv()
         self.trackers = list(trackers)
 
     def _truncate(self, step: int) -> None:
-        """Keep only rows with ``step <= step`` (a resumed run rewrites what came after)."""
+        """Keep only rows with ``step <= step`` (a resumed run rewrites what came after); the CSV
+        is rebuilt from the kept JSONL rows."""
         if self.jsonl_path.is_file():
             rows = [line for line in self.jsonl_path.read_text().splitlines()
                     if line.strip() and json.loads(line)["step"] <= step]
             self.jsonl_path.write_text("".join(r + "\n" for r in rows))
-        if self.csv_path.is_file():
-            with open(self.csv_path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
-            with open(self.csv_path, "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-                w.writeheader()
-                w.writerows(rows)
+        rows = read_metrics(self.jsonl_path) if self.jsonl_path.is_file() else []
+        for r in rows:
+            self.columns += [k for k in r if k not in self.columns]
+        self._rewrite_csv(rows)
+
+    def _open_csv(self) -> None:
+        self._csv_file = open(self.csv_path, "a", newline="")
+        self._csv = csv.DictWriter(self._csv_file, fieldnames=self.columns)
+
+    def _rewrite_csv(self, rows) -> None:
+        """``metrics.csv`` := header :attr:`columns` + ``rows``, written to a temp file and renamed over it."""
+        tmp = self.csv_path.with_name(f".{self.csv_path.name}.tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.columns)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, self.csv_path)
 
     def log(self, step: int, metrics: Dict[str, float]) -> None:
         row = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
         self._jsonl.write(json.dumps({k: (v if not isinstance(v, float) or math.isfinite(v) else str(v))
                                       for k, v in row.items()}) + "\n")
         self._jsonl.flush()
+        new = [k for k in row if k not in self.columns]
+        if new:  # a key first seen now: the CSV gets the wider header, its rows kept
+            self._csv_file.close()
+            with open(self.csv_path, newline="") as f:
+                rows = list(csv.DictReader(f))
+            self.columns += new
+            self._rewrite_csv(rows)
+            self._open_csv()
         self._csv.writerow(row)
         self._csv_file.flush()
         for tracker in self.trackers:
