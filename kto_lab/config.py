@@ -77,7 +77,7 @@ def check_positive(name: str, value: Any) -> None:
     check_range(name, value, low=0.0, low_open=True)
 
 
-_WARNED: Dict[tuple, Any] = {}  # warn_outside's registry: each distinct warning once per process
+_WARNED: Dict[tuple, Any] = {}  # warn_once's registry: each distinct warning once per process
 
 
 def warn_outside(name: str, value: float, low: float, high: float, measured: str) -> bool:
@@ -86,9 +86,13 @@ def warn_outside(name: str, value: float, low: float, high: float, measured: str
     process however often a config is validated. Returns whether ``value`` is outside."""
     if low <= value <= high:
         return False
-    warnings.warn_explicit(f"{name}={value:g} is outside [{low:g}, {high:g}], the range measured useful {measured}",
-                           UserWarning, "kto-lab", 0, registry=_WARNED)
+    warn_once(f"{name}={value:g} is outside [{low:g}, {high:g}], the range measured useful {measured}")
     return True
+
+
+def warn_once(message: str) -> None:
+    """A one-line ``UserWarning`` (no source line under it), once per process."""
+    warnings.warn_explicit(message, UserWarning, "kto-lab", 0, registry=_WARNED)
 
 
 def check_range(

@@ -1,7 +1,9 @@
 """Scalar metrics of a run -> ``metrics.jsonl`` + ``metrics.csv`` (+ experiment trackers).
 
 Written by the main process only. Trackers (``logging.report_to``: TensorBoard, Weights & Biases,
-MLflow) are accelerate's; each is an optional package, checked when the config is read. Columns (TRL-style names, ``kto_lab.objectives``):
+MLflow) are accelerate's; each is an optional package, checked when the config is read (MLflow's
+tracking store too). Images go to TensorBoard and W&B through accelerate, to MLflow as artifacts
+(accelerate's MLflow tracker has no ``log_images``). Columns (TRL-style names, ``kto_lab.objectives``):
 
     step, loss, rewards/desirable, rewards/undesirable, rewards/margin, rewards/accuracy
     (share of samples whose implicit reward has the sign of their label), z_ref (reference
@@ -17,11 +19,15 @@ files read as one uninterrupted run.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import math
 import os
 from pathlib import Path
 from typing import Dict, Optional, Sequence
+from urllib.parse import urlparse
+
+from ..config import ConfigError, warn_once
 
 # logging.report_to name -> the package it needs (the extra of the same name installs it)
 TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
@@ -29,9 +35,37 @@ TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "m
 
 def tracker_installed(name: str) -> bool:
     """Whether the package of tracker ``name`` can be imported (accelerate would drop it silently)."""
-    import importlib.util
-
     return importlib.util.find_spec(TRACKER_PACKAGES[name]) is not None
+
+
+def check_tracker(name: str) -> None:
+    """Refuse, in one line, a tracker that would only fail when it starts, after the models load."""
+    if name == "mlflow":
+        check_mlflow_store()
+
+
+def check_mlflow_store() -> None:
+    """MLflow's tracking store (``MLFLOW_TRACKING_URI``, else MLflow's default) must open: MLflow 3.x
+    refuses a file store (a path, ``file:``) unless ``MLFLOW_ALLOW_FILE_STORE=true``, and a database
+    (MLflow 3's default ``sqlite:///mlflow.db``) needs SQLAlchemy, which ``mlflow-skinny`` lacks."""
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    scheme = urlparse(uri).scheme
+    if scheme in ("", "file") or len(scheme) == 1:  # a path (a Windows drive letter parses as a scheme)
+        try:
+            from mlflow.environment_variables import MLFLOW_ALLOW_FILE_STORE
+        except ImportError:  # MLflow 2.x: a file store needs no opt-in
+            return
+        if not MLFLOW_ALLOW_FILE_STORE.get():
+            raise ConfigError(f"logging.report_to: mlflow {mlflow.__version__} refuses the file store {uri} unless "
+                              "MLFLOW_ALLOW_FILE_STORE=true; set it, or set MLFLOW_TRACKING_URI to a database "
+                              "(sqlite:///mlflow.db) or a tracking server")
+    elif scheme.split("+")[0] in ("sqlite", "postgresql", "mysql", "mssql") and importlib.util.find_spec("sqlalchemy") is None:
+        raise ConfigError(f"logging.report_to: mlflow's tracking store {uri} is a database, which needs the full "
+                          "mlflow package (mlflow-skinny has no SQLAlchemy): pip install 'kto-lab[mlflow]', or "
+                          "set MLFLOW_TRACKING_URI=file:DIR and MLFLOW_ALLOW_FILE_STORE=true")
+
 
 CSV_COLUMNS = (
     "step", "loss", "rewards/desirable", "rewards/undesirable", "rewards/margin", "rewards/accuracy",
@@ -101,14 +135,24 @@ class MetricsLogger:
             tracker.log({k: float(v) for k, v in metrics.items()}, step=int(step))
 
     def log_images(self, step: int, tag: str, images) -> None:
-        """PIL images to the trackers that take images (TensorBoard as one NHWC batch)."""
+        """PIL images to every tracker: TensorBoard as one NHWC batch, MLflow as artifacts
+        ``TAG/step-NNNNNNN/II.png`` (as in ``OUTPUT_DIR/validation/``), others through their
+        ``log_images``; a tracker without one is named in a warning (once), not skipped in silence."""
         import numpy as np
 
         for tracker in self.trackers:
             if tracker.name == "tensorboard":
                 tracker.log_images({tag: np.stack([np.asarray(im) for im in images])}, step, dataformats="NHWC")
+            elif tracker.name == "mlflow":  # accelerate's MLflowTracker has no log_images
+                import mlflow
+
+                for i, image in enumerate(images):
+                    mlflow.log_image(image, artifact_file=f"{tag}/step-{step:07d}/{i:02d}.png")
             elif hasattr(tracker, "log_images"):
                 tracker.log_images({tag: list(images)}, step)
+            else:
+                warn_once(f"tracker {tracker.name!r} has no log_images: the {tag} images are only in the run "
+                          "directory")
 
     def close(self) -> None:
         """Close the files (the trackers are the trainer's: it finishes them when the run ends)."""
