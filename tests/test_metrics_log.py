@@ -42,3 +42,23 @@ def test_csv_has_every_jsonl_key_even_one_first_seen_mid_run_and_after_a_resume(
     # a fresh run in the same directory starts both files again
     MetricsLogger(tmp_path).close()
     assert csv_rows(tmp_path) == (list(CSV_COLUMNS), []) and read_metrics(tmp_path) == []
+
+
+def test_plot_metrics_labels_each_panel_with_the_metric_display_name(tmp_path):
+    from figure_checks import drawn_texts
+
+    from kto_lab.plotting import label
+    from kto_lab.sd.metrics_log import plot_metrics
+
+    log = MetricsLogger(tmp_path)
+    for step in (1, 2, 3):
+        log.log(step, {"loss": 0.5 / step, "rewards/accuracy": 0.5, "z_ref": 0.1 * step})
+    log.close()
+    fig = plot_metrics(tmp_path, ["loss", "rewards/accuracy", "z_ref", "saturated"])
+    axes = fig.get_axes()
+    assert [ax.get_ylabel() for ax in axes] == [label(k) for k in ("loss", "rewards/accuracy", "z_ref", "saturated")]
+    assert {ax.get_xlabel() for ax in axes} == {"optimizer step"}
+    assert label("rewards/accuracy") != "rewards/accuracy" and label("z_ref") != "z_ref"
+    texts = [t.get_text() for t in drawn_texts(fig)]
+    assert "rewards/accuracy" not in texts and "not logged by this run" in texts  # no raw key; an absent metric says so
+    assert [len(line.get_xdata()) for ax in axes for line in ax.get_lines()] == [3, 3, 3, 0]

@@ -166,3 +166,19 @@ def read_metrics(path: str | Path) -> list:
     if p.is_dir():
         p = p / "metrics.jsonl"
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
+def plot_metrics(path: str | Path, keys: Sequence[str] = ("loss", "rewards/accuracy", "z_ref")):
+    """One panel per metric of a run (``metrics.jsonl`` or its directory) against the optimizer step,
+    titled and labelled with :func:`kto_lab.plotting.label`. Returns the figure (a notebook shows it)."""
+    from ..plotting import label, new_figure
+
+    rows = read_metrics(path)
+    fig = new_figure(figsize=(4 * len(keys), 3.2), layout="constrained")
+    for ax, key in zip(fig.subplots(1, len(keys), squeeze=False)[0], keys):
+        points = [(r["step"], float(r[key])) for r in rows if key in r]
+        ax.plot(*zip(*points) if points else ([], []), marker="o", ms=3)
+        ax.set(xlabel="optimizer step", ylabel=label(key))
+        if not points:
+            ax.set_title("not logged by this run", fontsize=9)
+    return fig
