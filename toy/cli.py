@@ -4,7 +4,7 @@
     kto-lab toy figure6 --out figures --seeds 3 --family flow     # the same under flow matching (SD3's schedule)
     kto-lab toy figure9 --out figures
     kto-lab toy ablations --out figures [--seeds 2] [--family flow] [--betas 0.1 1 10]
-    kto-lab toy frontier --out figures [--seeds 3]
+    kto-lab toy frontier --out figures [--seeds 3] [--redraw]
 
 ``key=value`` (or ``--set key=value``) overrides any :class:`toy.train.ToyConfig` field
 (``--config C.yaml`` too); bad values and an unwritable ``--out`` fail before any training starts.
@@ -15,6 +15,7 @@ from __future__ import annotations
 import shlex
 import sys
 import time
+from pathlib import Path
 
 from kto_lab.config import ConfigError, check_output_dir, load_config, parse_overrides
 
@@ -80,8 +81,11 @@ def cmd_ablations(args) -> int:
 
 
 def cmd_frontier(args) -> int:
-    from .frontier import run_frontier, write_frontier
+    from .frontier import redraw_frontier, run_frontier, write_frontier
 
+    if args.redraw:
+        print(f"frontier redrawn -> {redraw_frontier(Path(args.out))}")
+        return 0
     _check_seeds(args.seeds)
     cfg = _config(args)
     out = check_output_dir("--out", args.out)
@@ -108,6 +112,7 @@ def _common(p, seeds_default):
     p.add_argument("--config", default=None, help="YAML file of ToyConfig fields (listed below)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="ToyConfig fields to override, e.g. beta=3")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="the same as key=value (repeatable)")
+    p.set_defaults(config_fields=(ToyConfig, ""))  # an unknown --option is named by its field (kto_lab.cli)
 
 
 def add_parser(subparsers, name: str = "toy", help: str = "2-D Gaussian toy"):
@@ -130,5 +135,7 @@ def add_parser(subparsers, name: str = "toy", help: str = "2-D Gaussian toy"):
     pf = sub.add_parser("frontier", help="every method over beta / learning rate: desirable vs undesirable share, "
                                          "distance moved (frontiers over seeds)")
     _common(pf, 3)
+    pf.add_argument("--redraw", action="store_true", help="draw toy_frontier.png again from --out's saved "
+                                                          "toy_frontier.csv, without training")
     pf.set_defaults(func=cmd_frontier)
     return parser

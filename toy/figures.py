@@ -73,6 +73,7 @@ def _scatter(ax, samples, sources):
         ax.add_patch(Circle(src.mean, REGION_RADIUS_STD * src.std, fill=False, color=color, lw=1.2, ls="--"))
         ax.plot(*src.mean, marker="+", color=color, ms=8)
     ax.set_xlim(-0.2, 1.2), ax.set_ylim(0.1, 1.5), ax.set_aspect("equal")
+    ax.set_xlabel("x₁", fontsize=8, labelpad=1), ax.set_ylabel("x₂", fontsize=8, labelpad=1)  # the toy's 2-D points
     ax.tick_params(labelsize=7)
 
 
@@ -186,7 +187,8 @@ def plot_figure9(path: Optional[Path] = None, utilities: Sequence[str] = PAPER_U
         ax_d.plot(x.detach(), du, label=text)
     for ax, title in ((ax_u, "U(x) - U(0)"), (ax_d, "U'(x)")):
         ax.axhline(0, color="k", lw=0.5), ax.axvline(0, color="k", lw=0.5)
-        ax.set_xlabel("x = w(x0) * (implicit reward - Q_ref)"), ax.set_title(title), ax.legend(fontsize=8)
+        ax.set_xlabel("x = w(x₀) · β (g − z_ref)   (w = +1 desirable, −1 undesirable; eq. 8)")
+        ax.set_title(title), ax.legend(fontsize=8)
     ax_u.set_ylim(-lim, lim)
     fig.suptitle("Figure 9: utility functions, centred so U(0) = 0, and their first derivatives")
     if path is not None:

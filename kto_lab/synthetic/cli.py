@@ -65,9 +65,14 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_sweep_report(args) -> int:
-    from .sweep_report import write_report
+    from kto_lab.config import ConfigError
 
-    for path in write_report(args.run, args.out):
+    from .sweep_report import redraw_report, write_report
+
+    if not args.redraw and not args.run:
+        raise ConfigError("sweep-report needs --run (the sweep directory), or --redraw to draw --out's figures "
+                          "again from its tables")
+    for path in (redraw_report(args.out) if args.redraw else write_report(args.run, args.out)):
         print(path)
     return 0
 
@@ -130,8 +135,10 @@ def add_parser(subparsers, name: str, help: str):
     w.set_defaults(func=cmd_sweep, config_fields=(SweepConfig, "sweep."))
 
     r = sub.add_parser("sweep-report", help="frontier and regime plots and tables of a sweep directory")
-    r.add_argument("--run", required=True, help="the sweep directory")
+    r.add_argument("--run", help="the sweep directory")
     r.add_argument("--out", required=True, help="where the figures and tables go")
+    r.add_argument("--redraw", action="store_true", help="draw the figures again from --out's tables (frontier.csv, "
+                                                         "regimes.csv, comparison.md), without --run")
     r.set_defaults(func=cmd_sweep_report)
 
     f = sub.add_parser("figures", help="plots and tables of a comparison run")
