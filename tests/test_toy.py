@@ -262,6 +262,13 @@ def test_figure6_python_api_writes_the_files(tmp_path, tiny_figure6):
     with pytest.raises(ValueError, match="seeds must be an integer >= 1, got 0"):
         run_figure6(cfg, seeds=0)
 
+    from toy.figures import redraw_figure6  # the figure again from those files, no training
+
+    before = paths["png"].read_bytes()
+    paths["png"].unlink()
+    assert redraw_figure6(tmp_path) == paths["png"] and paths["png"].read_bytes() == before
+    assert main(["toy", "figure6", "--out", str(tmp_path / "none"), "--redraw"]) == 2  # nothing saved there: one line
+
 
 def test_plotting_modules_choose_no_backend():
     """A notebook's inline backend survives importing them (tested in a fresh interpreter)."""

@@ -2,6 +2,7 @@
 
     kto-lab toy figure6 --out figures --seeds 3 [--steps 600] [--pretrain-steps 1500] [beta=3 ...]
     kto-lab toy figure6 --out figures --seeds 3 --family flow     # the same under flow matching (SD3's schedule)
+    kto-lab toy figure6 --out figures --redraw [--family flow]    # the figure again from the saved results
     kto-lab toy figure9 --out figures
     kto-lab toy ablations --out figures [--seeds 2] [--family flow] [--betas 0.1 1 10]
     kto-lab toy frontier --out figures [--seeds 3] [--redraw]
@@ -45,9 +46,12 @@ def _check_seeds(seeds):
 
 
 def cmd_figure6(args) -> int:
-    from .figures import write_figure6
+    from .figures import redraw_figure6, write_figure6
     from .run import run_figure6
 
+    if args.redraw:
+        print(f"figure 6 redrawn -> {redraw_figure6(Path(args.out), args.family or 'ddpm')}")
+        return 0
     _check_seeds(args.seeds)
     cfg = _config(args)
     out = check_output_dir("--out", args.out)  # results are written at the end: fail now, not then
@@ -122,6 +126,8 @@ def add_parser(subparsers, name: str = "toy", help: str = "2-D Gaussian toy"):
     p6 = sub.add_parser("figure6", help="Figure 6: every method on the 2-D toy, metrics over seeds")
     _common(p6, 3)
     p6.add_argument("--samples", type=int, default=None, help="points sampled per model (default: 3500, as sec. 6)")
+    p6.add_argument("--redraw", action="store_true", help="draw figure6.png (with --family flow: figure6_flow.png) "
+                                                          "again from --out's saved samples and metrics, without training")
     p6.set_defaults(func=cmd_figure6)
     p9 = sub.add_parser("figure9", help="Figure 9: utilities and their derivatives, centred")
     p9.add_argument("--out", required=True, help="output directory")

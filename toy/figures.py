@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.patches import Circle
 
-from kto_lab.config import to_dict  # noqa: E402
+from kto_lab.config import from_dict, to_dict  # noqa: E402
 from kto_lab.objectives import centered, get_utility  # noqa: E402
 from kto_lab.plotting import LABELS, UTILITY_LABELS, label, new_figure
 
@@ -133,6 +133,27 @@ def plot_figure6(result: Figure6Result, path: Optional[Path] = None):
     if path is not None:
         fig.savefig(path, dpi=110)
     return fig
+
+
+def redraw_figure6(out: Path, family: str = "ddpm") -> Path:
+    """``figure6.png`` (``figure6_flow.png``) drawn again from the files :func:`write_figure6` saved in
+    ``out`` (the first seed's samples, the metrics over seeds, the run's config), without training:
+    ``kto-lab toy figure6 --out OUT --redraw [--family flow]``."""
+    from .train import ToyConfig
+
+    out = Path(out)
+    stem = _stem("figure6", ToyConfig(family=family))
+    files = {k: out / f"{stem}{s}" for k, s in (("npz", "_samples.npz"), ("json", "_metrics.json"), ("run", "_run.json"))}
+    missing = [str(f) for f in files.values() if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"--redraw needs the results of a figure6 run: {', '.join(missing)} missing")
+    run = json.loads(files["run"].read_text())
+    with np.load(files["npz"]) as npz:
+        samples = {m: torch.from_numpy(npz[m]) for m in npz.files}
+    result = Figure6Result(from_dict(ToyConfig, run["config"]), run["seeds"], json.loads(files["json"].read_text()),
+                           samples, run["seconds"])
+    plot_figure6(result, out / f"{stem}.png")
+    return out / f"{stem}.png"
 
 
 def _mean_sd(stat: Dict) -> str:
