@@ -105,7 +105,7 @@ _WARNED: Dict[tuple, Any] = {}  # warn_once's registry: each distinct warning on
 
 
 def warn_once(message: str) -> None:
-    """A config warning: one line (no source line under it), once per process however often a config is
+    """A one-line ``UserWarning`` (no source line under it), once per process however often a config is
     validated or resolved; the run goes on."""
     warnings.warn_explicit(message, UserWarning, "kto-lab", 0, registry=_WARNED)
 

@@ -1,5 +1,6 @@
 """``kto-lab eval``: generate, score, compare (win rates), implicit reward accuracy, or all at once.
 
+    kto-lab eval init eval.yaml                          # a commented config to start from
     kto-lab eval run --config eval.yaml [key=value ...]
     kto-lab eval generate --pipeline SD --name base --prompts PartiPrompts.tsv --out runs/eval [-n 5]
     kto-lab eval generate --pipeline SD --lora out/lora --name kto --prompts PartiPrompts.tsv --out runs/eval
@@ -35,6 +36,20 @@ def parse_scorer(spec: str):
     s = from_dict(ScorerSpec, data, prefix="scorer.")
     s.validate("scorer")
     return s
+
+
+TEMPLATE = "eval_template.yaml"  # in kto_lab/configs: the README's first run against its base model
+
+
+def cmd_init(args) -> int:
+    from kto_lab.config import CONFIG_DIR
+
+    out = Path(args.path)
+    if out.exists():
+        raise ConfigError(f"{out} already exists; edit it, or give kto-lab eval init another path")
+    out.write_text((CONFIG_DIR / TEMPLATE).read_text())
+    print(f"wrote {out}: set its prompts and models, then: kto-lab eval run --config {out}")
+    return 0
 
 
 def cmd_run(args) -> int:
@@ -143,12 +158,17 @@ def add_parser(subparsers, name: str, help: str):
     from kto_lab.config import config_help
     from kto_lab.eval.run import EvalConfig
 
+    p = sub.add_parser("init", help="write a commented evaluation config to start from (the README's first run "
+                                    "against its base model)")
+    p.add_argument("path", nargs="?", default="eval.yaml", help="where to write it (an existing file is kept)")
+    p.set_defaults(func=cmd_init)
+
     p = sub.add_parser("run", help="generate + score + compare from one YAML config",
                        epilog="config fields (key=default, then what it means):\n" + config_help(EvalConfig))
     p.add_argument("--config", help="YAML file of EvalConfig fields (listed below)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config fields to override, e.g. n_per_prompt=2")
     p.add_argument("--no-plots", action="store_true", help="write the tables only, no PNG figures")
-    p.set_defaults(func=cmd_run)
+    p.set_defaults(func=cmd_run, config_fields=(EvalConfig, ""))  # unknown --options are named by its fields
 
     p = sub.add_parser("generate", help="N images per prompt for one model (resumable, manifest.jsonl)")
     _model_args(p)

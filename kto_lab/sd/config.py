@@ -254,7 +254,8 @@ class LoggingConfig:
 
     log_every: int = 10  # optimizer steps between metric rows (the only host syncs for metrics)
     # Experiment trackers through accelerate, beside metrics.jsonl/.csv: any of tensorboard, wandb,
-    # mlflow (each an extra: pip install "kto-lab[wandb]"); [] = none (like diffusers' report_to).
+    # mlflow (each an extra: pip install "kto-lab[wandb]"); [all] = every one of them installed; [] = none
+    # (like diffusers' report_to).
     report_to: List[str] = field(default_factory=list)
     project: str = "kto-lab"  # the trackers' project (W&B project, MLflow experiment, folder under OUTPUT_DIR/logs)
     progress_bar: bool = True  # a tqdm bar on the main process
@@ -266,11 +267,16 @@ class LoggingConfig:
 
     def validate(self) -> "LoggingConfig":
         check_range("logging.log_every", self.log_every, low=1)
-        self.report_to = [name for name in self.report_to if name != "none"]
+        names = [name for name in self.report_to if name != "none"]
+        if "all" in names:  # as diffusers' --report_to all: every tracker that is installed
+            names = [n for n in names if n != "all"] + [n for n in metrics_log.TRACKER_PACKAGES
+                                                        if metrics_log.tracker_installed(n)]
+        self.report_to = list(dict.fromkeys(names))
         for name in self.report_to:
             check_choice("logging.report_to", name, metrics_log.TRACKER_PACKAGES)
             if not metrics_log.tracker_installed(name):
                 raise ConfigError(f"logging.report_to: {name} is not installed; pip install 'kto-lab[{name}]'")
+            metrics_log.check_tracker(name)
         check_range("logging.validation_every", self.validation_every, low=0)
         check_range("logging.validation_inference_steps", self.validation_inference_steps, low=1)
         check_range("logging.validation_guidance_scale", self.validation_guidance_scale, low=0.0)

@@ -329,7 +329,9 @@ def load_pipeline(
         directory, name = (lora, None) if lora.is_dir() else (lora.parent, lora.name)
         state = read_lora_state(fam, directory, name)
         check_lora_fits(fam.denoiser_of(pipe), state, f"LoRA {str(lora)!r}", fam)
-        pipe.load_lora_weights(state)
+        # into the denoiser, which is all it holds (the pipeline's load_lora_weights would also look for
+        # text-encoder keys and log that it found none)
+        fam.denoiser_of(pipe).load_lora_adapter(state, prefix=fam.denoiser_subfolder)
     return pipe
 
 

@@ -405,8 +405,12 @@ class Trainer:
             if not self.run.lock.held:  # fit after close(): the directory must still be free
                 self.run.lock.acquire()
             out.mkdir(parents=True, exist_ok=True)
+            try:  # first: a tracker that fails to start leaves no config.yaml (nor the lock) to block a rerun
+                self._start_trackers()
+            except BaseException:
+                self.close()
+                raise
             (out / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
-            self._start_trackers()
             logger = MetricsLogger(out, resume_step=self.global_step, trackers=acc.trackers)
         bar = tqdm(total=cfg.optim.max_steps, initial=self.global_step, desc=f"train {cfg.objective.objective}",
                    disable=not (acc.is_main_process and cfg.logging.progress_bar), dynamic_ncols=True)

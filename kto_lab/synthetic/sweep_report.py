@@ -1,6 +1,7 @@
 """Figures and tables of a sweep directory (:mod:`kto_lab.synthetic.sweep`), from its cell files only.
 
     kto-lab synthetic sweep-report --run runs/sweeps/red --out figures/kto_vs_dpo
+    kto-lab synthetic sweep-report --out figures/kto_vs_dpo --redraw    # the figures again, from its tables
 
 * ``comparison.md`` / ``.csv``: every method at the default setting on balanced feedback, mean and
   95 % interval over seeds of its final score (mean over its last checkpoints);
@@ -218,6 +219,36 @@ def regime_markdown(table, score_name: str) -> str:
                      f"{r.dpo_beta:g}, {r.dpo_lr:g} | {r.n_seeds} | {pct('win_score')} | {pct('win_fidelity')} | "
                      + " | ".join(_fmt(r, m) for m in ("kto_score", "dpo_score", "kto_fidelity", "dpo_fidelity")) + " |")
     return "\n".join(lines)
+
+
+def base_of_report(out: str | Path) -> Dict[str, float]:
+    """The base model's means as :func:`write_report` wrote them in ``OUT/comparison.md`` (3 decimals)."""
+    import re
+
+    text = (Path(out) / "comparison.md").read_text()
+    m = re.search(r"Base model: \S+ (-?\d+\.\d+), fidelity (-?\d+\.\d+), all attributes right (-?\d+\.\d+)", text)
+    if m is None:
+        raise ValueError(f"{Path(out) / 'comparison.md'} has no 'Base model: ...' line (written by sweep-report)")
+    return {"score": float(m[1]), "fidelity": float(m[2]), "fidelity_all": float(m[3]), "distance": 0.0}
+
+
+def redraw_report(out: str | Path) -> List[Path]:
+    """``frontier.png`` and ``regimes.png`` drawn again from the tables :func:`write_report` saved in ``out``
+    (``frontier.csv``, ``regimes.csv``, ``comparison.md``'s base line, ``world.json``), without the sweep
+    directory: ``kto-lab synthetic sweep-report --out OUT --redraw``. The base model's star is placed at
+    its means as ``comparison.md`` rounds them (3 decimals)."""
+    import json
+
+    import pandas as pd
+
+    out = Path(out)
+    score_name = get_user(json.loads((out / "world.json").read_text())["user"]).scorer
+    plot_frontiers(pd.read_csv(out / "frontier.csv"), base_of_report(out), score_name, out / "frontier.png")
+    paths = [out / "frontier.png"]
+    if (out / "regimes.csv").is_file():
+        plot_regimes(pd.read_csv(out / "regimes.csv"), score_name, out / "regimes.png")
+        paths.append(out / "regimes.png")
+    return paths
 
 
 def write_report(run: str | Path, out: str | Path) -> List[Path]:
