@@ -216,3 +216,47 @@ def test_sign_accuracy_known_values():
     acc = sign_accuracy([1.0, -2.0, 0.0, 3.0], [1, 0, 1, 0])  # right, right, half, wrong
     assert acc.accuracy == pytest.approx(2.5 / 4)
     assert acc.accuracy_desirable == pytest.approx(0.75) and acc.accuracy_undesirable == pytest.approx(0.5)
+
+
+@pytest.fixture(scope="module")
+def other_lora(tiny_sd_path, tmp_path_factory):
+    """A second LoRA (other non-zero weights): another training run's output."""
+    from diffusers import UNet2DConditionModel
+
+    from kto_lab.sd.components import add_lora, save_lora
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_sd_path / "unet")
+    add_lora(unet, rank=4, alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+    torch.manual_seed(7)
+    with torch.no_grad():
+        for name, p in unet.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    out = tmp_path_factory.mktemp("lora2")
+    save_lora(unet, out)
+    return out
+
+
+def test_a_name_pointed_at_another_lora_or_other_steps_is_generated_again(
+        evaluation, tiny_sd_path, lora_dir, other_lora, tmp_path, capsys, caplog):
+    """issue 21, 4a: ``eval generate --lora RUN2 --name kto`` after RUN1 gave {"ok": 0, "skipped": 6} and
+    kept RUN1's images (``eval run`` then reproduced RUN1's report byte for byte); so did other --steps."""
+    from kto_lab.cli import main
+
+    cfg, _ = evaluation
+    args = ["eval", "generate", "--pipeline", str(tiny_sd_path), "--name", "kto", "--prompts", cfg.prompts,
+            "--out", str(tmp_path), "-n", str(N), "--steps", str(STEPS), "--device", "cpu"]
+    assert main([*args, "--lora", str(lora_dir)]) == 0
+    assert json.loads(capsys.readouterr().out) == {"kto": {"ok": 6, "failed": 0, "skipped": 0}}
+    assert main([*args, "--lora", str(lora_dir)]) == 0
+    assert json.loads(capsys.readouterr().out)["kto"]["skipped"] == 6
+    with caplog.at_level("WARNING"):
+        assert main([*args, "--lora", str(other_lora)]) == 0
+    assert json.loads(capsys.readouterr().out) == {"kto": {"ok": 6, "failed": 0, "skipped": 0}}
+    assert "kto: 6 image(s) were made with other settings (lora weights replaced" in caplog.text
+    assert main(["eval", "generate", *args[2:], "--lora", str(other_lora), "--name", "fresh"]) == 0
+    capsys.readouterr()
+    for f in sorted((tmp_path / "fresh" / "images").glob("*.png")):  # RUN2's images, not RUN1's
+        assert np.array_equal(np.asarray(Image.open(f)), np.asarray(Image.open(tmp_path / "kto" / "images" / f.name)))
+    assert main([*args[:-4], "--steps", "3", "--device", "cpu", "--lora", str(other_lora)]) == 0
+    assert json.loads(capsys.readouterr().out)["kto"]["ok"] == 6

@@ -57,8 +57,10 @@ def _print_failures(generation: Dict[str, Dict[str, int]]) -> None:
 def cmd_generate(args) -> int:
     from kto_lab.eval.prompts import load_prompts, save_prompts
     from kto_lab.eval.run import EvalConfig, ModelSpec, generate_all
+    from kto_lab.paths import safe_name
     from kto_lab.sd.models import check_model_paths
 
+    safe_name(args.name, "--name")
     cfg = EvalConfig(prompts=args.prompts, prompt_format=args.prompt_format, limit=args.limit, per_style=args.per_style,
                      per_style_seed=args.per_style_seed,
                      models=[ModelSpec(args.name, args.pipeline, args.unet, args.lora)], out_dir=args.out,

@@ -1,7 +1,8 @@
 """The paper's automatic-evaluation protocol (Diffusion-KTO sec. 5, appendices A.2, B, F).
 
 1. :func:`score_model`: every generated image of a model gets one column per metric
-   (``<model_dir>/scores.csv``; already-scored images are not scored again).
+   (``<model_dir>/scores.csv``). Scores are keyed on the image's content (``image_sha256``, the hash of
+   the file's bytes): an image already scored is not scored again, a regenerated one always is.
 2. :func:`median_table`: for each model, prompt and metric, the median-scoring image of its N
    (lower median for even N; :func:`kto_lab.eval.stats.median_index`).
 3. :func:`win_rates`: model A vs model B per metric (and per style): per-prompt outcome from
@@ -29,11 +30,13 @@ import pandas as pd
 from kto_lab.data.tables import DataError
 from kto_lab.eval.generate import read_manifest
 from kto_lab.eval.scorers import Scorer
+from kto_lab.fingerprint import file_sha256
 from kto_lab.eval.stats import mean_ci, median_index, outcomes, paper_interval, share_ci, win_rate_from_outcomes
 
 ON_FAILURE = ("loss", "exclude")
 SCORES = "scores.csv"
-_META = {"model", "prompt_id", "prompt", "style", "k", "seed", "file", "status", "error", "nsfw"}
+_META = {"model", "prompt_id", "prompt", "style", "k", "seed", "file", "status", "error", "nsfw", "generation",
+         "image_sha256"}
 
 
 def _load_images(model_dir: Path, files: Sequence[str]):
@@ -58,13 +61,16 @@ def score_model(model_dir, scorers: Dict[str, Scorer], batch_size: int = 16, pro
         raise FileNotFoundError(f"no generations in {str(model_dir)!r}: expected {model_dir / 'manifest.jsonl'} "
                                 f"(run `kto-lab eval generate` first)")
     df = pd.DataFrame(rows).sort_values(["prompt_id", "k"]).reset_index(drop=True)
-    old_path = model_dir / SCORES
-    if old_path.is_file():  # keep every earlier metric; reuse scores of the same image (file, seed and prompt)
-        old = pd.read_csv(old_path, dtype={"prompt_id": str, "file": str})
-        key = ["prompt_id", "k", "file"] + [c for c in ("seed", "prompt") if c in old.columns and c in df.columns]
-        metrics = [c for c in old.columns if c not in _META]
-        df = df.merge(old[key + metrics], on=key, how="left") if metrics else df
     ok = df["status"] == "ok"
+    df["image_sha256"] = [file_sha256(model_dir / f) if good else "" for f, good in zip(df["file"], ok)]
+    old_path = model_dir / SCORES
+    if old_path.is_file():  # keep every earlier metric; reuse the scores of the same image (bytes) and prompt
+        old = pd.read_csv(old_path, dtype={"prompt_id": str, "file": str, "image_sha256": str, "prompt": str})
+        metrics = [c for c in old.columns if c not in _META]
+        if metrics and "image_sha256" in old:  # an older scores.csv has no hashes: everything is scored again
+            key = ["image_sha256", "prompt"]
+            old = old[old["image_sha256"].notna()].drop_duplicates(key)
+            df = df.merge(old[key + metrics], on=key, how="left")
     for name, scorer in scorers.items():
         if name not in df:
             df[name] = np.nan

@@ -21,6 +21,7 @@ from kto_lab.config import ConfigError, check_choice, check_range, to_dict
 from kto_lab.eval.prompts import PROMPT_FORMATS
 from kto_lab.eval.scorers import MODEL_SCORERS, Scorer, check_scorer_options, get_scorer, known_scorers
 from kto_lab.eval.stats import CI_METHODS
+from kto_lab.paths import safe_name
 
 DTYPES = ("float32", "float16", "bfloat16")
 
@@ -35,8 +36,7 @@ class ModelSpec:
     lora: Optional[str] = None  # pytorch_lora_weights.safetensors or its directory
 
     def validate(self, where: str) -> None:
-        if not self.name or "/" in self.name:
-            raise ConfigError(f"{where}.name={self.name!r} must be a non-empty name without '/'")
+        safe_name(self.name, f"{where}.name")  # it names the model's folder under out_dir
         if not self.pipeline:
             raise ConfigError(f"{where}.pipeline is required (a diffusers pipeline directory)")
         if self.unet and self.lora:
@@ -186,7 +186,7 @@ def generate_all(cfg: EvalConfig, prompts, progress: bool = True) -> Dict[str, D
             pipe, prompts, Path(cfg.out_dir) / m.name, model_name=m.name, n_per_prompt=cfg.n_per_prompt,
             base_seed=cfg.seed, batch_size=cfg.batch_size, num_inference_steps=cfg.num_inference_steps,
             guidance_scale=cfg.guidance_scale, height=cfg.height, width=cfg.width, safety_checker=checker,
-            progress=progress,
+            progress=progress, weights={"pipeline": m.pipeline, "unet": m.unet, "lora": m.lora},
         )
         del pipe
     return counts
