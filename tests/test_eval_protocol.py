@@ -370,3 +370,44 @@ def test_prompt_ids_and_model_names_stay_in_their_folder(tmp_path, capsys):
     for name in ("..", ".", "a/b"):
         assert main([*base, "--name", name, "--prompts", str(prompts)]) == 2
         assert f"--name={name!r} cannot name a file or folder" in capsys.readouterr().err
+
+
+def test_disk_full_while_writing_images_is_one_line_and_keeps_what_was_written(tmp_path, monkeypatch, capsys):
+    """issue 21, 7b: a full disk while ``eval generate`` wrote images was a raw traceback."""
+    import errno
+
+    import kto_lab.sd.models
+    from kto_lab.cli import main
+
+    class LoadedPipe(FakePipe):
+        def to(self, device):
+            return self
+
+        def set_progress_bar_config(self, **kw):
+            pass
+
+    monkeypatch.setattr(kto_lab.sd.models, "load_pipeline", lambda *a, **k: LoadedPipe())
+    real_save, saved = Image.Image.save, []
+
+    def save(self, fp, *args, **kwargs):
+        if len(saved) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        saved.append(fp)
+        return real_save(self, fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", save)
+    (tmp_path / "pipe").mkdir()
+    (tmp_path / "pipe" / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    (tmp_path / "p.txt").write_text("a red circle\na blue square\n")
+    args = ["eval", "generate", "--pipeline", str(tmp_path / "pipe"), "--name", "m", "--prompts",
+            str(tmp_path / "p.txt"), "--out", str(tmp_path / "out"), "-n", "2", "--device", "cpu"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
+    assert re.fullmatch(r"kto-lab eval: error: no space left on the device while writing .*/out/m/images/"
+                        r"text-00001_0\.png; free some space and run again \(the images already written are kept "
+                        r"and skipped\)", err), err
+    assert sorted(p.name for p in (tmp_path / "out" / "m" / "images").iterdir()) == ["text-00000_0.png",
+                                                                                     "text-00000_1.png"]
+    monkeypatch.setattr(Image.Image, "save", real_save)
+    assert main(args) == 0
+    assert '"skipped": 2' in capsys.readouterr().out

@@ -56,7 +56,7 @@ def _print_failures(generation: Dict[str, Dict[str, int]]) -> None:
 
 def cmd_generate(args) -> int:
     from kto_lab.eval.prompts import load_prompts, save_prompts
-    from kto_lab.eval.run import EvalConfig, ModelSpec, generate_all
+    from kto_lab.eval.run import EvalConfig, ModelSpec, check_out_dir, generate_all
     from kto_lab.paths import safe_name
     from kto_lab.sd.models import check_model_paths
 
@@ -68,6 +68,9 @@ def cmd_generate(args) -> int:
                      guidance_scale=args.guidance_scale, height=args.height, width=args.width, device=args.device,
                      dtype=args.dtype, safety_checker=args.safety_checker).validate()  # bad values fail before loading
     check_model_paths(args.pipeline, args.unet, args.lora, prefix="--")
+    check_out_dir(args.out, "--out", inputs={"--prompts": args.prompts, "--pipeline": args.pipeline, "--unet": args.unet,
+                                             "--lora": args.lora, "--safety-checker": args.safety_checker},
+                  writes=["prompts.jsonl"])
     prompts = load_prompts(cfg.prompts, cfg.prompt_format, limit=cfg.limit, per_style=cfg.per_style,
                            per_style_seed=cfg.per_style_seed)
     save_prompts(prompts, Path(cfg.out_dir) / "prompts.jsonl")
@@ -89,19 +92,32 @@ def cmd_score(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from kto_lab.eval.protocol import load_scores
-    from kto_lab.eval.run import EvalConfig, ModelSpec, compare_all
+    from kto_lab.data.tables import DataError
+    from kto_lab.eval.protocol import load_scores, metrics_in
+    from kto_lab.eval.run import REPORT_FILES, EvalConfig, ModelSpec, check_out_dir, compare_all
+    from kto_lab.paths import safe_name
 
     pairs = EvalConfig(compare=list(args.pair)).comparisons()  # each must be model_a:model_b (ConfigError)
-    models = list(dict.fromkeys(m for p in pairs for m in p))
+    models = [safe_name(m, "--pair model") for m in dict.fromkeys(m for p in pairs for m in p)]
+    check_out_dir(args.out, "--out", inputs={"--prompts-file": args.prompts_file}, writes=REPORT_FILES)
     scores = load_scores(args.out, models)
     if args.prompts_file:
         from kto_lab.eval.prompts import load_prompts
 
-        scores = scores[scores["prompt_id"].isin({p.id for p in load_prompts(args.prompts_file)})]
-    from kto_lab.eval.protocol import metrics_in
-
-    metrics = args.metrics or metrics_in(scores)
+        wanted = {p.id for p in load_prompts(args.prompts_file)}
+        kept = scores[scores["prompt_id"].isin(wanted)]
+        if not len(kept):
+            have = sorted(set(scores["prompt_id"]))
+            raise DataError(f"--prompts-file {args.prompts_file!r}: none of its {len(wanted)} prompt ids is among the "
+                            f"{len(have)} scored in {args.out!r} (e.g. {have[:3]}); pass the prompts.jsonl of this "
+                            "evaluation")
+        scores = kept
+    scored = metrics_in(scores)
+    missing = [m for m in args.metrics or [] if m not in scored]
+    if missing:
+        raise ConfigError(f"--metrics {missing} not scored in {args.out!r} for {models} (scored: {scored}); run "
+                          "`kto-lab eval score` with that scorer first")
+    metrics = args.metrics or scored
     cfg = EvalConfig(prompts="-", models=[ModelSpec(m, "-") for m in models], compare=list(args.pair),
                      out_dir=args.out, ci_method=args.ci, on_failure=args.on_failure, n_bootstrap=args.n_bootstrap,
                      seed=args.seed)

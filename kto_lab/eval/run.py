@@ -11,9 +11,9 @@ The same as ``kto-lab eval run --config eval.yaml n_per_prompt=2``. Defaults fol
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import pandas as pd
 
@@ -157,6 +157,53 @@ def resolve_device(device: str) -> str:
     return device
 
 
+# Files an evaluation writes directly under its out_dir (a model's files go to out_dir/<model>/).
+REPORT_FILES = ("report.md", "win_rates.csv", "mean_scores.csv", "nsfw.csv", "win_rates.png", "score_distributions.png")
+RUN_FILES = ("config.yaml", "prompts.jsonl") + REPORT_FILES
+
+
+def _is_eval_config(path: Path) -> bool:
+    import yaml
+
+    try:
+        saved = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(saved, dict) and set(saved) <= {f.name for f in fields(EvalConfig)}
+
+
+def check_out_dir(out_dir, field: str, *, inputs: Dict[str, object], writes: Sequence[str] = RUN_FILES) -> Path:
+    """``out_dir`` may hold this evaluation: a folder (or none yet), not a training run's output_dir (an
+    evaluation there replaced its config.yaml), not an input or inside one, and none of the inputs is a file
+    it writes (``writes``, e.g. ``prompts.jsonl``). One ConfigError naming ``field`` otherwise."""
+    from kto_lab.paths import check_not_input
+    from kto_lab.sd.run_dir import used_by
+
+    out = Path(out_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{field}={str(out_dir)!r} is a file; give a folder (made if missing) for the images and "
+                          "the report")
+    if out.is_dir():
+        run_files = [name for name in used_by(out)
+                     if not (name == "config.yaml" and _is_eval_config(out / name))
+                     and not (name in ("unet", "transformer") and (out / name / "manifest.jsonl").is_file())]
+        if run_files:
+            raise ConfigError(f"{field}={str(out_dir)!r} is a training run's folder (it holds {run_files}); an "
+                              "evaluation there would replace the run's files: choose another folder")
+    check_not_input(out, inputs, field, replaces=writes)
+    return out
+
+
+def eval_inputs(cfg: "EvalConfig") -> Dict[str, object]:
+    """The paths an evaluation reads, by the config field that names them."""
+    inputs: Dict[str, object] = {"prompts": cfg.prompts, "safety_checker": cfg.safety_checker}
+    for i, m in enumerate(cfg.models):
+        inputs.update({f"models[{i}].pipeline": m.pipeline, f"models[{i}].unet": m.unet, f"models[{i}].lora": m.lora})
+    for i, s in enumerate(cfg.scorers):
+        inputs.update({f"scorers[{i}].{k}": v for k, v in s.kwargs().items()})
+    return inputs
+
+
 def build_scorers(specs: List[ScorerSpec], device: str = "cpu", batch_size: int = 16) -> Dict[str, Scorer]:
     out = {}
     for s in specs:
@@ -219,10 +266,10 @@ def run_evaluation(cfg: EvalConfig, *, progress: bool = True, make_plots: bool =
     from kto_lab.eval.protocol import load_scores, score_model
 
     cfg.validate()
+    out = check_out_dir(cfg.out_dir, "out_dir", inputs=eval_inputs(cfg))
     prompts = load_prompts(cfg.prompts, cfg.prompt_format, limit=cfg.limit, per_style=cfg.per_style,
                            per_style_seed=cfg.per_style_seed)
     scorers = build_scorers(cfg.scorers, resolve_device(cfg.device), cfg.score_batch_size)  # fail before generating
-    out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     save_prompts(prompts, out / "prompts.jsonl")
