@@ -62,6 +62,12 @@ def world(tmp_path_factory):
                                                f"{m},text-00000,a red circle,,0,0,images/text-00000_0.png,ok,,,0.1\n")
     (root / "other_prompts.jsonl").write_text('{"id": "elsewhere", "text": "a cat"}\n')
     (root / "garbage.pth").write_bytes(b"not a checkpoint at all")
+    header = b'{"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}'
+    cut = len(header).to_bytes(8, "little") + header + bytes(8)  # 8 of the 16 bytes its header promises
+    (root / "cut_lora.safetensors").write_bytes(cut)
+    (root / "cut_unet").mkdir()
+    (root / "cut_unet" / "config.json").write_text('{"_class_name": "UNet2DConditionModel"}')
+    (root / "cut_unet" / "diffusion_pytorch_model.safetensors").write_bytes(cut)
     (root / "garbage.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     return {"root": root, "records": records, "pairs": d / "pairs.csv", "pipe": root / "pipe", "d": d}
 
@@ -106,6 +112,12 @@ CASES = {
     "generate no prompts": (lambda w: generate(w, w["root"] / "empty.txt"), r"no prompts found in '.*empty\.txt'"),
     "generate missing unet": (lambda w: generate(w, w["root"] / "bad.jsonl", "--unet", str(w["root"] / "no_unet")),
                               r"--unet='.*no_unet' is neither a UNet directory"),
+    "generate truncated lora": (  # issue 21, 7: a raw OSError traceback from diffusers
+        lambda w: generate(w, w["root"] / "p.txt", "--lora", str(w["root"] / "cut_lora.safetensors")),
+        r"--lora: .*cut_lora\.safetensors is truncated \(78 bytes; its header describes 86\); copy or download it"),
+    "generate truncated unet": (
+        lambda w: generate(w, w["root"] / "p.txt", "--unet", str(w["root"] / "cut_unet")),
+        r"--unet='.*cut_unet': .*cut_unet/diffusion_pytorch_model\.safetensors is truncated"),
     "implicit no model": (lambda w: implicit(w), r"give --unet DIR \(a fine-tuned UNet\) or --lora PATH"),
     "implicit zero draws": (lambda w: implicit(w, "--lora", str(w["d"]), "--draws", "0"), r"draws=0 must be >= 1"),
     "implicit missing unet": (lambda w: implicit(w, "--unet", str(w["root"] / "no_unet")),
