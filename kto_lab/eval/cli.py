@@ -92,6 +92,7 @@ def cmd_score(args) -> int:
 
 
 def cmd_compare(args) -> int:
+    from kto_lab.config import from_dict
     from kto_lab.data.tables import DataError
     from kto_lab.eval.protocol import load_scores, metrics_in
     from kto_lab.eval.run import REPORT_FILES, EvalConfig, ModelSpec, check_out_dir, compare_all
@@ -118,9 +119,15 @@ def cmd_compare(args) -> int:
         raise ConfigError(f"--metrics {missing} not scored in {args.out!r} for {models} (scored: {scored}); run "
                           "`kto-lab eval score` with that scorer first")
     metrics = args.metrics or scored
+    tolerances = {}
+    for item in args.tie_tolerance or []:
+        metric, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--tie-tolerance {item!r} must look like metric=value, e.g. redness=0.001")
+        tolerances[metric] = from_dict(EvalConfig, {"tie_tolerance": {metric: value}}).tie_tolerance[metric]
     cfg = EvalConfig(prompts="-", models=[ModelSpec(m, "-") for m in models], compare=list(args.pair),
                      out_dir=args.out, ci_method=args.ci, on_failure=args.on_failure, n_bootstrap=args.n_bootstrap,
-                     seed=args.seed)
+                     seed=args.seed, tie_tolerance=tolerances, min_prompts=args.min_prompts)
     cfg.validate()
     _, _, _, paths = compare_all(cfg, scores, metrics, make_plots=not args.no_plots)
     print(Path(paths["report"]).read_text())
@@ -208,6 +215,10 @@ def add_parser(subparsers, name: str, help: str):
     p.add_argument("--on-failure", default="loss", choices=["loss", "exclude"],
                    help="a prompt where a model has no image: a loss for it, or left out")
     p.add_argument("--n-bootstrap", type=int, default=2000, help="bootstrap resamples")
+    p.add_argument("--tie-tolerance", action="append", metavar="METRIC=VALUE",
+                   help="median scores closer than VALUE tie (repeatable; default: each scorer's resolution, "
+                        "docs/evaluation.md)")
+    p.add_argument("--min-prompts", type=int, default=10, help="no interval from fewer prompts (docs/evaluation.md)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     p.add_argument("--no-plots", action="store_true", help="write the tables only, no PNG figures")
     p.set_defaults(func=cmd_compare)

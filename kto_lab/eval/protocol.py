@@ -6,8 +6,10 @@
 2. :func:`median_table`: for each model, prompt and metric, the median-scoring image of its N
    (lower median for even N; :func:`kto_lab.eval.stats.median_index`).
 3. :func:`win_rates`: model A vs model B per metric (and per style): per-prompt outcome from
-   the two median images, ties count half, 95% CI (Tables 1, 3-5), and beside it always the
-   paper's interval (normal approximation over all images, ``paper_ci_low``/``paper_ci_high``).
+   the two median images, ties (scores closer than the scorer's tie tolerance,
+   :func:`kto_lab.eval.scorers.tie_tolerance`) count half, 95% CI (Tables 1, 3-5), and beside it always
+   the paper's interval (normal approximation over all images, ``paper_ci_low``/``paper_ci_high``).
+   Neither interval is computed from fewer than ``min_prompts`` prompts (``ci_note`` says so).
 4. :func:`mean_scores`: mean score over all images with the t-based 95% CI (Table 2).
 5. :func:`nsfw_shares`: share of images the safety checker flagged (appendix F).
 
@@ -29,9 +31,10 @@ import pandas as pd
 
 from kto_lab.data.tables import DataError
 from kto_lab.eval.generate import read_manifest
-from kto_lab.eval.scorers import Scorer
+from kto_lab.eval.scorers import Scorer, tie_tolerance
+from kto_lab.eval.stats import (MIN_PROMPTS, mean_ci, median_index, outcomes, paper_interval, share_ci,
+                                win_rate_from_outcomes)
 from kto_lab.fingerprint import file_sha256
-from kto_lab.eval.stats import mean_ci, median_index, outcomes, paper_interval, share_ci, win_rate_from_outcomes
 
 ON_FAILURE = ("loss", "exclude")
 SCORES = "scores.csv"
@@ -120,11 +123,11 @@ def metrics_in(df: pd.DataFrame) -> List[str]:
     return [c for c in df.columns if c not in _META]
 
 
-def _pair_outcomes(ma: pd.DataFrame, mb: pd.DataFrame, on_failure: str):
+def _pair_outcomes(ma: pd.DataFrame, mb: pd.DataFrame, on_failure: str, tolerance: float = 0.0):
     both = ma.merge(mb, on="prompt_id", how="outer", suffixes=("_a", "_b"))
     a, b = both["median_a"].to_numpy(), both["median_b"].to_numpy()
     fa, fb = np.isnan(a), np.isnan(b)
-    o = outcomes(np.where(fa, 0, a), np.where(fb, 0, b))
+    o = outcomes(np.where(fa, 0, a), np.where(fb, 0, b), tolerance)
     o = np.where(fa & fb, 0.5, np.where(fa, 0.0, np.where(fb, 1.0, o)))
     keep = ~(fa | fb) if on_failure == "exclude" else np.ones_like(fa)
     style = both["style_a"].fillna(both["style_b"]).fillna("").to_numpy()
@@ -149,8 +152,10 @@ def check_same_prompts(df: pd.DataFrame, models: Sequence[str]) -> None:
 
 def win_rates(df: pd.DataFrame, model_a: str, model_b: str, metrics: Optional[Sequence[str]] = None, *,
               method: str = "bootstrap", on_failure: str = "loss", by_style: bool = True, level: float = 0.95,
-              n_bootstrap: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """Win rate (%) of ``model_a`` over ``model_b`` per metric (and per style), with CI and failure counts."""
+              n_bootstrap: int = 2000, seed: int = 0, tie_tolerances: Optional[Dict[str, float]] = None,
+              min_prompts: int = MIN_PROMPTS) -> pd.DataFrame:
+    """Win rate (%) of ``model_a`` over ``model_b`` per metric (and per style), with CI and failure counts.
+    ``tie_tolerances``: metric -> tolerance, overriding :data:`kto_lab.eval.scorers.TIE_TOLERANCE`."""
     if on_failure not in ON_FAILURE:
         raise ValueError(f"on_failure={on_failure!r}; choose one of {list(ON_FAILURE)}")
     for m in (model_a, model_b):
@@ -162,14 +167,16 @@ def win_rates(df: pd.DataFrame, model_a: str, model_b: str, metrics: Optional[Se
     for metric in metrics or metrics_in(df):
         med = median_table(df, metric)
         ma, mb = med[med.model == model_a], med[med.model == model_b]
-        o, keep, fa, fb, style, prompt_ids = _pair_outcomes(ma, mb, on_failure)
+        tol = tie_tolerance(metric, tie_tolerances)
+        o, keep, fa, fb, style, prompt_ids = _pair_outcomes(ma, mb, on_failure, tol)
         groups = [("all", np.ones_like(keep))]
         if by_style:
             groups += [(s, style == s) for s in sorted(set(style)) if s]
         for name, sel in groups:
             n_images = int(images_per_prompt.reindex(prompt_ids[sel & keep]).fillna(0).sum())
-            wr = win_rate_from_outcomes(o[sel & keep], method, level, n_bootstrap, seed, n_images=n_images)
-            paper = paper_interval(wr.rate, n_images, level)
+            wr = win_rate_from_outcomes(o[sel & keep], method, level, n_bootstrap, seed, n_images=n_images,
+                                        min_prompts=min_prompts)
+            paper = paper_interval(wr.rate, n_images, level) if not wr.note else (np.nan, np.nan)
             rows.append({
                 "metric": metric, "model_a": model_a, "model_b": model_b, "style": name,
                 "win_rate": 100 * wr.rate, "ci_low": 100 * wr.low, "ci_high": 100 * wr.high, "n_prompts": wr.n,
@@ -177,6 +184,7 @@ def win_rates(df: pd.DataFrame, model_a: str, model_b: str, metrics: Optional[Se
                 "failed_a": int((fa & sel).sum()), "failed_b": int((fb & sel).sum()),
                 "excluded": int((sel & ~keep).sum()), "ci_method": method, "on_failure": on_failure,
                 "n_images": n_images, "paper_ci_low": 100 * paper[0], "paper_ci_high": 100 * paper[1],
+                "tie_tolerance": tol, "min_prompts": min_prompts, "ci_note": wr.note,
             })
     return pd.DataFrame(rows)
 

@@ -20,7 +20,7 @@ import pandas as pd
 from kto_lab.config import ConfigError, check_choice, check_range, to_dict
 from kto_lab.eval.prompts import PROMPT_FORMATS
 from kto_lab.eval.scorers import MODEL_SCORERS, Scorer, check_scorer_options, get_scorer, known_scorers
-from kto_lab.eval.stats import CI_METHODS
+from kto_lab.eval.stats import CI_METHODS, MIN_PROMPTS
 from kto_lab.paths import safe_name
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -97,6 +97,10 @@ class EvalConfig:
     ci_method: str = "bootstrap"
     n_bootstrap: int = 2000  # resamples of the bootstrap CI
     on_failure: str = "loss"  # a prompt with no image counts as a loss ("loss") or is left out ("exclude")
+    # median scores closer than a scorer's tolerance tie (count half); overrides per metric, e.g. {redness: 0.001}
+    # (defaults: kto_lab.eval.scorers.TIE_TOLERANCE, docs/evaluation.md)
+    tie_tolerance: Dict[str, float] = field(default_factory=dict)
+    min_prompts: int = MIN_PROMPTS  # no win-rate interval from fewer prompts (docs/evaluation.md)
     score_batch_size: int = 16  # images per scorer call
 
     def validate(self) -> "EvalConfig":
@@ -118,8 +122,11 @@ class EvalConfig:
             raise ConfigError("scorers must list at least one scorer")
         for i, s in enumerate(self.scorers):
             s.validate(f"scorers[{i}]")
-        for name in ("n_per_prompt", "batch_size", "num_inference_steps", "n_bootstrap", "score_batch_size"):
+        for name in ("n_per_prompt", "batch_size", "num_inference_steps", "n_bootstrap", "score_batch_size",
+                     "min_prompts"):
             check_range(name, getattr(self, name), low=1)
+        for metric, tol in self.tie_tolerance.items():
+            check_range(f"tie_tolerance[{metric!r}]", tol, low=0)
         check_range("guidance_scale", self.guidance_scale, low=0)
         check_choice("dtype", self.dtype, DTYPES)
         check_choice("ci_method", self.ci_method, CI_METHODS)
@@ -244,7 +251,8 @@ def compare_all(cfg: EvalConfig, scores: pd.DataFrame, metrics: List[str], make_
     from kto_lab.eval.report import plot_score_distributions, plot_win_rates, write_report
 
     wins = pd.concat([win_rates(scores, a, b, metrics, method=cfg.ci_method, on_failure=cfg.on_failure,
-                                n_bootstrap=cfg.n_bootstrap, seed=cfg.seed) for a, b in cfg.comparisons()]
+                                n_bootstrap=cfg.n_bootstrap, seed=cfg.seed, tie_tolerances=cfg.tie_tolerance,
+                                min_prompts=cfg.min_prompts) for a, b in cfg.comparisons()]
                      or [pd.DataFrame()], ignore_index=True)
     means = mean_scores(scores, metrics)
     nsfw = nsfw_shares(scores)
