@@ -15,9 +15,9 @@
 
 **Too few prompts.** An interval from fewer than :data:`MIN_PROMPTS` (10) prompts is not computed
 (NaN, with a ``note``): at a true win rate of 50 % the 95 % percentile bootstrap then excludes 50 % in
-13-14 % of evaluations of 4 prompts and 8-11 % at 6-8 (with 30 % ties), against 4-7 % from 10 prompts
-on (our simulation, 1,000 evaluations per cell, in docs/evaluation.md), and 4 prompts gave "12.5 %
-[0.0, 37.5]" for a LoRA that changed nothing (issue 21).
+13-14 % of evaluations of 4 prompts and 7.5-11 % at 6-8 (with 30 % ties), against 4-7 % from 10 prompts
+on (``benchmarks/ci_coverage.py``; docs/evaluation.md), and 4 prompts gave "12.5 % [0.0, 37.5]" for a
+LoRA that changed nothing (issue 21).
 """
 
 from __future__ import annotations
