@@ -145,6 +145,9 @@ CASES = {
         r"--prompts-file '.*other_prompts\.jsonl': none of its 1 prompt ids is among the 1 scored"),
     "compare out is a file": (lambda w: ["eval", "compare", "--out", str(w["records"]), "--pair", "a:b"],
                               r"--out='.*records\.csv' is a file"),
+    "score model name leaving --out": (
+        lambda w: ["eval", "score", "--out", str(w["root"] / "scored"), "--models", "../..", "--scorer", "redness"],
+        r"--models='\.\./\.\.' cannot name a file or folder"),
     "score weights not a checkpoint": (
         lambda w: ["eval", "score", "--out", str(w["root"] / "scored"), "--models", "a", "--scorer",
                    f"aesthetic:path={w['root'] / 'garbage.pth'},clip_path={w['root']}"],

@@ -109,6 +109,24 @@ def test_outputs_written_and_resume_skips_everything(evaluation):
     pd.testing.assert_frame_equal(again.wins, result.wins)
 
 
+def test_eval_run_with_a_model_pointed_at_another_lora_reports_the_new_one(evaluation, other_lora, tmp_path):
+    """issue 21, 4a: re-running ``eval run`` after pointing a model name at another LoRA skipped every image and
+    reproduced the first LoRA's report byte for byte."""
+    import dataclasses
+    import shutil
+
+    cfg, result = evaluation
+    out = tmp_path / "out"
+    shutil.copytree(cfg.out_dir, out)
+    models = [dataclasses.replace(m, lora=str(other_lora)) if m.name == "lora" else m for m in cfg.models]
+    again = run_evaluation(dataclasses.replace(cfg, out_dir=str(out), models=models), progress=False, make_plots=False)
+    assert again.generation["lora"] == {"ok": 6, "failed": 0, "skipped": 0}
+    assert again.generation["base"]["skipped"] == 6
+    old = result.scores[result.scores.model == "lora"].set_index(["prompt_id", "k"])["redness"]
+    new = again.scores[again.scores.model == "lora"].set_index(["prompt_id", "k"])["redness"]
+    assert not np.allclose(old.sort_index(), new.sort_index())  # the new LoRA's images and scores
+
+
 def test_cli_score_and_compare_on_the_generated_images(evaluation, capsys):
     from kto_lab.cli import main
 

@@ -83,7 +83,10 @@ def cmd_generate(args) -> int:
 def cmd_score(args) -> int:
     from kto_lab.eval.protocol import score_model
     from kto_lab.eval.run import build_scorers, resolve_device
+    from kto_lab.paths import safe_name
 
+    for m in args.models:  # each names a folder under --out, where scores.csv is written
+        safe_name(m, "--models")
     scorers = build_scorers([parse_scorer(s) for s in args.scorer], resolve_device(args.device), args.batch_size)
     for m in args.models:
         df = score_model(Path(args.out) / m, scorers, batch_size=args.batch_size)
