@@ -17,23 +17,27 @@ from kto_lab.eval.run import EvalConfig, run_evaluation
 STEPS, N = 2, 2
 
 
-@pytest.fixture(scope="module")
-def lora_dir(tiny_sd_path, tmp_path_factory):
-    """A LoRA for the tiny UNet with non-zero weights (so it changes the images)."""
+def make_lora(tiny_sd_path, out, seed: int, std: float):
+    """A LoRA for the tiny UNet whose lora_B weights are N(0, std) (lora_B = 0 would change nothing)."""
     from diffusers import UNet2DConditionModel
 
     from kto_lab.sd.components import add_lora, save_lora
 
     unet = UNet2DConditionModel.from_pretrained(tiny_sd_path / "unet")
     add_lora(unet, rank=4, alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     with torch.no_grad():
         for name, p in unet.named_parameters():
             if "lora_B" in name:
-                p.normal_(0, 0.5)
-    out = tmp_path_factory.mktemp("lora")
+                p.normal_(0, std)
     save_lora(unet, out)
     return out
+
+
+@pytest.fixture(scope="module")
+def lora_dir(tiny_sd_path, tmp_path_factory):
+    """A LoRA for the tiny UNet with non-zero weights (so it changes the images)."""
+    return make_lora(tiny_sd_path, tmp_path_factory.mktemp("lora"), seed=0, std=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -243,20 +247,7 @@ def test_sign_accuracy_known_values():
 @pytest.fixture(scope="module")
 def other_lora(tiny_sd_path, tmp_path_factory):
     """A second LoRA (other non-zero weights): another training run's output."""
-    from diffusers import UNet2DConditionModel
-
-    from kto_lab.sd.components import add_lora, save_lora
-
-    unet = UNet2DConditionModel.from_pretrained(tiny_sd_path / "unet")
-    add_lora(unet, rank=4, alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
-    torch.manual_seed(7)
-    with torch.no_grad():
-        for name, p in unet.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.5)
-    out = tmp_path_factory.mktemp("lora2")
-    save_lora(unet, out)
-    return out
+    return make_lora(tiny_sd_path, tmp_path_factory.mktemp("lora2"), seed=7, std=0.5)
 
 
 def test_a_name_pointed_at_another_lora_or_other_steps_is_generated_again(
@@ -289,18 +280,7 @@ def test_a_model_against_itself_or_a_no_op_lora_is_even_not_a_win(tiny_sd_path, 
     redness win rate over its base: differences of ~1e-5 counted as wins, over 4 prompts. Here a LoRA whose
     lora_B is 1e-3 changes about 6 % of pixel values by one level (and every image's redness by ~1e-4, all
     the same way: the old rule gave 100 % [100, 100]); over 10 prompts it ties its base, as the base ties itself."""
-    from diffusers import UNet2DConditionModel
-
-    from kto_lab.sd.components import add_lora, save_lora
-
-    unet = UNet2DConditionModel.from_pretrained(tiny_sd_path / "unet")
-    add_lora(unet, rank=4, alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, p in unet.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 1e-3)
-    save_lora(unet, tmp_path / "noop")
+    make_lora(tiny_sd_path, tmp_path / "noop", seed=0, std=1e-3)
     (tmp_path / "p.txt").write_text("".join(f"a red circle number {i}\n" for i in range(10)))
     cfg = load_config(EvalConfig, overrides={
         "prompts": str(tmp_path / "p.txt"), "out_dir": str(tmp_path / "out"), "n_per_prompt": 1,
