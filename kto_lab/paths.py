@@ -44,8 +44,9 @@ def check_not_input(output: PathLike, inputs: Dict[str, Optional[Union[PathLike,
     """Refuse an ``output`` (named ``field``) that is an input, or lies inside an input folder.
 
     ``inputs``: field name -> a path or a list of paths (None: not given); paths that do not exist
-    locally (e.g. a hub id) are skipped. ``replaces``: names of the files the command writes directly
-    under a folder ``output`` (e.g. ``config.yaml``); an input that is one of them is refused too.
+    locally (e.g. a hub id) are skipped. ``replaces``: names of the files and folders the command writes
+    directly under a folder ``output`` (e.g. ``config.yaml``, a model's folder); an input that is one of them,
+    or inside one, is refused too.
     Returns ``output`` resolved."""
     out = _resolved(output)
     written = [out / name for name in replaces]
@@ -61,7 +62,8 @@ def check_not_input(output: PathLike, inputs: Dict[str, Optional[Union[PathLike,
                 what = "is" if src == out else "is inside"
                 raise ConfigError(f"{field}={str(output)!r} {what} the input {name}={str(given)!r}: it would be "
                                   f"replaced or mixed with this command's output; choose another {field}")
-            if src in written:
+            hit = next((w for w in written if _inside(src, w)), None)
+            if hit is not None:
                 raise ConfigError(f"{field}={str(output)!r}: the input {name}={str(given)!r} would be replaced by "
-                                  f"this command's {src.name}; move it, or choose another {field}")
+                                  f"this command's {hit.name}; move it, or choose another {field}")
     return out

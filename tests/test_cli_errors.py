@@ -65,6 +65,8 @@ def world(tmp_path_factory):
     header = b'{"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}'
     cut = len(header).to_bytes(8, "little") + header + bytes(8)  # 8 of the 16 bytes its header promises
     (root / "cut_lora.safetensors").write_bytes(cut)
+    (root / "lora_in_out" / "m").mkdir(parents=True)  # a LoRA folder where eval generate --name m would write
+    (root / "lora_in_out" / "m" / "pytorch_lora_weights.safetensors").write_bytes(len(b"{}").to_bytes(8, "little") + b"{}")
     (root / "cut_unet").mkdir()
     (root / "cut_unet" / "config.json").write_text('{"_class_name": "UNet2DConditionModel"}')
     (root / "cut_unet" / "diffusion_pytorch_model.safetensors").write_bytes(cut)
@@ -134,6 +136,10 @@ CASES = {
                                r"--out='.*records\.csv' is a file; give a folder"),
     "generate out is the pipeline": (lambda w: [*generate(w, w["root"] / "p.txt")[:-1], str(w["pipe"])],
                                      r"--out='.*pipe' is the input --pipeline="),
+    "generate into its own lora": (  # --out/--name is the LoRA's folder
+        lambda w: [*generate(w, w["root"] / "p.txt")[:-1], str(w["root"] / "lora_in_out"), "--lora",
+                   str(w["root"] / "lora_in_out" / "m")],
+        r"--out='.*lora_in_out': the input --lora='.*lora_in_out/m' would be replaced by this command's m"),
     "generate into a training run": (lambda w: [*generate(w, w["root"] / "p.txt")[:-1], str(w["root"] / "trainrun")],
                                      r"--out='.*trainrun' is a training run's folder"),
     "compare metric not scored": (

@@ -70,7 +70,7 @@ def cmd_generate(args) -> int:
     check_model_paths(args.pipeline, args.unet, args.lora, prefix="--")
     check_out_dir(args.out, "--out", inputs={"--prompts": args.prompts, "--pipeline": args.pipeline, "--unet": args.unet,
                                              "--lora": args.lora, "--safety-checker": args.safety_checker},
-                  writes=["prompts.jsonl"])
+                  writes=["prompts.jsonl"], models=[args.name])
     prompts = load_prompts(cfg.prompts, cfg.prompt_format, limit=cfg.limit, per_style=cfg.per_style,
                            per_style_seed=cfg.per_style_seed)
     save_prompts(prompts, Path(cfg.out_dir) / "prompts.jsonl")

@@ -179,10 +179,12 @@ def _is_eval_config(path: Path) -> bool:
     return isinstance(saved, dict) and set(saved) <= {f.name for f in fields(EvalConfig)}
 
 
-def check_out_dir(out_dir, field: str, *, inputs: Dict[str, object], writes: Sequence[str] = RUN_FILES) -> Path:
+def check_out_dir(out_dir, field: str, *, inputs: Dict[str, object], writes: Sequence[str] = RUN_FILES,
+                  models: Sequence[str] = ()) -> Path:
     """``out_dir`` may hold this evaluation: a folder (or none yet), not a training run's output_dir (an
     evaluation there replaced its config.yaml), not an input or inside one, and none of the inputs is a file
-    it writes (``writes``, e.g. ``prompts.jsonl``). One ConfigError naming ``field`` otherwise."""
+    it writes (``writes``, e.g. ``prompts.jsonl``) or a model's folder ``out_dir/<model>`` (``models``). One
+    ConfigError naming ``field`` otherwise."""
     from kto_lab.paths import check_not_input
     from kto_lab.sd.run_dir import used_by
 
@@ -197,7 +199,7 @@ def check_out_dir(out_dir, field: str, *, inputs: Dict[str, object], writes: Seq
         if run_files:
             raise ConfigError(f"{field}={str(out_dir)!r} is a training run's folder (it holds {run_files}); an "
                               "evaluation there would replace the run's files: choose another folder")
-    check_not_input(out, inputs, field, replaces=writes)
+    check_not_input(out, inputs, field, replaces=[*writes, *models])
     return out
 
 
@@ -274,7 +276,7 @@ def run_evaluation(cfg: EvalConfig, *, progress: bool = True, make_plots: bool =
     from kto_lab.eval.protocol import load_scores, score_model
 
     cfg.validate()
-    out = check_out_dir(cfg.out_dir, "out_dir", inputs=eval_inputs(cfg))
+    out = check_out_dir(cfg.out_dir, "out_dir", inputs=eval_inputs(cfg), models=[m.name for m in cfg.models])
     prompts = load_prompts(cfg.prompts, cfg.prompt_format, limit=cfg.limit, per_style=cfg.per_style,
                            per_style_seed=cfg.per_style_seed)
     scorers = build_scorers(cfg.scorers, resolve_device(cfg.device), cfg.score_batch_size)  # fail before generating
