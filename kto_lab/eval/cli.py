@@ -95,7 +95,6 @@ def cmd_score(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from kto_lab.config import from_dict
     from kto_lab.data.tables import DataError
     from kto_lab.eval.protocol import load_scores, metrics_in
     from kto_lab.eval.run import REPORT_FILES, EvalConfig, ModelSpec, check_out_dir, compare_all
@@ -127,7 +126,10 @@ def cmd_compare(args) -> int:
         metric, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"--tie-tolerance {item!r} must look like metric=value, e.g. redness=0.001")
-        tolerances[metric] = from_dict(EvalConfig, {"tie_tolerance": {metric: value}}).tie_tolerance[metric]
+        try:
+            tolerances[metric] = float(value)
+        except ValueError:
+            raise ConfigError(f"--tie-tolerance {item!r}: {value!r} is not a number") from None
     cfg = EvalConfig(prompts="-", models=[ModelSpec(m, "-") for m in models], compare=list(args.pair),
                      out_dir=args.out, ci_method=args.ci, on_failure=args.on_failure, n_bootstrap=args.n_bootstrap,
                      seed=args.seed, tie_tolerance=tolerances, min_prompts=args.min_prompts)

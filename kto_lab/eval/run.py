@@ -21,7 +21,7 @@ from kto_lab.config import ConfigError, check_choice, check_range, to_dict
 from kto_lab.eval.prompts import PROMPT_FORMATS
 from kto_lab.eval.scorers import MODEL_SCORERS, Scorer, check_scorer_options, get_scorer, known_scorers
 from kto_lab.eval.stats import CI_METHODS, MIN_PROMPTS
-from kto_lab.paths import safe_name
+from kto_lab.paths import check_not_input, safe_name
 
 DTYPES = ("float32", "float16", "bfloat16")
 
@@ -185,7 +185,6 @@ def check_out_dir(out_dir, field: str, *, inputs: Dict[str, object], writes: Seq
     evaluation there replaced its config.yaml), not an input or inside one, and none of the inputs is a file
     it writes (``writes``, e.g. ``prompts.jsonl``) or a model's folder ``out_dir/<model>`` (``models``). One
     ConfigError naming ``field`` otherwise."""
-    from kto_lab.paths import check_not_input
     from kto_lab.sd.run_dir import used_by
 
     out = Path(out_dir).expanduser()

@@ -142,7 +142,7 @@ def model_card(output_dir: str | Path, config: Dict[str, Any], *, metrics: Dict[
     name = obj["objective"]
     hub_id = base_model_id(model["pretrained"])
     local_name = Path(model["pretrained"]).expanduser().resolve().name
-    base = hub_id or local_name  # the snippet's from_pretrained argument; never a local absolute path
+    base = hub_id or f"path/to/{local_name}"  # the snippet's from_pretrained argument; never a local absolute path
     base_text = f"`{hub_id}`" if hub_id else f"a local model (`{local_name}`; not on the Hub)"
     method = {"kto": "Diffusion-KTO", "dpo": "Diffusion-DPO", "sft": "SFT", "csft": "CSFT", "bce": "BCE"}[name]
     whole = "UNet" if family.denoiser_subfolder == "unet" else family.denoiser_subfolder
@@ -152,7 +152,7 @@ def model_card(output_dir: str | Path, config: Dict[str, Any], *, metrics: Dict[
                         f"{obj['reference_point']}, gamma {data['gamma']:g}",
                  "dpo": f"{method}, beta {obj['beta']:g}"}.get(name, method)
     what = tuned[0].upper() + tuned[1:]
-    files = ", ".join(f"`{Path(p).name}`" for p in data["train"]) or f"the cache `{data['cache_dir']}`"
+    files = ", ".join(f"`{Path(p).name}`" for p in data["train"]) or f"the cache `{Path(data['cache_dir']).name}`"
     count_text = ", ".join(f"{v} {k}" for k, v in counts.items()) or "not recorded"
     settings = {
         "base model": base_text + (f" (policy initialised from `{Path(model['unet']).name}`)" if model.get("unet") else ""),
