@@ -51,6 +51,31 @@ def world(tmp_path_factory):
     (root / "bad.jsonl").write_text('{"text": "a cat"}\n{oops\n')
     (root / "latin1.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1"))
     (root / "empty.txt").write_text("# nothing\n")
+    (root / "p.txt").write_text("a red circle\na blue square\n")
+    run = root / "trainrun"  # a training run's output_dir
+    run.mkdir()
+    (run / "config.yaml").write_text("model: {pretrained: x}\nobjective: {objective: kto}\n")
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n')
+    (root / "eval_into_run.yaml").write_text(f"prompts: {root / 'p.txt'}\nout_dir: {run}\n"
+                                             f"models: [{{name: a, pipeline: {root / 'pipe'}}}]\n")
+    (root / "eval_into_file.yaml").write_text(f"prompts: {root / 'p.txt'}\nout_dir: {records}\n"
+                                              f"models: [{{name: a, pipeline: {root / 'pipe'}}}]\n")
+    scored = root / "scored"  # an evaluation scored with redness only
+    for m in ("a", "b"):
+        (scored / m).mkdir(parents=True)
+        (scored / m / "scores.csv").write_text("model,prompt_id,prompt,style,k,seed,file,status,error,nsfw,redness\n"
+                                               f"{m},text-00000,a red circle,,0,0,images/text-00000_0.png,ok,,,0.1\n")
+    (root / "other_prompts.jsonl").write_text('{"id": "elsewhere", "text": "a cat"}\n')
+    (root / "garbage.pth").write_bytes(b"not a checkpoint at all")
+    header = b'{"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}'
+    cut = len(header).to_bytes(8, "little") + header + bytes(8)  # 8 of the 16 bytes its header promises
+    (root / "cut_lora.safetensors").write_bytes(cut)
+    (root / "lora_in_out" / "m").mkdir(parents=True)  # a LoRA folder where eval generate --name m would write
+    (root / "lora_in_out" / "m" / "pytorch_lora_weights.safetensors").write_bytes(len(b"{}").to_bytes(8, "little") + b"{}")
+    (root / "cut_unet").mkdir()
+    (root / "cut_unet" / "config.json").write_text('{"_class_name": "UNet2DConditionModel"}')
+    (root / "cut_unet" / "diffusion_pytorch_model.safetensors").write_bytes(cut)
+    (root / "garbage.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     return {"root": root, "records": records, "pairs": d / "pairs.csv", "pipe": root / "pipe", "d": d}
 
 
@@ -107,6 +132,12 @@ CASES = {
     "generate no prompts": (lambda w: generate(w, w["root"] / "empty.txt"), r"no prompts found in '.*empty\.txt'"),
     "generate missing unet": (lambda w: generate(w, w["root"] / "bad.jsonl", "--unet", str(w["root"] / "no_unet")),
                               r"--unet='.*no_unet' is neither a UNet directory"),
+    "generate truncated lora": (  # issue 21, 7: a raw OSError traceback from diffusers
+        lambda w: generate(w, w["root"] / "p.txt", "--lora", str(w["root"] / "cut_lora.safetensors")),
+        r"--lora: .*cut_lora\.safetensors is truncated \(78 bytes; its header describes 86\); copy or download it"),
+    "generate truncated unet": (
+        lambda w: generate(w, w["root"] / "p.txt", "--unet", str(w["root"] / "cut_unet")),
+        r"--unet='.*cut_unet': .*cut_unet/diffusion_pytorch_model\.safetensors is truncated"),
     "implicit no model": (lambda w: implicit(w), r"give --unet DIR \(a fine-tuned UNet\) or --lora PATH"),
     "implicit zero draws": (lambda w: implicit(w, "--lora", str(w["d"]), "--draws", "0"), r"draws=0 must be >= 1"),
     "implicit missing unet": (lambda w: implicit(w, "--unet", str(w["root"] / "no_unet")),
@@ -114,6 +145,41 @@ CASES = {
     "score weightless scorer with options": (
         lambda w: ["eval", "score", "--out", str(w["root"]), "--models", "m", "--scorer", "redness:path=x"],
         r"'redness' takes no options \(it needs no weights\); got \['path'\]"),
+    "eval run out_dir is a training run": (  # issue 21, 4b: it replaced the run's config.yaml
+        lambda w: ["eval", "run", "--config", str(w["root"] / "eval_into_run.yaml")],
+        r"out_dir='.*trainrun' is a training run's folder \(it holds \['config\.yaml', 'metrics\.jsonl'\]\)"),
+    "eval run out_dir is a file": (lambda w: ["eval", "run", "--config", str(w["root"] / "eval_into_file.yaml")],
+                                   r"out_dir='.*records\.csv' is a file; give a folder"),
+    "generate out is a file": (lambda w: [*generate(w, w["root"] / "p.txt")[:-1], str(w["records"])],
+                               r"--out='.*records\.csv' is a file; give a folder"),
+    "generate out is the pipeline": (lambda w: [*generate(w, w["root"] / "p.txt")[:-1], str(w["pipe"])],
+                                     r"--out='.*pipe' is the input --pipeline="),
+    "generate into its own lora": (  # --out/--name is the LoRA's folder
+        lambda w: [*generate(w, w["root"] / "p.txt")[:-1], str(w["root"] / "lora_in_out"), "--lora",
+                   str(w["root"] / "lora_in_out" / "m")],
+        r"--out='.*lora_in_out': the input --lora='.*lora_in_out/m' would be replaced by this command's m"),
+    "generate into a training run": (lambda w: [*generate(w, w["root"] / "p.txt")[:-1], str(w["root"] / "trainrun")],
+                                     r"--out='.*trainrun' is a training run's folder"),
+    "compare metric not scored": (
+        lambda w: ["eval", "compare", "--out", str(w["root"] / "scored"), "--pair", "a:b", "--metrics", "pickscore"],
+        r"--metrics \['pickscore'\] not scored in '.*scored' for \['a', 'b'\] \(scored: \['redness'\]\)"),
+    "compare prompts file matching none": (
+        lambda w: ["eval", "compare", "--out", str(w["root"] / "scored"), "--pair", "a:b", "--prompts-file",
+                   str(w["root"] / "other_prompts.jsonl")],
+        r"--prompts-file '.*other_prompts\.jsonl': none of its 1 prompt ids is among the 1 scored"),
+    "compare out is a file": (lambda w: ["eval", "compare", "--out", str(w["records"]), "--pair", "a:b"],
+                              r"--out='.*records\.csv' is a file"),
+    "score model name leaving --out": (
+        lambda w: ["eval", "score", "--out", str(w["root"] / "scored"), "--models", "../..", "--scorer", "redness"],
+        r"--models='\.\./\.\.' cannot name a file or folder"),
+    "score weights not a checkpoint": (
+        lambda w: ["eval", "score", "--out", str(w["root"] / "scored"), "--models", "a", "--scorer",
+                   f"aesthetic:path={w['root'] / 'garbage.pth'},clip_path={w['root']}"],
+        r"aesthetic predictor: could not read '.*garbage\.pth' as a weights-only torch checkpoint"),
+    "score weights not safetensors": (
+        lambda w: ["eval", "score", "--out", str(w["root"] / "scored"), "--models", "a", "--scorer",
+                   f"aesthetic:path={w['root'] / 'garbage.safetensors'},clip_path={w['root']}"],
+        r"aesthetic predictor: '.*garbage\.safetensors' is not a readable safetensors file"),
     # data
     "label missing module": (lambda w: label(w, "no_such_module_xyz:fn"), r"no module named 'no_such_module_xyz'"),
     "label missing attribute": (lambda w: label(w, "json:no_such_fn"), r"--fn 'json:no_such_fn': json has no attribute 'no_such_fn'"),
@@ -133,6 +199,8 @@ CASES = {
                                        r"--out='.*records\.csv/sub' is not a writable directory"),
     "toy frontier out is a file": (lambda w: ["toy", "frontier", "--out", str(w["records"])],
                                    r"--out='.*records\.csv' is not a writable directory"),
+    "toy figure9 unknown utility": (lambda w: ["toy", "figure9", "--out", str(w["root"] / "f9"), "--utilities", "nosuch"],
+                                    r"--utilities='nosuch' is not allowed; choose one of \['kto', 'loss_averse'"),
 }
 
 
@@ -288,3 +356,11 @@ def test_truncated_weights_and_lora_targets_matching_nothing_are_one_line(tiny_s
 @pytest.fixture(scope="module")
 def records_dir(tmp_path_factory):
     return write_records(tmp_path_factory.mktemp("recs")).parent
+
+
+def test_an_evaluation_never_replaces_a_training_runs_config(world, no_model_loads, capsys):
+    """issue 21, 4b: ``eval run`` with out_dir = a training run replaced its config.yaml (``push`` then died)."""
+    before = (world["root"] / "trainrun" / "config.yaml").read_text()
+    assert main(["eval", "run", "--config", str(world["root"] / "eval_into_run.yaml")]) == 2
+    assert (world["root"] / "trainrun" / "config.yaml").read_text() == before
+    assert sorted(p.name for p in (world["root"] / "trainrun").iterdir()) == ["config.yaml", "metrics.jsonl"]

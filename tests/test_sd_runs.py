@@ -4,6 +4,7 @@ consecutive runs in one process, trackers, the model card and ``kto-lab push``."
 
 import errno
 import json
+import re
 import os
 import subprocess
 import sys
@@ -323,60 +324,105 @@ def test_trackers_get_the_config_metrics_and_images_and_a_model_card_is_written(
     card = ModelCard.load(tmp_path / "lora" / "README.md")
     assert {"kto-lab", "kto", "lora", "text-to-image"} <= set(card.data.tags) and card.data.library_name == "diffusers"
     for text in ("Diffusion-KTO", "beta 20", "2 desirable, 4 undesirable", "`records.csv`", "rank-4 LoRA",
-                 "load_lora_weights", "rewards/accuracy", str(tiny_sd_path)):
+                 "load_lora_weights", "rewards/accuracy"):
         assert text in card.text, text
+    # issue 21, 10: the Hub's conventions; a local base is "local" by its folder's name, not its absolute path
+    assert str(tiny_sd_path) not in card.content and f"a local model (`{tiny_sd_path.name}`; not on the Hub)" in card.text
+    assert card.data.base_model is None and card.data.license == "other" and card.data.pipeline_tag == "text-to-image"
+    assert card.data.widget == [{"text": "a red square", "output": {"url": "validation/step-0000002/00.png"}}]
+    assert "## Validation images (step 2)\n\n![a red square](validation/step-0000002/00.png)" in card.text
+
+
+def test_model_card_names_the_base_by_its_hub_id_and_license(tmp_path):
+    """issue 21, 10: a base from the Hub is named by its id (also when loaded from a local Hub cache folder);
+    its license is read from the base's own model card."""
+    from huggingface_hub import ModelCard
+
+    from kto_lab.sd.config import load_train_config
+    from kto_lab.sd.model_card import base_model_id, write_model_card
+
+    snapshot = tmp_path / "hub" / "models--stable-diffusion-v1-5--stable-diffusion-v1-5" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "README.md").write_text("---\nlicense: creativeml-openrail-m\n---\n# SD 1.5\n")
+    assert base_model_id(str(snapshot)) == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    assert base_model_id("org/name") == "org/name" and base_model_id(str(tmp_path)) is None
+    from dataclasses import asdict
+
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = load_train_config({"output_dir": str(run), "model": {"pretrained": str(snapshot)},
+                             "data": {"train": ["r.csv"]}, "lora": {"enabled": True}}).resolved()
+    card = ModelCard.load(write_model_card(run, asdict(cfg), metrics={}, counts={}))
+    assert card.data.base_model == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    assert card.data.license == "creativeml-openrail-m" and str(snapshot) not in card.content
+    assert 'from_pretrained("stable-diffusion-v1-5/stable-diffusion-v1-5"' in card.text
 
 
 # --- C5: kto-lab push (offline: the Hub API is replaced) --------------------------------------
+
+
+class FakeHub:
+    """Stands in for huggingface_hub.HfApi: records the calls and what each uploaded file held."""
+
+    calls: list = []
+
+    def __init__(self, token=None):
+        self.calls.append(("init", token))
+
+    def create_repo(self, repo_id, **kw):
+        self.calls.append(("create_repo", repo_id, kw))
+        return f"https://hub.example/{repo_id}"
+
+    def create_commit(self, repo_id, operations, **kw):
+        files = {}
+        for op in operations:
+            src = op.path_or_fileobj
+            files[op.path_in_repo] = src if isinstance(src, bytes) else Path(src).read_bytes()
+        self.calls.append(("create_commit", repo_id, files))
+
+
+def finished_run(tmp_path, pretrained="org/base-model"):
+    from dataclasses import asdict
+
+    from kto_lab.sd.config import load_train_config
+    from kto_lab.sd.model_card import write_model_card
+
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = load_train_config({"output_dir": str(run), "model": {"pretrained": pretrained},
+                             "data": {"train": ["r.csv"]}, "lora": {"enabled": True}}).resolved()
+    (run / "config.yaml").write_text(yaml.safe_dump(asdict(cfg)))
+    (run / "metrics.jsonl").write_text('{"step": 10, "loss": 0.5, "rewards/accuracy": 0.75}\n')
+    (run / "pytorch_lora_weights.safetensors").write_bytes(b"weights")
+    write_model_card(run, asdict(cfg), metrics={"loss": 0.5}, counts={"desirable": 3, "undesirable": 1})
+    return run
 
 
 def test_push_uploads_a_finished_run_and_refuses_one_without_weights(tmp_path, monkeypatch, capsys):
     import huggingface_hub
 
     from kto_lab.cli import main
-    from kto_lab.sd.config import load_train_config
 
-    calls = []
-
-    class FakeApi:
-        def __init__(self, token=None):
-            calls.append(("init", token))
-
-        def create_repo(self, repo_id, **kw):
-            calls.append(("create_repo", repo_id, kw))
-            return f"https://hub.example/{repo_id}"
-
-        def upload_folder(self, **kw):
-            calls.append(("upload_folder", kw))
-
-    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
-    run = tmp_path / "run"
-    run.mkdir()
-    cfg = load_train_config({"output_dir": str(run), "model": {"pretrained": "org/base-model"},
-                             "data": {"train": ["r.csv"]}, "lora": {"enabled": True}}).resolved()
-    from dataclasses import asdict
-
-    (run / "config.yaml").write_text(yaml.safe_dump(asdict(cfg)))
-    (run / "metrics.jsonl").write_text('{"step": 10, "loss": 0.5, "rewards/accuracy": 0.75}\n')
-
+    FakeHub.calls = []
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHub)
+    run = finished_run(tmp_path)
+    (run / "pytorch_lora_weights.safetensors").rename(tmp_path / "w")
     assert main(["push", str(run), "me/kto-model"]) == 2  # no final weights yet
     err = capsys.readouterr().err.strip()
-    assert "no final weights" in err and "\n" not in err and not calls
+    assert "no final weights" in err and "\n" not in err and not FakeHub.calls
 
-    (run / "pytorch_lora_weights.safetensors").write_bytes(b"weights")
-    from kto_lab.sd.model_card import write_model_card
-
-    write_model_card(run, asdict(cfg), metrics={"loss": 0.5}, counts={"desirable": 3, "undesirable": 1})
-    assert f'load_lora_weights("{run}")' in (run / "README.md").read_text()  # as the finished run wrote it
+    (tmp_path / "w").rename(run / "pytorch_lora_weights.safetensors")
+    local_card = (run / "README.md").read_text()
+    assert f'load_lora_weights("{run}")' in local_card  # as the finished run wrote it
     assert main(["push", str(run), "me/kto-model", "--private", "--token", "hf_x"]) == 0
-    assert calls[0] == ("init", "hf_x")
-    assert calls[1] == ("create_repo", "me/kto-model", {"private": True, "exist_ok": True})
-    upload = calls[2][1]
-    assert upload["repo_id"] == "me/kto-model" and upload["folder_path"] == str(run)
-    assert "checkpoints/**" in upload["ignore_patterns"]
-    card = (run / "README.md").read_text()
+    assert FakeHub.calls[0] == ("init", "hf_x")
+    assert FakeHub.calls[1] == ("create_repo", "me/kto-model", {"private": True, "exist_ok": True})
+    _, repo, files = FakeHub.calls[2]
+    assert repo == "me/kto-model"
+    card = files["README.md"].decode()
     assert 'load_lora_weights("me/kto-model")' in card and str(run) not in card and "3 desirable, 1 undesirable" in card
     assert "base_model: org/base-model" in card
+    assert (run / "README.md").read_text() == local_card  # the local card is not rewritten
 
     (run / "README.md").unlink()  # a run without a card (older kto_lab) gets one from config.yaml and metrics
     assert main(["push", str(run), "me/kto-model"]) == 0
@@ -777,3 +823,76 @@ def test_sigterm_skips_a_checkpoint_that_would_not_fit(tiny_sd_path, records, tm
         trainer.fit()
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["checkpoint-0000002"]
     assert not (tmp_path / "run" / "run.lock").exists() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+    card = FakeHub.calls[-1][2]["README.md"].decode()
+    assert 'load_lora_weights("me/kto-model")' in card and "| loss | 0.5 |" in card and not (run / "README.md").exists()
+
+
+def test_push_uploads_an_allow_list_shown_first_and_refuses_secrets(tmp_path, monkeypatch, capsys):
+    """issue 21, 4c: a .env (with a token) and a records.csv left in a run directory were uploaded."""
+    import huggingface_hub
+
+    from kto_lab.cli import main
+
+    FakeHub.calls = []
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHub)
+    run = finished_run(tmp_path)
+    (run / ".env").write_text("HF_TOKEN=hf_" + "a" * 34 + "\n")
+    (run / "records.csv").write_text("image,caption,label\n")
+    for name in ("checkpoints/checkpoint-0000010/optimizer.bin", "logs/events.out", "validation/step-0000010/00.png",
+                 "validation/step-0000005/00.png", "run.lock"):
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_bytes(b"x")
+    wanted = ["README.md", "config.yaml", "metrics.jsonl", "pytorch_lora_weights.safetensors",
+              "validation/step-0000010/00.png"]  # the last validation images: the card shows them
+    assert main(["push", str(run), "me/m", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("would upload 5 files") and "6 other files in" in out and not FakeHub.calls
+    assert [line.split()[0] for line in out.splitlines()[1:]] == wanted
+    assert main(["push", str(run), "me/m"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("uploading 5 files") and out.index("uploading") < out.index("pushed")  # listed first
+    assert sorted(FakeHub.calls[-1][2]) == wanted
+    n = len(FakeHub.calls)
+    assert main(["push", str(run), "me/m", "--include", ".env"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.fullmatch(r"kto-lab push: error: .*/run/\.env would be uploaded but its name looks like a secret's; "
+                        r"remove it from the run \(or from --include\), or pass --allow-secrets if it is not one", err)
+    (run / "notes.txt").write_text("my key: hf_" + "b" * 34 + "\n")
+    assert main(["push", str(run), "me/m", "--include", "*.txt"]) == 2
+    assert "notes.txt would be uploaded but it holds what looks like a token (hf_bbb...)" in capsys.readouterr().err
+    assert len(FakeHub.calls) == n  # nothing was sent
+    assert main(["push", str(run), "me/m", "--include", "records.csv", "--include", "*.txt", "--allow-secrets"]) == 0
+    assert {"records.csv", "notes.txt"} <= set(FakeHub.calls[-1][2])
+
+
+def test_push_without_network_is_one_line_and_changes_nothing(tmp_path, monkeypatch, capsys):
+    """issue 21, 10: a 73-line traceback, after rewriting the local README.md to point at the remote repo."""
+    from kto_lab.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    run = finished_run(tmp_path)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert main(["push", str(run), "me/kto-model", "--token", "hf_" + "c" * 34]) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.fullmatch(r"kto-lab push: error: push to 'me/kto-model' failed \(OfflineModeIsEnabled: .*\); "
+                        r".*/run is unchanged", err), err
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_a_bug_in_push_keeps_its_traceback(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from kto_lab.cli import main
+
+    class Broken(FakeHub):
+        def create_commit(self, *a, **k):
+            raise KeyError("internal")
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Broken)
+    with pytest.raises(KeyError, match="internal"):
+        main(["push", str(finished_run(tmp_path)), "me/m"])

@@ -63,8 +63,13 @@ def cmd_figure6(args) -> int:
 
 
 def cmd_figure9(args) -> int:
+    from kto_lab.config import check_choice
+    from kto_lab.objectives import UTILITIES
+
     from .figures import PAPER_UTILITIES, write_figure9
 
+    for name in args.utilities or ():
+        check_choice("--utilities", name, sorted(UTILITIES))
     path = write_figure9(check_output_dir("--out", args.out), args.utilities or PAPER_UTILITIES)
     print(f"figure 9 -> {path}")
     return 0

@@ -23,6 +23,7 @@ from typing import Callable, Dict, Union
 
 import numpy as np
 
+from ..paths import check_not_input
 from .pickapic import pickapic_to_pairs, pickapic_to_records  # noqa: F401  (re-exported)
 from .records import ImageTable, RecordTable, check_on_missing_image, count_labels, open_image_table, write_records
 from ..config import ConfigError
@@ -49,6 +50,7 @@ def threshold_records(
     score as ``score`` (and ``source_id`` if present). A missing or non-numeric score is an error."""
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
         raise ConfigError(f"threshold={threshold!r} must be a finite number (--threshold)")
+    check_not_input(out_path, {"table": None if isinstance(table_or_path, ImageTable) else table_or_path}, "out")
     if isinstance(table_or_path, ImageTable):
         table = table_or_path
         if isinstance(table, RecordTable) and score_column == "score":
@@ -111,6 +113,7 @@ def label_with_function(
     if not callable(fn):
         raise TypeError(f"fn must be a callable fn(image, caption) -> bool, got {fn!r}")
     check_on_missing_image(on_missing_image)
+    check_not_input(out_path, {"table": None if isinstance(table_or_path, ImageTable) else table_or_path}, "out")
     if isinstance(table_or_path, ImageTable):
         table = copy.copy(table_or_path)  # this run's own mode and skip list; the caller's table is untouched
         table.on_missing_image, table.skipped, table._skipped_index = on_missing_image, [], set()

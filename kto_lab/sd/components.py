@@ -85,6 +85,51 @@ def check_unet_dir(path: str | Path, field: Optional[str] = None, *, local: bool
                                 f"(unet/config.json; SD3: a transformer directory or transformer/config.json){where}")
 
 
+def weights_problem(path: Path) -> Optional[str]:
+    """Why a weights file cannot be complete, or None: a ``.safetensors`` file whose header is unreadable or
+    promises more bytes than the file holds (a cut copy or download), or a torch zip (``.bin``, ``.pt``)
+    without its end record. Reads the header only (microseconds), so it runs before anything loads."""
+    import struct
+    import zipfile
+
+    size = path.stat().st_size
+    if path.suffix == ".safetensors":
+        with open(path, "rb") as f:
+            head = f.read(8)
+            n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+            try:
+                header = json.loads(f.read(n)) if 0 <= n <= size - 8 else None
+            except ValueError:
+                header = None
+        if not isinstance(header, dict):
+            return f"{path} is not a complete safetensors file (its header cannot be read)"
+        end = max([t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"] or [0])
+        if size < 8 + n + end:
+            return f"{path} is truncated ({size} bytes; its header describes {8 + n + end})"
+    elif path.suffix in (".bin", ".pt", ".pth") and size >= 4:
+        with open(path, "rb") as f:
+            is_zip = f.read(4) == b"PK\x03\x04"
+        if is_zip and not zipfile.is_zipfile(path):
+            return f"{path} is truncated (a torch zip file without its end record)"
+    return None
+
+
+def check_weight_files(path: str | Path, field: Optional[str] = None) -> None:
+    """Every weights file of the model at ``path`` (a file, a model folder, a pipeline's components; see
+    :func:`kto_lab.fingerprint.model_files`) is complete (:func:`weights_problem`); else one ConfigError
+    naming ``field`` and the file. A path that does not exist (a hub id) passes."""
+    from ..config import ConfigError
+    from ..fingerprint import model_files
+
+    if not Path(path).exists():
+        return
+    for f in model_files(path).values():
+        why = weights_problem(f)
+        if why is not None:
+            where = field if Path(path) == f else _named(str(path), field)
+            raise ConfigError(f"{where}: {why}; copy or download it again")
+
+
 def check_model_config(model_cfg, family=None):
     """The local paths of a ``ModelConfig`` exist and hold what they should, and a local ``model.unet`` /
     ``model.reference`` is of the pipeline's family (from its config.json; no model is read). Returns the

@@ -281,15 +281,23 @@ def build_tiny_sd3(
 
 def check_model_paths(pipeline, unet=None, lora=None, prefix: str = "") -> None:
     """Before anything loads: ``pipeline`` is a pipeline directory (or a hub id), ``unet`` a local UNet
-    directory (or a pipeline with unet/), ``lora`` an existing file or directory. Errors name
-    ``prefix + field`` (``"--"`` for the command line, ``"models[0]."`` for a config)."""
-    from .components import check_pipeline_dir, check_unet_dir
+    directory (or a pipeline with unet/), ``lora`` an existing file or directory, and none of their weights
+    files is truncated. Errors name ``prefix + field`` (``"--"`` for the command line, ``"models[0]."`` for a
+    config)."""
+    from .components import LORA_WEIGHTS, check_pipeline_dir, check_unet_dir, check_weight_files
 
     check_pipeline_dir(pipeline, prefix + "pipeline")
     if unet is not None:
         check_unet_dir(unet, prefix + "unet", local=True)
     if lora is not None and not Path(lora).exists():
         raise FileNotFoundError(f"{prefix}lora={str(lora)!r}: no such LoRA weights file or directory")
+    check_weight_files(pipeline, prefix + "pipeline")
+    if unet is not None:
+        check_weight_files(unet, prefix + "unet")
+    if lora is not None:
+        lora_file = Path(lora) / LORA_WEIGHTS if Path(lora).is_dir() else Path(lora)
+        if lora_file.is_file():
+            check_weight_files(lora_file, prefix + "lora")
 
 
 def load_pipeline(

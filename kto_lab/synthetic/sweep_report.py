@@ -119,12 +119,13 @@ def plot_frontiers(summary, base: Dict[str, float], score_name: str, path: Optio
                                   "seeds; each point: mean over the last checkpoints")
 
 
-def head_to_head(cell_a: Dict, cell_b: Dict, metric: str) -> float:
+def head_to_head(cell_a: Dict, cell_b: Dict, metric: str, tolerance: float = 0.0) -> float:
     """Win rate of cell A over cell B on ``metric``: image by image (same caption and seed), ties
-    count half, the i-th last checkpoint of A against the i-th last of B, averaged."""
+    (``|a - b| <= tolerance``, the scorer's :func:`~kto_lab.eval.scorers.tie_tolerance`) count half, the i-th
+    last checkpoint of A against the i-th last of B, averaged."""
     a, b = cell_a["per_image"], cell_b["per_image"]
     pairs = zip(sorted(a, key=int), sorted(b, key=int))
-    return float(np.mean([outcomes(a[i][metric], b[j][metric]).mean() for i, j in pairs]))
+    return float(np.mean([outcomes(a[i][metric], b[j][metric], tolerance).mean() for i, j in pairs]))
 
 
 def regime_table(run, methods=("kto", "dpo")):
@@ -132,6 +133,13 @@ def regime_table(run, methods=("kto", "dpo")):
     (score, fidelity) over seeds, and each method's mean score and fidelity."""
     import pandas as pd
 
+    import json
+
+    from kto_lab.eval.scorers import tie_tolerance
+
+    # the user's score ties within its scorer's tolerance; fidelity is a share of attributes (discrete): exact
+    scorer = get_user(json.loads((Path(run) / "world.json").read_text())["user"]).scorer
+    tolerance = {"score": tie_tolerance(scorer), "fidelity": 0.0}
     wanted = plan_settings(run, "regimes")  # the frontier's balanced cells take part only where this plan asked
     cells = {}
     for c in load_cells(run):
@@ -151,7 +159,7 @@ def regime_table(run, methods=("kto", "dpo")):
                 row = {"regime": regime, "kto_beta": bk, "kto_lr": lk, "dpo_beta": bd, "dpo_lr": ld,
                        "n_seeds": len(seeds), "counts": a[seeds[0]]["feedback"]["counts"]}
                 for metric in ("score", "fidelity"):
-                    ci = mean_ci([head_to_head(a[s], b[s], metric) for s in seeds])  # t interval, clipped to [0, 1]
+                    ci = mean_ci([head_to_head(a[s], b[s], metric, tolerance[metric]) for s in seeds])  # t, clipped
                     row.update({f"win_{metric}": ci.mean, f"win_{metric}_low": max(0.0, ci.low),
                                 f"win_{metric}_high": min(1.0, ci.high)})
                 for metric in ("score", "fidelity", "distance"):
