@@ -54,7 +54,7 @@ def world(tmp_path_factory):
     (root / "p.txt").write_text("a red circle\na blue square\n")
     run = root / "trainrun"  # a training run's output_dir
     run.mkdir()
-    (run / "config.yaml").write_text("model: {pretrained: x}\nobjective: {objective: kto}\n")
+    (run / "config.yaml").write_text("model: {pretrained: x}\ndata: {train: []}\nobjective: {objective: kto}\noptim: {max_steps: 1}\n")
     (run / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n')
     (root / "eval_into_run.yaml").write_text(f"prompts: {root / 'p.txt'}\nout_dir: {run}\n"
                                              f"models: [{{name: a, pipeline: {root / 'pipe'}}}]\n")

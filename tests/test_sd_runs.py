@@ -426,8 +426,8 @@ def test_push_uploads_a_finished_run_and_refuses_one_without_weights(tmp_path, m
 
     (run / "README.md").unlink()  # a run without a card (older kto_lab) gets one from config.yaml and metrics
     assert main(["push", str(run), "me/kto-model"]) == 0
-    card = (run / "README.md").read_text()
-    assert 'load_lora_weights("me/kto-model")' in card and "| loss | 0.5 |" in card
+    card = FakeHub.calls[-1][2]["README.md"].decode()
+    assert 'load_lora_weights("me/kto-model")' in card and "| loss | 0.5 |" in card and not (run / "README.md").exists()
 
 
 # --- the data a run and a cache are made of -----------------------------------------------------
@@ -823,10 +823,6 @@ def test_sigterm_skips_a_checkpoint_that_would_not_fit(tiny_sd_path, records, tm
         trainer.fit()
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["checkpoint-0000002"]
     assert not (tmp_path / "run" / "run.lock").exists() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
-
-
-    card = FakeHub.calls[-1][2]["README.md"].decode()
-    assert 'load_lora_weights("me/kto-model")' in card and "| loss | 0.5 |" in card and not (run / "README.md").exists()
 
 
 def test_push_uploads_an_allow_list_shown_first_and_refuses_secrets(tmp_path, monkeypatch, capsys):
