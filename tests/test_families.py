@@ -560,6 +560,7 @@ for family, cfg in jobs:
     trainer.close()
     reports[family] = {"world": acc.num_processes, "rows": rows, "checkpoint": str(ckpt), "fit_rows": own}
 json.dump(reports, open(f"{out}/rank{rank}.json", "w"))
+torch.distributed.destroy_process_group()  # left to exit, gloo's threads may abort it (pytorch/pytorch#190489)
 """
 
 

@@ -140,3 +140,23 @@ def test_print_config_shows_the_familys_defaults(tiny_sd3_path, capsys):
     assert printed["schedule"]["density"] == "logit_normal"
     assert main(["train", "--print-config"]) == 0  # a hub id that is not cached: the family's fields stay null
     assert yaml.safe_load(capsys.readouterr().out)["lora"]["target_modules"] is None
+
+
+def test_a_run_that_ends_inside_its_warm_up_is_a_one_line_warning():
+    import warnings
+
+    from kto_lab.sd.config import load_train_config
+
+    def warned(*overrides):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            load_train_config("sd15_kto_lora", list(overrides)).resolved()
+        return [str(w.message) for w in caught if "warm-up" in str(w.message)]
+
+    [message] = warned("optim.max_steps=10")  # the README's first run: warm-up 500
+    assert message == ("optim.warmup_steps=500 >= optim.max_steps=10: the run ends inside its warm-up, its learning rate "
+                       "peaking at 1.8e-06 (1.8% of optim.learning_rate=0.0001); the weights will barely move (close "
+                       "to a no-op): lower optim.warmup_steps or raise optim.max_steps")
+    [message] = warned("optim.max_steps=400")  # inside the warm-up, but at 80 % of the rate: no "no-op"
+    assert "peaking at 8e-05 (79.8%" in message and "no-op" not in message
+    assert warned("optim.max_steps=501") == [] and warned("optim.max_steps=10", "optim.warmup_steps=0") == []

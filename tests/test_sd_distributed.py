@@ -28,6 +28,7 @@ ONE_SAMPLE_WORKER = textwrap.dedent("""
     for _ in range(2):
         trainer.step(trainer.source.next_batch())
     json.dump(seen, open(f"{out}/rank{acc.process_index}.json", "w"))
+    torch.distributed.destroy_process_group()  # left to exit, gloo's threads may abort it (pytorch/pytorch#190489)
 """)
 
 

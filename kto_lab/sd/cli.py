@@ -19,7 +19,7 @@ def add_parser(subparsers, name: str, help: str) -> argparse.ArgumentParser:
     from ..config import CONFIG_DIR, config_help
     from .config import TrainConfig
 
-    packaged = ", ".join(sorted(q.stem for q in CONFIG_DIR.glob("*.yaml") if not q.stem.startswith("accelerate")))
+    packaged = ", ".join(sorted(q.stem for q in CONFIG_DIR.glob("*.yaml") if not q.stem.startswith(("accelerate", "eval"))))
     p = subparsers.add_parser(name, help=help, description=DESCRIPTION,
                               epilog="config fields (key=default, then what it means):\n" + config_help(TrainConfig))
     p.add_argument("--config", help=f"a YAML file, or a packaged config's name ({packaged}: kto_lab/configs); "
@@ -29,7 +29,7 @@ def add_parser(subparsers, name: str, help: str) -> argparse.ArgumentParser:
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--overwrite", action="store_true",
                    help="delete an earlier run's files in output_dir first (default: refuse a used output_dir)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, config_fields=(TrainConfig, ""))  # unknown --options are named by its fields
     return p
 
 

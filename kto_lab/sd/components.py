@@ -62,12 +62,58 @@ def check_denoiser_dir(path: str | Path, field: Optional[str] = None, *, local: 
                                 f"({folders}){where}")
 
 
+def weights_problem(path: Path) -> Optional[str]:
+    """Why a weights file cannot be complete, or None: a ``.safetensors`` file whose header is unreadable or
+    promises more bytes than the file holds (a cut copy or download), or a torch zip (``.bin``, ``.pt``)
+    without its end record. Reads the header only (microseconds), so it runs before anything loads."""
+    import struct
+    import zipfile
+
+    size = path.stat().st_size
+    if path.suffix == ".safetensors":
+        with open(path, "rb") as f:
+            head = f.read(8)
+            n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+            try:
+                header = json.loads(f.read(n)) if 0 <= n <= size - 8 else None
+            except ValueError:
+                header = None
+        if not isinstance(header, dict):
+            return f"{path} is not a complete safetensors file (its header cannot be read)"
+        end = max([t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"] or [0])
+        if size < 8 + n + end:
+            return f"{path} is truncated ({size} bytes; its header describes {8 + n + end})"
+    elif path.suffix in (".bin", ".pt", ".pth") and size >= 4:
+        with open(path, "rb") as f:
+            is_zip = f.read(4) == b"PK\x03\x04"
+        if is_zip and not zipfile.is_zipfile(path):
+            return f"{path} is truncated (a torch zip file without its end record)"
+    return None
+
+
+def check_weight_files(path: str | Path, field: Optional[str] = None) -> None:
+    """Every weights file of the model at ``path`` (a file, a model folder, a pipeline's components; see
+    :func:`kto_lab.fingerprint.model_files`) is complete (:func:`weights_problem`); else one ConfigError
+    naming ``field`` and the file. A path that does not exist (a hub id) passes."""
+    from ..config import ConfigError
+    from ..fingerprint import model_files
+
+    if not Path(path).exists():
+        return
+    for f in model_files(path).values():
+        why = weights_problem(f)
+        if why is not None:
+            where = field if Path(path) == f else named(str(path), field)
+            raise ConfigError(f"{where}: {why}; copy or download it again")
+
+
 def check_model_config(model_cfg, family=None):
     """The local paths of a ``ModelConfig`` exist and hold what they should, and a local ``model.denoiser`` /
     ``model.reference`` is of the pipeline's family (from its config.json; no model is read). Returns the
     family (``family``, or the one of ``model.pretrained``'s model_index.json)."""
     check_pipeline_dir(model_cfg.pretrained, "model.pretrained")
     family = family or resolve_family(model_cfg.pretrained, model_cfg.family)
+    check_weights(model_cfg.pretrained, "model.pretrained")
     for name in ("denoiser", "reference"):
         path = getattr(model_cfg, name)
         if path:
@@ -76,11 +122,30 @@ def check_model_config(model_cfg, family=None):
             if found is not None:
                 family.check_denoiser(json.loads((Path(path) / found / "config.json").read_text()),
                                       f"model.{name}={path!r}")
+                check_weights(Path(path) / found, f"model.{name}")
             elif looks_local(path):  # a pipeline of another family: its denoiser lives in another folder
                 raise ConfigError(f"model.{name}={path!r} holds no {family.name} {family.denoiser_class_name} (neither "
                                   f"config.json nor {family.denoiser_subfolder}/config.json): was it trained for "
                                   f"another model family?")
     return family
+
+
+def check_weights(path: str | Path, field: str) -> None:
+    """Each safetensors file of a local model or pipeline directory (and its sub-folders) has a whole header
+    and the length it declares: a cut download or copy fails here, in one line naming the file, before any
+    model loads (from_pretrained's own error is a traceback). Reads the headers only."""
+    from safetensors import SafetensorError, safe_open
+
+    p = Path(path)
+    if not p.is_dir():
+        return  # a hub id: diffusers checks what it downloads
+    for f in sorted([*p.glob("*.safetensors"), *p.glob("*/*.safetensors")]):
+        try:
+            with safe_open(str(f), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as exc:
+            raise ConfigError(f"{field}={str(path)!r}: {f} cannot be read ({exc}): it is truncated or damaged; "
+                              "copy or download it again") from None
 
 
 def _local_model(path: str | Path, subfolder: str) -> Optional[str]:
@@ -183,12 +248,15 @@ def add_lora(denoiser, rank: int, alpha: float, target_modules) -> None:
     """
     from peft import LoraConfig
 
+    names = [n for n, _ in denoiser.named_modules()]
+    unmatched = [t for t in target_modules if not any(n == t or n.endswith("." + t) for n in names)]  # peft's rule
+    if unmatched:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in denoiser.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise ConfigError(f"lora.target_modules: {unmatched} match no module of the {type(denoiser).__name__}; its "
+                          f"linear layers are named {linear[:16]}{' ...' if len(linear) > 16 else ''}")
     denoiser.requires_grad_(False)
     denoiser.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian",
                                     target_modules=list(target_modules)))
-    if not any(p.requires_grad for p in denoiser.parameters()):
-        raise ValueError(f"lora.target_modules={list(target_modules)} matched no module of the "
-                         f"{type(denoiser).__name__}")
 
 
 def cast_trainable_to_fp32(model) -> None:

@@ -16,12 +16,13 @@ Load with ``load_config(TrainConfig, "config.yaml", ["objective.beta=2000"])`` o
 from __future__ import annotations
 
 import dataclasses
-import typing
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Optional, Sequence
 
-from ..config import ConfigError, check_choice, check_positive, check_range, load_config, warn_outside
+from ..config import (ConfigError, check_choice, check_positive, check_range, load_config, renamed_fields, warn_once,
+                      warn_outside)
 from ..data.sampler import check_gamma
 from ..schedule import PREDICTION_TYPES, FlowMatchingSchedule, NoiseSchedule
 from ..step import ObjectiveConfig
@@ -38,6 +39,11 @@ OPTIMIZERS = ("adamw", "adam", "adafactor")
 VAE_DTYPES = ("fp32", "auto")
 CACHE_DTYPES = ("fp32", "fp16")
 LR_SCHEDULERS = ("constant_with_warmup", "linear", "cosine")
+MAX_SEED = 2**32 - 1  # numpy's (accelerate's set_seed) largest seed
+# A run whose learning rate peaks below this share of optim.learning_rate is flagged as close to a no-op
+# (issue 21: warm-up 500, max_steps 10 peaked at 1.8e-6 of 1e-4; the LoRA changed 98 of 61,440 pixel values
+# of its images by one level).
+NO_OP_LR_SHARE = 0.1
 
 
 @dataclass
@@ -131,6 +137,7 @@ class DataConfig:
         except ConfigError as e:
             raise ConfigError(f"data.{e}") from None
         check_range("data.cache_shard_size", self.cache_shard_size, low=1)
+        check_range("data.seed", self.seed, low=0, high=MAX_SEED)
         check_choice("data.latent_mode", self.latent_mode, LATENT_MODES)
         if isinstance(self.train, str):
             self.train = [self.train]
@@ -248,7 +255,8 @@ class LoggingConfig:
 
     log_every: int = 10  # optimizer steps between metric rows (the only host syncs for metrics)
     # Experiment trackers through accelerate, beside metrics.jsonl/.csv: any of tensorboard, wandb,
-    # mlflow (each an extra: pip install "kto-lab[wandb]"); [] = none (like diffusers' report_to).
+    # mlflow (each an extra: pip install "kto-lab[wandb]"); [all] = every one of them installed; [] = none
+    # (like diffusers' report_to).
     report_to: List[str] = field(default_factory=list)
     project: str = "kto-lab"  # the trackers' project (W&B project, MLflow experiment, folder under OUTPUT_DIR/logs)
     progress_bar: bool = True  # a tqdm bar on the main process
@@ -261,11 +269,16 @@ class LoggingConfig:
 
     def validate(self) -> "LoggingConfig":
         check_range("logging.log_every", self.log_every, low=1)
-        self.report_to = [name for name in self.report_to if name != "none"]
+        names = [name for name in self.report_to if name != "none"]
+        if "all" in names:  # as diffusers' --report_to all: every tracker that is installed
+            names = [n for n in names if n != "all"] + [n for n in metrics_log.TRACKER_PACKAGES
+                                                        if metrics_log.tracker_installed(n)]
+        self.report_to = list(dict.fromkeys(names))
         for name in self.report_to:
             check_choice("logging.report_to", name, metrics_log.TRACKER_PACKAGES)
             if not metrics_log.tracker_installed(name):
                 raise ConfigError(f"logging.report_to: {name} is not installed; pip install 'kto-lab[{name}]'")
+            metrics_log.check_tracker(name)
         check_range("logging.validation_every", self.validation_every, low=0)
         check_range("logging.validation_inference_steps", self.validation_inference_steps, low=1)
         if self.validation_guidance_scale is not None:
@@ -302,18 +315,33 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         if not self.output_dir:
             raise ConfigError("output_dir must be set")
+        check_range("seed", self.seed, low=0, high=MAX_SEED)
         for name in ("model", "data", "optim", "lora", "schedule", "logging", "checkpoint"):
             getattr(self, name).validate()
         try:
             self.objective.validate()
         except (ValueError, ConfigError) as e:
             raise ConfigError(f"objective: {e}") from None
+        self._expand_home()
         if self.model.reference is not None and self.lora.enabled and self.lora.reference == "disabled_adapters":
             raise ConfigError(
                 "model.reference is set but lora.reference=disabled_adapters uses the base denoiser; "
                 "set lora.reference=frozen_copy to use the given reference"
             )
         return self
+
+    def _expand_home(self) -> None:
+        """``~`` in a path field is the user's home (a shell expands it only at a word's start, so
+        ``output_dir=~/runs/x`` would otherwise make a folder named ``~``)."""
+        def home(path: Optional[str]) -> Optional[str]:
+            return None if path is None else os.path.expanduser(path)
+
+        self.output_dir = home(self.output_dir)
+        self.data.train = [home(p) for p in self.data.train]
+        self.data.cache_dir = home(self.data.cache_dir)
+        self.checkpoint.resume = home(self.checkpoint.resume)
+        for name in ("pretrained", "denoiser", "reference", "vae"):
+            setattr(self.model, name, home(getattr(self.model, name)))
 
     def resolved(self, family=None) -> "TrainConfig":
         """A copy with the mode-dependent paper defaults filled in (full: A.1; LoRA: the study), and with
@@ -348,7 +376,27 @@ class TrainConfig:
             cfg.optim.weight_decay = 0.01 if lora else 0.0
         if cfg.lora.alpha is None:
             cfg.lora.alpha = float(cfg.lora.rank)
+        message = schedule_warning(cfg.optim)
+        if message:
+            warn_once(message)
         return cfg
+
+
+def schedule_warning(o: OptimConfig) -> Optional[str]:
+    """What to say about a run that ends inside its warm-up (``optim.warmup_steps >= optim.max_steps``; None
+    otherwise). The warm-up of every schedule here (diffusers') is linear from 0, optimizer step k using
+    ``(k - 1) / warmup_steps`` of ``learning_rate``, so the peak is ``(max_steps - 1) / warmup_steps`` of it;
+    below :data:`NO_OP_LR_SHARE` the run is also called close to a no-op. After the warm-up every schedule
+    starts at the full rate, so a run longer than its warm-up gets no warning."""
+    if o.warmup_steps < o.max_steps:
+        return None
+    share = (o.max_steps - 1) / o.warmup_steps
+    message = (f"optim.warmup_steps={o.warmup_steps} >= optim.max_steps={o.max_steps}: the run ends inside its warm-up, "
+               f"its learning rate peaking at {share * o.learning_rate:.2g} ({share:.1%} of optim.learning_rate="
+               f"{o.learning_rate:g})")
+    if share < NO_OP_LR_SHARE:
+        message += "; the weights will barely move (close to a no-op)"
+    return message + ": lower optim.warmup_steps or raise optim.max_steps"
 
 
 def load_train_config(config: Any = None, overrides: Sequence[str] | Dict[str, Any] = ()) -> TrainConfig:
@@ -368,5 +416,4 @@ def load_train_config(config: Any = None, overrides: Sequence[str] | Dict[str, A
 
 
 # dotted old name -> new name of each renamed field (a resumed run's checkpoint may hold the old names)
-RENAMED_FIELDS = {f"{name}.{old}": f"{name}.{new}" for name, section in typing.get_type_hints(TrainConfig).items()
-                  if dataclasses.is_dataclass(section) for old, new in getattr(section, "RENAMED", {}).items()}
+RENAMED_FIELDS = renamed_fields(TrainConfig)

@@ -280,8 +280,11 @@ def open_table(paths: List[str], objective: str, on_missing_image: str):
             raise DataError(f"objective={objective} trains on per-image labels, but {path} is a pair table "
                             f"({', '.join(PAIR_COLUMNS)}); give a record table ({', '.join(RECORD_COLUMNS)}), "
                             "e.g. from `kto-lab data pickapic`, or set objective.objective=dpo")
-    loader = load_pairs if pairs else load_records
-    return loader(paths if len(paths) > 1 else paths[0], on_missing_image=on_missing_image)
+    if not pairs:
+        return load_records(paths if len(paths) > 1 else paths[0], on_missing_image=on_missing_image)
+    table = load_pairs(paths if len(paths) > 1 else paths[0], on_missing_image=on_missing_image)
+    table.check_distinct()  # a pair of one image teaches nothing
+    return table
 
 
 def open_train_table(cfg):

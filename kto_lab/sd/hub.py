@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from ..config import ConfigError
+
 
 def local_only() -> bool:
     """Hub look-ups offline when ``HF_HUB_OFFLINE`` is set (diffusers' ``local_files_only``)."""
@@ -43,7 +45,12 @@ def pipeline_class_name(pretrained: str | Path) -> Optional[str]:
     None when it cannot be read."""
     p = Path(str(pretrained)).expanduser()
     if (p / "model_index.json").is_file():
-        return json.loads((p / "model_index.json").read_text()).get("_class_name")
+        try:
+            index = json.loads((p / "model_index.json").read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{p / 'model_index.json'} is not valid JSON ({exc}): the pipeline's download or copy "
+                              "is damaged; fetch it again") from None
+        return index.get("_class_name") if isinstance(index, dict) else None
     if p.exists() or str(pretrained).startswith((".", "/", "~")):
         return None
     try:

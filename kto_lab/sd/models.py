@@ -15,9 +15,9 @@ import torch
 
 def check_model_paths(pipeline, denoiser=None, lora=None, prefix: str = "") -> None:
     """Before anything loads: ``pipeline`` is a pipeline directory (or a hub id), ``denoiser`` a local denoiser
-    directory (or a pipeline with one), ``lora`` an existing file or directory. Errors name
-    ``prefix + field`` (``"--"`` for the command line, ``"models[0]."`` for a config)."""
-    from .components import check_denoiser_dir
+    directory (or a pipeline with one), ``lora`` an existing file or directory, and none of their weights files
+    is truncated. Errors name ``prefix + field`` (``"--"`` for the command line, ``"models[0]."`` for a config)."""
+    from .components import LORA_WEIGHTS, check_denoiser_dir, check_weight_files
     from .hub import check_pipeline_dir
 
     check_pipeline_dir(pipeline, prefix + "pipeline")
@@ -25,6 +25,13 @@ def check_model_paths(pipeline, denoiser=None, lora=None, prefix: str = "") -> N
         check_denoiser_dir(denoiser, prefix + "denoiser", local=True)
     if lora is not None and not Path(lora).exists():
         raise FileNotFoundError(f"{prefix}lora={str(lora)!r}: no such LoRA weights file or directory")
+    check_weight_files(pipeline, prefix + "pipeline")
+    if denoiser is not None:
+        check_weight_files(denoiser, prefix + "denoiser")
+    if lora is not None:
+        lora_file = Path(lora) / LORA_WEIGHTS if Path(lora).is_dir() else Path(lora)
+        if lora_file.is_file():
+            check_weight_files(lora_file, prefix + "lora")
 
 
 def load_pipeline(
@@ -65,7 +72,9 @@ def load_pipeline(
         directory, name = (lora, None) if lora.is_dir() else (lora.parent, lora.name)
         state = read_lora_state(fam, directory, name)
         check_lora_fits(fam.denoiser_of(pipe), state, f"LoRA {str(lora)!r}", fam)
-        pipe.load_lora_weights(state)
+        # into the denoiser, which is all it holds (the pipeline's load_lora_weights would also look for
+        # text-encoder keys and log that it found none)
+        fam.denoiser_of(pipe).load_lora_adapter(state, prefix=fam.denoiser_subfolder)
     return pipe
 
 

@@ -31,6 +31,9 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import signal
+import sys
+import time
 import weakref
 from dataclasses import dataclass, asdict
 from pathlib import Path
@@ -42,12 +45,13 @@ import yaml
 from .. import objectives as O
 from ..config import ConfigError
 from ..step import cond_batch_size, map_cond, objective_step, roll_cond
-from .checkpoints import CHECKPOINT_PREFIX, CheckpointError, commit, is_disk_full, prune, write_manifest
+from .checkpoints import CHECKPOINT_PREFIX, commit, link_or_copy, prune, raise_if_disk_full, write_manifest
 from .components import (Components, LORA_WEIGHTS, add_lora, cast_trainable_to_fp32, check_model_config, frozen_reference,
                          load_components, load_lora, move, save_denoiser, save_lora)
 from .config import TrainConfig, load_train_config
 from .encoding import BatchEncoder, latent_scale, unwrap_model
 from .families import resolve_family
+from .interrupts import ASSUMED_WRITE_SPEED, SAVE_BUDGET_S, TrainingInterrupted, on_sigterm
 from .run_dir import check_resume_path, claim_on_main, flatten
 from .speed import compile_denoiser
 
@@ -115,7 +119,6 @@ class Trainer:
         cfg = load_train_config(config, overrides).resolved()
         self.cfg = cfg
         check_resume_path(cfg)  # a bad path fails before loading
-        cache_ready = bool(cfg.data.cache_dir) and (Path(cfg.data.cache_dir) / "cache.json").is_file()
         family = components.family if components is not None else None
         if components is None:  # a missing local model, or one of another family, is named before anything loads
             family = check_model_config(cfg.model)
@@ -124,24 +127,40 @@ class Trainer:
         self.family = family
         # the family's defaults where unset (resolution, flow timesteps); its options only (schedule.*)
         self.cfg = cfg = cfg.resolved(family)
-        table = None
-        if source is None and not cache_ready:  # the table(s), checked before any model loads
-            from .data import open_train_table
-
-            table = open_train_table(cfg)
+        table, self.data_fingerprint = None, None
+        if source is None:  # the table(s) and the cache, checked before any model loads
+            table = self._check_data(cfg, family)
+        cache_ready = bool(cfg.data.cache_dir) and (Path(cfg.data.cache_dir) / "cache.json").is_file()
 
         if accelerator is not None and (trackers or cfg.logging.report_to):
             raise ConfigError("logging.report_to and trackers= need an Accelerator built by kto_lab; "
                               "with your own, pass log_with= to it")
         self.accelerator = acc = accelerator or make_accelerator(cfg, trackers)
         # output_dir is this run's (new, resumed, or refused) before any model loads
-        self.run = claim_on_main(cfg, acc, overwrite=overwrite)
+        self.run = claim_on_main(cfg, acc, overwrite=overwrite, data=self.data_fingerprint)
         weakref.finalize(self, self.run.release)  # an abandoned Trainer frees its output_dir
         try:
-            self._build(cfg, acc, components, source, cache_ready, table)
+            with on_sigterm(self._stop_now):  # while the models load: stop at once, releasing the lock
+                self._build(cfg, acc, components, source, cache_ready, table)
         except BaseException:
             self.close()
             raise
+
+    def _check_data(self, cfg: TrainConfig, family):
+        """Open and check ``data.train`` (:func:`~kto_lab.sd.data.open_train_table`; only its rows, when a built
+        cache is used), take its fingerprint (the run's and the cache's identity of the data) and check the
+        cache directory (``auto`` resolved in ``cfg``). Returns the table to train on, if any."""
+        from .cache import AUTO, check_cache_dir
+        from .data import open_table, open_train_table
+
+        d = cfg.data
+        built = bool(d.cache_dir) and d.cache_dir != AUTO and (Path(d.cache_dir) / "cache.json").is_file()
+        table = open_train_table(cfg) if not built else None
+        rows = table if table is not None else (open_table(d.train, cfg.objective.objective, d.on_missing_image)
+                                                if d.train else None)
+        self.data_fingerprint = None if rows is None else rows.fingerprint()
+        d.cache_dir = check_cache_dir(cfg, family, self.data_fingerprint)
+        return table
 
     def _build(self, cfg: TrainConfig, acc, components: Optional[Components], source, cache_ready: bool,
                table=None) -> None:
@@ -226,6 +245,8 @@ class Trainer:
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed * 1000 + acc.process_index)
         self.global_step = 0
         self.last_checkpoint: Optional[Path] = None
+        self._last_save_seconds: Optional[float] = None  # how long this process's last checkpoint took
+        self._sigterm = False  # a SIGTERM came during fit: stop after this step
         self._grad_norm: Optional[Tensor] = None
         self._lr = 0.0
         self._previous_cond = None  # unrelated captions for a one-sample batch on one process (_unrelated_cond)
@@ -342,47 +363,28 @@ class Trainer:
             if not self.run.lock.held:  # fit after close(): the directory must still be free
                 self.run.lock.acquire()
             out.mkdir(parents=True, exist_ok=True)
+            try:  # first: a tracker that fails to start leaves no config.yaml (nor the lock) to block a rerun
+                self._start_trackers()
+            except BaseException:
+                self.close()
+                raise
             (out / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
-            self._start_trackers()
             logger = MetricsLogger(out, resume_step=self.global_step, trackers=acc.trackers)
         bar = tqdm(total=cfg.optim.max_steps, initial=self.global_step, desc=f"train {cfg.objective.objective}",
                    disable=not (acc.is_main_process and cfg.logging.progress_bar), dynamic_ncols=True)
-        sums: Dict[str, Tensor] = {}  # on the device; NaN entries (a class absent from a batch) skipped
-        counts: Dict[str, Tensor] = {}
-        last: Dict[str, float] = {}
         end = cfg.optim.max_steps if stop_at is None else min(stop_at, cfg.optim.max_steps)
+        if acc.is_main_process and 0 < cfg.optim.max_steps <= self.global_step:
+            print(f"kto_lab: the run in {out} finished at step {self.global_step} (optim.max_steps): nothing to "
+                  f"train; raise optim.max_steps to train more steps", file=sys.stderr)
+        self._sigterm = False
         try:
-            while self.global_step < end:
-                metrics = self.step(self.source.next_batch())
-                for k, v in metrics.items():
-                    sums[k] = sums.get(k, 0.0) + torch.nan_to_num(v, nan=0.0)
-                    counts[k] = counts.get(k, 0.0) + (~torch.isnan(v)).float()
-                if not acc.sync_gradients:
-                    continue
-                step = self.global_step
-                bar.update(1)
-                if step % cfg.logging.log_every == 0 or step == cfg.optim.max_steps:
-                    means = self._log_means(sums, counts)
-                    if self._grad_norm is not None:
-                        means["grad_norm"] = self._grad_norm
-                    last = {k: v for k, v in O.metrics_to_floats(means).items() if not math.isnan(v)}
-                    last["lr"] = self._lr
-                    last["skipped_images"] = float(getattr(self.source, "skipped", 0))
-                    sums, counts = {}, {}
-                    if logger is not None:
-                        logger.log(step, last)
-                    bar.set_postfix(loss=f"{last['loss']:.4g}")
-                if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < cfg.optim.max_steps:
-                    self.save_checkpoint()
-                if cfg.logging.validation_every and step % cfg.logging.validation_every == 0:
-                    self.validate(logger)
-            weights = None
-            if self.global_step >= cfg.optim.max_steps:
-                weights = self.save_final()
-                if acc.is_main_process:
-                    from .model_card import data_counts, write_model_card
-
-                    write_model_card(out, asdict(cfg), metrics=last, counts=data_counts(self.source), family=self.family)
+            with on_sigterm(self._stop_after_step if acc.num_processes == 1 else self._stop_now):
+                weights, last = self._loop(end, bar, logger)
+        except KeyboardInterrupt as exc:  # Ctrl-C: one line naming what to resume
+            self.close()
+            if isinstance(exc, TrainingInterrupted):
+                raise
+            raise TrainingInterrupted(f"stopped by Ctrl-C at step {self.global_step}; {self._resume_hint()}") from None
         except BaseException:
             self.close()
             raise
@@ -394,6 +396,82 @@ class Trainer:
             self.close()
         return TrainResult(str(out), self.global_step, weights, str(out / "metrics.jsonl"), last,
                            int(getattr(self.source, "skipped", 0)))
+
+    def _loop(self, end: int, bar, logger):
+        """The steps of :meth:`fit` up to ``end``, then the final weights and card at ``optim.max_steps``.
+        Returns the weights' path (None before the end) and the last logged metrics."""
+        cfg, acc = self.cfg, self.accelerator
+        out = Path(cfg.output_dir)
+        sums: Dict[str, Tensor] = {}  # on the device; NaN entries (a class absent from a batch) skipped
+        counts: Dict[str, Tensor] = {}
+        last: Dict[str, float] = {}
+        while self.global_step < end:
+            metrics = self.step(self.source.next_batch())
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + torch.nan_to_num(v, nan=0.0)
+                counts[k] = counts.get(k, 0.0) + (~torch.isnan(v)).float()
+            if not acc.sync_gradients:
+                continue
+            step = self.global_step
+            bar.update(1)
+            if step % cfg.logging.log_every == 0 or step == cfg.optim.max_steps:
+                means = self._log_means(sums, counts)
+                if self._grad_norm is not None:
+                    means["grad_norm"] = self._grad_norm
+                last = {k: v for k, v in O.metrics_to_floats(means).items() if not math.isnan(v)}
+                last["lr"] = self._lr
+                last["skipped_images"] = float(getattr(self.source, "skipped", 0))
+                sums, counts = {}, {}
+                if logger is not None:
+                    logger.log(step, last)
+                bar.set_postfix(loss=f"{last['loss']:.4g}")
+            if cfg.checkpoint.every and (step % cfg.checkpoint.every == 0 or step == cfg.optim.max_steps):
+                self.save_checkpoint()  # the last step too: a finished run can be extended (resume, more max_steps)
+            if cfg.logging.validation_every and step % cfg.logging.validation_every == 0:
+                self.validate(logger)
+            if self._sigterm:
+                self._stop_for_sigterm()
+        weights = None
+        if self.global_step >= cfg.optim.max_steps:
+            weights = self.save_final()
+            if acc.is_main_process:
+                from .model_card import data_counts, write_model_card
+
+                write_model_card(out, asdict(cfg), metrics=last, counts=data_counts(self.source), family=self.family)
+        return weights, last
+
+    # ------------------------------------------------------------------------------------
+    # Ctrl-C and SIGTERM (kto_lab.sd.interrupts)
+    # ------------------------------------------------------------------------------------
+
+    def _resume_hint(self) -> str:
+        where = getattr(self, "last_checkpoint", None) or self.run.checkpoint  # (the one being resumed, while loading)
+        return (f"last checkpoint: {where} (resume with checkpoint.resume=latest)" if where is not None
+                else "no checkpoint written yet")
+
+    def _stop_now(self) -> None:
+        raise TrainingInterrupted(f"stopped by SIGTERM at step {getattr(self, 'global_step', 0)}; {self._resume_hint()}",
+                                  signal.SIGTERM)
+
+    def _stop_after_step(self) -> None:
+        self._sigterm = True
+
+    def _stop_for_sigterm(self) -> None:
+        """After the step during which SIGTERM came: a checkpoint if steps are unsaved and it fits (see
+        :mod:`kto_lab.sd.interrupts`), then stop."""
+        cfg = self.cfg
+        if cfg.checkpoint.every and not self._checkpointed():
+            state_bytes = 3 * 4 * sum(p.numel() for p in self.trainable)  # fp32 weights and two Adam moments
+            expected = self._last_save_seconds if self._last_save_seconds is not None else state_bytes / ASSUMED_WRITE_SPEED
+            if expected <= SAVE_BUDGET_S:
+                self.save_checkpoint()
+        raise TrainingInterrupted(f"stopped by SIGTERM after step {self.global_step}; {self._resume_hint()}",
+                                  signal.SIGTERM)
+
+    def _checkpointed(self) -> bool:
+        """Whether :attr:`last_checkpoint` is of the current step."""
+        last = self.last_checkpoint
+        return last is not None and last.name == f"{CHECKPOINT_PREFIX}{self.global_step:07d}"
 
     def _start_trackers(self) -> None:
         """``accelerator.init_trackers`` once per run (main process), with the resolved config."""
@@ -478,23 +556,22 @@ class Trainer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
+        started = time.perf_counter()
         try:
             acc.save_state(str(tmp))
             torch.save(self.state_dict(), tmp / f"trainer_state_{acc.process_index}.pt")
             acc.wait_for_everyone()
             if acc.is_main_process:
                 write_manifest(tmp, run_id=self.run.run_id, step=self.global_step, num_processes=acc.num_processes,
-                               config=asdict(self.cfg))
+                               config=asdict(self.cfg), data=self.data_fingerprint)
                 commit(tmp, final)
                 prune(root, self.run.run_id, self.cfg.checkpoint.keep)
         except Exception as exc:
             shutil.rmtree(tmp, ignore_errors=True)
-            if is_disk_full(exc):
-                raise CheckpointError(f"no space left on device while writing {tmp} (removed it); the last "
-                                      f"complete checkpoint is {self.last_checkpoint or 'none'}") from exc
+            raise_if_disk_full(exc, tmp, f"the last complete checkpoint is {self.last_checkpoint or 'none'}")
             raise
         acc.wait_for_everyone()
-        self.last_checkpoint = final
+        self.last_checkpoint, self._last_save_seconds = final, time.perf_counter() - started
         return final
 
     def load_checkpoint(self, path: str | Path) -> None:
@@ -515,20 +592,35 @@ class Trainer:
 
     def save_final(self) -> Optional[str]:
         """``output_dir/<the family's denoiser folder>`` (``unet``, ``transformer``; diffusers format) or
-        ``output_dir/pytorch_lora_weights.safetensors``."""
+        ``output_dir/pytorch_lora_weights.safetensors``. When a checkpoint of this step holds them (a run
+        checkpoints its last step), they are hard links of its files: no second copy on disk (a copy where
+        the file system has no hard links). Written under a temp name and renamed, so a full disk leaves
+        nothing that looks finished and stops in one line, as a checkpoint does."""
         acc = self.accelerator
         acc.wait_for_everyone()
         out = Path(self.cfg.output_dir)
-        denoiser = self.family.denoiser_subfolder
-        target = out / (LORA_WEIGHTS if self.cfg.lora.enabled else denoiser)
+        lora, denoiser = self.cfg.lora.enabled, self.family.denoiser_subfolder
+        name = LORA_WEIGHTS if lora else denoiser
+        target, tmp = out / name, out / (".tmp-lora" if lora else f".tmp-{denoiser}")
         if acc.is_main_process:
-            if self.cfg.lora.enabled:
-                save_lora(self.base_denoiser(), out, self.family)
-            else:
-                tmp = out / f".tmp-{denoiser}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            saved = self.last_checkpoint / name if self._checkpointed() else None
+            try:
+                if saved is not None and saved.exists():
+                    link_or_copy(saved, tmp / LORA_WEIGHTS if lora else tmp)
+                elif lora:
+                    save_lora(self.base_denoiser(), tmp, self.family)
+                else:
+                    save_denoiser(self.base_denoiser(), tmp)
+                if lora:
+                    os.replace(tmp / LORA_WEIGHTS, target)
+                    shutil.rmtree(tmp)
+                else:
+                    commit(tmp, target)
+            except Exception as exc:
                 shutil.rmtree(tmp, ignore_errors=True)
-                save_denoiser(self.base_denoiser(), tmp)
-                commit(tmp, target)
+                raise_if_disk_full(exc, tmp, f"the last complete checkpoint is {self.last_checkpoint or 'none'}")
+                raise
         acc.wait_for_everyone()
         return str(target)
 
