@@ -98,12 +98,13 @@ def build_parser(argv: List[str]) -> argparse.ArgumentParser:
 def unknown_hint(args: argparse.Namespace, unknown: List[str], argv: List[str]) -> str:
     """What unrecognized arguments probably meant. A sub-command taking ``key=value`` overrides
     declares its config with ``set_defaults(config_fields=(ConfigClass, "prefix."))``; ``--max_steps 10``,
-    ``--max-steps=10`` and ``--optim.max_steps 10`` then suggest ``optim.max_steps=10``, another
-    ``--name`` the fields and options it nearly spells."""
-    from .config import config_fields
+    ``--max-steps=10`` and ``--optim.max_steps 10`` then suggest ``optim.max_steps=10`` (an old name, ``--unet``,
+    the field it is now: ``model.denoiser=``), another ``--name`` the fields and options it nearly spells."""
+    from .config import config_fields, renamed_fields
 
     cls, prefix = getattr(args, "config_fields", (None, ""))
     fields = [f.name for f in config_fields(cls, prefix) if not f.section] if cls is not None else []
+    renamed = renamed_fields(cls, prefix) if cls is not None else {}  # an old name: the field it is now
     options = [o for a in args.parser._actions for o in a.option_strings if o.startswith("--")]
     hints = []
     for item in (u for u in unknown if u.startswith("--")):
@@ -113,6 +114,7 @@ def unknown_hint(args: argparse.Namespace, unknown: List[str], argv: List[str]) 
             at = argv.index(item) + 1 if item in argv else len(argv)
             value = argv[at] if at < len(argv) and not argv[at].startswith("-") else "VALUE"
         exact = [f for f in fields if f in (name, prefix + name) or f.rsplit(".", 1)[-1] == name]
+        exact += [new for old, new in renamed.items() if old in (name, prefix + name) or old.rsplit(".", 1)[-1] == name]
         if exact:
             hints.append(f"config fields are key=value: {' or '.join(f'{f}={value}' for f in exact)}")
             continue

@@ -218,12 +218,30 @@ def _convert(name: str, value: Any, tp: Any) -> Any:
     return value
 
 
+def renamed_keys(cls: type, data: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """``data`` with the keys that ``cls.RENAMED`` maps (old name -> new) under their new names, each noted in one
+    line (a FutureWarning, once per process); both names at once is a :class:`ConfigError`."""
+    renamed = {old: new for old, new in getattr(cls, "RENAMED", {}).items() if old in data}
+    if not renamed:
+        return data
+    out = dict(data)
+    for old, new in renamed.items():
+        if new in data:
+            raise ConfigError(f"{prefix}{old} and {prefix}{new} are both set: {prefix}{old} is the old name of "
+                              f"{prefix}{new}; keep only {prefix}{new}")
+        out[new] = out.pop(old)
+        warnings.warn_explicit(f"{prefix}{old} is now called {prefix}{new}: read as {prefix}{new}", FutureWarning,
+                               "kto-lab", 0, registry=_WARNED)
+    return out
+
+
 def from_dict(cls: Type[T], data: Dict[str, Any], prefix: str = "") -> T:
     """Build dataclass ``cls`` from ``data``; unknown keys raise, naming the known ones."""
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix or cls.__name__} must be a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
+    data = renamed_keys(cls, data, prefix)
     unknown = sorted(set(data) - names)
     moved = [k for k in unknown if k in getattr(cls, "MOVED", {})]  # a retired key names its replacement
     if moved:
@@ -345,6 +363,16 @@ class ConfigField(typing.NamedTuple):
     default: Any
     help: str
     section: bool  # a nested config (its fields follow it)
+
+
+def renamed_fields(cls: type, prefix: str = "") -> Dict[str, str]:
+    """Dotted old name -> new name of every renamed field of a (nested) config dataclass (each section's
+    ``RENAMED``), e.g. ``{"model.unet": "model.denoiser"}``."""
+    out = {prefix + old: prefix + new for old, new in getattr(cls, "RENAMED", {}).items()}
+    for name, tp in typing.get_type_hints(cls).items():
+        if dataclasses.is_dataclass(tp):
+            out.update(renamed_fields(tp, f"{prefix}{name}."))
+    return out
 
 
 def config_fields(cls: type, prefix: str = "") -> Iterator[ConfigField]:

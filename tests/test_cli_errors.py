@@ -111,8 +111,12 @@ CASES = {
     "train dpo on records": (lambda w: train(w, w["records"], "objective.objective=dpo"),
                              r"objective=dpo trains on pairs, but .*records\.csv is a record table"),
     "train kto on pairs": (lambda w: train(w, w["pairs"]), r"objective=kto trains on per-image labels, but .*pairs\.csv is a pair table"),
-    "train missing unet": (lambda w: train(w, w["records"], f"model.unet={w['root'] / 'no_unet'}"),
-                           r"model\.unet='.*no_unet' is neither a UNet directory .*: no such directory"),
+    "train missing denoiser": (lambda w: train(w, w["records"], f"model.denoiser={w['root'] / 'no_unet'}"),
+                               r"model\.denoiser='.*no_unet' is neither a denoiser directory .*: no such directory"),
+    "train old key model.unet": (lambda w: train(w, w["records"], f"model.unet={w['root'] / 'no_unet'}"),  # read as
+                                 r"model\.denoiser='.*no_unet' is neither a denoiser directory"),  # model.denoiser
+    "train old and new key": (lambda w: train(w, w["records"], "model.unet=a", "model.denoiser=b"),
+                              r"model\.unet and model\.denoiser are both set: .*keep only model\.denoiser"),
     "train parquet that is not Parquet": (lambda w: train(w, w["d"] / "fake.parquet"),
                                           r"fake\.parquet: not a readable Parquet file"),
     "train infinite max_steps": (lambda w: train(w, w["records"], "optim.max_steps=.inf"),
@@ -130,18 +134,18 @@ CASES = {
     "generate bad JSONL": (lambda w: generate(w, w["root"] / "bad.jsonl"), r"bad\.jsonl' line 2 is not valid JSON"),
     "generate not UTF-8": (lambda w: generate(w, w["root"] / "latin1.txt"), r"latin1\.txt, line 1: not UTF-8 text"),
     "generate no prompts": (lambda w: generate(w, w["root"] / "empty.txt"), r"no prompts found in '.*empty\.txt'"),
-    "generate missing unet": (lambda w: generate(w, w["root"] / "bad.jsonl", "--unet", str(w["root"] / "no_unet")),
-                              r"--unet='.*no_unet' is neither a UNet directory"),
+    "generate missing denoiser": (lambda w: generate(w, w["root"] / "bad.jsonl", "--denoiser", str(w["root"] / "no_unet")),
+                                  r"--denoiser='.*no_unet' is neither a denoiser directory"),
     "generate truncated lora": (  # issue 21, 7: a raw OSError traceback from diffusers
         lambda w: generate(w, w["root"] / "p.txt", "--lora", str(w["root"] / "cut_lora.safetensors")),
         r"--lora: .*cut_lora\.safetensors is truncated \(78 bytes; its header describes 86\); copy or download it"),
-    "generate truncated unet": (
-        lambda w: generate(w, w["root"] / "p.txt", "--unet", str(w["root"] / "cut_unet")),
-        r"--unet='.*cut_unet': .*cut_unet/diffusion_pytorch_model\.safetensors is truncated"),
-    "implicit no model": (lambda w: implicit(w), r"give --unet DIR \(a fine-tuned UNet\) or --lora PATH"),
+    "generate truncated denoiser": (
+        lambda w: generate(w, w["root"] / "p.txt", "--denoiser", str(w["root"] / "cut_unet")),
+        r"--denoiser='.*cut_unet': .*cut_unet/diffusion_pytorch_model\.safetensors is truncated"),
+    "implicit no model": (lambda w: implicit(w), r"give --denoiser DIR \(a fine-tuned denoiser, .*\) or --lora PATH"),
     "implicit zero draws": (lambda w: implicit(w, "--lora", str(w["d"]), "--draws", "0"), r"draws=0 must be >= 1"),
-    "implicit missing unet": (lambda w: implicit(w, "--unet", str(w["root"] / "no_unet")),
-                              r"--unet='.*no_unet' is neither a UNet directory"),
+    "implicit missing unet (old flag)": (lambda w: implicit(w, "--unet", str(w["root"] / "no_unet")),
+                                         r"--denoiser='.*no_unet' is neither a denoiser directory"),
     "score weightless scorer with options": (
         lambda w: ["eval", "score", "--out", str(w["root"]), "--models", "m", "--scorer", "redness:path=x"],
         r"'redness' takes no options \(it needs no weights\); got \['path'\]"),
@@ -325,8 +329,8 @@ def test_toy_overrides_without_set(tmp_path, monkeypatch):
 
 def test_truncated_weights_and_lora_targets_matching_nothing_are_one_line(tiny_sd_path, records_dir, tmp_path, capsys,
                                                                          monkeypatch):
-    """A cut UNet file (model.pretrained or model.unet) stops before any model loads; LoRA targets that name no
-    module of the UNet stop once it has loaded, before training."""
+    """A cut denoiser file (model.pretrained or model.denoiser) stops before any model loads; LoRA targets that
+    name no module of the denoiser stop once it has loaded, before training."""
     import shutil
 
     pipe = tmp_path / "pipe"
@@ -337,8 +341,9 @@ def test_truncated_weights_and_lora_targets_matching_nothing_are_one_line(tiny_s
             f"data.train=[{records_dir / 'records.csv'}]"]
     with monkeypatch.context() as m:
         m.setattr(kto_lab.sd.trainer, "load_components", lambda *a, **k: pytest.fail("a model was loaded"))
-        for field, value in (("model.pretrained", pipe), ("model.unet", pipe / "unet")):
-            extra = [f"model.pretrained={tiny_sd_path}", f"model.unet={value}"] if field == "model.unet" else [f"model.pretrained={value}"]
+        for field, value in (("model.pretrained", pipe), ("model.denoiser", pipe / "unet")):
+            extra = ([f"model.pretrained={tiny_sd_path}", f"model.denoiser={value}"] if field == "model.denoiser"
+                     else [f"model.pretrained={value}"])
             assert main([*args, *extra, f"output_dir={tmp_path / 'a'}"]) == 2
             err = capsys.readouterr().err.strip()
             assert "Traceback" not in err and len(err.splitlines()) == 1, err

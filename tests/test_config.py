@@ -183,9 +183,9 @@ def test_train_config_expands_home_and_checks_seeds(monkeypatch, tmp_path):
     from kto_lab.sd.config import load_train_config
 
     monkeypatch.setenv("HOME", str(tmp_path))
-    cfg = load_train_config(None, ["output_dir=~/runs/x", "data.train=[~/r.csv]", "model.unet=~/u"])
+    cfg = load_train_config(None, ["output_dir=~/runs/x", "data.train=[~/r.csv]", "model.denoiser=~/u"])
     assert cfg.output_dir == str(tmp_path / "runs" / "x") and cfg.data.train == [str(tmp_path / "r.csv")]
-    assert cfg.model.unet == str(tmp_path / "u")
+    assert cfg.model.denoiser == str(tmp_path / "u")
     with pytest.raises(ConfigError, match=r"seed=-1 must be >= 0"):
         load_train_config(None, ["seed=-1"])
     with pytest.raises(ConfigError, match=r"data.seed=4294967296 must be <= 4294967295"):

@@ -22,6 +22,7 @@ def make_lora(tiny_sd_path, out, seed: int, std: float):
     from diffusers import UNet2DConditionModel
 
     from kto_lab.sd.components import add_lora, save_lora
+    from kto_lab.sd.families import FAMILIES
 
     unet = UNet2DConditionModel.from_pretrained(tiny_sd_path / "unet")
     add_lora(unet, rank=4, alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
@@ -30,7 +31,7 @@ def make_lora(tiny_sd_path, out, seed: int, std: float):
         for name, p in unet.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, std)
-    save_lora(unet, out)
+    save_lora(unet, out, FAMILIES["sd"])
     return out
 
 
@@ -185,7 +186,7 @@ def test_implicit_reward_accuracy(tiny_sd_path, other_unet, lora_dir, evaluation
     rows = [{"image": f"{cfg.out_dir}/base/{f}", "caption": p, "label": i % 2} for i, (f, p) in enumerate(zip(s.file, s.prompt))]
     records = write_records(rows, tmp_path / "heldout.jsonl")
 
-    same = evaluate_implicit_accuracy(tiny_sd_path, records, unet_path=tiny_sd_path / "unet", n_draws=2, progress=False)
+    same = evaluate_implicit_accuracy(tiny_sd_path, records, denoiser_path=tiny_sd_path / "unet", n_draws=2, progress=False)
     assert same.to_dict()["metric"] == "sign_accuracy"
     assert (same.rewards == 0).all() and same.accuracy == 0.5  # policy == reference: every reward is 0 (counts half)
 
@@ -195,7 +196,7 @@ def test_implicit_reward_accuracy(tiny_sd_path, other_unet, lora_dir, evaluation
     assert sign_accuracy(res.rewards, 1 - res.labels).accuracy == pytest.approx(1 - res.accuracy)
     again = evaluate_implicit_accuracy(tiny_sd_path, records, lora_path=lora_dir, n_draws=2, batch_size=3, progress=False)
     np.testing.assert_array_equal(again.rewards, res.rewards)  # fixed seed: same (t, noise) draws
-    full = evaluate_implicit_accuracy(tiny_sd_path, records, unet_path=other_unet, n_draws=1, progress=False)
+    full = evaluate_implicit_accuracy(tiny_sd_path, records, denoiser_path=other_unet, n_draws=1, progress=False)
     assert (full.rewards != 0).all()
     with pytest.raises(ValueError, match="exactly one"):
         evaluate_implicit_accuracy(tiny_sd_path, records)

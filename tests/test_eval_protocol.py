@@ -305,7 +305,7 @@ def _fake_weights(root, name, content: bytes):
         (pipe / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"base weights")
     (root / name).mkdir(exist_ok=True)
     (root / name / "pytorch_lora_weights.safetensors").write_bytes(content)
-    return {"pipeline": str(pipe), "unet": None, "lora": str(root / name)}
+    return {"pipeline": str(pipe), "denoiser": None, "lora": str(root / name)}
 
 
 def test_resume_is_keyed_on_the_weights_and_sampling_settings(tmp_path, caplog):

@@ -189,6 +189,25 @@ def test_resume_with_other_run_settings_is_refused_naming_each_field(tiny_sd_pat
     assert resumed.global_step == 2 and resumed.fit().global_step == 5
 
 
+def test_a_checkpoint_written_before_the_denoiser_rename_resumes(tiny_sd_path, records, tmp_path):
+    """A run of a kto_lab from before model.unet was called model.denoiser saved the old name in its checkpoints:
+    it resumes (the names are matched), and a different denoiser is still refused, under the new name."""
+    from kto_lab.sd.run_dir import config_differences
+
+    cfg = short(tiny_sd_path, records, tmp_path / "run", optim={"max_steps": 4}, checkpoint={"every": 2},
+                model={"denoiser": str(tiny_sd_path / "unet")})
+    Trainer(cfg).fit(stop_at=3)
+    (checkpoint,) = (tmp_path / "run" / "checkpoints").glob("checkpoint-*")
+    manifest = json.loads((checkpoint / "manifest.json").read_text())
+    manifest["config"]["model"]["unet"] = manifest["config"]["model"].pop("denoiser")  # as the older kto_lab wrote it
+    (checkpoint / "manifest.json").write_text(json.dumps(manifest))
+    resumed = Trainer(cfg, overrides=["checkpoint.resume=latest"])
+    assert resumed.global_step == 2 and resumed.fit().global_step == 4
+    other = {**cfg, "model": {**cfg["model"], "denoiser": str(tiny_sd_path)}}
+    assert config_differences(manifest["config"], {**manifest["config"], "model": other["model"]}) == \
+        [f"model.denoiser: {str(tiny_sd_path / 'unet')!r} -> {str(tiny_sd_path)!r}"]
+
+
 def test_a_finished_run_keeps_its_weights_when_resumed_with_fewer_steps(tiny_sd_path, records, tmp_path):
     cfg = short(tiny_sd_path, records, tmp_path / "run", optim={"max_steps": 4}, checkpoint={"every": 2})
     weights = Path(Trainer(cfg).fit().weights) / "diffusion_pytorch_model.safetensors"
@@ -339,6 +358,7 @@ def test_model_card_names_the_base_by_its_hub_id_and_license(tmp_path):
     from huggingface_hub import ModelCard
 
     from kto_lab.sd.config import load_train_config
+    from kto_lab.sd.families import FAMILIES
     from kto_lab.sd.model_card import base_model_id, write_model_card
 
     snapshot = tmp_path / "hub" / "models--stable-diffusion-v1-5--stable-diffusion-v1-5" / "snapshots" / "abc123"
@@ -351,8 +371,8 @@ def test_model_card_names_the_base_by_its_hub_id_and_license(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     cfg = load_train_config({"output_dir": str(run), "model": {"pretrained": str(snapshot)},
-                             "data": {"train": ["r.csv"]}, "lora": {"enabled": True}}).resolved()
-    card = ModelCard.load(write_model_card(run, asdict(cfg), metrics={}, counts={}))
+                             "data": {"train": ["r.csv"]}, "lora": {"enabled": True}}).resolved(FAMILIES["sd"])
+    card = ModelCard.load(write_model_card(run, asdict(cfg), metrics={}, counts={}, family=FAMILIES["sd"]))
     assert card.data.base_model == "stable-diffusion-v1-5/stable-diffusion-v1-5"
     assert card.data.license == "creativeml-openrail-m" and str(snapshot) not in card.content
     assert 'from_pretrained("stable-diffusion-v1-5/stable-diffusion-v1-5"' in card.text
@@ -385,16 +405,18 @@ def finished_run(tmp_path, pretrained="org/base-model"):
     from dataclasses import asdict
 
     from kto_lab.sd.config import load_train_config
+    from kto_lab.sd.families import FAMILIES
     from kto_lab.sd.model_card import write_model_card
 
     run = tmp_path / "run"
     run.mkdir()
+    sd = FAMILIES["sd"]
     cfg = load_train_config({"output_dir": str(run), "model": {"pretrained": pretrained},
-                             "data": {"train": ["r.csv"]}, "lora": {"enabled": True}}).resolved()
+                             "data": {"train": ["r.csv"]}, "lora": {"enabled": True}}).resolved(sd)
     (run / "config.yaml").write_text(yaml.safe_dump(asdict(cfg)))
     (run / "metrics.jsonl").write_text('{"step": 10, "loss": 0.5, "rewards/accuracy": 0.75}\n')
     (run / "pytorch_lora_weights.safetensors").write_bytes(b"weights")
-    write_model_card(run, asdict(cfg), metrics={"loss": 0.5}, counts={"desirable": 3, "undesirable": 1})
+    write_model_card(run, asdict(cfg), metrics={"loss": 0.5}, counts={"desirable": 3, "undesirable": 1}, family=sd)
     return run
 
 
@@ -424,7 +446,13 @@ def test_push_uploads_a_finished_run_and_refuses_one_without_weights(tmp_path, m
     assert "base_model: org/base-model" in card
     assert (run / "README.md").read_text() == local_card  # the local card is not rewritten
 
-    (run / "README.md").unlink()  # a run without a card (older kto_lab) gets one from config.yaml and metrics
+    (run / "README.md").unlink()  # a run without a card (older kto_lab) gets one from config.yaml and metrics ...
+    assert main(["push", str(run), "me/kto-model"]) == 2  # ... for the family of its pipeline, which must be readable
+    err = capsys.readouterr().err.strip()
+    assert "config.yaml: model.pretrained='org/base-model'" in err and "set model.family" in err and "\n" not in err
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    saved["model"]["family"] = "sd"
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
     assert main(["push", str(run), "me/kto-model"]) == 0
     card = FakeHub.calls[-1][2]["README.md"].decode()
     assert 'load_lora_weights("me/kto-model")' in card and "| loss | 0.5 |" in card and not (run / "README.md").exists()
@@ -587,9 +615,9 @@ def test_an_output_dir_that_overlaps_an_input_is_refused_before_anything_is_dele
     run = tmp_path / "run"  # continuing from a finished run's UNet into the same directory would delete it first
     (run / "unet").mkdir(parents=True)
     shutil.copy(pipe / "unet" / "config.json", run / "unet" / "config.json")
-    with pytest.raises(ConfigError, match=rf"model.unet='{run / 'unet'}' lies in {run / 'unet'}, which the run in "
+    with pytest.raises(ConfigError, match=rf"model.denoiser='{run / 'unet'}' lies in {run / 'unet'}, which the run in "
                                           rf"output_dir='{run}' writes \(and --overwrite deletes\)"):
-        Trainer(short(pipe, records, run, model={"pretrained": str(pipe), "unet": str(run / "unet")}), overwrite=True)
+        Trainer(short(pipe, records, run, model={"pretrained": str(pipe), "denoiser": str(run / "unet")}), overwrite=True)
     assert (run / "unet" / "config.json").is_file()
 
     (tmp_path / "a_file").write_text("x")
@@ -631,9 +659,11 @@ def test_symbolic_links_in_a_run_are_refused_and_the_card_never_follows_one(tiny
     card.unlink()
     card.symlink_to(target)
     from kto_lab.sd.config import load_train_config
+    from kto_lab.sd.families import FAMILIES
     from dataclasses import asdict
 
-    write_model_card(tmp_path / "run", asdict(load_train_config(cfg).resolved()), metrics={}, counts={})
+    write_model_card(tmp_path / "run", asdict(load_train_config(cfg).resolved(FAMILIES["sd"])), metrics={}, counts={},
+                     family=FAMILIES["sd"])
     assert target.read_text() == "theirs" and not card.is_symlink() and "Diffusion-KTO" in card.read_text()
 
 

@@ -78,13 +78,14 @@ def cmd_generate(args) -> int:
     safe_name(args.name, "--name")
     cfg = EvalConfig(prompts=args.prompts, prompt_format=args.prompt_format, limit=args.limit, per_style=args.per_style,
                      per_style_seed=args.per_style_seed,
-                     models=[ModelSpec(args.name, args.pipeline, args.unet, args.lora)], out_dir=args.out,
+                     models=[ModelSpec(args.name, args.pipeline, args.denoiser, args.lora)], out_dir=args.out,
                      n_per_prompt=args.n, seed=args.seed, batch_size=args.batch_size, num_inference_steps=args.steps,
                      guidance_scale=args.guidance_scale, height=args.height, width=args.width, device=args.device,
                      dtype=args.dtype, safety_checker=args.safety_checker).validate()  # bad values fail before loading
-    check_model_paths(args.pipeline, args.unet, args.lora, prefix="--")
-    check_out_dir(args.out, "--out", inputs={"--prompts": args.prompts, "--pipeline": args.pipeline, "--unet": args.unet,
-                                             "--lora": args.lora, "--safety-checker": args.safety_checker},
+    check_model_paths(args.pipeline, args.denoiser, args.lora, prefix="--")
+    check_out_dir(args.out, "--out", inputs={"--prompts": args.prompts, "--pipeline": args.pipeline,
+                                             "--denoiser": args.denoiser, "--lora": args.lora,
+                                             "--safety-checker": args.safety_checker},
                   writes=["prompts.jsonl"], models=[args.name])
     prompts = load_prompts(cfg.prompts, cfg.prompt_format, limit=cfg.limit, per_style=cfg.per_style,
                            per_style_seed=cfg.per_style_seed)
@@ -159,12 +160,12 @@ def cmd_implicit(args) -> int:
     from kto_lab.eval.run import resolve_device
     from kto_lab.sd.models import check_model_paths
 
-    if not (args.unet or args.lora):
-        raise ConfigError("eval implicit compares a fine-tuned model with its base --pipeline: give --unet DIR "
-                          "(a fine-tuned UNet) or --lora PATH (LoRA weights)")
-    check_model_paths(args.pipeline, args.unet, args.lora, prefix="--")
+    if not (args.denoiser or args.lora):
+        raise ConfigError("eval implicit compares a fine-tuned model with its base --pipeline: give --denoiser DIR "
+                          "(a fine-tuned denoiser, e.g. a run's unet/) or --lora PATH (LoRA weights)")
+    check_model_paths(args.pipeline, args.denoiser, args.lora, prefix="--")
 
-    res = evaluate_implicit_accuracy(args.pipeline, args.records, pairs_path=args.pairs, unet_path=args.unet,
+    res = evaluate_implicit_accuracy(args.pipeline, args.records, pairs_path=args.pairs, denoiser_path=args.denoiser,
                                      lora_path=args.lora,
                                      beta=args.beta, n_draws=args.draws, seed=args.seed, batch_size=args.batch_size,
                                      device=resolve_device(args.device), limit=args.limit)
@@ -175,8 +176,9 @@ def cmd_implicit(args) -> int:
 def _model_args(p):
     p.add_argument("--pipeline", required=True, help="base diffusers pipeline directory (e.g. SD v1-5)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--unet", help="fine-tuned UNet directory (diffusers format, e.g. a run's OUTPUT_DIR/unet; "
-                   "SD3: OUTPUT_DIR/transformer)")
+    g.add_argument("--denoiser", "--unet", dest="denoiser",
+                   help="fine-tuned denoiser directory (diffusers format: a run's OUTPUT_DIR/unet, SD3's "
+                   "OUTPUT_DIR/transformer); --unet is its old name")
     g.add_argument("--lora", help="LoRA weights file or directory (e.g. a run's OUTPUT_DIR)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N or mps")
 

@@ -12,7 +12,7 @@ image to ``<out>/<model>/manifest.jsonl``::
      "generation"}
 
 ``generation`` is the key of everything else that defines the image (:func:`generation_settings`): the
-weights' identity (a content fingerprint of the base pipeline's, UNet's and LoRA's files,
+weights' identity (a content fingerprint of the base pipeline's, denoiser's and LoRA's files,
 :mod:`kto_lab.fingerprint`; a hub id by its name), the scheduler and its config, the number of steps, the
 guidance scale, the size and the precision. ``<out>/<model>/generation.json`` maps each key to its
 settings (and the paths they came from). Re-running skips an image only if its last manifest row is
@@ -50,11 +50,13 @@ GENERATION = "generation.json"
 
 
 def weights_identity(weights: Optional[Dict[str, Optional[str]]], known: Optional[Dict] = None):
-    """``({"pipeline", "unet", "lora"} -> fingerprint, file entries)`` of the paths a pipeline was loaded
+    """``({"pipeline", "denoiser", "lora"} -> fingerprint, file entries)`` of the paths a pipeline was loaded
     from (a local path by its files' content, :func:`kto_lab.fingerprint.fingerprint`; a hub id by name;
-    a LoRA directory by its ``pytorch_lora_weights.safetensors``, the file that loads)."""
+    a LoRA directory by its ``pytorch_lora_weights.safetensors``, the file that loads; a pipeline given as
+    the denoiser by its denoiser folder)."""
     from kto_lab.fingerprint import fingerprint
     from kto_lab.sd.components import LORA_WEIGHTS
+    from kto_lab.sd.families import DENOISER_FOLDERS
 
     identity, entries = {}, {}
     for part, path in (weights or {}).items():
@@ -64,8 +66,8 @@ def weights_identity(weights: Optional[Dict[str, Optional[str]]], known: Optiona
         p = Path(path).expanduser()
         if part == "lora" and p.is_dir():
             p = p / LORA_WEIGHTS
-        if part == "unet" and p.is_dir() and not (p / "config.json").is_file():
-            p = next((p / s for s in ("unet", "transformer") if (p / s / "config.json").is_file()), p)
+        if part == "denoiser" and p.is_dir() and not (p / "config.json").is_file():
+            p = next((p / s for s in DENOISER_FOLDERS if (p / s / "config.json").is_file()), p)
         if not p.exists():
             identity[part] = f"hub:{path}"
             continue
@@ -245,7 +247,7 @@ def generate_images(
 ) -> Dict[str, int]:
     """Generate the missing images of ``prompts`` x ``n_per_prompt`` into ``model_dir``.
 
-    ``weights``: the paths ``pipe`` was loaded from, ``{"pipeline", "unet", "lora"}`` (they key the images,
+    ``weights``: the paths ``pipe`` was loaded from, ``{"pipeline", "denoiser", "lora"}`` (they key the images,
     see the module docstring; None: the images are keyed on the sampling settings only).
     Returns counts ``{"ok", "failed", "skipped"}`` for this call (skipped = already done).
     """

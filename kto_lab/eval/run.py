@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import ClassVar, Dict, List, Optional, Sequence
 
 import pandas as pd
 
@@ -28,19 +28,22 @@ DTYPES = ("float32", "float16", "bfloat16")
 
 @dataclass
 class ModelSpec:
-    """A model to evaluate: a base pipeline, optionally with a fine-tuned UNet or a LoRA."""
+    """A model to evaluate: a base pipeline, optionally with a fine-tuned denoiser or a LoRA."""
+
+    RENAMED: ClassVar[Dict[str, str]] = {"unet": "denoiser"}  # old key -> its name now (read with a note)
 
     name: str = ""
     pipeline: str = ""  # local diffusers pipeline dir (or hub id when online), e.g. SD v1-5
-    unet: Optional[str] = None  # a fine-tuned UNet directory (diffusers format; SD3: its transformer directory)
+    # a fine-tuned denoiser directory (diffusers format: a run's OUTPUT_DIR/unet, SD3's OUTPUT_DIR/transformer)
+    denoiser: Optional[str] = None
     lora: Optional[str] = None  # pytorch_lora_weights.safetensors or its directory
 
     def validate(self, where: str) -> None:
         safe_name(self.name, f"{where}.name")  # it names the model's folder under out_dir
         if not self.pipeline:
             raise ConfigError(f"{where}.pipeline is required (a diffusers pipeline directory)")
-        if self.unet and self.lora:
-            raise ConfigError(f"{where}: give unet or lora, not both")
+        if self.denoiser and self.lora:
+            raise ConfigError(f"{where}: give denoiser or lora, not both")
         if (Path(self.pipeline) / "model_index.json").is_file():  # an unsupported family fails before any model loads
             from kto_lab.sd.families import resolve_family
 
@@ -77,7 +80,7 @@ class EvalConfig:
     limit: Optional[int] = None  # first n prompts (quick runs)
     per_style: Optional[int] = None  # n random prompts per style (the paper's user study, A.2: 25 per HPS style)
     per_style_seed: int = 0  # the seed of that random draw
-    models: List[ModelSpec] = field(default_factory=list)  # each {name, pipeline[, unet | lora]}
+    models: List[ModelSpec] = field(default_factory=list)  # each {name, pipeline[, denoiser | lora]}
     # pairs to compare as "a:b"; empty: the FIRST model against each of the others
     compare: List[str] = field(default_factory=list)
     scorers: List[ScorerSpec] = field(default_factory=lambda: [ScorerSpec("redness")])  # each {name[, path, ...]}
@@ -108,7 +111,7 @@ class EvalConfig:
             raise ConfigError("prompts is required (a prompt file or directory)")
         check_choice("prompt_format", self.prompt_format, PROMPT_FORMATS)
         if not self.models:
-            raise ConfigError("models must list at least one model (name, pipeline[, unet | lora])")
+            raise ConfigError("models must list at least one model (name, pipeline[, denoiser | lora])")
         names = [m.name for m in self.models]
         for i, m in enumerate(self.models):
             m.validate(f"models[{i}]")
@@ -185,6 +188,7 @@ def check_out_dir(out_dir, field: str, *, inputs: Dict[str, object], writes: Seq
     evaluation there replaced its config.yaml), not an input or inside one, and none of the inputs is a file
     it writes (``writes``, e.g. ``prompts.jsonl``) or a model's folder ``out_dir/<model>`` (``models``). One
     ConfigError naming ``field`` otherwise."""
+    from kto_lab.sd.families import DENOISER_FOLDERS
     from kto_lab.sd.run_dir import used_by
 
     out = Path(out_dir).expanduser()
@@ -194,7 +198,7 @@ def check_out_dir(out_dir, field: str, *, inputs: Dict[str, object], writes: Seq
     if out.is_dir():
         run_files = [name for name in used_by(out)
                      if not (name == "config.yaml" and _is_eval_config(out / name))
-                     and not (name in ("unet", "transformer") and (out / name / "manifest.jsonl").is_file())]
+                     and not (name in DENOISER_FOLDERS and (out / name / "manifest.jsonl").is_file())]
         if run_files:
             raise ConfigError(f"{field}={str(out_dir)!r} is a training run's folder (it holds {run_files}); an "
                               "evaluation there would replace the run's files: choose another folder")
@@ -206,7 +210,7 @@ def eval_inputs(cfg: "EvalConfig") -> Dict[str, object]:
     """The paths an evaluation reads, by the config field that names them."""
     inputs: Dict[str, object] = {"prompts": cfg.prompts, "safety_checker": cfg.safety_checker}
     for i, m in enumerate(cfg.models):
-        inputs.update({f"models[{i}].pipeline": m.pipeline, f"models[{i}].unet": m.unet, f"models[{i}].lora": m.lora})
+        inputs.update({f"models[{i}].pipeline": m.pipeline, f"models[{i}].denoiser": m.denoiser, f"models[{i}].lora": m.lora})
     for i, s in enumerate(cfg.scorers):
         inputs.update({f"scorers[{i}].{k}": v for k, v in s.kwargs().items()})
     return inputs
@@ -229,19 +233,19 @@ def generate_all(cfg: EvalConfig, prompts, progress: bool = True) -> Dict[str, D
     from kto_lab.sd.models import check_model_paths, load_pipeline
 
     for i, m in enumerate(cfg.models):  # every model's paths before the first one loads
-        check_model_paths(m.pipeline, m.unet, m.lora, prefix=f"models[{i}].")
+        check_model_paths(m.pipeline, m.denoiser, m.lora, prefix=f"models[{i}].")
     device = resolve_device(cfg.device)
     dtype = None if cfg.dtype == "float32" else getattr(torch, cfg.dtype)
     checker = SafetyChecker.from_pretrained(cfg.safety_checker, device=device) if cfg.safety_checker else None
     counts = {}
     for m in cfg.models:
-        pipe = load_pipeline(m.pipeline, torch_dtype=dtype, unet_path=m.unet, lora_path=m.lora).to(device)
+        pipe = load_pipeline(m.pipeline, torch_dtype=dtype, denoiser_path=m.denoiser, lora_path=m.lora).to(device)
         pipe.set_progress_bar_config(disable=True)
         counts[m.name] = generate_images(
             pipe, prompts, Path(cfg.out_dir) / m.name, model_name=m.name, n_per_prompt=cfg.n_per_prompt,
             base_seed=cfg.seed, batch_size=cfg.batch_size, num_inference_steps=cfg.num_inference_steps,
             guidance_scale=cfg.guidance_scale, height=cfg.height, width=cfg.width, safety_checker=checker,
-            progress=progress, weights={"pipeline": m.pipeline, "unet": m.unet, "lora": m.lora},
+            progress=progress, weights={"pipeline": m.pipeline, "denoiser": m.denoiser, "lora": m.lora},
         )
         del pipe
     return counts

@@ -1,4 +1,4 @@
-"""Encode VAE latents and text embeddings once, so a training step runs only the UNets.
+"""Encode VAE latents and text embeddings once, so a training step runs only the denoisers.
 
 :func:`build_cache` reads a record table (or a pair table for DPO) once, encodes every image
 with the VAE and every caption with the text encoder(s), and writes safetensors shards:
@@ -272,15 +272,14 @@ class CachedSource:
     """Batches from a cache: ``latent_moments`` (+ ``_l``), the family's text conditioning and image
     geometry, ``labels``; captions dropped (``data.caption_dropout``) become the cached empty caption."""
 
-    def __init__(self, cache_dir: str | Path, cfg, *, batch_size: int, seed: int = 0, family=None):
+    def __init__(self, cache_dir: str | Path, cfg, *, family, batch_size: int, seed: int = 0):
         from safetensors.torch import load_file
 
         from ..data.sampler import sampling_gamma
-        from .families import FAMILIES
 
         self.dir = Path(cache_dir)
         self.manifest = read_manifest(self.dir)
-        check_manifest(self.manifest, cfg, self.dir, family or FAMILIES["sd"])
+        check_manifest(self.manifest, cfg, self.dir, family)
         self.batch_size = batch_size
         self.pairs = self.manifest["kind"] == "pairs"
         self.files = [_open_shard(self.dir / s["file"], self.dir) for s in self.manifest["shards"]]
@@ -290,7 +289,7 @@ class CachedSource:
             raise ValueError(f"latent cache {str(self.dir)!r} holds no records")
         self.labels = torch.cat([f.get_tensor("labels") for f in self.files]).numpy()
         self.keys = sorted(set(self.files[0].keys()) - {"labels", "index"})
-        self.text_keys = self.manifest.get("text_keys", ["encoder_hidden_states"])
+        self.text_keys = self.manifest.get("text_keys", list(family.text_keys))  # caches older than SDXL: SD's
         self.caption_dropout = cfg.data.caption_dropout
         self.empty_caption = None
         if self.caption_dropout > 0:
@@ -333,16 +332,3 @@ class CachedSource:
         self.generator.set_state(state["generator"])
         if self.sampler is not None:
             self.sampler.load_state_dict(state["sampler"])
-
-
-def sample_latents(moments: Tensor, scaling_factor: float, mode: str = "sample",
-                   generator: Optional[torch.Generator] = None, shift_factor: float = 0.0) -> Tensor:
-    """VAE posterior moments (mean, logvar along channels) -> latents ``(z - shift_factor) * scaling_factor``
-    (diffusers' ``DiagonalGaussianDistribution``: logvar clamped to [-30, 20]; only SD3's VAE has a shift)."""
-    mean, logvar = torch.chunk(moments.float(), 2, dim=1)
-    if mode == "mode":
-        z = mean
-    else:
-        std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
-        z = mean + std * torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-    return (z - shift_factor) * scaling_factor if shift_factor else z * scaling_factor

@@ -40,8 +40,13 @@ def run(args) -> int:
     from .config import load_train_config
 
     cfg = load_train_config(args.config, args.overrides)  # bad keys/values: one line from kto_lab.cli
-    if args.print_config:
-        print(yaml.safe_dump(asdict(cfg.resolved()), sort_keys=False))
+    if args.print_config:  # with the family's defaults where its model_index.json can be read
+        from .families import resolve_family
+        from .hub import pipeline_class_name
+
+        readable = cfg.model.family != "auto" or pipeline_class_name(cfg.model.pretrained) is not None
+        family = resolve_family(cfg.model.pretrained, cfg.model.family) if readable else None
+        print(yaml.safe_dump(asdict(cfg.resolved(family)), sort_keys=False))
         return 0
     from .trainer import Trainer
 

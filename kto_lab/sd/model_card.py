@@ -2,7 +2,7 @@
 
 It says what the weights are and how they were made: base model, objective and its
 hyper-parameters, data files and counts, steps, final metrics, the last validation images, and how to
-load the LoRA or the UNet (SD3: the transformer) with the family's diffusers pipeline.
+load the LoRA or the denoiser (SD's UNet, SD3's transformer) with the family's diffusers pipeline.
 
 It follows the Hub's model-card conventions: YAML front matter with ``base_model`` (the base's hub id
 when it came from the Hub: given as ``org/name``, or a local folder inside a Hub cache,
@@ -120,37 +120,34 @@ def _usage(base: str, location: str, lora: bool, csft: bool, family) -> str:
 
 
 def write_model_card(output_dir: str | Path, config: Dict[str, Any], *, metrics: Dict[str, float],
-                     counts: Dict[str, int], repo_id: Optional[str] = None, family=None) -> Path:
+                     counts: Dict[str, int], family, repo_id: Optional[str] = None) -> Path:
     """Write ``output_dir/README.md`` for a finished run with resolved ``config`` (a dict): :func:`model_card`."""
     path = Path(output_dir) / "README.md"
     tmp = path.with_name(".README.md.tmp")
-    tmp.write_text(model_card(output_dir, config, metrics=metrics, counts=counts, repo_id=repo_id, family=family),
+    tmp.write_text(model_card(output_dir, config, metrics=metrics, counts=counts, family=family, repo_id=repo_id),
                    encoding="utf-8")
     os.replace(tmp, path)  # replaces a link at README.md itself, never the file it points to
     return path
 
 
 def model_card(output_dir: str | Path, config: Dict[str, Any], *, metrics: Dict[str, float],
-               counts: Dict[str, int], repo_id: Optional[str] = None, family=None) -> str:
-    """The model card's text for the finished run in ``output_dir`` with resolved ``config`` (a dict).
-    ``repo_id``: where the usage snippet loads the weights from (default: ``output_dir``); ``family``: the
-    run's :class:`~kto_lab.sd.families.ModelFamily` (default: ``model.family`` if named, else SD 1.x/2.x)."""
+               counts: Dict[str, int], family, repo_id: Optional[str] = None) -> str:
+    """The model card's text for the finished run in ``output_dir`` with resolved ``config`` (a dict) of model
+    ``family`` (a :class:`~kto_lab.sd.families.ModelFamily`). ``repo_id``: where the usage snippet loads the
+    weights from (default: ``output_dir``)."""
     from huggingface_hub import ModelCard, ModelCardData
-
-    from .families import FAMILIES
 
     out = Path(output_dir)
     model, obj, optim, lora, data = (config[k] for k in ("model", "objective", "optim", "lora", "data"))
-    family = family or FAMILIES.get(model.get("family"), FAMILIES["sd"])
     name = obj["objective"]
+    start = model.get("denoiser")  # where the policy started, if not from the pipeline's denoiser
     hub_id = base_model_id(model["pretrained"])
     local_name = Path(model["pretrained"]).expanduser().resolve().name
     base = hub_id or f"path/to/{local_name}"  # the snippet's from_pretrained argument; never a local absolute path
     base_text = f"`{hub_id}`" if hub_id else f"a local model (`{local_name}`; not on the Hub)"
     method = {"kto": "Diffusion-KTO", "dpo": "Diffusion-DPO", "sft": "SFT", "csft": "CSFT", "bce": "BCE"}[name]
-    whole = "UNet" if family.denoiser_subfolder == "unet" else family.denoiser_subfolder
     tuned = (f"a rank-{lora['rank']} LoRA (alpha {lora['alpha']:g}) on {', '.join(lora['target_modules'])}"
-             if lora["enabled"] else f"the full {whole}")
+             if lora["enabled"] else f"the full {family.denoiser_name}")
     objective = {"kto": f"{method}, utility {obj['utility']}, beta {obj['beta']:g}, reference point "
                         f"{obj['reference_point']}, gamma {data['gamma']:g}",
                  "dpo": f"{method}, beta {obj['beta']:g}"}.get(name, method)
@@ -158,7 +155,7 @@ def model_card(output_dir: str | Path, config: Dict[str, Any], *, metrics: Dict[
     files = ", ".join(f"`{Path(p).name}`" for p in data["train"]) or f"the cache `{Path(data['cache_dir']).name}`"
     count_text = ", ".join(f"{v} {k}" for k, v in counts.items()) or "not recorded"
     settings = {
-        "base model": base_text + (f" (policy initialised from `{Path(model['unet']).name}`)" if model.get("unet") else ""),
+        "base model": base_text + (f" (policy initialised from `{Path(start).name}`)" if start else ""),
         "objective": objective,
         "fine-tuned": tuned,
         "data": f"{files}: {count_text}",

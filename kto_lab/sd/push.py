@@ -1,7 +1,7 @@
 """``kto-lab push RUN_DIR REPO_ID [--private] [--token T] [--dry-run]``: upload a finished run to the Hugging Face Hub.
 
 Uploads an allow-list, what a user needs to load and understand the model: the final weights
-(``pytorch_lora_weights.safetensors``, or the ``unet/``/``transformer/`` folder's configs and safetensors),
+(``pytorch_lora_weights.safetensors``, or the denoiser folder's configs and safetensors: ``unet/``, ``transformer/``),
 the model card ``README.md``, ``config.yaml``, ``metrics.jsonl``/``metrics.csv`` and the validation images the card
 shows; ``--include GLOB`` adds more. Everything else stays local (checkpoints, tracker logs, the lock, data
 files, a ``.env``) and the list is printed before anything is sent. A file that looks like a secret (by name:
@@ -24,11 +24,12 @@ import yaml
 
 from ..config import ConfigError, UserError
 from .components import LORA_WEIGHTS
+from .families import DENOISER_FOLDERS
 from .run_dir import final_weights
 
 # What a pushed model holds (globs relative to the run; "validation" is added: the card's images).
 ALLOW = ("README.md", "config.yaml", "metrics.jsonl", "metrics.csv", LORA_WEIGHTS,
-         "unet/*.json", "unet/*.safetensors", "transformer/*.json", "transformer/*.safetensors")
+         *(f"{d}/*.{ext}" for d in DENOISER_FOLDERS for ext in ("json", "safetensors")))
 SECRET_NAMES = (".env", ".env.*", "*.env", "*.pem", "*.key", "*.p12", "id_rsa*", "id_ed25519*", ".netrc", ".npmrc",
                 ".pypirc", ".git-credentials", "credentials*", "*secret*", "token", "token.*", "*.token", "*_token",
                 "*_token.txt", "*api_key*", "*apikey*")
@@ -65,17 +66,23 @@ def secret_reason(path: Path) -> Optional[str]:
 
 
 def pushed_card(run: Path, repo_id: str) -> str:
-    """The model card as uploaded: the run's ``README.md`` (a new one from config.yaml and metrics.jsonl if it has
-    none) with its usage snippet loading the weights from ``repo_id``. Nothing is written locally."""
+    """The model card as uploaded: the run's ``README.md`` (a new one from config.yaml and metrics.jsonl, for the family of the
+    run's pipeline, if it has none) with its usage snippet loading the weights from ``repo_id``. Nothing is written locally."""
     config = yaml.safe_load((run / "config.yaml").read_text())
     card = run / "README.md"
     if card.is_file():
         return card.read_text().replace(f'"{Path(config["output_dir"])}"', f'"{repo_id}"')
+    from ..config import renamed_keys
+    from .config import ModelConfig
+    from .families import resolve_family
     from .model_card import model_card
 
+    config["model"] = renamed_keys(ModelConfig, config["model"], "model.")  # a run's config.yaml of an older kto_lab
+    family = resolve_family(config["model"]["pretrained"], config["model"].get("family", "auto"),
+                            field=f"{run / 'config.yaml'}: model.pretrained")
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()] \
         if (run / "metrics.jsonl").is_file() else []
-    return model_card(run, config, metrics=rows[-1] if rows else {}, counts={}, repo_id=repo_id)
+    return model_card(run, config, metrics=rows[-1] if rows else {}, counts={}, family=family, repo_id=repo_id)
 
 
 def _hub_failure(exc: BaseException) -> bool:
@@ -92,7 +99,8 @@ def push_run(run_dir: str | Path, repo_id: str, *, private: bool = False, token:
     if not (run / "config.yaml").is_file():
         raise FileNotFoundError(f"{run} is not a kto_lab run directory (no config.yaml)")
     if final_weights(run) is None:
-        raise FileNotFoundError(f"{run} has no final weights (unet/ or pytorch_lora_weights.safetensors): "
+        raise FileNotFoundError(f"{run} has no final weights (its denoiser folder, e.g. unet/, or "
+                                f"pytorch_lora_weights.safetensors): "
                                 f"only a finished run can be pushed")
     if repo_id.count("/") > 1 or not repo_id.strip("/"):
         raise ConfigError(f"REPO_ID {repo_id!r} must look like name or user/name")

@@ -36,18 +36,19 @@ from ..data.tables import fingerprint_changes
 from . import run_files
 from .checkpoints import latest_checkpoint, problem, read_manifest
 from .components import LORA_WEIGHTS
+from .families import DENOISER_FOLDERS
 
 LOCK = "run.lock"
-# Files that mark output_dir as used by a run (a full fine-tune's weights: unet/, SD3's transformer/);
-# what a run writes and what --overwrite deletes: kto_lab.sd.run_files
-RUN_MARKERS = ("config.yaml", "metrics.jsonl", "metrics.csv", "checkpoints", "unet", "transformer", LORA_WEIGHTS)
+# Files that mark output_dir as used by a run (a full fine-tune's weights: the family's denoiser folder, unet/,
+# transformer/, ...); what a run writes and what --overwrite deletes: kto_lab.sd.run_files
+RUN_MARKERS = ("config.yaml", "metrics.jsonl", "metrics.csv", "checkpoints", *DENOISER_FOLDERS, LORA_WEIGHTS)
 # Config fields a resumed run may change (prefixes end with a dot); every other field defines the run.
 MAY_CHANGE_ON_RESUME = ("output_dir", "cpu", "optim.max_steps", "optim.allow_tf32", "model.compile",
                         "model.compile_mode", "model.compile_blocks", "model.channels_last",
                         "model.gradient_checkpointing", "logging.", "checkpoint.")
 RESUME_HINT = "resume with checkpoint.resume=latest, or choose another output_dir, or pass --overwrite"
 # Fields holding local paths (or hub ids): equal when they name the same file, however written.
-PATH_FIELDS = ("data.train", "data.cache_dir", "model.pretrained", "model.unet", "model.reference", "model.vae")
+PATH_FIELDS = ("data.train", "data.cache_dir", "model.pretrained", "model.denoiser", "model.reference", "model.vae")
 
 
 class RunDirError(ConfigError):
@@ -55,9 +56,10 @@ class RunDirError(ConfigError):
 
 
 def final_weights(output_dir: str | Path) -> Optional[Path]:
-    """A finished run's weights in ``output_dir`` (``unet/``, SD3's ``transformer/`` or the LoRA file), if any."""
+    """A finished run's weights in ``output_dir`` (its denoiser folder, ``unet/``, ``transformer/``, ..., or the
+    LoRA file), if any."""
     out = Path(output_dir)
-    for denoiser in ("unet", "transformer"):
+    for denoiser in DENOISER_FOLDERS:
         if (out / denoiser / "config.json").is_file():
             return out / denoiser
     return out / LORA_WEIGHTS if (out / LORA_WEIGHTS).is_file() else None
@@ -164,13 +166,13 @@ def flatten(config: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
 
 def config_differences(old: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
     """``"field: old -> new"`` for each run-defining field that differs, and for a smaller
-    ``optim.max_steps``. Fields the old config lacks (added to kto_lab since) count as their default;
-    path fields (:data:`PATH_FIELDS`) are compared as resolved paths, so ``records.csv`` and its absolute
-    path are the same file."""
-    from .config import TrainConfig
+    ``optim.max_steps``. Fields the old config lacks (added to kto_lab since) count as their default; a field
+    renamed since (``model.unet``) is compared under its new name; path fields (:data:`PATH_FIELDS`) are
+    compared as resolved paths, so ``records.csv`` and its absolute path are the same file."""
+    from .config import RENAMED_FIELDS, TrainConfig
 
     defaults = flatten(dataclasses.asdict(TrainConfig()))
-    old_flat, new_flat = flatten(old), flatten(new)
+    old_flat, new_flat = {RENAMED_FIELDS.get(k, k): v for k, v in flatten(old).items()}, flatten(new)
     out = []
     for key, value in new_flat.items():
         before = old_flat.get(key, defaults.get(key))

@@ -10,8 +10,8 @@ validation images or logs to a tracker) and records them in ``output_dir/run_fil
   ``validation/holdout.csv``) is refused in one line naming it, with or without ``--overwrite``, before
   anything is deleted: so the model card never replaces a user's README;
 * a symbolic link at one of those names is refused (a run writes and deletes only inside its directory);
-* an ``output_dir`` equal to or inside an input (``model.pretrained``, ``model.unet``/``reference``/``vae``,
-  ``data.cache_dir``), or an input lying where the run writes (``model.unet=OUTPUT_DIR/unet``), is refused;
+* an ``output_dir`` equal to or inside an input (``model.pretrained``, ``model.denoiser``/``reference``/``vae``,
+  ``data.cache_dir``), or an input lying where the run writes (``model.denoiser=OUTPUT_DIR/unet``), is refused;
 * an ``output_dir`` that is a file or cannot be written to is refused.
 
 All of it runs before any model loads (:func:`kto_lab.sd.run_dir.claim_output_dir`).
@@ -29,12 +29,15 @@ import yaml
 
 from ..config import ConfigError, check_output_dir
 from .components import LORA_WEIGHTS
+from .families import DENOISER_FOLDERS
 
 LEDGER = "run_files.json"
 CARD = "README.md"
-# Every name a run of any kind may write (a full fine-tune's weights: unet/, SD3's transformer/)
-RUN_FILES = ("config.yaml", "metrics.jsonl", "metrics.csv", "checkpoints", "unet", "transformer", LORA_WEIGHTS,
-             "validation", "logs", CARD, ".tmp-unet", ".tmp-transformer", ".tmp-lora")
+# A full fine-tune's weights (a family's denoiser folder: unet/, transformer/, ...) and their temp names
+DENOISER_FILES = (*DENOISER_FOLDERS, *(f".tmp-{d}" for d in DENOISER_FOLDERS))
+# Every name a run of any kind may write
+RUN_FILES = ("config.yaml", "metrics.jsonl", "metrics.csv", "checkpoints", *DENOISER_FOLDERS, LORA_WEIGHTS,
+             "validation", "logs", CARD, *(f".tmp-{d}" for d in DENOISER_FOLDERS), ".tmp-lora")
 
 
 class RunFilesError(ConfigError):
@@ -43,7 +46,7 @@ class RunFilesError(ConfigError):
 
 def run_paths(cfg) -> List[str]:
     """The names a run of ``cfg`` writes in its output_dir."""
-    weights = [LORA_WEIGHTS, ".tmp-lora"] if cfg.lora.enabled else ["unet", "transformer", ".tmp-unet", ".tmp-transformer"]
+    weights = [LORA_WEIGHTS, ".tmp-lora"] if cfg.lora.enabled else list(DENOISER_FILES)
     paths = ["config.yaml", "metrics.jsonl", "metrics.csv", "checkpoints", CARD, *weights]
     if cfg.logging.validation_every and cfg.logging.validation_prompts:
         paths.append("validation")
@@ -89,7 +92,7 @@ def check_inputs(cfg, out: Path, names: List[str]) -> None:
     """Refuse an output_dir equal to or inside an input directory, and an input lying at one of ``names``
     (what the run writes, or ``--overwrite`` deletes): either would write over or delete the input."""
     m, d = cfg.model, cfg.data
-    inputs = {"model.pretrained": m.pretrained, "model.unet": m.unet, "model.reference": m.reference,
+    inputs = {"model.pretrained": m.pretrained, "model.denoiser": m.denoiser, "model.reference": m.reference,
               "model.vae": m.vae, "data.cache_dir": d.cache_dir, **{f"data.train[{i}]": p for i, p in enumerate(d.train)}}
     here = os.path.realpath(out)
     written = [os.path.realpath(out / n) for n in names]
