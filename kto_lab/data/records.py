@@ -40,6 +40,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..config import ConfigError
+from .decisions import is_decision_log, read_decision_table
 from .tables import DataError, ImageLoadError, PathLike, TableFile, read_table, write_table
 
 __all__ = [
@@ -267,10 +268,12 @@ def load_records(paths: Union[PathLike, Sequence[PathLike]], *, on_missing_image
     """Read one or more record tables (CSV / JSONL / Parquet) into one :class:`RecordTable`.
 
     Columns and values are checked now (an error names the file, row and column); images are
-    read only by ``load_image``.
+    read only by ``load_image``. A decision log (:mod:`kto_lab.data.decisions`) reads as its likes
+    and dislikes in force.
     """
     check_on_missing_image(on_missing_image)
-    files = [read_table(p, required=RECORD_COLUMNS, optional=OPTIONAL_RECORD_COLUMNS) for p in _as_paths(paths)]
+    files = [read_decision_table(p, optional=OPTIONAL_RECORD_COLUMNS) if is_decision_log(p)
+             else read_table(p, required=RECORD_COLUMNS, optional=OPTIONAL_RECORD_COLUMNS) for p in _as_paths(paths)]
     return RecordTable(files, on_missing_image)
 
 
