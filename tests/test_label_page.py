@@ -17,7 +17,7 @@ from kto_lab.cli import main
 from kto_lab.config import UserError
 from kto_lab.data.records import load_records
 from kto_lab.label import LabelSession, Queue
-from kto_lab.label.server import LabelServer
+from kto_lab.label.server import LabelServer, announce
 
 CHROMIUM = os.environ.get("KTO_LAB_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"  # Debian's
 # Known to work here (the machine's closed network refuses Chromium's background connections).
@@ -82,6 +82,10 @@ def test_off_loopback_a_token_is_required_on_every_request(shots, monkeypatch, c
     session = LabelSession(Queue.from_folder(shots), shots / "decisions.jsonl", labeler="ana")
     server = LabelServer(session, port=0).start()
     try:
+        announce(server)
+        out, err = capsys.readouterr()
+        assert err.count("\n") == 1 and err.startswith("warning: serving on 127.0.0.1:") and "needs the token" in err
+        assert f"open {server.url}" in out
         token = server.token
         assert token and len(token) >= 20 and server.url.endswith(f"?token={token}")
         for path in ("/", "/api/state", "/image/0"):
@@ -104,6 +108,27 @@ def test_a_port_in_use_is_one_line(shots, capsys):
         assert main(["label", "serve", str(shots), "--port", str(port)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "is in use" in err and "--port 0" in err
+
+
+def test_kto_lab_label_serve_prints_its_url_serves_and_stops_on_ctrl_c_or_sigterm(shots):
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        serve = subprocess.Popen([sys.executable, "-m", "kto_lab.cli", "label", "serve", str(shots), "--port", "0",
+                                  "--labeler", "ana"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        lines = [serve.stdout.readline() for _ in range(2)]
+        assert lines[0].startswith("labeling Queue(6 images from") and "0 of 6 done" in lines[0]
+        url = lines[1].split()[1]
+        assert url.startswith("http://127.0.0.1:") and "token" not in url
+        with urllib.request.urlopen(url + "api/state", timeout=10) as response:
+            assert json.loads(response.read())["item"]["name"] == "0.png"
+        serve.send_signal(stop)
+        out, err = serve.communicate(timeout=30)
+        assert serve.returncode == 0 and out.startswith("stopped: 0 of 6 done"), (out, err)
+        assert "skipped unreadable image" not in err  # the truncated image's header reads: found when shown
 
 
 # --- the page in a real browser ---------------------------------------------------------------

@@ -41,7 +41,7 @@ from ..config import UserError
 from ..data.tables import ImageLoadError
 from .session import KEYS, LabelSession
 
-__all__ = ["LabelServer", "serve", "is_loopback"]
+__all__ = ["LabelServer", "serve", "announce", "is_loopback"]
 
 DEFAULT_PORT = 8765
 MAX_BODY = 4096  # bytes: an action is a few dozen
@@ -221,12 +221,12 @@ class Handler(BaseHTTPRequestHandler):
         self._error(HTTPStatus.METHOD_NOT_ALLOWED, "cross-origin requests are not allowed")
 
 
-def serve(session: LabelSession, host: str = "127.0.0.1", port: int = DEFAULT_PORT, token: Optional[str] = None) -> int:
-    """Serve ``session`` until Ctrl-C; prints the URL, and the progress when it stops."""
-    server = LabelServer(session, host, port, token)
+def announce(server: LabelServer) -> None:
+    """What ``kto-lab label serve`` prints when it starts: the warning off loopback, the queue, the URL."""
+    session = server.session
     if not server.loopback:
-        print(f"warning: serving on {host}:{server.port}, reachable from other machines; every request needs the token "
-              "in the URL below, and plain HTTP can be read on the way: prefer an SSH tunnel "
+        print(f"warning: serving on {server.host}:{server.port}, reachable from other machines; every request needs "
+              "the token in the URL below, and plain HTTP can be read on the way: prefer an SSH tunnel "
               f"(ssh -L {server.port}:localhost:{server.port} THIS_HOST) with the default --host 127.0.0.1", file=sys.stderr)
     print(f"labeling {session.queue!r} into {session.log.path} as {session.labeler!r}: {session.progress()}")
     for name, reason in session.queue.unreadable:
@@ -235,11 +235,23 @@ def serve(session: LabelSession, host: str = "127.0.0.1", port: int = DEFAULT_PO
         print(f"{session.queue.already_labeled} image(s) are labelled by their folder or sidecar already and not queued "
               "(kto-lab data from-folder writes them as records)")
     print(f"open {server.url}   (keys: L like, D dislike, S skip, U undo; Ctrl-C stops)", flush=True)
+
+
+def serve(session: LabelSession, host: str = "127.0.0.1", port: int = DEFAULT_PORT, token: Optional[str] = None) -> int:
+    """Serve ``session`` until Ctrl-C (or SIGTERM); prints the URL, and the progress when it stops."""
+    import signal
+
+    server = LabelServer(session, host, port, token)
+    announce(server)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if main_thread else None  # as Ctrl-C
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
         server.server_close()
     print(f"stopped: {session.progress()}; decisions in {session.log.path}")
     return 0
