@@ -75,6 +75,10 @@ def test_the_server_serves_queue_images_by_index_only_and_refuses_cross_site_req
     assert not (server.session.log.path.exists() and server.session.log.path.read_text())  # nothing was labelled
     status, _, data = request(server, "POST", "/api/act", act)
     assert status == 200 and json.loads(data)["progress"].startswith("1 of 6 done: 1 liked")
+    assert request(server, "POST", "/api/act", {"action": "dislike", "index": 1, "labeler": "bo"})[0] == 200  # ?labeler=bo
+    assert [r["labeler"] for r in map(json.loads, server.session.log.path.read_text().splitlines())] == ["ana", "bo"]
+    assert json.loads(request(server, "POST", "/api/act", {"action": "undo", "labeler": "bo"})[2])["message"] == \
+        "undid dislike of 1.png"  # bo undoes bo's own
 
 
 def test_off_loopback_a_token_is_required_on_every_request(shots, monkeypatch, capsys):

@@ -83,7 +83,7 @@ def _label(args) -> int:
 def _from_folder(args) -> int:
     from .folder import folder_to_records
 
-    stats = folder_to_records(args.folder, args.out, queue=args.queue, sidecar=args.sidecar, default_caption=args.caption)
+    stats = folder_to_records(args.folder, args.out, queue=args.queue, sidecar=args.sidecar, default_caption=args.caption or "")
     _print(stats)
     for bad in stats["unreadable"]:
         print(f"warning: skipped unreadable image {bad['image']}: {bad['reason']}", file=sys.stderr)
@@ -160,7 +160,7 @@ def add_parser(subparsers, name: str, help: str) -> argparse.ArgumentParser:
     p.add_argument("--queue", default=None, help="table (image, caption) of the unlabelled images, for kto-lab label serve")
     p.add_argument("--sidecar", default=None, help="the captions/labels table (default: the first of metadata.jsonl, "
                                                    "metadata.csv, captions.jsonl, captions.csv in the folder)")
-    p.add_argument("--caption", default="", help="caption of images that have none")
+    p.add_argument("--caption", default=None, help="caption of images that have none (default: empty)")
     p.set_defaults(func=_from_folder)
 
     p = sub.add_parser("stats", help="print the class counts of record (or pair) tables")

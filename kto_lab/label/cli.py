@@ -30,7 +30,7 @@ def _session(args):
     from .queue import Queue
     from .session import LabelSession
 
-    queue = Queue.from_source(args.source, default_caption=args.caption)
+    queue = Queue.from_source(args.source, default_caption=args.caption or "")
     return LabelSession(queue, args.decisions or default_decisions(args.source), args.labeler)
 
 
@@ -57,7 +57,8 @@ def add_parser(subparsers, name: str, help: str) -> argparse.ArgumentParser:
         p.add_argument("source", help="a folder of images, or a table (.csv/.jsonl/.parquet) of image, caption")
         p.add_argument("--decisions", default=None,
                        help="the decision log (.jsonl; default: SOURCE/decisions.jsonl, or NAME.decisions.jsonl beside a table)")
-        p.add_argument("--caption", default="", help="caption of a folder's images that have none (sidecar or .txt)")
+        p.add_argument("--caption", default=None,
+                       help="caption of a folder's images that have none (no sidecar or .txt; default: empty)")
         p.add_argument("--labeler", default=None, help="your name in the log (default: the login name)")
 
     p = sub.add_parser("serve", help="a local web page to like / dislike / skip each image")
