@@ -4,34 +4,26 @@ liked/ and disliked/ or the sidecar) -> a records table and a labeling queue; ba
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from kto_lab.cli import main
 from kto_lab.data.folder import folder_to_records, scan_folder
 from kto_lab.data.records import load_records, open_image_table
 from kto_lab.data.tables import DataError
-
-
-def png(path: Path, value: int = 100) -> Path:
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(path)
-    return path
+from sd_helpers import write_png
 
 
 @pytest.fixture
 def shots(tmp_path):
     """liked/a.png (a .txt caption), disliked/b.png, c.png and d.jpg unlabelled, one broken file, a hidden one."""
     root = tmp_path / "shots"
-    png(root / "liked" / "a.png", 200)
+    write_png(root / "liked" / "a.png", 200)
     (root / "liked" / "a.txt").write_text("a bright square\n")
-    png(root / "disliked" / "b.png", 10)
-    png(root / "c.png")
-    png(root / "sub" / "d.jpg")
+    write_png(root / "disliked" / "b.png", 10)
+    write_png(root / "c.png")
+    write_png(root / "sub" / "d.jpg")
     (root / "broken.png").write_bytes(b"\x89PNG but not really")
-    png(root / ".thumbs" / "x.png")
+    write_png(root / ".thumbs" / "x.png")
     return root
 
 

@@ -5,37 +5,28 @@ is skipped with its name; kto-lab train reads a labelled queue's decision log un
 import threading
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from kto_lab.cli import main
 from kto_lab.data.decisions import AlreadyDecided
 from kto_lab.data.tables import DataError
 from kto_lab.label import LabelSession, Queue
-from sd_helpers import write_records
+from sd_helpers import write_png, write_records
 
 TINY_KTO = Path(__file__).resolve().parents[1] / "kto_lab" / "configs" / "tiny_kto.yaml"
 
 
-def png(path: Path, value: int = 100) -> Path:
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.full((16, 16, 3), value, np.uint8)).save(path)
-    return path
-
-
 def truncated_png(path: Path) -> Path:
     """A PNG whose header reads but whose pixels do not: found only when decoded."""
-    data = png(path).read_bytes()
+    data = write_png(path).read_bytes()
     path.write_bytes(data[: len(data) // 2])
     return path
 
 
 def test_progress_restart_and_undo_over_a_folder(tmp_path):
     for i in range(5):
-        png(tmp_path / "shots" / f"{i}.png", 40 * i)
-    png(tmp_path / "shots" / "liked" / "old.png")  # labelled by its folder: not queued
+        write_png(tmp_path / "shots" / f"{i}.png", 40 * i)
+    write_png(tmp_path / "shots" / "liked" / "old.png")  # labelled by its folder: not queued
     log = tmp_path / "shots" / "decisions.jsonl"
     queue = Queue.from_folder(tmp_path / "shots")
     assert len(queue) == 5 and queue.already_labeled == 1
@@ -56,7 +47,7 @@ def test_progress_restart_and_undo_over_a_folder(tmp_path):
 
 
 def test_queue_from_items_keeps_extra_keys_and_refuses_duplicates(tmp_path):
-    a, b = png(tmp_path / "a.png"), png(tmp_path / "b.png")
+    a, b = write_png(tmp_path / "a.png"), write_png(tmp_path / "b.png")
     queue = Queue([{"image": a, "caption": "a cat", "seed": 3, "prompt_id": "p1"}, (b, "a dog")])
     session = LabelSession(queue, tmp_path / "d.jsonl", labeler="round-1")
     session.decide(0, "like")
@@ -69,7 +60,7 @@ def test_queue_from_items_keeps_extra_keys_and_refuses_duplicates(tmp_path):
 
 
 def test_two_sessions_on_one_log_see_each_other_and_a_stale_tab_labels_nothing(tmp_path):
-    paths = [png(tmp_path / f"{i}.png") for i in range(3)]
+    paths = [write_png(tmp_path / f"{i}.png") for i in range(3)]
     ana, bo = (LabelSession(Queue(paths), tmp_path / "d.jsonl", labeler=n) for n in ("ana", "bo"))
     shown_to_bo = bo.next()
     ana.decide(ana.next(), "like")  # ana labels the image bo is looking at
@@ -81,7 +72,7 @@ def test_two_sessions_on_one_log_see_each_other_and_a_stale_tab_labels_nothing(t
 
 
 def test_an_unreadable_image_is_skipped_with_its_name_and_counts_as_done(tmp_path):
-    good = png(tmp_path / "good.png")
+    good = write_png(tmp_path / "good.png")
     bad = truncated_png(tmp_path / "bad.png")
     session = LabelSession(Queue([bad, good]), tmp_path / "d.jsonl", labeler="ana")
     assert session.next() == 1  # bad.png is passed over
@@ -94,7 +85,7 @@ def test_an_unreadable_image_is_skipped_with_its_name_and_counts_as_done(tmp_pat
 
 
 def test_wait_returns_when_another_writer_finishes_the_queue_or_at_the_timeout(tmp_path):
-    paths = [png(tmp_path / f"{i}.png") for i in range(4)]
+    paths = [write_png(tmp_path / f"{i}.png") for i in range(4)]
     waiter = LabelSession(Queue(paths), tmp_path / "d.jsonl", labeler="round")
     assert not waiter.wait(timeout=0.05, poll=0.01).complete
 
@@ -120,7 +111,7 @@ def test_queue_sources_that_cannot_be_labelled_are_one_line(tmp_path, capsys):
     (tmp_path / "notes.csv").write_text("file,text\na.png,hi\n")
     assert main(["label", "progress", str(tmp_path / "notes.csv")]) == 2
     assert "notes.csv: missing column(s) ['image', 'caption']" in capsys.readouterr().err
-    pq.write_table(pa.table({"image": [png(tmp_path / "a.png").read_bytes()], "caption": ["x"]}), tmp_path / "b.parquet")
+    pq.write_table(pa.table({"image": [write_png(tmp_path / "a.png").read_bytes()], "caption": ["x"]}), tmp_path / "b.parquet")
     assert main(["label", "progress", str(tmp_path / "b.parquet")]) == 2
     assert "holds its images as bytes" in capsys.readouterr().err
     assert main(["label", "progress", str(tmp_path / "a.png")]) == 2

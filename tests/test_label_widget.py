@@ -3,22 +3,19 @@ the same core as the page, and what it shows follows the decision log."""
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 pytest.importorskip("ipywidgets", reason="the widget needs the label extra: pip install 'kto-lab[label]'")
 
 from kto_lab.data.records import load_records  # noqa: E402
 from kto_lab.label.widget import label_widget  # noqa: E402
+from sd_helpers import write_png  # noqa: E402
 
 
 def folder(tmp_path, n=4):
-    from PIL import Image
-
     root = tmp_path / "shots"
-    root.mkdir()
     for i in range(n):
-        Image.fromarray(np.full((12, 12, 3), 50 * i, np.uint8)).save(root / f"{i}.png")
+        write_png(root / f"{i}.png", 50 * i)
         (root / f"{i}.txt").write_text(f"square <{i}>")
     return root
 

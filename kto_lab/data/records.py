@@ -10,6 +10,9 @@ Diffusion-KTO trains on per-image binary feedback (paper sec. 4.2): each image i
     score      optional float (e.g. an aesthetic score; empty / null allowed)
     source_id  optional str (e.g. the Pick-a-Pic image uid)
 
+A decision log of the labeling tools (:mod:`kto_lab.data.decisions`, JSONL whose lines begin
+``{"decision":``) reads as a record table of its likes and dislikes in force.
+
 Diffusion-DPO trains on pairs: a pair table has ``caption``, ``image_w`` (winner),
 ``image_l`` (loser), both paths or bytes like ``image``.
 
