@@ -67,6 +67,8 @@ def test_the_server_serves_queue_images_by_index_only_and_refuses_cross_site_req
                  "/decisions.jsonl", "/image/-1"):
         assert request(server, "GET", path)[0] == 404, path
     assert request(server, "GET", "/api/state", headers={"Host": "attacker.example:80"})[0] == 403  # DNS rebinding
+    assert request(server, "GET", "/api/state", headers={"Host": "attacker.example"})[0] == 403
+    assert request(server, "GET", "/api/state", headers={"Host": "localhost:9000"})[0] == 200  # ssh -L 9000:...
     act = {"action": "like", "index": 0}
     assert request(server, "POST", "/api/act", act, {"Origin": "http://attacker.example"})[0] == 403
     assert request(server, "POST", "/api/act", json.dumps(act), {"Content-Type": "text/plain"})[0] == 415

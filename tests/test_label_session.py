@@ -73,11 +73,13 @@ def test_two_sessions_on_one_log_see_each_other_and_a_stale_tab_labels_nothing(t
 
 def test_an_unreadable_image_is_skipped_with_its_name_and_counts_as_done(tmp_path):
     good = write_png(tmp_path / "good.png")
-    bad = truncated_png(tmp_path / "bad.png")
-    session = LabelSession(Queue([bad, good]), tmp_path / "d.jsonl", labeler="ana")
+    bad = truncated_png(tmp_path / "bad.png")  # its header reads: found when decoded
+    (tmp_path / "junk.png").write_text("not an image")  # its header does not: left out of a folder's queue
+    session = LabelSession(Queue.from_folder(tmp_path), tmp_path / "d.jsonl", labeler="ana")
+    assert [item.name for item in session.queue] == ["bad.png", "good.png"]
     assert session.next() == 1  # bad.png is passed over
     view = session.view()
-    assert view["unreadable"] == ["bad.png"] and view["item"]["name"] == "good.png"
+    assert view["unreadable"] == ["junk.png", "bad.png"] and view["item"]["name"] == "good.png"
     assert session.log.active[str(bad.resolve())].extra["reason"].startswith("cannot read image")
     session.decide(1, "like")
     assert session.complete and str(session.progress()) == "2 of 2 done: 1 liked, 0 disliked, 0 skipped, 1 unreadable"
@@ -116,6 +118,8 @@ def test_queue_sources_that_cannot_be_labelled_are_one_line(tmp_path, capsys):
     assert "holds its images as bytes" in capsys.readouterr().err
     assert main(["label", "progress", str(tmp_path / "a.png")]) == 2
     assert "give a folder of images or a table" in capsys.readouterr().err
+    assert main(["label", "progress", str(tmp_path / "nowhere")]) == 2
+    assert "no such folder or table" in capsys.readouterr().err
 
 
 def test_kto_lab_train_reads_a_labelled_queues_decisions_unchanged(tiny_sd_path, tmp_path, capsys):

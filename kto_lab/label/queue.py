@@ -122,11 +122,11 @@ class Queue:
     def from_source(cls, source: PathLike, *, default_caption: str = "") -> "Queue":
         """A folder (:meth:`from_folder`) or a table file (:meth:`from_table`): what ``kto-lab label serve`` takes."""
         path = Path(source)
+        if not path.exists():
+            raise FileNotFoundError(f"no such folder or table: {source}")
         if path.is_dir():
             return cls.from_folder(path, default_caption=default_caption)
         if path.suffix.lower() in FORMATS:
-            if not path.is_file():
-                raise FileNotFoundError(f"queue table not found: {path}")
             return cls.from_table(path)
         raise DataError(f"{source}: give a folder of images or a table ({', '.join(sorted(FORMATS))}) of image, caption")
 

@@ -11,8 +11,8 @@ Built on the standard library's ``http.server`` (``ThreadingHTTPServer``): four 
 out, and images looked up by queue index rather than by path, so a web framework would add a
 dependency without removing any code that matters for safety. What keeps it safe:
 
-* it binds to loopback (127.0.0.1) by default, and there checks the ``Host`` header (a page on another
-  site cannot reach it through DNS rebinding);
+* it binds to loopback (127.0.0.1) by default, and there checks that the ``Host`` header names loopback
+  (a page on another site cannot reach it through DNS rebinding);
 * bound to any other address it prints a one-line warning and requires a token (random, in the URL it
   prints) on every request; ``--token`` sets one on loopback too;
 * a POST must be ``application/json`` from the page's own origin (a cross-site form or fetch cannot
@@ -106,8 +106,10 @@ class LabelServer(ThreadingHTTPServer):
         host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.port}/" + (f"?token={self.token}" if self.token else "")
 
-    def allowed_hosts(self) -> set:
-        return {f"{name}:{self.port}" for name in ("127.0.0.1", "localhost", "[::1]")}
+    def host_allowed(self, header: str) -> bool:
+        """On loopback, a request's ``Host`` must name loopback (any port: an SSH tunnel may forward another)."""
+        name = header.rsplit(":", 1)[0] if not header.endswith("]") else header
+        return name in ("127.0.0.1", "localhost", "[::1]")
 
     def start(self) -> "LabelServer":
         """Serve in a daemon thread; returns self (``stop()`` ends it)."""
@@ -153,7 +155,7 @@ class Handler(BaseHTTPRequestHandler):
     def _allowed(self) -> bool:
         """Host check on loopback, token check where a token is set; answers 403 when refused."""
         server = self.server
-        if server.loopback and self.headers.get("Host", "") not in server.allowed_hosts():
+        if server.loopback and not server.host_allowed(self.headers.get("Host", "")):
             self._error(HTTPStatus.FORBIDDEN, "unexpected Host header (the page serves its loopback address only)")
             return False
         if server.token:

@@ -199,7 +199,11 @@ class LabelSession:
         one in force (from any session): :meth:`undo` first to change it."""
         if decision not in ("like", "dislike", "skip"):
             raise ValueError(f"decision {decision!r} is not one of like, dislike, skip")
-        item = self.queue[self.queue.index(i.key) if isinstance(i, Item) else i]
+        if isinstance(i, Item):
+            if self.queue.index(i.key) is None:
+                raise ValueError(f"{i.image} is not in this session's queue")
+            i = self.queue.index(i.key)
+        item = self.queue[i]
         with self._lock:
             return self.log.decide(item.image, item.caption, decision, labeler or self.labeler, **item.extra)
 
