@@ -10,6 +10,9 @@ Diffusion-KTO trains on per-image binary feedback (paper sec. 4.2): each image i
     score      optional float (e.g. an aesthetic score; empty / null allowed)
     source_id  optional str (e.g. the Pick-a-Pic image uid)
 
+A decision log of the labeling tools (:mod:`kto_lab.data.decisions`, JSONL whose lines begin
+``{"decision":``) reads as a record table of its likes and dislikes in force.
+
 Diffusion-DPO trains on pairs: a pair table has ``caption``, ``image_w`` (winner),
 ``image_l`` (loser), both paths or bytes like ``image``.
 
@@ -41,6 +44,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..config import ConfigError
+from .decisions import is_decision_log, read_decision_table
 from .tables import (DataError, ImageLoadError, ParquetBytesColumn, PathImageColumn, PathLike, TableFile, read_table,
                      write_table)
 
@@ -301,10 +305,12 @@ def load_records(paths: Union[PathLike, Sequence[PathLike]], *, on_missing_image
     """Read one or more record tables (CSV / JSONL / Parquet) into one :class:`RecordTable`.
 
     Columns and values are checked now (an error names the file, row and column); images are
-    read only by ``load_image``.
+    read only by ``load_image``. A decision log (:mod:`kto_lab.data.decisions`) reads as its likes
+    and dislikes in force.
     """
     check_on_missing_image(on_missing_image)
-    files = [read_table(p, required=RECORD_COLUMNS, optional=OPTIONAL_RECORD_COLUMNS) for p in _as_paths(paths)]
+    files = [read_decision_table(p, optional=OPTIONAL_RECORD_COLUMNS) if is_decision_log(p)
+             else read_table(p, required=RECORD_COLUMNS, optional=OPTIONAL_RECORD_COLUMNS) for p in _as_paths(paths)]
     return RecordTable(files, on_missing_image)
 
 
