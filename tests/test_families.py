@@ -533,7 +533,7 @@ def test_cache_round_trips_every_conditioning_tensor(tiny_pipeline, records, tmp
 
 # every family's run on the same 2 processes: one torchrun launch (process start-up and imports once)
 TWO_PROCESS_WORKER = """
-import json, sys
+import json, os, sys
 import torch
 from accelerate import Accelerator
 from kto_lab.objectives import metrics_to_floats
@@ -559,8 +559,12 @@ for family, cfg in jobs:
     trainer.fit(stop_at=4)
     trainer.close()
     reports[family] = {"world": acc.num_processes, "rows": rows, "checkpoint": str(ckpt), "fit_rows": own}
-json.dump(reports, open(f"{out}/rank{rank}.json", "w"))
-torch.distributed.destroy_process_group()  # left to exit, gloo's threads may abort it (pytorch/pytorch#190489)
+with open(f"{out}/rank{rank}.json", "w") as f:
+    json.dump(reports, f)
+# the reports are written: leave without the interpreter's teardown, where gloo's threads may abort the
+# process (pytorch/pytorch#190489; seen here under load even after destroy_process_group)
+torch.distributed.barrier()
+os._exit(0)
 """
 
 

@@ -12,7 +12,7 @@ import textwrap
 from sd_helpers import write_records
 
 ONE_SAMPLE_WORKER = textwrap.dedent("""
-    import json, sys
+    import json, os, sys
     import torch
     from accelerate import Accelerator
     import kto_lab.sd.trainer as T
@@ -27,8 +27,12 @@ ONE_SAMPLE_WORKER = textwrap.dedent("""
     trainer = T.Trainer(cfg, accelerator=acc)
     for _ in range(2):
         trainer.step(trainer.source.next_batch())
-    json.dump(seen, open(f"{out}/rank{acc.process_index}.json", "w"))
-    torch.distributed.destroy_process_group()  # left to exit, gloo's threads may abort it (pytorch/pytorch#190489)
+    with open(f"{out}/rank{acc.process_index}.json", "w") as f:
+        json.dump(seen, f)
+    # the reports are written: leave without the interpreter's teardown, where gloo's threads may abort the
+    # process (pytorch/pytorch#190489; seen here under load even after destroy_process_group)
+    torch.distributed.barrier()
+    os._exit(0)
 """)
 
 
