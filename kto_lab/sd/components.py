@@ -113,7 +113,7 @@ def check_model_config(model_cfg, family=None):
     family (``family``, or the one of ``model.pretrained``'s model_index.json)."""
     check_pipeline_dir(model_cfg.pretrained, "model.pretrained")
     family = family or resolve_family(model_cfg.pretrained, model_cfg.family)
-    check_weights(model_cfg.pretrained, "model.pretrained")
+    check_weight_files(model_cfg.pretrained, "model.pretrained")
     for name in ("denoiser", "reference"):
         path = getattr(model_cfg, name)
         if path:
@@ -122,30 +122,12 @@ def check_model_config(model_cfg, family=None):
             if found is not None:
                 family.check_denoiser(json.loads((Path(path) / found / "config.json").read_text()),
                                       f"model.{name}={path!r}")
-                check_weights(Path(path) / found, f"model.{name}")
+                check_weight_files(Path(path) / found, f"model.{name}")
             elif looks_local(path):  # a pipeline of another family: its denoiser lives in another folder
                 raise ConfigError(f"model.{name}={path!r} holds no {family.name} {family.denoiser_class_name} (neither "
                                   f"config.json nor {family.denoiser_subfolder}/config.json): was it trained for "
                                   f"another model family?")
     return family
-
-
-def check_weights(path: str | Path, field: str) -> None:
-    """Each safetensors file of a local model or pipeline directory (and its sub-folders) has a whole header
-    and the length it declares: a cut download or copy fails here, in one line naming the file, before any
-    model loads (from_pretrained's own error is a traceback). Reads the headers only."""
-    from safetensors import SafetensorError, safe_open
-
-    p = Path(path)
-    if not p.is_dir():
-        return  # a hub id: diffusers checks what it downloads
-    for f in sorted([*p.glob("*.safetensors"), *p.glob("*/*.safetensors")]):
-        try:
-            with safe_open(str(f), framework="pt"):
-                pass
-        except (SafetensorError, OSError) as exc:
-            raise ConfigError(f"{field}={str(path)!r}: {f} cannot be read ({exc}): it is truncated or damaged; "
-                              "copy or download it again") from None
 
 
 def _local_model(path: str | Path, subfolder: str) -> Optional[str]:
