@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from kto_lab.config import ConfigError
-from kto_lab.schedule import FlowMatchingSchedule
+from kto_lab.schedule import DEFAULT_FLOW_ERROR, FLOW_ERRORS, FlowMatchingSchedule
 from kto_lab.sd.families import FAMILIES, resolve_family
 from kto_lab.sd.metrics_log import read_metrics
 from kto_lab.sd.trainer import Trainer
@@ -26,7 +26,7 @@ SD3_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_pro
 def config(pretrained, table, out, **sections):
     """The short run config of the family tests, with a beta in SD3's useful range (the tiny model's errors are
     those of a random network: any beta trains it)."""
-    objective = {"beta": SD3.beta_range[0], **sections.pop("objective", {})}
+    objective = {"beta": SD3.beta_range[DEFAULT_FLOW_ERROR][0], **sections.pop("objective", {})}
     return short_config(pretrained, table, out, objective=objective, **sections)
 
 
@@ -143,6 +143,9 @@ def test_regional_compile_compiles_the_joint_blocks(tiny_sd3_path, records):
     ("csft", {"data": {"caption_dropout": 0.5}}),
     ("bce", {"optim": {"optimizer": "adafactor"}}),
     ("dpo", {"model": {"gradient_checkpointing": True}, "schedule": {"density": "uniform"}}),
+    ("nft", {"objective": {"beta": 1.0}}),
+    ("nft", {"objective": {"beta": 0.5, "flow_error": "x0"}, "lora": {"enabled": True, "rank": 4}}),
+    ("kto", {"objective": {"flow_error": "epsilon"}}),
 ])
 def test_every_objective_trains_on_sd3(tiny_sd3_path, records, pairs, tmp_path, objective, extra):
     cfg = config(tiny_sd3_path, pairs if objective == "dpo" else records, tmp_path / objective,
@@ -159,6 +162,10 @@ def test_every_objective_trains_on_sd3(tiny_sd3_path, records, pairs, tmp_path, 
     assert result.global_step == 2 and all(math.isfinite(r["loss"]) for r in rows)
     if objective == "kto":
         assert "z_ref" in rows[-1]
+    if objective == "nft":
+        assert {"nft/positive", "nft/negative"} & set(rows[-1])  # a class absent from the logged batches is NaN, left out
+    # the flow error the run used is what config.yaml records (resolved when unset: a later default cannot change it)
+    assert trainer.cfg.objective.flow_error == extra.get("objective", {}).get("flow_error", DEFAULT_FLOW_ERROR)
 
 
 @pytest.mark.parametrize("lora", [False, True])
@@ -244,6 +251,14 @@ def test_schedule_options_of_the_other_kind_are_one_line_errors(tiny_sd_path, ti
         Trainer(sd_config(tiny_sd_path, records, tmp_path / "b", schedule={"density": "uniform"}))
     with pytest.raises(ConfigError, match=r"schedule.logit_std=0.0 must be > 0"):
         Trainer(config(tiny_sd3_path, records, tmp_path / "c", schedule={"logit_std": 0.0}))
+    with pytest.raises(ConfigError, match=r"^objective.flow_error='x0' is a flow-matching option, but "
+                                          r"StableDiffusionPipeline \(sd\) is a DDPM model") as e:
+        Trainer(sd_config(tiny_sd_path, records, tmp_path / "e", objective={"flow_error": "x0"}))
+    assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match=r"^objective.objective='nft' \(DiffusionNFT\) .* flow-matching models "
+                                          r"only .* \(StableDiffusionPipeline, sd\)$") as e:
+        Trainer(sd_config(tiny_sd_path, records, tmp_path / "f", objective={"objective": "nft", "beta": 1.0}))
+    assert "\n" not in str(e.value)
     # the DDPM option works where it belongs: SD 1.5 trained as a v-prediction model
     trainer = Trainer(sd_config(tiny_sd_path, records, tmp_path / "d", schedule={"prediction_type": "v_prediction"}))
     assert trainer.schedule.prediction_type == "v_prediction"
@@ -251,17 +266,27 @@ def test_schedule_options_of_the_other_kind_are_one_line_errors(tiny_sd_path, ti
     trainer.close()
 
 
-def test_a_beta_far_outside_the_range_is_a_one_line_warning(tiny_sd_path, tiny_sd3_path, records, tmp_path):
-    low, high = SD3.beta_range
-    for beta, warned in ((low / 10, True), (high * 10, True), (low, False), (high, False)):
+@pytest.mark.parametrize("flow_error", FLOW_ERRORS)
+def test_a_beta_far_outside_the_range_is_a_one_line_warning(tiny_sd_path, tiny_sd3_path, records, tmp_path, flow_error):
+    """Each objective.flow_error has its own SD3 range (SD3_BETA_RANGES); DiffusionNFT's beta has its own."""
+    from kto_lab.sd.config import NFT_BETA_RANGE
+
+    low, high = SD3.beta_range[flow_error]
+    cases = [(low / 10, True, "kto"), (high * 10, True, "kto"), (low, False, "kto"), (high, False, "kto"),
+             (NFT_BETA_RANGE[1] * 10, True, "nft"), (1.0, False, "nft")]
+    for beta, warned, objective in cases:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            Trainer(config(tiny_sd3_path, records, tmp_path / f"b{beta:g}", objective={"beta": beta})).close()
+            Trainer(config(tiny_sd3_path, records, tmp_path / f"{objective}{beta:g}",
+                           objective={"beta": beta, "objective": objective, "flow_error": flow_error})).close()
         messages = [str(w.message) for w in caught if "objective.beta" in str(w.message)]
         assert bool(messages) == warned, (beta, messages)
         if warned:
             assert len(messages) == 1 and "\n" not in messages[0]
-            assert f"is outside [{low:g}, {high:g}]" in messages[0] and "velocity errors" in messages[0]
+            if objective == "kto":
+                assert f"is outside [{low:g}, {high:g}]" in messages[0] and f"{flow_error} errors" in messages[0]
+            else:
+                assert "for DiffusionNFT" in messages[0]
     with warnings.catch_warnings(record=True) as caught:  # SD 1.5's epsilon errors: no SD3 range applies
         warnings.simplefilter("always")
         Trainer(sd_config(tiny_sd_path, records, tmp_path / "sd", objective={"beta": low / 10})).close()
@@ -332,5 +357,22 @@ def test_shipped_sd3_config_loads(tmp_path):
     cfg = load_train_config(Path(__file__).resolve().parents[1] / "kto_lab" / "configs" / "sd3_kto_lora.yaml")
     assert cfg.data.resolution == 1024 and cfg.model.gradient_checkpointing and cfg.lora.enabled
     assert cfg.lora.target_modules == SD3_LORA_TARGETS  # diffusers' SD3 LoRA script's targets
-    low, high = SD3.beta_range
+    low, high = SD3.beta_range[DEFAULT_FLOW_ERROR]
     assert low <= cfg.objective.beta <= high and cfg.schedule.density == "logit_normal"
+
+
+def test_a_flow_run_from_before_flow_error_resumes_as_the_velocity_run_it_was():
+    """Runs made before objective.flow_error existed used velocity errors: their config.yaml lacks the field, and
+    resuming them counts it as 'velocity' (not as the current default), so a later default cannot change them."""
+    import dataclasses
+
+    from kto_lab.sd.config import TrainConfig
+    from kto_lab.sd.run_dir import config_differences
+
+    new = dataclasses.asdict(TrainConfig())
+    old = {k: (dict(v) if isinstance(v, dict) else v) for k, v in new.items()}
+    del old["objective"]["flow_error"]
+    assert config_differences(old, new) == []  # a DDPM run: None then and now
+    for flow_error, diffs in (("velocity", []), ("x0", ["objective.flow_error: 'velocity' -> 'x0'"])):
+        new["objective"]["flow_error"] = flow_error
+        assert config_differences(old, new) == diffs

@@ -21,8 +21,9 @@ from typing import Any, ClassVar, Dict, List, Optional, Sequence
 
 from ..config import ConfigError, check_choice, check_positive, check_range, load_config, warn_outside
 from ..data.sampler import check_gamma
-from ..schedule import PREDICTION_TYPES, FlowMatchingSchedule
-from ..step import ObjectiveConfig
+from ..objectives import FLOW_ONLY
+from ..schedule import DEFAULT_FLOW_ERROR, PREDICTION_TYPES, FlowMatchingSchedule
+from ..step import ObjectiveConfig, flow_only_message
 from . import metrics_log
 from .encoding import LATENT_MODES
 from .families import FAMILY_CHOICES
@@ -326,12 +327,20 @@ class TrainConfig:
             if cfg.model.compile_blocks == list(REPEATED_BLOCKS):  # the UNets' blocks: the family's own
                 cfg.model.compile_blocks = list(family.compile_blocks)
             cfg.schedule.check_family(family)
+            _check_objective_family(cfg.objective, family)
             if family.flow_matching:  # the values the run uses, in config.yaml and the resume check
                 flow = cfg.schedule._flow_schedule()
                 for k in ScheduleConfig.FLOW_FIELDS:
                     setattr(cfg.schedule, k, getattr(flow, k))
-            if family.beta_range and cfg.objective.objective in ("kto", "dpo"):
-                warn_outside("objective.beta", cfg.objective.beta, *family.beta_range, family.beta_range_source)
+                cfg.objective = dataclasses.replace(cfg.objective, flow_error=cfg.objective.flow_error or DEFAULT_FLOW_ERROR)
+            beta_range = family.beta_range
+            if family.flow_matching and beta_range:  # a flow family's ranges are per objective.flow_error
+                beta_range = beta_range[cfg.objective.flow_error]
+            if beta_range and cfg.objective.objective in ("kto", "dpo"):
+                warn_outside("objective.beta", cfg.objective.beta, *beta_range,
+                             family.beta_range_source.format(flow_error=cfg.objective.flow_error))
+            if cfg.objective.objective == "nft":
+                warn_outside("objective.beta", cfg.objective.beta, *NFT_BETA_RANGE, NFT_BETA_SOURCE)
         lora = cfg.lora.enabled
         if cfg.optim.learning_rate is None:
             cfg.optim.learning_rate = 1e-4 if lora else 1e-7
@@ -342,6 +351,22 @@ class TrainConfig:
         if cfg.lora.alpha is None:
             cfg.lora.alpha = float(cfg.lora.rank)
         return cfg
+
+
+# DiffusionNFT's beta mixes velocities (kto_lab.objectives.nft_implicit_policies); its paper and NVlabs' configs
+# use 0.1 and 1 (config/nft.py). Outside this band (10x margin) a one-line warning: SD's 5000 would barely move.
+NFT_BETA_RANGE = (0.01, 10.0)
+NFT_BETA_SOURCE = "for DiffusionNFT (its paper and NVlabs' configs use 0.1-1; not measured on SD3)"
+
+
+def _check_objective_family(objective: ObjectiveConfig, family) -> None:
+    """A flow-only objective or objective.flow_error on a DDPM family: one line, before any model loads."""
+    if objective.objective in FLOW_ONLY and not family.flow_matching:
+        raise ConfigError(f"objective.{flow_only_message(objective.objective)} ({family.pipeline_class_name}, {family.name})")
+    if objective.flow_error is not None and not family.flow_matching:
+        raise ConfigError(f"objective.flow_error={objective.flow_error!r} is a flow-matching option, but "
+                          f"{family.pipeline_class_name} ({family.name}) is a DDPM model (its error is its own "
+                          "prediction type's); leave objective.flow_error unset")
 
 
 def load_train_config(config: Any = None, overrides: Sequence[str] | Dict[str, Any] = ()) -> TrainConfig:

@@ -70,8 +70,9 @@ class ModelFamily:
     # drops the converted keys of a file that mixes both formats
     lora_diffusers_keys = True
     # Where objective.beta is useful for this family's errors, and where that was measured: outside it a
-    # one-line warning (None: no warning; SD 1.5's beta comes from the paper, A.1 and D.3)
-    beta_range: Optional[Tuple[float, float]] = None
+    # one-line warning (None: no warning; SD 1.5's beta comes from the paper, A.1 and D.3). A flow-matching
+    # family gives one (low, high) per objective.flow_error: {flow_error: (low, high)}.
+    beta_range: Optional[Any] = None
     beta_range_source = ""
 
     def __repr__(self) -> str:
@@ -248,12 +249,13 @@ class SDXLFamily(ModelFamily):
         return dtype
 
 
-# objective.beta's useful range for SD3's velocity errors: an ESTIMATE, not measured on SD3. SD 1.5's useful
-# beta is 2000-5000 (Diffusion-KTO D.3; Diffusion-DPO); the same change to a model gives implicit rewards 1x
-# (the 2-D toy's measured beta sweeps, docs/toy.md) to 9.8x (benchmarks/flow_beta_scale.py: exact denoisers of
-# Gaussian latents under SD3's timesteps) larger with velocity errors, so SD3's beta should lie in ~200-5000;
-# a beta 10x beyond that band on either side gets a one-line warning (docs/training.md, "SD3").
-SD3_BETA_RANGE = (20.0, 50000.0)
+# objective.beta's useful range for SD3, per objective.flow_error: an ESTIMATE, not measured on SD3. SD 1.5's
+# useful beta is 2000-5000 (Diffusion-KTO D.3; Diffusion-DPO); the same change to a model gives implicit rewards
+# a factor larger with SD3's errors, which benchmarks/flow_beta_scale.py bounds per flow_error (exact denoisers
+# of Gaussian latents under SD3's timesteps, and that model corrected by the 2-D toy's measured beta sweeps);
+# a beta 10x beyond that band on either side gets a one-line warning (docs/training.md, "SD3"). Recompute with
+# `python benchmarks/flow_beta_scale.py` ("sd3_beta_ranges"; tests/test_benchmarks.py checks this table).
+SD3_BETA_RANGES = {"velocity": (20.0, 50000.0), "epsilon": (200.0, 59000.0), "x0": (36.0, 50000.0)}
 
 
 class SD3Family(ModelFamily):
@@ -275,9 +277,9 @@ class SD3Family(ModelFamily):
     flow_matching = True
     compile_blocks = ("JointTransformerBlock",)  # the MMDiT's 24 repeated blocks (SD3 medium)
     lora_diffusers_keys = False
-    beta_range = SD3_BETA_RANGE
-    beta_range_source = ("for SD3's velocity errors by an estimate, not on SD3 (SD 1.5's 2000-5000 over the "
-                         "velocity/epsilon reward scale, 1 to 10, with a 10x margin; docs/training.md)")
+    beta_range = SD3_BETA_RANGES  # one range per objective.flow_error
+    beta_range_source = ("for SD3's {flow_error} errors by an estimate, not on SD3 (SD 1.5's 2000-5000 over the "
+                         "estimated reward scale, with a 10x margin; benchmarks/flow_beta_scale.py, docs/training.md)")
 
     def pipeline_kwargs(self) -> Dict[str, Any]:
         return {}

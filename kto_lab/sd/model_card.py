@@ -83,13 +83,16 @@ def write_model_card(output_dir: str | Path, config: Dict[str, Any], *, metrics:
     family = family or FAMILIES.get(model.get("family"), FAMILIES["sd"])
     base, name = model["pretrained"], obj["objective"]
     is_hub_id = not Path(base).exists() and base.count("/") == 1
-    method = {"kto": "Diffusion-KTO", "dpo": "Diffusion-DPO", "sft": "SFT", "csft": "CSFT", "bce": "BCE"}[name]
+    method = {"kto": "Diffusion-KTO", "dpo": "Diffusion-DPO", "sft": "SFT", "csft": "CSFT", "bce": "BCE",
+              "nft": "DiffusionNFT"}[name]
     whole = "UNet" if family.denoiser_subfolder == "unet" else family.denoiser_subfolder
     tuned = (f"a rank-{lora['rank']} LoRA (alpha {lora['alpha']:g}) on {', '.join(lora['target_modules'])}"
              if lora["enabled"] else f"the full {whole}")
     objective = {"kto": f"{method}, utility {obj['utility']}, beta {obj['beta']:g}, reference point "
                         f"{obj['reference_point']}, gamma {data['gamma']:g}",
-                 "dpo": f"{method}, beta {obj['beta']:g}"}.get(name, method)
+                 "dpo": f"{method}, beta {obj['beta']:g}", "nft": f"{method}, beta {obj['beta']:g}"}.get(name, method)
+    if obj.get("flow_error"):
+        objective += f", {obj['flow_error']} errors"
     what = tuned[0].upper() + tuned[1:]
     files = ", ".join(f"`{Path(p).name}`" for p in data["train"]) or f"the cache `{data['cache_dir']}`"
     count_text = ", ".join(f"{v} {k}" for k, v in counts.items()) or "not recorded"
