@@ -69,8 +69,9 @@ def test_the_flow_plan_covers_each_flow_error_nft_and_sft():
     cells = plan_cells("flow", cfg)
     kto = {(c.beta, c.flow_error) for c in cells if c.method == "kto"}
     assert kto == {(b, e) for b in cfg.flow_kto_betas for e in FLOW_ERRORS}
-    assert {c.beta for c in cells if c.method == "nft"} == set(cfg.nft_betas)
-    assert [c.method for c in cells].count("sft") == 1
+    assert {(c.beta, c.flow_error) for c in cells if c.method == "nft"} == {(b, e) for b in cfg.nft_betas
+                                                                           for e in FLOW_ERRORS}
+    assert sorted(c.flow_error for c in cells if c.method == "sft") == sorted(FLOW_ERRORS)
     assert len({c.name for c in cells}) == len(cells)  # the flow_error is in the cell's name
     assert "_x0_" in next(c.name for c in cells if c.flow_error == "x0")
     # the DDPM plans' cells keep their names (sweep directories made before the flow plan resume)

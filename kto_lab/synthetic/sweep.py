@@ -80,9 +80,9 @@ class SweepConfig:
     regime_kto: List[List[float]] = field(default_factory=lambda: [[1000.0, 1e-4]])
     # DPO also at a learning rate where its fidelity matches KTO's default (measured on the frontier)
     regime_dpo: List[List[float]] = field(default_factory=lambda: [[1000.0, 1e-4], [1000.0, 3e-6]])
-    # The flow plan (a flow-matching base, SD3's architecture): Diffusion-KTO over beta with each objective.flow_error
-    # (which error is a flow model's implicit reward, docs/toy.md), DiffusionNFT over its beta (the default
-    # flow_error) and SFT, all at the default learning rate on the balanced regime.
+    # The flow plan (a flow-matching base, SD3's architecture): with each objective.flow_error (which error is a flow
+    # model's implicit reward, docs/toy.md), Diffusion-KTO and DiffusionNFT over beta and SFT, all at the default
+    # learning rate on the balanced regime.
     flow_kto_betas: List[float] = field(default_factory=lambda: [100.0, 1000.0, 10000.0])
     nft_betas: List[float] = field(default_factory=lambda: [0.3, 1.0])
 
@@ -154,10 +154,10 @@ def plan_cells(plan: str, cfg: SweepConfig) -> List[Cell]:
             cells += [make_cell("balanced", m, seed, cfg.beta, cfg.learning_rate)
                       for m in ("kto_loss_averse", "kto_risk_seeking", "spin")]
         elif plan == "flow":
-            cells += [make_cell("balanced", "kto", seed, b, cfg.learning_rate, e)
-                      for e in FLOW_ERRORS for b in cfg.flow_kto_betas]
-            cells += [make_cell("balanced", "nft", seed, b, cfg.learning_rate) for b in cfg.nft_betas]
-            cells += [make_cell("balanced", "sft", seed, cfg.beta, cfg.learning_rate)]
+            for e in FLOW_ERRORS:
+                cells += [make_cell("balanced", "kto", seed, b, cfg.learning_rate, e) for b in cfg.flow_kto_betas]
+                cells += [make_cell("balanced", "nft", seed, b, cfg.learning_rate, e) for b in cfg.nft_betas]
+                cells += [make_cell("balanced", "sft", seed, cfg.beta, cfg.learning_rate, e)]
         else:
             for regime in [r for r in REGIMES if r != "balanced"] + ["balanced"]:  # the frontier plan runs balanced too
                 cells += [make_cell(regime, "kto", seed, b, lr) for b, lr in cfg.regime_kto]
