@@ -225,6 +225,18 @@ def test_sd3_beta_ranges_are_the_benchmarks():
     assert SD3_BETA_RANGES["velocity"] == (20.0, 50000.0)
 
 
+def test_fit_factor_recovers_a_known_factor_and_refuses_a_curve_no_factor_fits():
+    """flow(beta) = ddpm(4 beta) gives 4; a curve flat at another level than the DDPM one (the flow toy's x0 errors
+    below beta 30) gives None, not the grid's end (before: 100, which set SD3's x0 range)."""
+    module = _flow_beta_scale()
+    betas = [0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100, 300, 1000]
+    curve = lambda b: {m: 1.0 / (1.0 + (b / 10.0) ** (0.7 + 0.1 * i)) for i, m in enumerate(module.SWEEP_METRICS)}
+    ddpm = {b: curve(b) for b in betas}
+    assert abs(module.fit_factor(ddpm, {b: curve(4.0 * b) for b in betas}) / 4.0 - 1) < 0.03
+    flat = {b: {m: 0.4 for m in module.SWEEP_METRICS} for b in betas}
+    assert module.fit_factor(ddpm, flat) is None
+
+
 def test_kto_saturation_statistics_and_recording():
     """benchmarks/kto_saturation.py: the statistics of known arguments, and the recorder sees |w beta (g - z_ref)|
     of every kto_loss call while leaving the loss unchanged, and restores the original."""
