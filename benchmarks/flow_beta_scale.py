@@ -41,7 +41,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from kto_lab.schedule import FLOW_ERRORS, FlowMatchingSchedule, NoiseSchedule
+from kto_lab.schedule import DEFAULT_FLOW_ERROR, FLOW_ERRORS, FlowMatchingSchedule, NoiseSchedule
 
 REPO = Path(__file__).resolve().parents[1]
 SD15_USEFUL_BETA = (2000.0, 5000.0)  # Diffusion-KTO D.3 (rising from 2000 to 5000, flat after); Diffusion-DPO
@@ -87,10 +87,11 @@ SWEEP_METRICS = ("share_desirable", "share_undesirable", "energy_to_pretrained")
 
 
 def sweep_file(flow_error: Optional[str]) -> Path:
-    """The committed beta sweep of the DDPM toy (None) or of the flow toy with one flow_error."""
-    stem = "ablation_metrics.csv" if flow_error is None else f"ablation_flow_metrics.csv"
-    folder = REPO / "figures" / "beta_scale" / ("" if flow_error in (None, "velocity") else f"flow_error_{flow_error}")
-    return folder / stem
+    """The committed beta sweep of the DDPM toy (None) or of the flow toy with one flow_error (the default's is
+    the committed command's, figures/beta_scale/ablation_flow_metrics.csv; the others' in flow_error_<name>/)."""
+    stem = "ablation_metrics.csv" if flow_error is None else "ablation_flow_metrics.csv"
+    folder = REPO / "figures" / "beta_scale"
+    return (folder if flow_error in (None, DEFAULT_FLOW_ERROR) else folder / f"flow_error_{flow_error}") / stem
 
 
 def read_sweep(path: Path) -> Dict[float, Dict[str, float]]:

@@ -121,9 +121,12 @@ TIMESTEP_DENSITIES = ("logit_normal", "uniform", "mode")  # SD3 sec. 3.1 (CosMap
 MODE_SCALE_RANGE = (-1.0, 2.0 / (math.pi - 2.0))  # where SD3's f_mode maps [0, 1] onto itself monotonically
 # Which error of a flow model is the implicit reward's (objective.flow_error; FlowMatchingSchedule.error):
 # the velocity's, or that of the epsilon or x0 estimate the same prediction implies. DEFAULT_FLOW_ERROR is the
-# measured best (docs/toy.md, "Which error is a flow model's implicit reward?").
+# measured best: epsilon aligned most per unit of drift on the flow toy (over x0 clearly, over velocity on every
+# seed); the flow shapes world did not separate the three for KTO (figures/flow_error.md; docs/toy.md, "Which error
+# is a flow model's implicit reward?"). Runs made before the option used velocity errors (kto_lab.sd.run_dir
+# resumes them as such).
 FLOW_ERRORS = ("velocity", "epsilon", "x0")
-DEFAULT_FLOW_ERROR = "velocity"
+DEFAULT_FLOW_ERROR = "epsilon"
 
 
 @dataclass

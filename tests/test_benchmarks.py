@@ -259,3 +259,20 @@ def test_kto_saturation_statistics_and_recording():
     assert O.kto_loss is original
     np.testing.assert_allclose(records[0], [10 * abs(0.1 - 0.02), 10 * abs(-0.1 - 0.02)], rtol=1e-5)
     assert torch.equal(out.loss, original(err_p, err_r, labels, beta=10.0, z_ref=torch.tensor(0.02)).loss)
+
+
+def test_flow_error_report_is_what_the_committed_results_give(tmp_path):
+    """figures/flow_error.md (the evidence for DEFAULT_FLOW_ERROR) is what benchmarks/flow_error_report.py writes from
+    the committed toy runs and synthetic cells, and the committed default is the first (the default's) column."""
+    spec = importlib.util.spec_from_file_location("flow_error_report", REPO / "benchmarks" / "flow_error_report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from kto_lab.schedule import DEFAULT_FLOW_ERROR
+
+    f, b = REPO / "figures", REPO / "figures" / "beta_scale"
+    out = tmp_path / "flow_error.md"
+    module.main(["--out", str(out), "--figure6", str(f), str(f / "flow_error" / "velocity"), str(f / "flow_error" / "x0"),
+                 "--sweeps", str(b), str(b / "flow_error_velocity"), str(b / "flow_error_x0"),
+                 "--synthetic", str(f / "flow_error" / "synthetic_cells.csv")])
+    assert out.read_text() == (f / "flow_error.md").read_text()
+    assert module.read_figure6(f)[0] == module.read_sweep(b)[0] == DEFAULT_FLOW_ERROR

@@ -8,7 +8,7 @@ import torch
 from scipy import stats
 
 from kto_lab.config import ConfigError
-from kto_lab.schedule import FlowMatchingSchedule, NoiseSchedule
+from kto_lab.schedule import FLOW_ERRORS, FlowMatchingSchedule, NoiseSchedule
 from kto_lab.step import ObjectiveConfig, objective_step
 
 
@@ -36,11 +36,13 @@ def test_a_perfect_velocity_predictor_has_zero_error_in_the_step():
     def perfect(x_t, t, cond):
         return (x_t - x_star) / sched.noise_level(t, x_t)
 
-    out = objective_step(ObjectiveConfig(objective="sft"), sched, perfect, x0, torch.ones(16, dtype=torch.long),
-                         generator=torch.Generator().manual_seed(0))
-    assert out.err_policy.abs().max() < 1e-20
-    wrong = objective_step(ObjectiveConfig(objective="sft"), sched, lambda x_t, t, c: perfect(x_t, t, c) + x_star,
-                           x0, torch.ones(16, dtype=torch.long), generator=torch.Generator().manual_seed(0))
+    for flow_error in FLOW_ERRORS:  # zero in every space the error can be measured in
+        out = objective_step(ObjectiveConfig(objective="sft", flow_error=flow_error), sched, perfect, x0,
+                             torch.ones(16, dtype=torch.long), generator=torch.Generator().manual_seed(0))
+        assert out.err_policy.abs().max() < 1e-20, flow_error
+    wrong = objective_step(ObjectiveConfig(objective="sft", flow_error="velocity"), sched,
+                           lambda x_t, t, c: perfect(x_t, t, c) + x_star, x0, torch.ones(16, dtype=torch.long),
+                           generator=torch.Generator().manual_seed(0))
     assert wrong.err_policy.min() > 0.5  # the eps part alone (v + x0) is not the velocity
 
 

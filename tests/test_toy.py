@@ -394,3 +394,17 @@ def test_frontier_sweeps_every_method_and_writes_its_files(tmp_path):
     paths = write_frontier(rows, tmp_path, command="test", config=cfg)
     summary = pd.read_csv(paths["summary"])
     assert len(summary) == 4 and (summary.n_seeds == 2).all() and paths["png"].stat().st_size > 0
+
+
+def test_each_flow_error_has_its_measured_beta_range():
+    """FLOW_BETA_RANGES covers every flow_error; the same beta is in one's range and outside another's (x0 errors
+    are about sigma^2 times the velocity errors, so its useful beta is larger: figures/beta_scale/flow_error_x0)."""
+    from kto_lab.schedule import FLOW_ERRORS
+    from toy.train import FLOW_BETA_RANGES
+
+    assert set(FLOW_BETA_RANGES) == set(FLOW_ERRORS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ToyConfig(family="flow", flow_error="epsilon", beta=3.0).validate()
+    with pytest.warns(UserWarning, match=r"^beta=3 is outside \[10, 1000\].*toy's x0 errors"):
+        ToyConfig(family="flow", flow_error="x0", beta=3.0).validate()

@@ -13,7 +13,8 @@ Toy-specific choices (documented, not in the paper):
 - Pretraining is the plain denoising loss (eq. 1, lambda(t) = 1); it is computed by the same
   step with ``objective="csft"`` and no class input, which is exactly that loss.
 - ``family="flow"`` swaps the DDPM schedule for rectified flow (:class:`kto_lab.schedule.FlowMatchingSchedule`,
-  as Stable Diffusion 3): the same MLP predicts the velocity, so every error is a velocity error; the
+  as Stable Diffusion 3): the same MLP predicts the velocity; pretraining uses the velocity error, the
+  fine-tunes ``flow_error``'s (default epsilon: the epsilon error of the velocity prediction); the
   step, the objectives and the rest of this file are unchanged.
 """
 
@@ -56,10 +57,11 @@ def figure6_methods(family: str) -> Tuple[str, ...]:
 
 # The schedule families and the ToyConfig fields that only one of them reads.
 FAMILY_OPTIONS = {"ddpm": ("beta_end",), "flow": ("flow_density", "flow_shift", "flow_sample_steps", "flow_error")}
-# Where Diffusion-KTO's beta still matters on the flow toy, per flow_error (3 seeds each,
-# figures/beta_scale/ablation_flow*_metrics.csv; docs/toy.md, "Flow matching"): below it every metric
-# equals beta -> 0's, above it KTO no longer avoids P_u. A beta outside it gets a one-line warning.
-FLOW_BETA_RANGES = {"velocity": (0.1, 30.0)}
+# Where Diffusion-KTO's beta still matters on the flow toy, per flow_error (3 seeds each, figures/beta_scale/
+# ablation_flow_metrics.csv for the default, flow_error_<name>/ for the others; docs/toy.md, "Flow matching"):
+# below it every metric equals beta -> 0's (epsilon: beta <= 0.03 diverged), above it KTO no longer avoids P_u.
+# A beta outside it gets a one-line warning.
+FLOW_BETA_RANGES = {"velocity": (0.1, 30.0), "epsilon": (0.1, 30.0), "x0": (10.0, 1000.0)}
 
 # Fine-tuning fields a method may override (ToyConfig.method_overrides).
 OVERRIDABLE = {"beta", "lr", "steps", "gamma", "lambda_desirable", "lambda_undesirable", "reference_point"}
@@ -197,7 +199,7 @@ class ToyConfig:
         for name, beta in betas.items():
             if self.flow_error in FLOW_BETA_RANGES:
                 warn_outside(name, beta, *FLOW_BETA_RANGES[self.flow_error],
-                             f"for Diffusion-KTO on the flow-matching toy's {self.flow_error} errors (figures/beta_scale)")
+                             f"for Diffusion-KTO on the flow-matching toy's {self.flow_error} errors (figures/flow_error.md)")
 
     def for_method(self, method: str, check: bool = True) -> "ToyConfig":
         """This config with ``method_overrides[method]`` applied."""
