@@ -22,7 +22,7 @@ so the error changes only the weight ``w(t)``, averaged over the training timest
 each schedule's training timesteps with the library's own samplers (``kto_lab.schedule``) and prints ``E_t[w]``
 and the ratios, for SD3 and for the 2-D toy's two schedules, where the factor was also MEASURED: fitted from
 the committed beta sweeps (``figures/beta_scale/``: the flow curves over beta against the DDPM ones). From
-both it derives each flow error's beta warning range for SD3 (``kto_lab/sd/families.py``, SD3_BETA_RANGES):
+both it derives each flow error's beta warning range for SD3 (``kto_lab/sd/families/sd3.py``, SD3_BETA_RANGES):
 SD 1.5's useful 2000-5000 (Diffusion-KTO D.3) divided by every factor between 1, the model's and the model's
 corrected by the toy's measured/predicted ratio, with a 10x margin on either side. Nothing here runs SD3: its
 useful beta is not measured.

@@ -31,7 +31,7 @@ import torch
 
 from . import objectives as O
 from .config import ConfigError, check_choice, check_positive, check_range
-from .schedule import FLOW_ERRORS, FlowMatchingSchedule, NoiseSchedule
+from .schedule import FLOW_ERRORS, NoiseSchedule
 
 Tensor = torch.Tensor
 Cond = Union[None, Tensor, Tuple["Cond", ...], Dict[str, "Cond"]]  # batch-first conditioning
@@ -178,7 +178,7 @@ def objective_step(
         raise ValueError(f"objective {name!r} needs a reference denoiser")
     if O.NEEDS_PAIRS[name] and x0_loser is None:
         raise ValueError(f"objective {name!r} needs pairs: pass x0_loser")
-    if name in O.FLOW_ONLY and not isinstance(schedule, FlowMatchingSchedule):
+    if name in O.FLOW_ONLY and not schedule.FLOW_MATCHING:
         raise ConfigError(flow_only_message(name))
 
     if name == "dpo":

@@ -8,6 +8,15 @@ import numpy as np
 COLORS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
 
 
+def write_png(path: Path, value: int = 100, size=(16, 16)) -> Path:
+    """A solid grey PNG at ``path`` (folders made)."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((*size, 3), value, np.uint8)).save(path)
+    return path
+
+
 def write_records(directory: Path, n_per_color: int = 2, desirable=("red",), missing=()) -> Path:
     """``records.csv`` with solid-colour images; ``label = colour in desirable``; names in
     ``missing`` are listed but never written (to test the missing-image policy)."""

@@ -4,6 +4,7 @@
     kto-lab data pairs    --shards DIR_OR_FILES... --out pairs.parquet [--image-dir DIR]
     kto-lab data threshold TABLE --out records.parquet [--score-column aesthetic] [--threshold 7]
     kto-lab data label     TABLE --out records.parquet --fn package.module:function
+    kto-lab data from-folder DIR [--out records.csv] [--queue queue.csv] [--sidecar FILE] [--caption TEXT]
     kto-lab data stats     TABLE... [--check-images]
 
 Converters print their stats (class counts included) as JSON.
@@ -79,6 +80,16 @@ def _label(args) -> int:
     return 0
 
 
+def _from_folder(args) -> int:
+    from .folder import folder_to_records
+
+    stats = folder_to_records(args.folder, args.out, queue=args.queue, sidecar=args.sidecar, default_caption=args.caption or "")
+    _print(stats)
+    for bad in stats["unreadable"]:
+        print(f"warning: skipped unreadable image {bad['image']}: {bad['reason']}", file=sys.stderr)
+    return 0
+
+
 def _stats(args) -> int:
     from .records import load_pairs, load_records
     from .tables import table_columns
@@ -141,6 +152,16 @@ def add_parser(subparsers, name: str, help: str) -> argparse.ArgumentParser:
     p.add_argument("--on-missing-image", choices=("error", "skip"), default="error",
                    help="a missing or unreadable image: stop naming it, or leave it out and count it")
     p.set_defaults(func=_label)
+
+    p = sub.add_parser("from-folder", help="a folder of images (+ captions, + likes) -> records, and a queue to label")
+    p.add_argument("folder", help="images; likes from liked/ and disliked/ sub-folders or a sidecar's label column; "
+                                  "captions from a sidecar (metadata.jsonl/csv, captions.jsonl/csv) or a .txt per image")
+    p.add_argument("--out", default=None, help="records table for the labelled images (.csv, .jsonl or .parquet)")
+    p.add_argument("--queue", default=None, help="table (image, caption) of the unlabelled images, for kto-lab label serve")
+    p.add_argument("--sidecar", default=None, help="the captions/labels table (default: the first of metadata.jsonl, "
+                                                   "metadata.csv, captions.jsonl, captions.csv in the folder)")
+    p.add_argument("--caption", default=None, help="caption of images that have none (default: empty)")
+    p.set_defaults(func=_from_folder)
 
     p = sub.add_parser("stats", help="print the class counts of record (or pair) tables")
     p.add_argument("tables", nargs="+", help="record or pair tables (.parquet, .csv, .jsonl)")

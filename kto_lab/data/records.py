@@ -10,6 +10,9 @@ Diffusion-KTO trains on per-image binary feedback (paper sec. 4.2): each image i
     score      optional float (e.g. an aesthetic score; empty / null allowed)
     source_id  optional str (e.g. the Pick-a-Pic image uid)
 
+A decision log of the labeling tools (:mod:`kto_lab.data.decisions`, JSONL whose lines begin
+``{"decision":``) reads as a record table of its likes and dislikes in force.
+
 Diffusion-DPO trains on pairs: a pair table has ``caption``, ``image_w`` (winner),
 ``image_l`` (loser), both paths or bytes like ``image``.
 
@@ -34,13 +37,16 @@ Missing or unreadable images (``on_missing_image``):
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from ..config import ConfigError
-from .tables import DataError, ImageLoadError, PathLike, TableFile, read_table, write_table
+from .decisions import is_decision_log, read_decision_table
+from .tables import (DataError, ImageLoadError, ParquetBytesColumn, PathImageColumn, PathLike, TableFile, read_table,
+                     write_table)
 
 __all__ = [
     "ImageLoadError", "RecordTable", "PairTable", "load_records", "load_pairs", "write_records", "write_pairs",
@@ -152,6 +158,11 @@ class ImageTable:
         f, row = self.locate(i)
         return f.images[column].describe(row)
 
+    def fingerprint(self) -> List[Dict[str, Any]]:
+        """Each file's :meth:`~kto_lab.data.tables.TableFile.fingerprint` (path, rows, SHA-256 of the rows):
+        what a latent cache is keyed on and what a resume compares (:func:`~kto_lab.data.tables.fingerprint_changes`)."""
+        return [f.fingerprint() for f in self.files]
+
     def is_skipped(self, i: int) -> bool:
         return int(i) in self._skipped_index
 
@@ -245,14 +256,41 @@ class PairTable(ImageTable):
 
     image_columns = ("image_w", "image_l")
 
+    distinct = False  # set by check_distinct: load_pair then refuses a pair of equal image bytes
+
+    def check_distinct(self) -> None:
+        """Training needs two images a pair (on one image twice Diffusion-DPO's loss stays at ln 2, whatever
+        the model): a row naming the same file twice is a :class:`DataError` naming it, now (paths only, no
+        file is touched), and a row of equal image bytes (Parquet) when :meth:`load_pair` reads it.
+        (Evaluation may pair an image with itself on purpose: an exact tie.)"""
+        for f in self.files:
+            w, l = f.images["image_w"], f.images["image_l"]
+            if isinstance(w, PathImageColumn) and isinstance(l, PathImageColumn):
+                folder = str(f.path.parent)
+                for row, (a, b) in enumerate(zip(w.values, l.values)):
+                    if os.path.normpath(os.path.join(folder, a)) == os.path.normpath(os.path.join(folder, b)):
+                        raise _same_image(f, row, repr(a))
+        self.distinct = True
+
     def load_pair(self, i: int):
         """``(winner, loser)`` RGB PIL images; ``None`` if either is unreadable under "skip"."""
+        if self.distinct:
+            f, row = self.locate(i)
+            w, l = f.images["image_w"], f.images["image_l"]
+            if isinstance(w, ParquetBytesColumn) and isinstance(l, ParquetBytesColumn) and w.raw(row) is not None \
+                    and w.raw(row) == l.raw(row):
+                raise _same_image(f, row, "equal bytes")
         winner = self._open(i, "image_w")
         loser = self._open(i, "image_l") if winner is not None else None
         return None if winner is None or loser is None else (winner, loser)
 
     def __repr__(self) -> str:
         return f"PairTable({len(self)} pairs, files={[str(f.path) for f in self.files]})"
+
+
+def _same_image(f: TableFile, row: int, what: str) -> DataError:
+    return DataError(f"{f.path}, row {row}: image_w and image_l are the same image ({what}); a pair needs two images "
+                     f"(Diffusion-DPO's loss would stay at ln 2 on it); fix or drop the row")
 
 
 def open_image_table(paths, *, extra_columns: Sequence[str] = (), optional: Sequence[str] = (),
@@ -267,10 +305,12 @@ def load_records(paths: Union[PathLike, Sequence[PathLike]], *, on_missing_image
     """Read one or more record tables (CSV / JSONL / Parquet) into one :class:`RecordTable`.
 
     Columns and values are checked now (an error names the file, row and column); images are
-    read only by ``load_image``.
+    read only by ``load_image``. A decision log (:mod:`kto_lab.data.decisions`) reads as its likes
+    and dislikes in force.
     """
     check_on_missing_image(on_missing_image)
-    files = [read_table(p, required=RECORD_COLUMNS, optional=OPTIONAL_RECORD_COLUMNS) for p in _as_paths(paths)]
+    files = [read_decision_table(p, optional=OPTIONAL_RECORD_COLUMNS) if is_decision_log(p)
+             else read_table(p, required=RECORD_COLUMNS, optional=OPTIONAL_RECORD_COLUMNS) for p in _as_paths(paths)]
     return RecordTable(files, on_missing_image)
 
 

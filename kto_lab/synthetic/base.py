@@ -2,11 +2,11 @@
 
 Three steps, each a plain function:
 
-1. :func:`build_skeleton`: a tiny SD pipeline from config (:func:`kto_lab.sd.models.build_tiny_sd`:
+1. :func:`build_skeleton`: a tiny SD pipeline from config (SD's :meth:`~kto_lab.sd.families.sd.SDFamily.build_tiny`:
    ``UNet2DConditionModel`` with cross-attention, ``AutoencoderKL`` with one 2x down-sampling,
    a 2-layer ``CLIPTextModel``, a CLIP tokenizer built here in which every word of the shapes
    grammar is one token, a DDPM scheduler); or, with ``family="sd3"``, the same world under flow
-   matching: a tiny SD3 pipeline (:func:`kto_lab.sd.models.build_tiny_sd3`: an MMDiT
+   matching: a tiny SD3 pipeline (:meth:`~kto_lab.sd.families.sd3.SD3Family.build_tiny`: an MMDiT
    ``SD3Transformer2DModel``, two CLIP towers and a T5 tower with the shapes vocabulary, a rectified-flow
    ``FlowMatchEulerDiscreteScheduler``, here without SD3's 1024-px shift) with the same small VAE.
 2. :func:`train_vae`: random VAE weights do not reconstruct, so the VAE is trained here first on
@@ -33,12 +33,15 @@ import numpy as np
 import torch
 
 from ..images import to_pil
+from ..sd.families.sd import SDFamily
+from ..sd.families.sd3 import SD3Family
 from .shapes import MAX_TOKENS, VOCABULARY, ShapesDataset
 
+# The shapes world's pipelines (base.family): an SD 1.x one (a UNet, one CLIP tower, DDPM), or the same world
+# under flow matching, an SD3 one (an MMDiT, three text towers, a rectified flow)
+WORLDS = {"sd": SDFamily(), "sd3": SD3Family()}
+FAMILIES = tuple(WORLDS)  # base.family's choices
 KL_WEIGHT = 1e-6  # SD's VAE weighs its KL term by 1e-6 against the reconstruction
-
-
-FAMILIES = ("sd", "sd3")  # the DDPM world (SD 1.x's architecture) and the flow-matching one (SD3's)
 LATENT_CHANNELS = 4
 
 
@@ -46,19 +49,18 @@ def build_skeleton(
     path: str | Path, *, image_size: int = 16, block_out_channels: Sequence[int] = (32, 64), seed: int = 0,
     family: str = "sd",
 ) -> Path:
-    """The pipeline to train: ``build_tiny_sd`` (``family="sd3"``: :func:`build_tiny_sd3` with its transformer
-    as :func:`shapes_transformer`) with the shapes vocabulary, and a smaller VAE (16 channels, no attention;
-    4 latent channels at half resolution) that trains in a minute."""
+    """The pipeline to train: the family's tiny pipeline (``SDFamily.build_tiny``; ``family="sd3"``:
+    ``SD3Family.build_tiny`` with its transformer as :func:`shapes_transformer`) with the shapes vocabulary, and a
+    smaller VAE (16 channels, no attention; 4 latent channels at half resolution) that trains in a minute."""
     from diffusers import AutoencoderKL
 
-    from kto_lab.sd.models import build_tiny_sd, build_tiny_sd3
-
-    if family == "sd3":
-        path = build_tiny_sd3(path, image_size=image_size, words=VOCABULARY, text_hidden_size=32, text_layers=2,
-                              max_text_length=MAX_TOKENS, seed=seed)
+    flow = WORLDS[family].schedule_type.FLOW_MATCHING
+    if flow:
+        path = WORLDS[family].build_tiny(path, image_size=image_size, words=VOCABULARY, text_hidden_size=32,
+                                                 text_layers=2, max_text_length=MAX_TOKENS, seed=seed)
         _replace_flow_parts(path, image_size, block_out_channels[-1], seed)
     else:
-        path = build_tiny_sd(
+        path = WORLDS[family].build_tiny(
             path, image_size=image_size, words=VOCABULARY, block_out_channels=tuple(block_out_channels),
             text_hidden_size=32, text_layers=2, max_text_length=MAX_TOKENS, latent_channels=LATENT_CHANNELS, seed=seed,
         )
@@ -67,7 +69,7 @@ def build_skeleton(
         in_channels=3, out_channels=3, latent_channels=LATENT_CHANNELS, block_out_channels=(16, 16),
         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
         layers_per_block=1, norm_num_groups=8, sample_size=image_size, mid_block_add_attention=False,
-        **({"shift_factor": 0.0} if family == "sd3" else {}),  # SD3's latent shift, set by train_vae
+        **({"shift_factor": 0.0} if flow else {}),  # SD3's latent shift, set by train_vae
     )
     shutil.rmtree(path / "vae")
     vae.save_pretrained(path / "vae", safe_serialization=True)

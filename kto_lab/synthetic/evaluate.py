@@ -55,7 +55,7 @@ def make_pipeline(pipeline_dir: str | Path, unet=None, *, device: str = "cpu"):
     pipe = load_pipeline(pipeline_dir)
     if unet is not None:
         set_denoiser(pipe, unet)
-    if not family_of_pipeline(pipe).flow_matching:
+    if not family_of_pipeline(pipe).schedule_type.FLOW_MATCHING:
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
