@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import check_positive
+from .reference_point import REFERENCE_POINTS, reference_point  # noqa: F401  (z_ref: kto_lab.reference_point)
 
 Tensor = torch.Tensor
 
@@ -129,31 +130,6 @@ def denoising_error(prediction: Tensor, target: Tensor) -> Tensor:
 def implicit_reward(err_policy: Tensor, err_ref: Tensor, beta: float) -> Tensor:
     """``beta * (err_ref - err_policy)``: the implicit reward Q(a, s) (sec. 3.3, eq. 7)."""
     return beta * (err_ref - err_policy)
-
-
-REFERENCE_POINTS = ("unrelated", "batch", "none")
-
-
-def reference_point(
-    err_policy: Tensor,
-    err_ref: Tensor,
-    reduce_mean: Optional[Callable[[Tensor], Tensor]] = None,
-) -> Tensor:
-    """Reference point ``z_ref = max(0, mean(err_ref - err_policy))``, detached (sec. 4.1).
-
-    The paper evaluates it on a batch of *unrelated* pairs (``(x', c')`` with the captions
-    rolled by one position, KTO's convention): pass the errors of those forward passes.
-    The cheaper variant passes the matched batch's own errors. ``reduce_mean`` averages the
-    per-process mean across processes (e.g. ``lambda t: accelerator.reduce(t, "mean")``)
-    *before* the clamp, so every rank uses the same ``z_ref``.
-
-    Returns a 0-dim tensor in units of ``g`` (multiply by ``beta`` for reward units).
-    """
-    with torch.no_grad():
-        z = (err_ref.detach().float() - err_policy.detach().float()).mean()
-        if reduce_mean is not None:
-            z = reduce_mean(z)
-        return z.clamp_min(0.0)
 
 
 # --------------------------------------------------------------------------------------

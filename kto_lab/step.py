@@ -19,13 +19,15 @@ The unrelated batch pairs every image with the caption of its neighbour (caption
 one position, KTO's convention) and draws its own noise and timestep. With
 ``reference_point_fraction`` < 1 it keeps only the first m of those pairs (passes 2 and 3 then
 run B + m and m samples): a cheaper, noisier z_ref. A batch of one sample has no neighbour: the
-caller passes other captions (``cond_unrelated``), or the step refuses.
+caller passes other captions (``cond_unrelated``), or the step refuses. Everything else about z_ref (the
+options, the pair count, the captions, the estimate, its mean across processes) is
+:mod:`kto_lab.reference_point`'s; the conditioning helpers are :mod:`kto_lab.cond`'s.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional, Tuple, Union
+from typing import Callable, Dict, Optional
 
 import torch
 
@@ -33,8 +35,10 @@ from . import objectives as O
 from .config import ConfigError, check_choice, check_positive, check_range
 from .schedule import FLOW_ERRORS, NoiseSchedule
 
+from .cond import Cond, cat_cond, cond_batch_size, map_cond, roll_cond  # noqa: F401  (the step's conditioning helpers)
+from .reference_point import REFERENCE_POINTS, reference_point, unrelated_cond, unrelated_pair_count  # noqa: F401
+
 Tensor = torch.Tensor
-Cond = Union[None, Tensor, Tuple["Cond", ...], Dict[str, "Cond"]]  # batch-first conditioning
 Denoiser = Callable[[Tensor, Tensor, Cond], Tensor]
 
 
@@ -63,7 +67,7 @@ class ObjectiveConfig:
             check_choice("flow_error", self.flow_error, FLOW_ERRORS)
         O.get_utility(self.utility)
         check_positive("beta", self.beta)
-        check_choice("reference_point", self.reference_point, O.REFERENCE_POINTS)
+        check_choice("reference_point", self.reference_point, REFERENCE_POINTS)
         check_range("reference_point_fraction", self.reference_point_fraction, low=0.0, high=1.0, low_open=True)
         if self.reference_point_fraction != 1.0 and self.reference_point != "unrelated":
             raise ConfigError(f"reference_point_fraction={self.reference_point_fraction} applies only to "
@@ -79,59 +83,6 @@ class StepOutput:
     metrics: Dict[str, Tensor] = field(default_factory=dict)  # 0-dim tensors: O.metrics_to_floats
     err_policy: Optional[Tensor] = None  # detached, per sample (for accuracy, logging)
     err_ref: Optional[Tensor] = None
-
-
-def map_cond(fn: Callable[..., Tensor], *conds: Cond) -> Cond:
-    """Apply ``fn`` to the matching tensors of one or more conditionings of the same structure."""
-    first = conds[0]
-    if first is None:
-        return None
-    if isinstance(first, Tensor):
-        return fn(*conds)
-    if isinstance(first, dict):
-        return {k: map_cond(fn, *(c[k] for c in conds)) for k in first}
-    if isinstance(first, (tuple, list)):
-        return type(first)(map_cond(fn, *parts) for parts in zip(*conds))
-    raise TypeError(f"cond must be None, a tensor, a tuple or a dict of tensors; got {type(first).__name__}")
-
-
-def roll_cond(cond: Cond, shifts: int = 1) -> Cond:
-    """Pair every sample with its neighbour's conditioning (every part rolled alike, dim 0)."""
-    return map_cond(lambda c: torch.roll(c, shifts=shifts, dims=0), cond)
-
-
-def cat_cond(*conds: Cond) -> Cond:
-    """Concatenate conditionings along the batch (every part alike)."""
-    return map_cond(lambda *cs: torch.cat(cs, dim=0), *conds)
-
-
-def cond_batch_size(cond: Cond) -> Optional[int]:
-    """The batch size of a conditioning (its first tensor's dim 0); None for ``None``."""
-    if cond is None or isinstance(cond, Tensor):
-        return None if cond is None else cond.shape[0]
-    parts = cond.values() if isinstance(cond, dict) else cond
-    return next((n for n in map(cond_batch_size, parts) if n is not None), None)
-
-
-def unrelated_cond(cond: Cond, given: Cond = None) -> Cond:
-    """The conditioning of the unrelated batch (sec. 4.1): ``given`` when the caller has other captions
-    (the SD trainer with one sample per device: another process's, or the previous micro-batch's),
-    else the batch's own rolled by one position (KTO's convention). A conditioned batch of one sample
-    has no other caption to roll to: that is an error, not a silent matched-batch estimate."""
-    if given is not None:
-        return given
-    if cond is not None and cond_batch_size(cond) < 2:
-        raise ValueError(
-            "reference_point='unrelated' pairs each sample with another sample's caption, but this batch has one "
-            "sample: rolling would pair it with its own caption. Pass cond_unrelated (e.g. the previous "
-            "micro-batch's conditioning), use a batch of at least 2, or reference_point='batch'."
-        )
-    return roll_cond(cond)
-
-
-def unrelated_pair_count(batch_size: int, fraction: float) -> int:
-    """How many unrelated pairs estimate z_ref: ``fraction`` of the batch, rounded, at least one."""
-    return min(batch_size, max(1, round(fraction * batch_size)))
 
 
 def flow_only_message(objective: str) -> str:
@@ -215,12 +166,12 @@ def objective_step(
                                   torch.cat([target, target_u]), t_all)
                 err_r, err_r_u = err_r_all[:n], err_r_all[n:]
                 err_p_u = error(policy(x_u, t_u, cond_u), target_u, t_u)
-            z_ref = O.reference_point(err_p_u, err_r_u, reduce_mean)
+            z_ref = reference_point(err_p_u, err_r_u, reduce_mean)
         else:
             with torch.no_grad():
                 err_r = error(reference(x_t, t, cond), target, t)
             z_ref = (
-                O.reference_point(err_p, err_r, reduce_mean)
+                reference_point(err_p, err_r, reduce_mean)
                 if cfg.reference_point == "batch"
                 else torch.zeros((), device=x0.device)
             )

@@ -32,6 +32,7 @@ from kto_lab import objectives as O
 from kto_lab.config import ConfigError, check_choice, check_positive, check_range, warn_outside
 from kto_lab.data.sampler import GammaSampler, check_gamma, sampling_gamma
 from kto_lab.schedule import DEFAULT_FLOW_ERROR, FLOW_ERRORS, TIMESTEP_DENSITIES, FlowMatchingSchedule, NoiseSchedule
+from kto_lab.reference_point import REFERENCE_POINTS
 from kto_lab.step import ObjectiveConfig, flow_only_message, objective_step
 
 from .data import PRETRAIN, FeedbackSet, make_feedback
@@ -167,7 +168,7 @@ class ToyConfig:
             check_positive(name, getattr(self, name))
         check_range("divergence_factor", self.divergence_factor, low=1.0, low_open=True)
         check_gamma(self.gamma)
-        check_choice("reference_point", self.reference_point, O.REFERENCE_POINTS)
+        check_choice("reference_point", self.reference_point, REFERENCE_POINTS)
         if self.methods is None:
             self.methods = figure6_methods(self.family)
         if not self.methods:
