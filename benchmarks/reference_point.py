@@ -75,7 +75,8 @@ def toy_rows(fractions: Sequence[float], steps: int, finetune_steps: int, seed: 
     import dataclasses
 
     from kto_lab.data.sampler import GammaSampler
-    from kto_lab.step import objective_step, unrelated_pair_count
+    from kto_lab.reference_point import unrelated_pair_count
+    from kto_lab.step import objective_step
     from toy.train import ToyConfig, finetune, make_feedback_for, pretrain
 
     cfg = ToyConfig(steps=finetune_steps, seed=seed).validate()
@@ -115,7 +116,7 @@ def tiny_sd_rows(fractions: Sequence[float], steps: int, finetune_steps: int, se
                  batch_size: int = 8) -> List[Dict[str, float]]:
     from kto_lab.sd.components import Components
     from kto_lab.sd.trainer import Trainer
-    from kto_lab.step import unrelated_pair_count
+    from kto_lab.reference_point import unrelated_pair_count
     from sd_step import MODEL_SETS, build_denoiser, build_text_encoders, build_vae, family, make_batch
 
     models = MODEL_SETS["tiny"]

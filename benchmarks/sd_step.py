@@ -70,7 +70,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from kto_lab.objectives import REFERENCE_POINTS
+from kto_lab.reference_point import REFERENCE_POINTS
 from kto_lab.sd.speed import COMPILE_CHOICES, COMPILE_MODES
 
 BENCH_DIR = Path(__file__).resolve().parent

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import check_positive
+from .reference_point import REFERENCE_POINTS, reference_point  # noqa: F401  (z_ref: kto_lab.reference_point)
 
 Tensor = torch.Tensor
 
@@ -129,31 +130,6 @@ def denoising_error(prediction: Tensor, target: Tensor) -> Tensor:
 def implicit_reward(err_policy: Tensor, err_ref: Tensor, beta: float) -> Tensor:
     """``beta * (err_ref - err_policy)``: the implicit reward Q(a, s) (sec. 3.3, eq. 7)."""
     return beta * (err_ref - err_policy)
-
-
-REFERENCE_POINTS = ("unrelated", "batch", "none")
-
-
-def reference_point(
-    err_policy: Tensor,
-    err_ref: Tensor,
-    reduce_mean: Optional[Callable[[Tensor], Tensor]] = None,
-) -> Tensor:
-    """Reference point ``z_ref = max(0, mean(err_ref - err_policy))``, detached (sec. 4.1).
-
-    The paper evaluates it on a batch of *unrelated* pairs (``(x', c')`` with the captions
-    rolled by one position, KTO's convention): pass the errors of those forward passes.
-    The cheaper variant passes the matched batch's own errors. ``reduce_mean`` averages the
-    per-process mean across processes (e.g. ``lambda t: accelerator.reduce(t, "mean")``)
-    *before* the clamp, so every rank uses the same ``z_ref``.
-
-    Returns a 0-dim tensor in units of ``g`` (multiply by ``beta`` for reward units).
-    """
-    with torch.no_grad():
-        z = (err_ref.detach().float() - err_policy.detach().float()).mean()
-        if reduce_mean is not None:
-            z = reduce_mean(z)
-        return z.clamp_min(0.0)
 
 
 # --------------------------------------------------------------------------------------
@@ -312,10 +288,85 @@ def bce_loss(err_policy: Tensor, labels: Tensor) -> ObjectiveOutput:
     return ObjectiveOutput(loss, {"bce/accuracy": acc})
 
 
-OBJECTIVES = ("kto", "dpo", "sft", "csft", "bce")
+# --------------------------------------------------------------------------------------
+# DiffusionNFT (Zheng et al. 2025, "DiffusionNFT: Online Diffusion Reinforcement with Forward Process",
+# arXiv 2509.16117, sec. 3.2): flow models only
+# --------------------------------------------------------------------------------------
+
+
+def nft_implicit_policies(pred_policy: Tensor, pred_ref: Tensor, beta: float):
+    """DiffusionNFT's implicit positive and negative velocity policies (sec. 3.2, the implicit parameterization):
+
+        v+ = (1 - beta) v_ref + beta v_theta        v- = (1 + beta) v_ref - beta v_theta
+
+    ``v_ref`` is the paper's old (sampling) policy, detached here: in kto_lab's offline setting it is the
+    frozen reference model that produced the labeled images. Unlike every other objective, DiffusionNFT
+    mixes the *predictions* before measuring an error, so :func:`kto_lab.step.objective_step` calls this on
+    the policy's and the reference's predictions, measures the errors of ``v+`` and ``v-`` with the
+    schedule's per-sample error (the same one the other objectives get), and hands them to :func:`nft_loss`.
+    """
+    _check_beta(beta)
+    ref = pred_ref.detach()
+    return (1.0 - beta) * ref + beta * pred_policy, (1.0 + beta) * ref - beta * pred_policy
+
+
+def nft_loss(
+    err_positive: Tensor,
+    err_negative: Tensor,
+    reward: Tensor,
+    *,
+    err_policy: Tensor,
+    err_ref: Tensor,
+    beta: float,
+) -> ObjectiveOutput:
+    """DiffusionNFT's training objective (sec. 3.2, the loss of its policy-optimization theorem):
+
+        loss = mean( r * err(v+) + (1 - r) * err(v-) )
+
+    with ``err(v+)``, ``err(v-)`` the per-sample errors of :func:`nft_implicit_policies` against the
+    forward process's target, and ``r`` in [0, 1] the optimality probability of each image (a like is 1,
+    a dislike 0). Its minimiser is ``v_theta = v_ref + (2 / beta) Delta``, Delta pointing from the
+    reference's velocity towards the positive images' (the theorem), so ``beta`` is a step size: small
+    beta, large step. With ``beta = 1`` a liked image's term is plain flow matching (SFT).
+
+    This is the paper's loss. NVlabs' code (``scripts/train_nft_sd3.py``; ``tests/test_nft_crosscheck.py``
+    checks it numerically against this one) differs: it measures both errors on the x0 estimates
+    (``objective.flow_error=x0`` here), divides each sample's error by the detached mean absolute x0
+    error of its own branch (the paper's "adaptive loss weighting"), divides the loss by beta and
+    multiplies it by ``adv_clip_max`` (5), maps group-normalised rewards into r by
+    ``0.5 + 0.5 clip(A / 5, -1, 1)``, adds ``1e-4 * ||v_theta - v_base||^2`` towards the base model,
+    and makes ``v_ref`` an exponential moving average of the policy (online RL). None of that is here.
+
+    ``err_policy``/``err_ref`` are the plain policy and reference errors, for the implicit-reward
+    metrics every objective logs (``beta * g``).
+    """
+    _check_beta(beta)
+    r = reward.float().to(err_positive.device)
+    if not bool(((r >= 0) & (r <= 1)).all()):
+        raise ValueError(f"DiffusionNFT rewards must lie in [0, 1] (optimality probabilities), got "
+                         f"{r.min().item():g} .. {r.max().item():g}")
+    loss_pos, loss_neg = err_positive.float(), err_negative.float()
+    loss = (r * loss_pos + (1.0 - r) * loss_neg).mean()
+    g = err_ref.float() - err_policy.float()
+    sign = torch.where(r >= 0.5, 1.0, -1.0)
+    metrics = _reward_metrics(beta * g, sign)
+    metrics["kl"] = -g.detach().mean()  # mean excess error of the policy, as DPO's
+    metrics["nft/positive"] = _masked_mean(loss_pos.detach(), r > 0)
+    metrics["nft/negative"] = _masked_mean(loss_neg.detach(), r < 1)
+    return ObjectiveOutput(loss, metrics)
+
+
+def nft_reward(labels: Tensor) -> Tensor:
+    """A like/dislike as DiffusionNFT's optimality probability: 1 for desirable, 0 for undesirable."""
+    return (_labels_as_sign(labels) > 0).float()
+
+
+OBJECTIVES = ("kto", "dpo", "sft", "csft", "bce", "nft")
 # Which objectives need a reference model's errors, and which need (winner, loser) pairs.
-NEEDS_REFERENCE = {"kto": True, "dpo": True, "sft": False, "csft": False, "bce": False}
-NEEDS_PAIRS = {"kto": False, "dpo": True, "sft": False, "csft": False, "bce": False}
+NEEDS_REFERENCE = {"kto": True, "dpo": True, "sft": False, "csft": False, "bce": False, "nft": True}
+NEEDS_PAIRS = {"kto": False, "dpo": True, "sft": False, "csft": False, "bce": False, "nft": False}
+# Objectives defined for flow-matching (velocity) models only: DiffusionNFT's paper gives no epsilon form.
+FLOW_ONLY = ("nft",)
 
 
 def check_objective(name: str) -> str:

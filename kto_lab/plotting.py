@@ -20,6 +20,7 @@ LABELS = {
     "dpo": "Diffusion-DPO",
     "kto": "Diffusion-KTO",
     "spin": "SPIN-Diffusion",
+    "nft": "DiffusionNFT",
     # toy metrics (toy/metrics.py)
     "share_desirable": "share in P_d's region",
     "share_undesirable": "share in P_u's region",

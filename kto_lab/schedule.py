@@ -1,6 +1,6 @@
 """The noise schedules and forward (noising) processes, shared by the toy and SD.
 
-Two schedules, one interface (``sample_timesteps`` / ``add_noise`` / ``target``, all that
+Two schedules, one interface (``sample_timesteps`` / ``add_noise`` / ``target`` / ``error``, all that
 :func:`kto_lab.step.objective_step` calls; ``with_options`` applies a training config's ``schedule.*`` options
 of its kind, named by ``OPTIONS``):
 
@@ -25,6 +25,7 @@ import math
 import torch
 
 from .config import ConfigError, check_choice, check_range
+from .objectives import denoising_error
 
 Tensor = torch.Tensor
 
@@ -38,6 +39,8 @@ class NoiseSchedule:
 
     KIND: ClassVar[str] = "DDPM"  # what error messages call this kind of schedule
     EXPLAIN: ClassVar[str] = ""
+    # a velocity-predicting (flow-matching) kind: objective.flow_error and the flow-only objectives apply to it
+    FLOW_MATCHING: ClassVar[bool] = False
     OPTIONS: ClassVar[Tuple[str, ...]] = ("prediction_type",)  # the training config's options for it (schedule.*)
 
     def __post_init__(self):
@@ -121,12 +124,29 @@ class NoiseSchedule:
             return a * noise - s * x0
         return x0
 
+    def error(self, prediction: Tensor, target: Tensor, t: Tensor, flow_error: Optional[str] = None) -> Tensor:
+        """Per-sample error of ``prediction`` against ``target`` (:func:`~kto_lab.objectives.denoising_error`):
+        the error of the model's own prediction type. ``flow_error`` is a flow-matching option: refused here."""
+        if flow_error is not None:
+            raise ConfigError(f"objective.flow_error={flow_error!r} is a flow-matching option, but this is a DDPM "
+                              f"schedule (prediction_type={self.prediction_type!r}, whose error is its own target's); "
+                              "leave objective.flow_error unset")
+        return denoising_error(prediction, target)
+
 
 # --- rectified flow (Stable Diffusion 3) ------------------------------------------------
 
 FLOW_PREDICTION = "flow_prediction"  # diffusers' name for a velocity-predicting (flow) model
 TIMESTEP_DENSITIES = ("logit_normal", "uniform", "mode")  # SD3 sec. 3.1 (CosMap left out)
 MODE_SCALE_RANGE = (-1.0, 2.0 / (math.pi - 2.0))  # where SD3's f_mode maps [0, 1] onto itself monotonically
+# Which error of a flow model is the implicit reward's (objective.flow_error; FlowMatchingSchedule.error):
+# the velocity's, or that of the epsilon or x0 estimate the same prediction implies. DEFAULT_FLOW_ERROR is the
+# measured best: epsilon aligned most per unit of drift on the flow toy (over x0 clearly, over velocity on every
+# seed); the flow shapes world did not separate the three for KTO (figures/flow_error.md; docs/toy.md, "Which error
+# is a flow model's implicit reward?"). Runs made before the option used velocity errors (kto_lab.sd.run_dir
+# resumes them as such).
+FLOW_ERRORS = ("velocity", "epsilon", "x0")
+DEFAULT_FLOW_ERROR = "epsilon"
 
 
 @dataclass
@@ -158,6 +178,7 @@ class FlowMatchingSchedule:
 
     KIND: ClassVar[str] = "flow-matching"
     EXPLAIN: ClassVar[str] = ": it predicts the velocity eps - x0"
+    FLOW_MATCHING: ClassVar[bool] = True
     OPTIONS: ClassVar[Tuple[str, ...]] = ("density", "logit_mean", "logit_std", "mode_scale")
 
     def __post_init__(self):
@@ -238,3 +259,23 @@ class FlowMatchingSchedule:
     def target(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
         """The velocity ``d x_t / d t = eps - x_0`` (the same for every ``t``)."""
         return noise - x0
+
+    def error(self, prediction: Tensor, target: Tensor, t: Tensor, flow_error: Optional[str] = None) -> Tensor:
+        """Per-sample error of a velocity ``prediction`` in the space ``flow_error`` names (None: the default,
+        :data:`DEFAULT_FLOW_ERROR`). One velocity prediction ``v`` at noise level ``s`` implies an x0 estimate
+        ``x_t - s v`` and an epsilon estimate ``x_t + (1 - s) v``; their errors are the velocity error times
+
+            velocity: 1        (SD3's rectified-flow loss; diffusers' SD3 scripts with --precondition_outputs 0)
+            epsilon:  (1 - s)^2  (the papers' DDPM epsilon error, Diffusion-KTO eq. 7, of the same prediction)
+            x0:       s^2      (diffusers' SD3 scripts' default, --precondition_outputs 1)
+
+        so the choice only weighs each sample's error by its noise level: the velocity error weighs the
+        noisiest draws most (``1 / (1 - s)^2`` times the epsilon error), x0 the least noisy. Every family and
+        the toy take their per-sample errors from here (:func:`kto_lab.step.objective_step`)."""
+        kind = DEFAULT_FLOW_ERROR if flow_error is None else flow_error
+        check_choice("objective.flow_error", kind, FLOW_ERRORS)
+        err = denoising_error(prediction, target)
+        if kind == "velocity":
+            return err
+        sigma = (t if t.is_floating_point() else t.float()).float().to(err.device) / self.num_train_timesteps
+        return err * (sigma if kind == "x0" else 1.0 - sigma) ** 2

@@ -19,22 +19,26 @@ The unrelated batch pairs every image with the caption of its neighbour (caption
 one position, KTO's convention) and draws its own noise and timestep. With
 ``reference_point_fraction`` < 1 it keeps only the first m of those pairs (passes 2 and 3 then
 run B + m and m samples): a cheaper, noisier z_ref. A batch of one sample has no neighbour: the
-caller passes other captions (``cond_unrelated``), or the step refuses.
+caller passes other captions (``cond_unrelated``), or the step refuses. Everything else about z_ref (the
+options, the pair count, the captions, the estimate, its mean across processes) is
+:mod:`kto_lab.reference_point`'s; the conditioning helpers are :mod:`kto_lab.cond`'s.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional, Tuple, Union
+from typing import Callable, Dict, Optional
 
 import torch
 
 from . import objectives as O
 from .config import ConfigError, check_choice, check_positive, check_range
-from .schedule import NoiseSchedule
+from .schedule import FLOW_ERRORS, NoiseSchedule
+
+from .cond import Cond, cat_cond, cond_batch_size, map_cond, roll_cond  # noqa: F401  (the step's conditioning helpers)
+from .reference_point import REFERENCE_POINTS, reference_point, unrelated_cond, unrelated_pair_count  # noqa: F401
 
 Tensor = torch.Tensor
-Cond = Union[None, Tensor, Tuple["Cond", ...], Dict[str, "Cond"]]  # batch-first conditioning
 Denoiser = Callable[[Tensor, Tensor, Cond], Tensor]
 
 
@@ -42,21 +46,28 @@ Denoiser = Callable[[Tensor, Tensor, Cond], Tensor]
 class ObjectiveConfig:
     """Which loss, and its hyper-parameters. Defaults: Diffusion-KTO appendix A.1."""
 
-    objective: str = "kto"  # kto | dpo | sft | csft | bce
+    objective: str = "kto"  # kto | dpo | sft | csft | bce | nft (DiffusionNFT: flow-matching models only)
     utility: str = "kto"  # a name in objectives.UTILITIES (sec. 4.2; "kto" = sigmoid is best, D.4)
-    beta: float = 5000.0  # sec. A.1 (D.3: rising from 2000 to 5000, flat after)
+    # sec. A.1 (D.3: rising from 2000 to 5000, flat after). Each objective reads it on its own scale: DPO's
+    # beta_dpo; DiffusionNFT's mixing strength (its paper and NVlabs' configs: 0.1-1).
+    beta: float = 5000.0
     reference_point: str = "unrelated"  # unrelated (the paper, sec. 4.1) | batch | none
     # Share of the batch that forms unrelated pairs for z_ref (rounded, at least one pair): 1.0 = every
     # sample, as the paper (sec. 4.1); less saves forwards for a noisier z_ref (benchmarks/reference_point.py).
     reference_point_fraction: float = 1.0
     lambda_desirable: float = 1.0  # KTO's class weights lambda_D, lambda_U (eq. 5)
     lambda_undesirable: float = 1.0  # lambda_U; raise it to weigh undesirable samples more
+    # Flow-matching models only: the per-sample error every objective sees, velocity | epsilon | x0
+    # (kto_lab.schedule.FlowMatchingSchedule.error); null = kto_lab.schedule.DEFAULT_FLOW_ERROR.
+    flow_error: Optional[str] = None
 
     def validate(self) -> "ObjectiveConfig":
         O.check_objective(self.objective)
+        if self.flow_error is not None:
+            check_choice("flow_error", self.flow_error, FLOW_ERRORS)
         O.get_utility(self.utility)
         check_positive("beta", self.beta)
-        check_choice("reference_point", self.reference_point, O.REFERENCE_POINTS)
+        check_choice("reference_point", self.reference_point, REFERENCE_POINTS)
         check_range("reference_point_fraction", self.reference_point_fraction, low=0.0, high=1.0, low_open=True)
         if self.reference_point_fraction != 1.0 and self.reference_point != "unrelated":
             raise ConfigError(f"reference_point_fraction={self.reference_point_fraction} applies only to "
@@ -74,57 +85,11 @@ class StepOutput:
     err_ref: Optional[Tensor] = None
 
 
-def map_cond(fn: Callable[..., Tensor], *conds: Cond) -> Cond:
-    """Apply ``fn`` to the matching tensors of one or more conditionings of the same structure."""
-    first = conds[0]
-    if first is None:
-        return None
-    if isinstance(first, Tensor):
-        return fn(*conds)
-    if isinstance(first, dict):
-        return {k: map_cond(fn, *(c[k] for c in conds)) for k in first}
-    if isinstance(first, (tuple, list)):
-        return type(first)(map_cond(fn, *parts) for parts in zip(*conds))
-    raise TypeError(f"cond must be None, a tensor, a tuple or a dict of tensors; got {type(first).__name__}")
-
-
-def roll_cond(cond: Cond, shifts: int = 1) -> Cond:
-    """Pair every sample with its neighbour's conditioning (every part rolled alike, dim 0)."""
-    return map_cond(lambda c: torch.roll(c, shifts=shifts, dims=0), cond)
-
-
-def cat_cond(*conds: Cond) -> Cond:
-    """Concatenate conditionings along the batch (every part alike)."""
-    return map_cond(lambda *cs: torch.cat(cs, dim=0), *conds)
-
-
-def cond_batch_size(cond: Cond) -> Optional[int]:
-    """The batch size of a conditioning (its first tensor's dim 0); None for ``None``."""
-    if cond is None or isinstance(cond, Tensor):
-        return None if cond is None else cond.shape[0]
-    parts = cond.values() if isinstance(cond, dict) else cond
-    return next((n for n in map(cond_batch_size, parts) if n is not None), None)
-
-
-def unrelated_cond(cond: Cond, given: Cond = None) -> Cond:
-    """The conditioning of the unrelated batch (sec. 4.1): ``given`` when the caller has other captions
-    (the SD trainer with one sample per device: another process's, or the previous micro-batch's),
-    else the batch's own rolled by one position (KTO's convention). A conditioned batch of one sample
-    has no other caption to roll to: that is an error, not a silent matched-batch estimate."""
-    if given is not None:
-        return given
-    if cond is not None and cond_batch_size(cond) < 2:
-        raise ValueError(
-            "reference_point='unrelated' pairs each sample with another sample's caption, but this batch has one "
-            "sample: rolling would pair it with its own caption. Pass cond_unrelated (e.g. the previous "
-            "micro-batch's conditioning), use a batch of at least 2, or reference_point='batch'."
-        )
-    return roll_cond(cond)
-
-
-def unrelated_pair_count(batch_size: int, fraction: float) -> int:
-    """How many unrelated pairs estimate z_ref: ``fraction`` of the batch, rounded, at least one."""
-    return min(batch_size, max(1, round(fraction * batch_size)))
+def flow_only_message(objective: str) -> str:
+    """The one line that refuses a flow-only objective (DiffusionNFT) on a DDPM model."""
+    return (f"objective={objective!r} (DiffusionNFT) mixes velocity predictions and is defined for flow-matching "
+            "models only (its paper gives no epsilon form); this model has a DDPM schedule: use a flow-matching "
+            "model (SD3, the toy's --family flow) or another objective")
 
 
 def _randn_like(x: Tensor, generator: Optional[torch.Generator]) -> Tensor:
@@ -155,13 +120,17 @@ def objective_step(
     ``cond_loser``: the losers' conditioning where it is not ``cond`` (SDXL: same caption, their
     own size and crop). ``reduce_mean`` averages the reference point across processes (sec. 4.1).
     ``cond_unrelated``: the unrelated batch's conditioning, if not the batch's own rolled by one
-    (:func:`unrelated_cond`).
+    (:func:`unrelated_cond`). Per-sample errors come from ``schedule.error`` (for flow models the
+    ``cfg.flow_error`` kind). ``nft`` (DiffusionNFT, flow models only) runs the reference on the matched
+    batch, mixes the two predictions into its implicit policies and measures their errors the same way.
     """
     name = cfg.objective
     if O.NEEDS_REFERENCE[name] and reference is None:
         raise ValueError(f"objective {name!r} needs a reference denoiser")
     if O.NEEDS_PAIRS[name] and x0_loser is None:
         raise ValueError(f"objective {name!r} needs pairs: pass x0_loser")
+    if name in O.FLOW_ONLY and not schedule.FLOW_MATCHING:
+        raise ConfigError(flow_only_message(name))
 
     if name == "dpo":
         x0 = torch.cat([x0, x0_loser], dim=0)
@@ -174,7 +143,11 @@ def objective_step(
     x_t = schedule.add_noise(x0, noise, t)
     target = schedule.target(x0, noise, t)
 
-    err_p = O.denoising_error(policy(x_t, t, cond), target)
+    def error(prediction: Tensor, target: Tensor, t: Tensor) -> Tensor:  # the schedule's per-sample error
+        return schedule.error(prediction, target, t, cfg.flow_error)
+
+    pred_p = policy(x_t, t, cond)
+    err_p = error(pred_p, target, t)
     err_r = None
     metrics: Dict[str, Tensor] = {}
 
@@ -188,18 +161,17 @@ def objective_step(
             target_u = schedule.target(x0_u, noise_u, t_u)
             cond_u = map_cond(lambda c: c[:m], unrelated_cond(cond, cond_unrelated))
             with torch.no_grad():
-                err_r_all = O.denoising_error(
-                    reference(torch.cat([x_t, x_u]), torch.cat([t, t_u]), cat_cond(cond, cond_u)),
-                    torch.cat([target, target_u]),
-                )
+                t_all = torch.cat([t, t_u])
+                err_r_all = error(reference(torch.cat([x_t, x_u]), t_all, cat_cond(cond, cond_u)),
+                                  torch.cat([target, target_u]), t_all)
                 err_r, err_r_u = err_r_all[:n], err_r_all[n:]
-                err_p_u = O.denoising_error(policy(x_u, t_u, cond_u), target_u)
-            z_ref = O.reference_point(err_p_u, err_r_u, reduce_mean)
+                err_p_u = error(policy(x_u, t_u, cond_u), target_u, t_u)
+            z_ref = reference_point(err_p_u, err_r_u, reduce_mean)
         else:
             with torch.no_grad():
-                err_r = O.denoising_error(reference(x_t, t, cond), target)
+                err_r = error(reference(x_t, t, cond), target, t)
             z_ref = (
-                O.reference_point(err_p, err_r, reduce_mean)
+                reference_point(err_p, err_r, reduce_mean)
                 if cfg.reference_point == "batch"
                 else torch.zeros((), device=x0.device)
             )
@@ -209,9 +181,16 @@ def objective_step(
         )
     elif name == "dpo":
         with torch.no_grad():
-            err_r = O.denoising_error(reference(x_t, t, cond), target)
+            err_r = error(reference(x_t, t, cond), target, t)
         h = n // 2
         out = O.dpo_loss(err_p[:h], err_r[:h], err_p[h:], err_r[h:], beta=cfg.beta)
+    elif name == "nft":  # it mixes the predictions themselves, then measures errors like every other objective
+        with torch.no_grad():
+            pred_r = reference(x_t, t, cond)
+        err_r = error(pred_r, target, t)
+        v_pos, v_neg = O.nft_implicit_policies(pred_p, pred_r, cfg.beta)
+        out = O.nft_loss(error(v_pos, target, t), error(v_neg, target, t), O.nft_reward(labels),
+                         err_policy=err_p, err_ref=err_r, beta=cfg.beta)
     elif name == "sft":
         out = O.sft_loss(err_p, labels)
     elif name == "csft":

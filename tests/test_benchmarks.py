@@ -168,24 +168,32 @@ def test_bad_arguments_fail_before_any_model_is_built(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_flow_beta_scale_weights_are_the_optimal_denoisers_reward():
-    """benchmarks/flow_beta_scale.py's closed form: for Gaussian data N(m, 1) and the optimal denoisers of m = 0
-    (reference) and m = delta (policy), E_eps[err_ref - err_policy] = w(t) delta (2 x0 - delta), with the errors
-    the library's schedules define (add_noise, target): epsilon errors for DDPM, velocity errors for the flow."""
+def _flow_beta_scale():
     spec = importlib.util.spec_from_file_location("flow_beta_scale", REPO / "benchmarks" / "flow_beta_scale.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_flow_beta_scale_weights_are_the_optimal_denoisers_reward():
+    """benchmarks/flow_beta_scale.py's closed form: for Gaussian data N(m, 1) and the optimal denoisers of m = 0
+    (reference) and m = delta (policy), E_eps[err_ref - err_policy] = w(t) delta (2 x0 - delta), with the errors
+    the library's schedules define (add_noise, target, error): epsilon errors for DDPM, and each flow_error's
+    error of the same velocity prediction for the flow."""
+    module = _flow_beta_scale()
     import torch
 
     g = torch.Generator().manual_seed(0)
     x0, delta = torch.tensor([-1.5, 0.0, 0.7, 2.0]), 0.3
     eps = torch.randn(400_000, 1, generator=g, dtype=torch.float64)
     x0 = x0.double().expand(eps.shape[0], -1)
-    for name in ("sd15_epsilon", "sd3_velocity"):
+    for name in ("sd15_epsilon", "sd3_velocity", "sd3_epsilon", "sd3_x0"):
         schedule, weight = module.SCHEDULES[name]
+        flow_error = None if name == "sd15_epsilon" else name.split("_", 1)[1]
         for step in (100, 500, 900):
             t = torch.full((eps.shape[0],), step)
-            x_t, target = schedule.add_noise(x0, eps, t), schedule.target(x0, eps, t)
+            x_t = schedule.add_noise(x0, eps, t)
+            target = schedule.target(x0, eps, t).expand_as(x_t)  # DDPM's epsilon target is the (N, 1) noise
             if name == "sd15_epsilon":
                 a, b = schedule.alphas_cumprod[step].double().sqrt(), (1 - schedule.alphas_cumprod[step].double()).sqrt()
             else:
@@ -197,9 +205,36 @@ def test_flow_beta_scale_weights_are_the_optimal_denoisers_reward():
                 eps_hat = b * (x_t - a * m) / d
                 return eps_hat if name == "sd15_epsilon" else eps_hat - (m + a * (x_t - a * m) / d)
 
-            g_mean = (((optimal(0.0) - target) ** 2) - ((optimal(delta) - target) ** 2)).mean(0)
+            def err(m):  # per element (each column is one x0), as the schedule defines the error
+                return torch.stack([schedule.error(optimal(m)[:, i:i + 1], target[:, i:i + 1], t, flow_error)
+                                    for i in range(x0.shape[1])], 1).double()
+
+            g_mean = (err(0.0) - err(delta)).mean(0)
             expected = weight(schedule, torch.tensor([step])) * delta * (2 * x0[0] - delta)
             assert torch.allclose(g_mean, expected, atol=2e-3 * max(1.0, float(expected.abs().max()))), (name, step)
+
+
+def test_sd3_beta_ranges_are_the_benchmarks():
+    """kto_lab/sd/families/sd3.py's SD3_BETA_RANGES are what benchmarks/flow_beta_scale.py derives (its committed
+    command: 1e6 timesteps, seed 0, the committed toy sweeps), and the velocity range is the one it had before."""
+    from kto_lab.sd.families.sd3 import SD3_BETA_RANGES
+
+    module = _flow_beta_scale()
+    ranges = module.sd3_beta_ranges(module.mean_weights(), module.measured_toy_factors())
+    assert {k: tuple(v["warning_range"]) for k, v in ranges.items()} == SD3_BETA_RANGES
+    assert SD3_BETA_RANGES["velocity"] == (20.0, 50000.0)
+
+
+def test_fit_factor_recovers_a_known_factor_and_refuses_a_curve_no_factor_fits():
+    """flow(beta) = ddpm(4 beta) gives 4; a curve flat at another level than the DDPM one (the flow toy's x0 errors
+    below beta 30) gives None, not the grid's end (before: 100, which set SD3's x0 range)."""
+    module = _flow_beta_scale()
+    betas = [0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100, 300, 1000]
+    curve = lambda b: {m: 1.0 / (1.0 + (b / 10.0) ** (0.7 + 0.1 * i)) for i, m in enumerate(module.SWEEP_METRICS)}
+    ddpm = {b: curve(b) for b in betas}
+    assert abs(module.fit_factor(ddpm, {b: curve(4.0 * b) for b in betas}) / 4.0 - 1) < 0.03
+    flat = {b: {m: 0.4 for m in module.SWEEP_METRICS} for b in betas}
+    assert module.fit_factor(ddpm, flat) is None
 
 
 def test_kto_saturation_statistics_and_recording():
@@ -224,3 +259,20 @@ def test_kto_saturation_statistics_and_recording():
     assert O.kto_loss is original
     np.testing.assert_allclose(records[0], [10 * abs(0.1 - 0.02), 10 * abs(-0.1 - 0.02)], rtol=1e-5)
     assert torch.equal(out.loss, original(err_p, err_r, labels, beta=10.0, z_ref=torch.tensor(0.02)).loss)
+
+
+def test_flow_error_report_is_what_the_committed_results_give(tmp_path):
+    """figures/flow_error.md (the evidence for DEFAULT_FLOW_ERROR) is what benchmarks/flow_error_report.py writes from
+    the committed toy runs and synthetic cells, and the committed default is the first (the default's) column."""
+    spec = importlib.util.spec_from_file_location("flow_error_report", REPO / "benchmarks" / "flow_error_report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from kto_lab.schedule import DEFAULT_FLOW_ERROR
+
+    f, b = REPO / "figures", REPO / "figures" / "beta_scale"
+    out = tmp_path / "flow_error.md"
+    module.main(["--out", str(out), "--figure6", str(f), str(f / "flow_error" / "velocity"), str(f / "flow_error" / "x0"),
+                 "--sweeps", str(b), str(b / "flow_error_velocity"), str(b / "flow_error_x0"),
+                 "--synthetic", str(f / "flow_error" / "synthetic_cells.csv")])
+    assert out.read_text() == (f / "flow_error.md").read_text()
+    assert module.read_figure6(f)[0] == module.read_sweep(b)[0] == DEFAULT_FLOW_ERROR

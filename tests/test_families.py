@@ -18,6 +18,8 @@ import pytest
 import torch
 
 from kto_lab.config import ConfigError
+from kto_lab.objectives import FLOW_ONLY
+from kto_lab.schedule import DEFAULT_FLOW_ERROR, FLOW_ERRORS
 from kto_lab.sd.families import DENOISER_FOLDERS, FAMILIES, resolve_family
 from kto_lab.sd.metrics_log import read_metrics
 from kto_lab.sd.trainer import Trainer
@@ -278,6 +280,11 @@ OBJECTIVE_CASES = {
     "bce-adafactor": {"objective": {"objective": "bce"}, "optim": {"optimizer": "adafactor"}},
     "dpo-gradient_checkpointing-own_schedule_option": {"objective": {"objective": "dpo"},
                                                        "model": {"gradient_checkpointing": True}},
+    # flow-matching families only (DiffusionNFT, objective.flow_error); a DDPM family refuses them in one line
+    "nft": {"objective": {"objective": "nft", "beta": 1.0}},
+    "nft-x0-lora": {"objective": {"objective": "nft", "beta": 0.5, "flow_error": "x0"},
+                    "lora": {"enabled": True, "rank": 4}},
+    "kto-epsilon": {"objective": {"flow_error": "epsilon"}},
 }
 
 
@@ -290,6 +297,12 @@ def test_every_objective_trains(tiny_pipeline, records, pairs, tmp_path, family,
     cfg = config(tiny_pipeline(family), pairs if objective == "dpo" else records, tmp_path / "run", **sections)
     if case.endswith("own_schedule_option"):
         cfg["schedule"] = OWN_SCHEDULE_OPTION[f.schedule_type.__name__]
+    flow_error = sections.get("objective", {}).get("flow_error")
+    if (objective in FLOW_ONLY or flow_error) and not f.schedule_type.FLOW_MATCHING:
+        with pytest.raises(ConfigError, match=r"^objective\.(objective='nft'|flow_error=).* flow-matching") as e:
+            Trainer(cfg)
+        assert "\n" not in str(e.value)
+        return
     trainer = Trainer(cfg)
     assert trainer.family is f and isinstance(trainer.schedule, f.schedule_type)
     if objective in ("sft", "csft", "bce"):  # no reference model is built
@@ -302,6 +315,11 @@ def test_every_objective_trains(tiny_pipeline, records, pairs, tmp_path, family,
     assert len(micro) == 2 * cfg["optim"].get("gradient_accumulation_steps", 1)  # optimizer steps, not micro-batches
     if objective == "kto":
         assert "z_ref" in rows[-1]
+    if objective == "nft":
+        assert {"nft/positive", "nft/negative"} & set(rows[-1])  # a class absent from the logged batches is NaN, left out
+    # the flow error the run used is what config.yaml records (resolved when unset: a later default cannot change it)
+    assert trainer.cfg.objective.flow_error == (flow_error or DEFAULT_FLOW_ERROR if f.schedule_type.FLOW_MATCHING
+                                                else None)
     if objective == "dpo":  # the losers get their own geometry (SDXL's time ids); every tower its token ids
         assert "rewards/pair_accuracy" in rows[-1]
         batch = trainer.source.next_batch()
@@ -428,18 +446,32 @@ def test_a_resolution_the_vae_cannot_take_is_one_line(tiny_sdxl_path, records, t
 
 @family_ids
 def test_a_beta_far_outside_the_familys_range_is_a_one_line_warning(tiny_pipeline, records, tmp_path, family):
+    """Each objective.flow_error of a flow family has its own range (SD3: SD3_BETA_RANGES); DiffusionNFT's beta has
+    its own; a family without a range (SD 1.5's beta is the paper's) warns about none."""
+    from kto_lab.sd.config import NFT_BETA_RANGE
+
     f = FAMILIES[family]
-    low, high = f.beta_range or (20.0, 20.0)
-    cases = ((low / 10, True), (high * 10, True), (low, False), (high, False)) if f.beta_range else ((1e-3, False),)
-    for beta, warned in cases:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            Trainer(config(tiny_pipeline(family), records, tmp_path / f"b{beta:g}", objective={"beta": beta})).close()
-        messages = [str(w.message) for w in caught if "objective.beta" in str(w.message)]
-        assert bool(messages) == warned, (beta, messages)  # no range (SD 1.5's beta is the paper's): no warning
-        if messages:
-            assert len(messages) == 1 and "\n" not in messages[0]
-            assert f"is outside [{low:g}, {high:g}]" in messages[0] and f.beta_range_source in messages[0]
+    for flow_error in FLOW_ERRORS if f.schedule_type.FLOW_MATCHING else (None,):
+        found = f.beta_range_for(flow_error)
+        low, high, source = found or (20.0, 20.0, "")
+        cases = ([(low / 10, True, "kto"), (high * 10, True, "kto"), (low, False, "kto"), (high, False, "kto")]
+                 if found else [(1e-3, False, "kto")])
+        if f.schedule_type.FLOW_MATCHING:
+            cases += [(NFT_BETA_RANGE[1] * 10, True, "nft"), (1.0, False, "nft")]
+        for beta, warned, objective in cases:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                Trainer(config(tiny_pipeline(family), records, tmp_path / f"{flow_error}{objective}{beta:g}",
+                               objective={"beta": beta, "objective": objective, "flow_error": flow_error})).close()
+            messages = [str(w.message) for w in caught if "objective.beta" in str(w.message)]
+            assert bool(messages) == warned, (flow_error, objective, beta, messages)
+            if messages:
+                assert len(messages) == 1 and "\n" not in messages[0]
+                if objective == "kto":
+                    assert f"is outside [{low:g}, {high:g}]" in messages[0] and source in messages[0]
+                    assert f"{flow_error} errors" in messages[0]
+                else:
+                    assert "for DiffusionNFT" in messages[0]
 
 
 @family_ids
@@ -679,8 +711,8 @@ def test_shipped_sd3_config_loads():
     cfg = cfg.resolved(sd3)
     assert cfg.data.resolution == 1024 and cfg.model.gradient_checkpointing and cfg.lora.enabled
     assert cfg.lora.target_modules == LORA_TARGETS["sd3"]  # diffusers' SD3 LoRA script's targets
-    low, high = sd3.beta_range
-    assert low <= cfg.objective.beta <= high and cfg.schedule.density == "logit_normal"
+    low, high, _ = sd3.beta_range_for(cfg.objective.flow_error)
+    assert cfg.objective.flow_error == DEFAULT_FLOW_ERROR and low <= cfg.objective.beta <= high and cfg.schedule.density == "logit_normal"
     assert cfg.logging.validation_guidance_scale == 7.0  # the config's own (SD3's pipeline default), not the family's
 
 
@@ -706,6 +738,14 @@ def test_schedule_options_of_another_kind_are_one_line_errors(tiny_sd_path, tiny
     with pytest.raises(ConfigError, match="schedule.density='uniform' is a flow-matching option, but "
                                           "StableDiffusionPipeline .sd. is a DDPM model; leave schedule.density unset"):
         Trainer(config(tiny_sd_path, records, tmp_path / "b", schedule={"density": "uniform"}))
+    with pytest.raises(ConfigError, match=r"^objective.flow_error='x0' is a flow-matching option, but "
+                                          r"StableDiffusionPipeline \(sd\) is a DDPM model") as e:
+        Trainer(config(tiny_sd_path, records, tmp_path / "f", objective={"flow_error": "x0"}))
+    assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match=r"^objective.objective='nft' \(DiffusionNFT\) .* flow-matching models "
+                                          r"only .* \(StableDiffusionPipeline, sd\)$") as e:
+        Trainer(config(tiny_sd_path, records, tmp_path / "g", objective={"objective": "nft", "beta": 1.0}))
+    assert "\n" not in str(e.value)
     with pytest.raises(ConfigError, match=r"schedule.logit_std=0.0 must be > 0"):
         Trainer(config(tiny_sd3_path, records, tmp_path / "c", schedule={"logit_std": 0.0}))
     other = Trainer(config(tiny_sd3_path, records, tmp_path / "d", schedule={"density": "mode", "mode_scale": 0.5}))
@@ -716,3 +756,20 @@ def test_schedule_options_of_another_kind_are_one_line_errors(tiny_sd_path, tiny
     assert trainer.schedule.prediction_type == "v_prediction"
     assert trainer.components.scheduler_config["prediction_type"] == "v_prediction"  # validation images sample it
     trainer.close()
+
+
+def test_a_flow_run_from_before_flow_error_resumes_as_the_velocity_run_it_was():
+    """Runs made before objective.flow_error existed used velocity errors: their config.yaml lacks the field, and
+    resuming them counts it as 'velocity' (not as the current default), so a later default cannot change them."""
+    import dataclasses
+
+    from kto_lab.sd.config import TrainConfig
+    from kto_lab.sd.run_dir import config_differences
+
+    new = dataclasses.asdict(TrainConfig())
+    old = {k: (dict(v) if isinstance(v, dict) else v) for k, v in new.items()}
+    del old["objective"]["flow_error"]
+    assert config_differences(old, new) == []  # a DDPM run: None then and now
+    for flow_error, diffs in (("velocity", []), ("x0", ["objective.flow_error: 'velocity' -> 'x0'"])):
+        new["objective"]["flow_error"] = flow_error
+        assert config_differences(old, new) == diffs

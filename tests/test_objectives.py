@@ -226,7 +226,7 @@ def test_unknown_names_list_the_known_ones():
         O.get_utility("nope")
     with pytest.raises(ValueError, match="known utilities"):
         O.kto_loss(ERR_P, ERR_R, LABELS, beta=1.0, utility="nope")
-    with pytest.raises(ValueError, match="known objectives: kto, dpo, sft, csft, bce"):
+    with pytest.raises(ValueError, match="known objectives: kto, dpo, sft, csft, bce, nft"):
         O.check_objective("ppo")
 
 
@@ -254,3 +254,66 @@ def test_batch_without_desirable_samples_keeps_the_graph_and_reports_nan_for_the
     m = floats(kto)
     assert math.isnan(m["rewards/desirable"]) and math.isnan(m["rewards/margin"])
     assert m["rewards/undesirable"] == pytest.approx(-0.15)
+
+
+# --- DiffusionNFT -------------------------------------------------------------------------------------------
+
+
+def test_nft_implicit_policies_and_loss_match_hand_computation():
+    """v+ = (1 - b) v_ref + b v, v- = (1 + b) v_ref - b v (DiffusionNFT sec. 3.2); loss = mean(r e+ + (1 - r) e-)."""
+    v, v_ref = torch.tensor([[1.0, 2.0], [0.0, -1.0]]), torch.tensor([[0.5, 1.0], [1.0, 1.0]])
+    pos, neg = O.nft_implicit_policies(v, v_ref, 0.5)
+    assert pos.tolist() == [[0.75, 1.5], [0.5, 0.0]] and neg.tolist() == [[0.25, 0.5], [1.5, 2.0]]
+    out = O.nft_loss(torch.tensor([0.2, 0.4]), torch.tensor([1.0, 3.0]), torch.tensor([1.0, 0.25]),
+                     err_policy=ERR_P, err_ref=ERR_R, beta=0.5)
+    assert out.loss.item() == pytest.approx((0.2 + (0.25 * 0.4 + 0.75 * 3.0)) / 2)
+    m = floats(out)
+    assert m["rewards/desirable"] == pytest.approx(0.5 * 0.1) and m["rewards/undesirable"] == pytest.approx(-0.05)
+    assert m["nft/positive"] == pytest.approx(0.3) and m["nft/negative"] == pytest.approx(3.0)
+    # beta = 1: the positive policy is the policy itself, so a liked image's term is plain flow matching (SFT)
+    assert torch.equal(O.nft_implicit_policies(v, v_ref, 1.0)[0], v)
+
+
+def test_nft_minimiser_is_the_papers_policy_improvement():
+    """The paper's theorem: at one x_t, min over v of E[r |v+ - v_i|^2 + (1 - r) |v- - v_i|^2], with v_ref the mean
+    target E[v_i] (the old policy's velocity), is v_ref + (2 / beta) alpha (v_pos - v_ref), alpha = E[r] and v_pos the
+    r-weighted mean target. Found here by gradient descent on the implemented loss."""
+    g = torch.Generator().manual_seed(0)
+    targets, r = torch.randn(64, 3, generator=g, dtype=torch.float64), torch.rand(64, generator=g, dtype=torch.float64)
+    v_ref = targets.mean(0, keepdim=True)
+    for beta in (0.3, 1.0, 2.0):
+        v = v_ref.clone().requires_grad_(True)
+        opt = torch.optim.LBFGS([v], lr=1, max_iter=200, tolerance_grad=1e-12)
+
+        def closure():
+            opt.zero_grad()
+            pos, neg = O.nft_implicit_policies(v.expand(64, 3), v_ref.expand(64, 3), beta)
+            e = lambda p: (p - targets).pow(2).sum(1)
+            loss = O.nft_loss(e(pos), e(neg), r, err_policy=e(v), err_ref=e(v_ref), beta=beta).loss
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        alpha, v_pos = r.mean(), (r[:, None] * targets).sum(0) / r.sum()
+        assert torch.allclose(v.detach()[0], v_ref[0] + 2 / beta * alpha * (v_pos - v_ref[0]), atol=1e-5), beta
+
+
+def test_nft_gradient_raises_liked_and_lowers_disliked_likelihood():
+    """At v = v_ref the loss pulls the policy towards a liked target and pushes it from a disliked one."""
+    target, v_ref = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 0.0]])
+    for r, direction in ((1.0, 1.0), (0.0, -1.0)):
+        v = v_ref.clone().requires_grad_(True)
+        pos, neg = O.nft_implicit_policies(v, v_ref, 0.5)
+        e = lambda p: (p - target).pow(2).sum(1)
+        O.nft_loss(e(pos), e(neg), torch.tensor([r]), err_policy=e(v), err_ref=e(v_ref), beta=0.5).loss.backward()
+        assert direction * -v.grad[0, 0] > 0  # the descent direction moves v towards (r=1) / away from (r=0) target
+
+
+def test_nft_rejects_rewards_outside_0_1_and_bad_beta():
+    e = torch.tensor([0.1, 0.2])
+    with pytest.raises(ValueError, match=r"rewards must lie in \[0, 1\].*got -1 .. 1"):
+        O.nft_loss(e, e, torch.tensor([1.0, -1.0]), err_policy=e, err_ref=e, beta=1.0)
+    with pytest.raises(ConfigError, match="beta="):
+        O.nft_implicit_policies(e, e, 0.0)
+    assert O.nft_reward(torch.tensor([1, 0])).tolist() == [1.0, 0.0]
+    assert O.nft_reward(torch.tensor([1, -1])).tolist() == [1.0, 0.0] and O.nft_reward(torch.tensor([True])).item() == 1.0

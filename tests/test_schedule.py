@@ -8,7 +8,7 @@ import torch
 from scipy import stats
 
 from kto_lab.config import ConfigError
-from kto_lab.schedule import FlowMatchingSchedule, NoiseSchedule
+from kto_lab.schedule import FLOW_ERRORS, FlowMatchingSchedule, NoiseSchedule
 from kto_lab.step import ObjectiveConfig, objective_step
 
 
@@ -36,15 +36,17 @@ def test_a_perfect_velocity_predictor_has_zero_error_in_the_step():
     def perfect(x_t, t, cond):
         return (x_t - x_star) / sched.noise_level(t, x_t)
 
-    out = objective_step(ObjectiveConfig(objective="sft"), sched, perfect, x0, torch.ones(16, dtype=torch.long),
-                         generator=torch.Generator().manual_seed(0))
-    assert out.err_policy.abs().max() < 1e-20
-    wrong = objective_step(ObjectiveConfig(objective="sft"), sched, lambda x_t, t, c: perfect(x_t, t, c) + x_star,
-                           x0, torch.ones(16, dtype=torch.long), generator=torch.Generator().manual_seed(0))
+    for flow_error in FLOW_ERRORS:  # zero in every space the error can be measured in
+        out = objective_step(ObjectiveConfig(objective="sft", flow_error=flow_error), sched, perfect, x0,
+                             torch.ones(16, dtype=torch.long), generator=torch.Generator().manual_seed(0))
+        assert out.err_policy.abs().max() < 1e-20, flow_error
+    wrong = objective_step(ObjectiveConfig(objective="sft", flow_error="velocity"), sched,
+                           lambda x_t, t, c: perfect(x_t, t, c) + x_star, x0, torch.ones(16, dtype=torch.long),
+                           generator=torch.Generator().manual_seed(0))
     assert wrong.err_policy.min() > 0.5  # the eps part alone (v + x0) is not the velocity
 
 
-@pytest.mark.parametrize("objective", ["kto", "dpo", "sft", "csft", "bce"])
+@pytest.mark.parametrize("objective", ["kto", "dpo", "sft", "csft", "bce", "nft"])
 def test_every_objective_runs_through_the_unchanged_step(objective):
     sched = FlowMatchingSchedule(num_train_timesteps=50, shift=3.0)
     seen = []
@@ -162,3 +164,86 @@ def test_a_scheduler_of_the_other_family_is_a_one_line_error():
     with pytest.raises(ConfigError, match="prediction_type='v_prediction' is a DDPM option"):
         FlowMatchingSchedule.from_diffusers(bad)
 
+
+
+# --- objective.flow_error: which error of a flow model is the implicit reward's ---------------------------------
+
+
+@pytest.mark.parametrize("flow_error", ["velocity", "epsilon", "x0"])
+def test_flow_errors_are_the_errors_of_the_estimates_one_velocity_implies(flow_error):
+    """FlowMatchingSchedule.error: the velocity error, or the error of the epsilon estimate x_t + (1 - t) v and of
+    the x0 estimate x_t - t v computed from the same prediction, against the forward process's eps and x0."""
+    sched = FlowMatchingSchedule(num_train_timesteps=1000)
+    g = torch.Generator().manual_seed(0)
+    x0, eps, v_hat = (torch.randn(5, 3, 4, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    t = torch.tensor([5.0, 200.0, 500.0, 800.0, 995.0], dtype=torch.float64)
+    x_t, s = sched.add_noise(x0, eps, t), sched.noise_level(t, x0)
+    direct = {"velocity": (v_hat, eps - x0), "epsilon": (x_t + (1 - s) * v_hat, eps), "x0": (x_t - s * v_hat, x0)}
+    pred, truth = direct[flow_error]
+    expected = (pred - truth).pow(2).flatten(1).mean(1)
+    assert torch.allclose(sched.error(v_hat, sched.target(x0, eps, t), t, flow_error).double(), expected, rtol=1e-5)
+
+
+def test_the_default_flow_error_and_the_velocity_error_are_unchanged_plain_errors():
+    from kto_lab.objectives import denoising_error
+    from kto_lab.schedule import DEFAULT_FLOW_ERROR, FLOW_ERRORS
+
+    sched, g = FlowMatchingSchedule(), torch.Generator().manual_seed(1)
+    p, q, t = torch.randn(4, 6, generator=g), torch.randn(4, 6, generator=g), torch.tensor([1, 300, 600, 999])
+    assert torch.equal(sched.error(p, q, t, "velocity"), denoising_error(p, q))  # bit for bit: old runs unchanged
+    assert torch.equal(sched.error(p, q, t), sched.error(p, q, t, DEFAULT_FLOW_ERROR))
+    assert DEFAULT_FLOW_ERROR in FLOW_ERRORS
+
+
+def test_flow_error_bad_values_and_ddpm_schedules_are_one_line_errors():
+    p = torch.zeros(2, 3)
+    with pytest.raises(ConfigError, match=r"objective.flow_error='score' is not allowed; choose one of") as e:
+        FlowMatchingSchedule().error(p, p, torch.ones(2), "score")
+    _oneline(e)
+    with pytest.raises(ConfigError, match="objective.flow_error='x0' is a flow-matching option, but this is a DDPM") as e:
+        NoiseSchedule.linear(50).error(p, p, torch.ones(2, dtype=torch.long), "x0")
+    _oneline(e)
+    assert NoiseSchedule.linear(50).error(p, p + 1, torch.ones(2, dtype=torch.long)).tolist() == [1.0, 1.0]
+    with pytest.raises(ConfigError, match="flow_error='v' is not allowed"):
+        ObjectiveConfig(flow_error="v").validate()
+    with pytest.raises(ConfigError, match="objective.flow_error='epsilon' is a flow-matching option"):
+        objective_step(ObjectiveConfig(objective="sft", flow_error="epsilon"), NoiseSchedule.linear(50),
+                       lambda x, t, c: x, torch.zeros(4, 2), torch.ones(4, dtype=torch.long))
+
+
+@pytest.mark.parametrize("flow_error", ["velocity", "epsilon", "x0"])
+def test_every_objective_sees_the_chosen_flow_error(flow_error):
+    """The step hands every objective the schedule's error of the chosen kind: the policy's errors equal the
+    schedule's on the same draws, for KTO's matched and unrelated batches and DiffusionNFT alike."""
+    sched = FlowMatchingSchedule(num_train_timesteps=50)
+    x0, labels = torch.randn(8, 2, generator=torch.Generator().manual_seed(0)), torch.arange(8) % 2
+    policy, reference = (lambda x, t, c: 0.5 * x), (lambda x, t, c: 0.4 * x)
+    for objective in ("kto", "nft", "sft"):
+        cfg = ObjectiveConfig(objective=objective, beta=1.0, flow_error=flow_error)
+        out = objective_step(cfg, sched, policy, x0, labels, reference=reference,
+                             generator=torch.Generator().manual_seed(0))
+        g = torch.Generator().manual_seed(0)  # the step's first draws: t, then the noise
+        t = sched.sample_timesteps(8, generator=g)
+        noise = torch.randn(x0.shape, generator=g)
+        x_t, target = sched.add_noise(x0, noise, t), sched.target(x0, noise, t)
+        assert torch.allclose(out.err_policy, sched.error(policy(x_t, t, None), target, t, flow_error)), objective
+        if objective != "sft":
+            assert torch.allclose(out.err_ref, sched.error(reference(x_t, t, None), target, t, flow_error))
+
+
+def test_nft_trains_on_flow_schedules_and_refuses_ddpm_in_one_line():
+    from kto_lab.step import flow_only_message
+
+    x0, labels = torch.randn(8, 2, generator=torch.Generator().manual_seed(0)), torch.arange(8) % 2
+    policy = torch.nn.Linear(2, 2)
+    out = objective_step(ObjectiveConfig(objective="nft", beta=1.0), FlowMatchingSchedule(num_train_timesteps=50),
+                         lambda x, t, c: policy(x), x0, labels, reference=lambda x, t, c: 0.4 * x,
+                         generator=torch.Generator().manual_seed(0))
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and policy.weight.grad.abs().sum() > 0
+    assert {"nft/positive", "nft/negative", "rewards/margin", "err/reference"} <= set(out.metrics)
+    with pytest.raises(ConfigError, match=r"objective='nft' \(DiffusionNFT\) .* flow-matching models only") as e:
+        objective_step(ObjectiveConfig(objective="nft", beta=1.0), NoiseSchedule.linear(50), lambda x, t, c: x,
+                       x0, labels, reference=lambda x, t, c: x)
+    _oneline(e)
+    assert str(e.value) == flow_only_message("nft")

@@ -14,7 +14,8 @@ import torch
 
 from kto_lab.cli import main
 from kto_lab.config import ConfigError
-from toy import FIGURE6_METHODS, ToyConfig, ToyDivergenceError, finetune, parse_method, pretrain
+from toy import ToyConfig, ToyDivergenceError, finetune, parse_method, pretrain
+from toy.train import figure6_methods
 from toy.data import DESIRABLE, PRETRAIN, UNDESIRABLE, make_feedback
 from toy.metrics import energy_distance, region_shares, sample_metrics
 from toy.model import ToyDenoiser
@@ -102,6 +103,9 @@ def test_an_empty_method_override_is_no_override():
     (dict(flow_density="logit_normal"), "flow_density='logit_normal' is a flow-only option, but family='ddpm'"),
     (dict(family="flow", flow_density="cosmap"), "flow_density='cosmap' is not allowed"),
     (dict(family="flow", flow_shift=0.0), "flow_shift=0.0 must be > 0"),
+    (dict(flow_error="x0"), "flow_error='x0' is a flow-only option, but family='ddpm'"),
+    (dict(family="flow", flow_error="score"), "flow_error='score' is not allowed"),
+    (dict(methods=("pretrained", "nft")), r"methods: objective='nft' \(DiffusionNFT\) .* flow-matching models only"),
 ])
 def test_schedule_options_of_the_other_family_are_one_line_errors(kw, match):
     with pytest.raises(ConfigError, match=match) as e:
@@ -110,22 +114,23 @@ def test_schedule_options_of_the_other_family_are_one_line_errors(kw, match):
 
 
 def test_flow_beta_outside_the_measured_range_warns_once_with_the_range():
-    from toy.train import FLOW_BETA_RANGE
+    from toy.train import FLOW_BETA_RANGES
 
-    low, high = FLOW_BETA_RANGE
+    low, high = FLOW_BETA_RANGES["velocity"]
     with pytest.warns(UserWarning, match=rf"^beta={high * 10:g} is outside \[{low:g}, {high:g}\], the range measured") as w:
-        ToyConfig(family="flow", beta=high * 10).validate()  # four Diffusion-KTO methods share it: one line
+        ToyConfig(family="flow", flow_error="velocity", beta=high * 10).validate()  # four KTO methods share it: one line
     shown = warnings.formatwarning(w[0].message, w[0].category, w[0].filename, w[0].lineno)
     assert len(w) == 1 and shown.count("\n") == 1, shown  # printed as one line, no source line under it
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        ToyConfig(family="flow", beta=high, methods=("kto:kto", "dpo")).validate()  # DPO's own beta=300: not checked
-        ToyConfig(family="flow", beta=high * 10, methods=("sft", "dpo")).validate()  # no Diffusion-KTO
+        ToyConfig(family="flow", flow_error="velocity", beta=high, methods=("kto:kto", "dpo")).validate()  # DPO's own beta
+        ToyConfig(family="flow", flow_error="velocity", beta=high * 10, methods=("sft", "dpo")).validate()  # no KTO
         ToyConfig(beta=high * 10).validate()  # DDPM: the range is for velocity errors
-        ToyConfig(family="flow", beta=high * 10, methods=("kto:loss_averse",),
+        ToyConfig(family="flow", flow_error="velocity", beta=high * 10, methods=("kto:loss_averse",),
                   method_overrides={"kto:loss_averse": {"beta": high}}).validate()  # the method's own beta
     with pytest.warns(UserWarning, match=rf"^method_overrides\['kto:kto'\].beta={low / 10:g} is outside"):
-        ToyConfig(family="flow", methods=("kto:kto",), method_overrides={"kto:kto": {"beta": low / 10}}).validate()
+        ToyConfig(family="flow", flow_error="velocity", methods=("kto:kto",),
+                  method_overrides={"kto:kto": {"beta": low / 10}}).validate()
 
 
 def test_sampling_rejects_bad_counts():
@@ -179,8 +184,9 @@ def test_end_to_end_every_method_and_deterministic_under_a_seed(family):
     cfg = ToyConfig(**TINY, family=family).validate()
     a = run_seed(cfg, seed=3)
     b = run_seed(cfg, seed=3)
-    assert list(a.metrics) == list(FIGURE6_METHODS)
-    for method in FIGURE6_METHODS:
+    methods = figure6_methods(family)
+    assert list(a.metrics) == list(methods) and ("nft" in methods) == (family == "flow")
+    for method in methods:
         assert a.samples[method].shape == (200, 2)
         assert torch.equal(a.samples[method], b.samples[method]), method
         assert a.metrics[method] == b.metrics[method]
@@ -192,14 +198,18 @@ def test_end_to_end_every_method_and_deterministic_under_a_seed(family):
 
 @pytest.mark.parametrize("family", ["ddpm", "flow"])
 def test_kto_moves_mass_from_undesirable_to_desirable(family):
-    """A short real run: Diffusion-KTO raises the log-density of its samples under P_d relative
-    to P_u compared with the pretrained model (the direction of Figure 6), under DDPM and flow matching."""
+    """A short real run: Diffusion-KTO raises the log-density of its samples under P_d relative to P_u compared
+    with the pretrained model (the direction of Figure 6), under DDPM and flow matching; under flow matching
+    DiffusionNFT (beta 1) moves a clear share of the samples into P_d's region (0.22 -> 0.58 here)."""
     cfg = ToyConfig(family=family, hidden=32, emb_size=16, batch_size=256, pretrain_steps=300, steps=150, lr=1e-3,
-                    n_feedback=256, n_samples=1000, methods=("pretrained", "kto:kto")).validate()
+                    n_feedback=256, n_samples=1000, methods=figure6_methods(family)[:1] + ("kto:kto",) +
+                    (("nft",) if family == "flow" else ())).validate()
     r = run_seed(cfg, seed=0)
     gap = {m: r.metrics[m]["logp_desirable"] - r.metrics[m]["logp_undesirable"] for m in r.metrics}
     assert gap["kto:kto"] > gap["pretrained"] + 0.5, gap
     assert r.metrics["kto:kto"]["share_desirable"] > r.metrics["pretrained"]["share_desirable"]
+    if family == "flow":
+        assert r.metrics["nft"]["share_desirable"] > r.metrics["pretrained"]["share_desirable"] + 0.2
 
 
 def test_sft_trains_on_desirable_points_only():
@@ -391,6 +401,20 @@ def test_frontier_sweeps_every_method_and_writes_its_files(tmp_path):
     paths = write_frontier(rows, tmp_path, command="test", config=cfg)
     summary = pd.read_csv(paths["summary"])
     assert len(summary) == 4 and (summary.n_seeds == 2).all() and paths["png"].stat().st_size > 0
+
+
+def test_each_flow_error_has_its_measured_beta_range():
+    """FLOW_BETA_RANGES covers every flow_error; the same beta is in one's range and outside another's (x0 errors
+    are about sigma^2 times the velocity errors, so its useful beta is larger: figures/beta_scale/flow_error_x0)."""
+    from kto_lab.schedule import FLOW_ERRORS
+    from toy.train import FLOW_BETA_RANGES
+
+    assert set(FLOW_BETA_RANGES) == set(FLOW_ERRORS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ToyConfig(family="flow", flow_error="epsilon", beta=3.0).validate()
+    with pytest.warns(UserWarning, match=r"^beta=3 is outside \[10, 1000\].*toy's x0 errors"):
+        ToyConfig(family="flow", flow_error="x0", beta=3.0).validate()
 
 
 def test_figure6_scatters_name_their_axes_and_figure9_says_z_ref(tiny_figure6, svg_backend):

@@ -13,7 +13,8 @@ Toy-specific choices (documented, not in the paper):
 - Pretraining is the plain denoising loss (eq. 1, lambda(t) = 1); it is computed by the same
   step with ``objective="csft"`` and no class input, which is exactly that loss.
 - ``family="flow"`` swaps the DDPM schedule for rectified flow (:class:`kto_lab.schedule.FlowMatchingSchedule`,
-  as Stable Diffusion 3): the same MLP predicts the velocity, so every error is a velocity error; the
+  as Stable Diffusion 3): the same MLP predicts the velocity; pretraining uses the velocity error, the
+  fine-tunes ``flow_error``'s (default epsilon: the epsilon error of the velocity prediction); the
   step, the objectives and the rest of this file are unchanged.
 """
 
@@ -30,8 +31,9 @@ import torch
 from kto_lab import objectives as O
 from kto_lab.config import ConfigError, check_choice, check_positive, check_range, warn_outside
 from kto_lab.data.sampler import GammaSampler, check_gamma, sampling_gamma
-from kto_lab.schedule import TIMESTEP_DENSITIES, FlowMatchingSchedule, NoiseSchedule
-from kto_lab.step import ObjectiveConfig, objective_step
+from kto_lab.schedule import DEFAULT_FLOW_ERROR, FLOW_ERRORS, TIMESTEP_DENSITIES, FlowMatchingSchedule, NoiseSchedule
+from kto_lab.reference_point import REFERENCE_POINTS
+from kto_lab.step import ObjectiveConfig, flow_only_message, objective_step
 
 from .data import PRETRAIN, FeedbackSet, make_feedback
 from .model import ToyDenoiser
@@ -45,14 +47,22 @@ FIGURE6_METHODS = (
     PRETRAINED, "sft", "csft", "bce", "dpo",
     "kto:loss_averse", "kto:risk_seeking", "kto:kto", "kto:prospect",
 )
+# Under flow matching Figure 6 adds DiffusionNFT, defined for flow models only (kto_lab.objectives.FLOW_ONLY).
+FIGURE6_FLOW_METHODS = FIGURE6_METHODS + ("nft",)
+
+
+def figure6_methods(family: str) -> Tuple[str, ...]:
+    """The methods Figure 6 runs by default for a schedule family (``ToyConfig.methods=None``)."""
+    return FIGURE6_FLOW_METHODS if family == "flow" else FIGURE6_METHODS
 
 
 # The schedule families and the ToyConfig fields that only one of them reads.
-FAMILY_OPTIONS = {"ddpm": ("beta_end",), "flow": ("flow_density", "flow_shift", "flow_sample_steps")}
-# Where Diffusion-KTO's beta still matters on the flow toy's velocity errors (3 seeds,
-# figures/beta_scale/ablation_flow_metrics.csv; docs/toy.md, "Flow matching"): below it every metric
-# equals beta -> 0's, above it KTO no longer avoids P_u. A beta outside it gets a one-line warning.
-FLOW_BETA_RANGE = (0.1, 30.0)
+FAMILY_OPTIONS = {"ddpm": ("beta_end",), "flow": ("flow_density", "flow_shift", "flow_sample_steps", "flow_error")}
+# Where Diffusion-KTO's beta still matters on the flow toy, per flow_error (3 seeds each, figures/beta_scale/
+# ablation_flow_metrics.csv for the default, flow_error_<name>/ for the others; docs/toy.md, "Flow matching"):
+# below it every metric equals beta -> 0's (epsilon: beta <= 0.03 diverged), above it KTO no longer avoids P_u.
+# A beta outside it gets a one-line warning.
+FLOW_BETA_RANGES = {"velocity": (0.1, 30.0), "epsilon": (0.1, 30.0), "x0": (10.0, 1000.0)}
 
 # Fine-tuning fields a method may override (ToyConfig.method_overrides).
 OVERRIDABLE = {"beta", "lr", "steps", "gamma", "lambda_desirable", "lambda_undesirable", "reference_point"}
@@ -104,6 +114,7 @@ class ToyConfig:
     flow_density: str = "uniform"  # flow only: timestep density (SD3 sec. 3.1); uniform fits the 2-D toy better than SD3's logit_normal (docs/toy.md)
     flow_shift: float = 1.0  # flow only: SD3's timestep shift (sec. 5.3.2; 3.0 for 1024 px latents; 1 = none)
     flow_sample_steps: int = 200  # flow only: Euler steps of the ODE sampler; 50 would shrink P_d's spread 8 % even with the exact velocity
+    flow_error: str = DEFAULT_FLOW_ERROR  # flow only: the fine-tunes' per-sample error, velocity | epsilon | x0 (pretraining: velocity)
     # --- pretraining ---
     pretrain_steps: int = 1500
     pretrain_lr: float = 1e-3
@@ -118,13 +129,14 @@ class ToyConfig:
     lambda_desirable: float = 1.0
     lambda_undesirable: float = 1.0
     divergence_factor: float = 10.0  # stop when the policy's error exceeds this x its first-step error
-    methods: Tuple[str, ...] = FIGURE6_METHODS
+    methods: Optional[Tuple[str, ...]] = None  # None = the family's Figure 6 methods (flow adds nft); set by validate()
     # Per-method settings that differ from the shared ones, {method: {field: value}}. Defaults:
     # risk-seeking's utility is unbounded on gains and diverges with lambda_U = 1 at every beta
     # and lr we tried (toy_claims.md), so it gets a 10x lighter undesirable weight; DPO's beta
     # multiplies a difference of two pair members (and beta/2), so it gets its own scale.
     method_overrides: Dict[str, Dict[str, float]] = field(
-        default_factory=lambda: {"kto:risk_seeking": {"lambda_undesirable": 0.1}, "dpo": {"beta": 300.0}}
+        default_factory=lambda: {"kto:risk_seeking": {"lambda_undesirable": 0.1}, "dpo": {"beta": 300.0},
+                                 "nft": {"beta": 1.0}}
     )
     threads: int = 1  # torch threads; a 128-wide MLP is fastest on one core
 
@@ -150,16 +162,20 @@ class ToyConfig:
         self._check_family_options()
         check_range("beta_end", self.beta_end, low=0.0, high=1.0, low_open=True, high_open=True)
         check_choice("flow_density", self.flow_density, TIMESTEP_DENSITIES)
+        check_choice("flow_error", self.flow_error, FLOW_ERRORS)
         check_positive("flow_shift", self.flow_shift)
         for name in ("pretrain_lr", "lr", "grad_clip", "beta", "lambda_desirable", "lambda_undesirable"):
             check_positive(name, getattr(self, name))
         check_range("divergence_factor", self.divergence_factor, low=1.0, low_open=True)
         check_gamma(self.gamma)
-        check_choice("reference_point", self.reference_point, O.REFERENCE_POINTS)
+        check_choice("reference_point", self.reference_point, REFERENCE_POINTS)
+        if self.methods is None:
+            self.methods = figure6_methods(self.family)
         if not self.methods:
-            raise ConfigError("methods is empty; known: " + ", ".join(FIGURE6_METHODS))
+            raise ConfigError("methods is empty; known: " + ", ".join(FIGURE6_FLOW_METHODS))
         for m in self.methods:
-            parse_method(m)
+            if parse_method(m)[0] in O.FLOW_ONLY and self.family != "flow":
+                raise ConfigError(f"methods: {flow_only_message(m)}")
         overridable = sorted(OVERRIDABLE)
         for m, kv in (self.method_overrides or {}).items():
             parse_method(m)
@@ -182,8 +198,9 @@ class ToyConfig:
                 own = "beta" in (self.method_overrides or {}).get(m, {})
                 betas[f"method_overrides[{m!r}].beta" if own else "beta"] = self.for_method(m, check=False).beta
         for name, beta in betas.items():
-            warn_outside(name, beta, *FLOW_BETA_RANGE,
-                         "for Diffusion-KTO on the flow-matching toy's velocity errors (figures/beta_scale)")
+            if self.flow_error in FLOW_BETA_RANGES:
+                warn_outside(name, beta, *FLOW_BETA_RANGES[self.flow_error],
+                             f"for Diffusion-KTO on the flow-matching toy's {self.flow_error} errors (figures/flow_error.md)")
 
     def for_method(self, method: str, check: bool = True) -> "ToyConfig":
         """This config with ``method_overrides[method]`` applied."""
@@ -211,7 +228,7 @@ class ToyConfig:
         return ObjectiveConfig(
             objective=objective, utility=utility or "kto", beta=self.beta,
             reference_point=self.reference_point, lambda_desirable=self.lambda_desirable,
-            lambda_undesirable=self.lambda_undesirable,
+            lambda_undesirable=self.lambda_undesirable, flow_error=self.flow_error if self.family == "flow" else None,
         ).validate()
 
 
@@ -233,7 +250,9 @@ def pretrain(cfg: ToyConfig, seed: Optional[int] = None) -> ToyDenoiser:
     model = build_model(cfg)
     gen = torch.Generator().manual_seed(seed + 1)
     schedule = cfg.schedule()
-    plain = ObjectiveConfig(objective="csft")  # the plain denoising loss, no class input
+    # the plain denoising loss, no class input; under flow matching SD3's rectified-flow (velocity) loss, whatever
+    # flow_error the fine-tunes use, so every flow_error starts from the same pretrained model
+    plain = ObjectiveConfig(objective="csft", flow_error="velocity" if cfg.family == "flow" else None)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.pretrain_lr)
     lr_at = lambda i: cfg.pretrain_lr * 0.5 * (1 + math.cos(math.pi * i / max(cfg.pretrain_steps, 1)))
     ones = torch.ones(cfg.batch_size, dtype=torch.long)

@@ -29,7 +29,7 @@ from typing import Dict, Iterator, Optional, Tuple
 import numpy as np
 import torch
 
-from kto_lab.objectives import denoising_error, implicit_reward
+from kto_lab.objectives import implicit_reward
 from kto_lab.schedule import FlowMatchingSchedule, NoiseSchedule
 
 
@@ -98,29 +98,33 @@ def _draws(schedule: NoiseSchedule | FlowMatchingSchedule, latents: torch.Tensor
         yield t, noise
 
 
-def _reward(policy, reference, schedule: NoiseSchedule | FlowMatchingSchedule, latents, cond, t, noise, beta: float) -> torch.Tensor:
+def _reward(policy, reference, schedule: NoiseSchedule | FlowMatchingSchedule, latents, cond, t, noise, beta: float,
+            flow_error: Optional[str] = None) -> torch.Tensor:
+    """The training step's per-sample errors (``schedule.error``: for a flow model the ``flow_error`` kind)."""
     x_t = schedule.add_noise(latents, noise, t)
     target = schedule.target(latents, noise, t)
-    err_p = denoising_error(policy(x_t, t, cond), target)
-    err_r = denoising_error(reference(x_t, t, cond), target)
+    err_p = schedule.error(policy(x_t, t, cond), target, t, flow_error)
+    err_r = schedule.error(reference(x_t, t, cond), target, t, flow_error)
     return implicit_reward(err_p, err_r, beta).float().cpu()
 
 
 @torch.no_grad()
 def implicit_rewards(policy, reference, schedule: NoiseSchedule | FlowMatchingSchedule, latents: torch.Tensor,
                      cond, *, beta: float = 5000.0, n_draws: int = 4,
-                     generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """``beta * mean_draws(err_ref - err_policy)`` per sample; policy and reference see the same x_t, t."""
+                     generator: Optional[torch.Generator] = None, flow_error: Optional[str] = None) -> torch.Tensor:
+    """``beta * mean_draws(err_ref - err_policy)`` per sample; policy and reference see the same x_t, t.
+    ``flow_error``: a flow model's error kind (objective.flow_error; None: the default)."""
     total = torch.zeros(latents.shape[0], dtype=torch.float32)
     for t, noise in _draws(schedule, latents, n_draws, generator):
-        total += _reward(policy, reference, schedule, latents, cond, t, noise, beta)
+        total += _reward(policy, reference, schedule, latents, cond, t, noise, beta, flow_error)
     return total / n_draws
 
 
 @torch.no_grad()
 def implicit_reward_pairs(policy, reference, schedule: NoiseSchedule | FlowMatchingSchedule,
                           latents_winner: torch.Tensor, latents_loser: torch.Tensor, cond, *, cond_loser=None,
-                          beta: float = 5000.0, n_draws: int = 4, generator: Optional[torch.Generator] = None):
+                          beta: float = 5000.0, n_draws: int = 4, generator: Optional[torch.Generator] = None,
+                          flow_error: Optional[str] = None):
     """Rewards of the winners and of the losers of pairs of one caption each; in every draw the loser
     of a pair sees its winner's t and noise (Diffusion-DPO S4.1, eq. 48-49). ``cond_loser``: the
     losers' conditioning where it is not ``cond`` (SDXL: the same caption, their own size and crop)."""
@@ -130,9 +134,9 @@ def implicit_reward_pairs(policy, reference, schedule: NoiseSchedule | FlowMatch
     total_w = torch.zeros(latents_winner.shape[0], dtype=torch.float32)
     total_l = torch.zeros_like(total_w)
     for t, noise in _draws(schedule, latents_winner, n_draws, generator):
-        total_w += _reward(policy, reference, schedule, latents_winner, cond, t, noise, beta)
+        total_w += _reward(policy, reference, schedule, latents_winner, cond, t, noise, beta, flow_error)
         total_l += _reward(policy, reference, schedule, latents_loser, cond if cond_loser is None else cond_loser,
-                           t, noise, beta)
+                           t, noise, beta, flow_error)
     return total_w / n_draws, total_l / n_draws
 
 

@@ -24,8 +24,9 @@ from typing import Any, ClassVar, Dict, List, Optional, Sequence
 from ..config import (ConfigError, check_choice, check_positive, check_range, load_config, renamed_fields, warn_once,
                       warn_outside)
 from ..data.sampler import check_gamma
-from ..schedule import PREDICTION_TYPES, FlowMatchingSchedule, NoiseSchedule
-from ..step import ObjectiveConfig
+from ..objectives import FLOW_ONLY
+from ..schedule import DEFAULT_FLOW_ERROR, PREDICTION_TYPES, FlowMatchingSchedule, NoiseSchedule
+from ..step import ObjectiveConfig, flow_only_message
 from . import metrics_log
 from .encoding import LATENT_MODES
 from .families import FAMILY_CHOICES
@@ -346,9 +347,10 @@ class TrainConfig:
     def resolved(self, family=None) -> "TrainConfig":
         """A copy with the mode-dependent paper defaults filled in (full: A.1; LoRA: the study), and with
         ``family`` (a :class:`~kto_lab.sd.families.ModelFamily`) the family's defaults where unset (resolution,
-        compile blocks, LoRA targets, validation guidance, the schedule's timestep options); a ``schedule.*``
-        option of another kind of schedule is a one-line error, a beta outside the family's useful range a
-        one-line warning."""
+        compile blocks, LoRA targets, validation guidance, the schedule's timestep options, a flow family's
+        ``objective.flow_error``); a ``schedule.*`` option of another kind of schedule, ``objective.flow_error`` or
+        a flow-only objective on a DDPM family are one-line errors, a beta outside the family's useful range (per
+        ``flow_error``; DiffusionNFT's own) a one-line warning."""
         cfg = dataclasses.replace(self, optim=dataclasses.replace(self.optim), lora=dataclasses.replace(self.lora),
                                   data=dataclasses.replace(self.data), schedule=dataclasses.replace(self.schedule),
                                   model=dataclasses.replace(self.model), logging=dataclasses.replace(self.logging))
@@ -365,8 +367,14 @@ class TrainConfig:
             for k, v in family.schedule_type.default_options().items():  # what the run uses, in config.yaml
                 if getattr(cfg.schedule, k) is None:
                     setattr(cfg.schedule, k, v)
-            if family.beta_range and cfg.objective.objective in ("kto", "dpo"):
-                warn_outside("objective.beta", cfg.objective.beta, *family.beta_range, family.beta_range_source)
+            _check_objective_family(cfg.objective, family)
+            if family.schedule_type.FLOW_MATCHING:  # the error the run uses, in config.yaml and the resume check
+                cfg.objective = dataclasses.replace(cfg.objective, flow_error=cfg.objective.flow_error or DEFAULT_FLOW_ERROR)
+            beta_range = family.beta_range_for(cfg.objective.flow_error)
+            if beta_range and cfg.objective.objective in ("kto", "dpo"):
+                warn_outside("objective.beta", cfg.objective.beta, *beta_range)
+            if cfg.objective.objective == "nft":
+                warn_outside("objective.beta", cfg.objective.beta, *NFT_BETA_RANGE, NFT_BETA_SOURCE)
         lora = cfg.lora.enabled
         if cfg.optim.learning_rate is None:
             cfg.optim.learning_rate = 1e-4 if lora else 1e-7
@@ -380,6 +388,22 @@ class TrainConfig:
         if message:
             warn_once(message)
         return cfg
+
+
+# DiffusionNFT's beta mixes velocities (kto_lab.objectives.nft_implicit_policies); its paper and NVlabs' configs
+# use 0.1 and 1 (config/nft.py). Outside this band (10x margin) a one-line warning: SD's 5000 would barely move.
+NFT_BETA_RANGE = (0.01, 10.0)
+NFT_BETA_SOURCE = "for DiffusionNFT (its paper and NVlabs' configs use 0.1-1; not measured on SD3)"
+
+
+def _check_objective_family(objective: ObjectiveConfig, family) -> None:
+    """A flow-only objective or objective.flow_error on a DDPM family: one line, before any model loads."""
+    if objective.objective in FLOW_ONLY and not family.schedule_type.FLOW_MATCHING:
+        raise ConfigError(f"objective.{flow_only_message(objective.objective)} ({family.pipeline_class_name}, {family.name})")
+    if objective.flow_error is not None and not family.schedule_type.FLOW_MATCHING:
+        raise ConfigError(f"objective.flow_error={objective.flow_error!r} is a flow-matching option, but "
+                          f"{family.pipeline_class_name} ({family.name}) is a DDPM model (its error is its own "
+                          "prediction type's); leave objective.flow_error unset")
 
 
 def schedule_warning(o: OptimConfig) -> Optional[str]:

@@ -145,12 +145,15 @@ def model_card(output_dir: str | Path, config: Dict[str, Any], *, metrics: Dict[
     local_name = Path(model["pretrained"]).expanduser().resolve().name
     base = hub_id or f"path/to/{local_name}"  # the snippet's from_pretrained argument; never a local absolute path
     base_text = f"`{hub_id}`" if hub_id else f"a local model (`{local_name}`; not on the Hub)"
-    method = {"kto": "Diffusion-KTO", "dpo": "Diffusion-DPO", "sft": "SFT", "csft": "CSFT", "bce": "BCE"}[name]
+    method = {"kto": "Diffusion-KTO", "dpo": "Diffusion-DPO", "sft": "SFT", "csft": "CSFT", "bce": "BCE",
+              "nft": "DiffusionNFT"}[name]
     tuned = (f"a rank-{lora['rank']} LoRA (alpha {lora['alpha']:g}) on {', '.join(lora['target_modules'])}"
              if lora["enabled"] else f"the full {family.denoiser_name}")
     objective = {"kto": f"{method}, utility {obj['utility']}, beta {obj['beta']:g}, reference point "
                         f"{obj['reference_point']}, gamma {data['gamma']:g}",
-                 "dpo": f"{method}, beta {obj['beta']:g}"}.get(name, method)
+                 "dpo": f"{method}, beta {obj['beta']:g}", "nft": f"{method}, beta {obj['beta']:g}"}.get(name, method)
+    if obj.get("flow_error"):
+        objective += f", {obj['flow_error']} errors"
     what = tuned[0].upper() + tuned[1:]
     files = ", ".join(f"`{Path(p).name}`" for p in data["train"]) or f"the cache `{Path(data['cache_dir']).name}`"
     count_text = ", ".join(f"{v} {k}" for k, v in counts.items()) or "not recorded"

@@ -173,6 +173,8 @@ def config_differences(old: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
 
     defaults = flatten(dataclasses.asdict(TrainConfig()))
     old_flat, new_flat = {RENAMED_FIELDS.get(k, k): v for k, v in flatten(old).items()}, flatten(new)
+    if "objective.flow_error" not in old_flat and new_flat.get("objective.flow_error") is not None:
+        old_flat["objective.flow_error"] = "velocity"  # a flow run from before the field: the only error there was
     out = []
     for key, value in new_flat.items():
         before = old_flat.get(key, defaults.get(key))

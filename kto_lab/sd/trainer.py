@@ -44,7 +44,8 @@ import yaml
 
 from .. import objectives as O
 from ..config import ConfigError
-from ..step import cond_batch_size, map_cond, objective_step, roll_cond
+from ..reference_point import cross_process_mean, needs_other_captions, next_process_cond
+from ..step import map_cond, objective_step
 from .checkpoints import CHECKPOINT_PREFIX, commit, link_or_copy, prune, raise_if_disk_full, write_manifest
 from .components import (Components, LORA_WEIGHTS, add_lora, cast_trainable_to_fp32, check_model_config, frozen_reference,
                          load_components, load_lora, move, save_denoiser, save_lora)
@@ -238,8 +239,7 @@ class Trainer:
             self.reference = family.denoiser(self.reference_denoiser)
         else:
             self.reference = family.adapters_disabled_denoiser(self.denoiser)
-        multi = acc.num_processes > 1
-        self.reduce_mean = (lambda t: acc.reduce(t, "mean")) if multi else None
+        self.reduce_mean = cross_process_mean(acc)  # z_ref's mean over processes (kto_lab.reference_point)
 
         # Every random draw of a step comes from this generator (one stream per process).
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed * 1000 + acc.process_index)
@@ -293,13 +293,10 @@ class Trainer:
         its own caption, sec. 4.1): with several processes, the next process's; with one, the previous
         micro-batch's (kept in checkpoints; the run's first micro-batch draws one extra batch for it).
         None for larger batches: ``objective_step`` rolls the batch's own."""
-        o = self.cfg.objective
-        if o.objective != "kto" or o.reference_point != "unrelated" or cond_batch_size(cond) != 1:
+        if not needs_other_captions(self.cfg.objective, cond):
             return None
-        acc = self.accelerator
-        if acc.num_processes > 1:  # every rank gathers the same global batch; take the next rank's row
-            every = roll_cond(map_cond(lambda c: acc.gather(c.contiguous()), cond), shifts=-1)
-            return map_cond(lambda c: c[acc.process_index:acc.process_index + 1], every)
+        if self.accelerator.num_processes > 1:
+            return next_process_cond(cond, self.accelerator)
         if self._previous_cond is None:
             first = self.source.next_batch()
             self._previous_cond = self.inputs.cond(first, self.inputs.text(first))

@@ -5,7 +5,10 @@ Three steps, each a plain function:
 1. :func:`build_skeleton`: a tiny SD pipeline from config (SD's :meth:`~kto_lab.sd.families.sd.SDFamily.build_tiny`:
    ``UNet2DConditionModel`` with cross-attention, ``AutoencoderKL`` with one 2x down-sampling,
    a 2-layer ``CLIPTextModel``, a CLIP tokenizer built here in which every word of the shapes
-   grammar is one token, a DDPM scheduler).
+   grammar is one token, a DDPM scheduler); or, with ``family="sd3"``, the same world under flow
+   matching: a tiny SD3 pipeline (:meth:`~kto_lab.sd.families.sd3.SD3Family.build_tiny`: an MMDiT
+   ``SD3Transformer2DModel``, two CLIP towers and a T5 tower with the shapes vocabulary, a rectified-flow
+   ``FlowMatchEulerDiscreteScheduler``, here without SD3's 1024-px shift) with the same small VAE.
 2. :func:`train_vae`: random VAE weights do not reconstruct, so the VAE is trained here first on
    shapes images (L2 reconstruction + a 1e-6 KL term, as SD's VAE). Its ``scaling_factor`` is
    then set to 1 / std of the latents, as SD does, so the UNet sees unit-variance latents.
@@ -31,32 +34,74 @@ import torch
 
 from ..images import to_pil
 from ..sd.families.sd import SDFamily
+from ..sd.families.sd3 import SD3Family
 from .shapes import MAX_TOKENS, VOCABULARY, ShapesDataset
 
-FAMILY = SDFamily()  # the shapes world's pipeline is an SD 1.x one (a UNet, one CLIP tower, DDPM)
+# The shapes world's pipelines (base.family): an SD 1.x one (a UNet, one CLIP tower, DDPM), or the same world
+# under flow matching, an SD3 one (an MMDiT, three text towers, a rectified flow)
+WORLDS = {"sd": SDFamily(), "sd3": SD3Family()}
+FAMILIES = tuple(WORLDS)  # base.family's choices
 KL_WEIGHT = 1e-6  # SD's VAE weighs its KL term by 1e-6 against the reconstruction
+LATENT_CHANNELS = 4
 
 
 def build_skeleton(
     path: str | Path, *, image_size: int = 16, block_out_channels: Sequence[int] = (32, 64), seed: int = 0,
+    family: str = "sd",
 ) -> Path:
-    """The pipeline to train: SD's tiny pipeline (``SDFamily.build_tiny``) with the shapes vocabulary, and a
+    """The pipeline to train: the family's tiny pipeline (``SDFamily.build_tiny``; ``family="sd3"``:
+    ``SD3Family.build_tiny`` with its transformer as :func:`shapes_transformer`) with the shapes vocabulary, and a
     smaller VAE (16 channels, no attention; 4 latent channels at half resolution) that trains in a minute."""
     from diffusers import AutoencoderKL
 
-    path = FAMILY.build_tiny(
-        path, image_size=image_size, words=VOCABULARY, block_out_channels=tuple(block_out_channels),
-        text_hidden_size=32, text_layers=2, max_text_length=MAX_TOKENS, latent_channels=4, seed=seed,
-    )
+    flow = WORLDS[family].schedule_type.FLOW_MATCHING
+    if flow:
+        path = WORLDS[family].build_tiny(path, image_size=image_size, words=VOCABULARY, text_hidden_size=32,
+                                                 text_layers=2, max_text_length=MAX_TOKENS, seed=seed)
+        _replace_flow_parts(path, image_size, block_out_channels[-1], seed)
+    else:
+        path = WORLDS[family].build_tiny(
+            path, image_size=image_size, words=VOCABULARY, block_out_channels=tuple(block_out_channels),
+            text_hidden_size=32, text_layers=2, max_text_length=MAX_TOKENS, latent_channels=LATENT_CHANNELS, seed=seed,
+        )
     torch.manual_seed(seed)
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 16),
+        in_channels=3, out_channels=3, latent_channels=LATENT_CHANNELS, block_out_channels=(16, 16),
         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
         layers_per_block=1, norm_num_groups=8, sample_size=image_size, mid_block_add_attention=False,
+        **({"shift_factor": 0.0} if flow else {}),  # SD3's latent shift, set by train_vae
     )
     shutil.rmtree(path / "vae")
     vae.save_pretrained(path / "vae", safe_serialization=True)
     return path
+
+
+def _replace_flow_parts(path: Path, image_size: int, width: int, seed: int) -> None:
+    """The SD3 skeleton's transformer for 4-channel latents (:func:`shapes_transformer`) and a rectified-flow
+    scheduler without SD3's shift (shift 3 is for 1024-px latents; the flow toy uses none either)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    text = json.loads((path / "text_encoder" / "config.json").read_text())["hidden_size"]
+    torch.manual_seed(seed)
+    shutil.rmtree(path / "transformer")
+    shapes_transformer(image_size // 2, width, text).save_pretrained(path / "transformer", safe_serialization=True)
+    FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0).save_pretrained(path / "scheduler")
+
+
+def shapes_transformer(latent_size: int, width: int = 48, text_hidden_size: int = 32, layers: int = 3):
+    """An ``SD3Transformer2DModel`` (MMDiT): 2x2 patches of the 4-channel latents, ``width / 16`` heads of 16, the
+    text towers' states (two CLIPs padded to the T5's width, 2 x ``text_hidden_size``) and pooled projections.
+    Its cost is in the text stream (16 CLIP + 77 T5 tokens, SD3's training length, against 16 image patches), so
+    it is kept small: width 48 (``BaseConfig.block_out_channels[-1]``) and 3 joint blocks train at about the
+    UNet's speed on a CPU."""
+    from diffusers import SD3Transformer2DModel
+
+    joint = 2 * text_hidden_size
+    return SD3Transformer2DModel(
+        sample_size=latent_size, patch_size=2, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS,
+        num_layers=layers, attention_head_dim=16, num_attention_heads=width // 16, joint_attention_dim=joint,
+        caption_projection_dim=width, pooled_projection_dim=joint, pos_embed_max_size=latent_size // 2,
+    )
 
 
 def train_vae(
@@ -66,7 +111,7 @@ def train_vae(
     """Train ``pipeline_dir/vae`` on ``dataset`` images and save it back (with its scaling factor).
 
     Returns ``{"recon_mse": ..., "scaling_factor": ...}`` (MSE in [-1, 1] pixel units, on the
-    posterior mean of the whole dataset).
+    posterior mean of the whole dataset), and for SD3's VAE its ``shift_factor`` (the latents' mean).
     """
     from diffusers import AutoencoderKL
     from tqdm.auto import tqdm
@@ -98,9 +143,13 @@ def train_vae(
             err.append((vae.decode(z).sample.clamp(-1, 1) - chunk).pow(2).flatten(1).mean(1))
         scaling = float(1.0 / torch.cat(lat).std())
         mse = float(torch.cat(err).mean())
-    vae.register_to_config(scaling_factor=scaling)
+    out = {"recon_mse": mse, "scaling_factor": scaling}
+    if vae.config.get("shift_factor") is not None:  # SD3's VAE: latents are (z - shift_factor) * scaling_factor
+        out["shift_factor"] = float(torch.cat(lat).mean())
+        out["scaling_factor"] = float(1.0 / (torch.cat(lat) - out["shift_factor"]).std())
+    vae.register_to_config(**{k: v for k, v in out.items() if k != "recon_mse"})
     vae.save_pretrained(vae_dir, safe_serialization=True)
-    return {"recon_mse": mse, "scaling_factor": scaling}
+    return out
 
 
 def write_image_records(
@@ -142,11 +191,13 @@ def write_image_pairs(
 
 
 def install_unet(unet_dir: str | Path, pipeline_dir: str | Path) -> Path:
-    """Copy a trained diffusers UNet directory into a pipeline (replacing its ``unet/``)."""
-    unet_dir, dst = Path(unet_dir), Path(pipeline_dir) / "unet"
+    """Copy a trained diffusers denoiser directory into a pipeline (replacing its ``unet/``; SD3: ``transformer/``)."""
+    from kto_lab.sd.families import resolve_family
+
+    unet_dir, dst = Path(unet_dir), Path(pipeline_dir) / resolve_family(pipeline_dir).denoiser_subfolder
     if not (unet_dir / "config.json").is_file():
         raise FileNotFoundError(f"{str(unet_dir)!r} is not a diffusers UNet directory (expected config.json)")
-    tmp = dst.with_name("unet.tmp")
+    tmp = dst.with_name(dst.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     shutil.copytree(unet_dir, tmp)

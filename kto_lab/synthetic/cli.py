@@ -6,6 +6,7 @@
     kto-lab synthetic samples --base figures/synthetic/base/pipeline --out figures/synthetic/base_samples.png
     kto-lab synthetic sweep --plan frontier --base figures/synthetic/base/pipeline --out runs/sweeps/red [sweep.steps=200 ...]
     kto-lab synthetic sweep-report --run runs/sweeps/red --out figures/kto_vs_dpo
+    kto-lab synthetic sweep --plan flow --base figures/synthetic/base_flow/pipeline --out runs/sweeps/flow
 
 Overrides are ``section.field=value`` on :class:`~kto_lab.synthetic.experiment.BaseConfig`
 (``base.``), :class:`~kto_lab.synthetic.experiment.AlignConfig` (``align.``) or
@@ -126,8 +127,11 @@ def add_parser(subparsers, name: str, help: str):
     c.set_defaults(func=cmd_compare, config_fields=(AlignConfig, "align."))
 
     w = sub.add_parser("sweep", help="a resumable sweep over methods, settings, regimes and seeds (one cell per run)")
-    w.add_argument("--plan", required=True, choices=["frontier", "regimes"],
-                   help="frontier: every method over beta / learning rate; regimes: KTO vs DPO per data regime")
+    from .sweep import PLANS
+
+    w.add_argument("--plan", required=True, choices=list(PLANS),
+                   help="frontier: every method over beta / learning rate; regimes: KTO vs DPO per data regime; "
+                        "flow (a flow-matching base): KTO with each objective.flow_error over beta, DiffusionNFT, SFT")
     w.add_argument("--base", required=True, help="the base pipeline directory")
     w.add_argument("--out", required=True, help="sweep directory (cells/*.json; finished cells are skipped)")
     w.add_argument("overrides", nargs="*", help="sweep.FIELD=VALUE")

@@ -9,8 +9,9 @@ Two paths, one sampler setting:
   user's scorer and by :class:`FidelityScorer`, win rates against the base model from the
   median image per prompt, and mean scores with 95% intervals.
 
-Sampling: DDIM, 20 steps, no classifier-free guidance (``guidance_scale = 1``: the base model
-is trained without caption dropout, so it has no unconditional branch to guide with).
+Sampling: DDIM, 20 steps (the flow-matching world, SD3's architecture: the pipeline's own flow Euler
+sampler, 20 steps), no classifier-free guidance (``guidance_scale = 1``: the base model is trained without
+caption dropout, so it has no unconditional branch to guide with).
 """
 
 from __future__ import annotations
@@ -44,22 +45,48 @@ class FidelityScorer:
 
 
 def make_pipeline(pipeline_dir: str | Path, unet=None, *, device: str = "cpu"):
-    """The shapes pipeline (optionally with another UNet, e.g. one being trained), DDIM scheduler."""
+    """The shapes pipeline (optionally with another denoiser, e.g. one being trained), DDIM scheduler
+    (a flow-matching pipeline keeps its flow Euler sampler)."""
     from diffusers import DDIMScheduler
 
+    from kto_lab.sd.families import family_of_pipeline
     from kto_lab.sd.models import load_pipeline
 
     pipe = load_pipeline(pipeline_dir)
     if unet is not None:
-        pipe.unet = unet
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+        set_denoiser(pipe, unet)
+    if not family_of_pipeline(pipe).schedule_type.FLOW_MATCHING:
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
 
+def _family(pipe):
+    """The model family of a pipeline, or of the pipeline a wrapper holds (``wrapped``: CSFT's prompt prefix)."""
+    from kto_lab.sd.families import family_of_pipeline
+
+    return family_of_pipeline(getattr(pipe, "wrapped", pipe))
+
+
+def denoiser(pipe):
+    """The pipeline's denoiser: its UNet (SD3's world: its transformer)."""
+    return _family(pipe).denoiser_of(pipe)
+
+
+def set_denoiser(pipe, model) -> None:
+    setattr(pipe, _family(pipe).denoiser_subfolder, model)
+
+
+def _sampling_kwargs(pipe) -> Dict[str, int]:
+    """SD3 samples with the T5 length its family trains with (its pipeline's default is 256 tokens): the MMDiT
+    attends to every text token, padding included, so another length is another input."""
+    lengths = [t.max_length for t in _family(pipe).towers if t.tokenizer_class == "T5TokenizerFast"]
+    return {"max_sequence_length": lengths[0]} if lengths else {}
+
+
 def image_size_of(pipe) -> int:
-    """The pixel size a pipeline draws at: its UNet's latent size times the VAE's down-sampling."""
-    return pipe.unet.config.sample_size * pipe.vae_scale_factor
+    """The pixel size a pipeline draws at: its denoiser's latent size times the VAE's down-sampling."""
+    return denoiser(pipe).config.sample_size * pipe.vae_scale_factor
 
 
 @torch.no_grad()
@@ -69,16 +96,17 @@ def sample(pipe, captions: Sequence[str], seeds: Sequence[int], *, batch_size: i
     if len(captions) != len(seeds):
         raise ValueError(f"sample: {len(captions)} captions but {len(seeds)} seeds")
     size = image_size or image_size_of(pipe)
-    was_training = pipe.unet.training
-    pipe.unet.eval()
+    model = denoiser(pipe)
+    was_training = model.training
+    model.eval()
     out = []
     for start in range(0, len(captions), batch_size):
         caps = list(captions[start:start + batch_size])
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds[start:start + batch_size]]
         res = pipe(prompt=caps, generator=gens, num_inference_steps=steps, guidance_scale=GUIDANCE_SCALE,
-                   height=size, width=size, output_type="np")
+                   height=size, width=size, output_type="np", **_sampling_kwargs(pipe))
         out.append(np.asarray(res.images, dtype=np.float32).transpose(0, 3, 1, 2))
-    pipe.unet.train(was_training)
+    model.train(was_training)
     return np.clip(np.concatenate(out), 0.0, 1.0)
 
 

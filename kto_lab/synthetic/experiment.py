@@ -26,14 +26,16 @@ import numpy as np
 
 from ..config import check_choice, check_range
 from ..objectives import CSFT_PREFIXES
+from ..schedule import FLOW_ERRORS
 from ..sd.config import LR_SCHEDULERS
 from . import base as B
-from .evaluate import eval_set, evaluate_models, image_distance, make_pipeline, per_image_scores, sample
+from .evaluate import (denoiser, eval_set, evaluate_models, image_distance, make_pipeline, per_image_scores, sample,
+                       set_denoiser)
 from .shapes import eval_captions, make_dataset
 from .users import USERS, get_user, label_pool
 
 CSFT_SAMPLING_PREFIX = CSFT_PREFIXES[0]  # CSFT samples with "good image, " (Diffusion-KTO sec. 5)
-METHODS = ("sft", "csft", "bce", "dpo", "kto", "kto_loss_averse", "kto_risk_seeking", "spin")
+METHODS = ("sft", "csft", "bce", "dpo", "kto", "kto_loss_averse", "kto_risk_seeking", "spin", "nft")  # nft: flow world only
 
 
 @dataclass
@@ -49,11 +51,14 @@ class BaseConfig:
     learning_rate: float = 1e-3  # from scratch (not the paper's fine-tuning 1e-7)
     n_eval_prompts: int = 64
     seed: int = 0
+    # sd: the DDPM world (SD 1.x's UNet, epsilon); sd3: the same world under flow matching (SD3's MMDiT, velocity)
+    family: str = "sd"
 
     def validate(self) -> "BaseConfig":
         for name in ("n_captions", "vae_steps", "unet_steps", "batch_size", "n_eval_prompts"):
             check_range(f"base.{name}", getattr(self, name), low=1)
         check_choice("base.image_size", self.image_size, (16, 32))
+        check_choice("base.family", self.family, B.FAMILIES)
         return self
 
 
@@ -78,6 +83,7 @@ class AlignConfig:
     n_eval_prompts: int = 64
     n_per_prompt: int = 4  # images per prompt for the final evaluation (A.2 uses 5)
     seed: int = 0
+    flow_error: Optional[str] = None  # flow-matching base only: objective.flow_error (null: the default)
 
     def validate(self) -> "AlignConfig":
         check_choice("align.user", self.user, list(USERS))
@@ -90,6 +96,8 @@ class AlignConfig:
         check_range("align.beta", self.beta, low=0.0, low_open=True)
         check_range("align.gamma", self.gamma, low=0.0, high=1.0, low_open=True)
         check_choice("align.lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
+        if self.flow_error is not None:
+            check_choice("align.flow_error", self.flow_error, FLOW_ERRORS)
         return self
 
 
@@ -101,13 +109,13 @@ class AlignConfig:
 def _train_config(pretrained: str, out_dir: Path, records: Path, *, resolution: int, objective: str, steps: int,
                   batch_size: int, learning_rate: float, warmup: int, seed: int, gamma: float = 0.8,
                   beta: float = 1000.0, utility: str = "kto", lr_scheduler: str = "constant_with_warmup",
-                  cache: bool = True, progress: bool = False) -> Dict:
+                  cache: bool = True, progress: bool = False, flow_error: Optional[str] = None) -> Dict:
     """A ``TrainConfig`` dict for the SD trainer on the shapes pipeline (full UNet fine-tune on CPU)."""
     cfg = {
         "output_dir": str(out_dir), "seed": seed, "cpu": True,
         "model": {"pretrained": pretrained, "denoiser": None, "reference": None},
         "data": {"train": [str(records)], "resolution": resolution, "gamma": gamma, "seed": seed},
-        "objective": {"objective": objective, "utility": utility, "beta": beta},
+        "objective": {"objective": objective, "utility": utility, "beta": beta, "flow_error": flow_error},
         "optim": {"max_steps": steps, "batch_size": batch_size, "learning_rate": learning_rate,
                   "warmup_steps": warmup, "lr_scheduler": lr_scheduler, "weight_decay": 0.0, "max_grad_norm": 1.0},
         "logging": {"log_every": 10, "progress_bar": progress},
@@ -127,14 +135,17 @@ def build_base(out_dir: str | Path, cfg: Optional[BaseConfig] = None, *, progres
     pipe_dir = out_dir / "pipeline"
     t0 = time.time()
     data = make_dataset(cfg.n_captions, image_size=cfg.image_size, seed=cfg.seed)
-    B.build_skeleton(pipe_dir, image_size=cfg.image_size, block_out_channels=cfg.block_out_channels, seed=cfg.seed)
+    B.build_skeleton(pipe_dir, image_size=cfg.image_size, block_out_channels=cfg.block_out_channels, seed=cfg.seed,
+                     family=cfg.family)
     vae = B.train_vae(pipe_dir, data, steps=cfg.vae_steps, batch_size=cfg.batch_size, seed=cfg.seed, progress=progress)
     t_vae = time.time() - t0
     records = B.write_image_records(data.images, data.captions, np.ones(len(data), dtype=int), out_dir / "data")
     train_cfg = _train_config(
         str(pipe_dir), out_dir / "train", records, resolution=cfg.image_size, objective="sft", steps=cfg.unet_steps,
         batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, warmup=min(200, cfg.unet_steps // 10),
-        seed=cfg.seed, gamma=1.0, lr_scheduler="cosine", progress=progress)
+        seed=cfg.seed, gamma=1.0, lr_scheduler="cosine", progress=progress,
+        # a flow world pretrains on the plain velocity loss, as SD3 (sec. 2)
+        flow_error="velocity" if B.WORLDS[cfg.family].schedule_type.FLOW_MATCHING else None)
     result = train(train_cfg, overwrite=True)  # the experiment owns its run directories: a re-run redoes them
     B.install_unet(result.weights, pipe_dir)
     t_total = time.time() - t0
@@ -209,7 +220,7 @@ class CurveRecorder:
     def __call__(self, method: str, step: int, unet) -> Optional[Dict]:
         if self.steps is not None and step not in self.steps:
             return None
-        self.pipe.unet = unet
+        set_denoiser(self.pipe, unet)
         prompts = [CSFT_SAMPLING_PREFIX + c for c in self.caps] if method == "csft" else self.caps
         images = sample(self.pipe, prompts, self.seeds, image_size=self.image_size)
         scores = per_image_scores(images, self.caps, self.user)
@@ -231,7 +242,7 @@ def align_one(method: str, base_dir: Path, out_dir: Path, feedback: Dict, cfg: A
         str(base_dir), out_dir / "runs" / method, Path(records), resolution=image_size, objective=objective,
         utility=utility, steps=cfg.steps, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
         warmup=cfg.warmup_steps, seed=cfg.seed, gamma=cfg.gamma, beta=cfg.beta,
-        lr_scheduler=cfg.lr_scheduler, progress=progress)
+        lr_scheduler=cfg.lr_scheduler, progress=progress, flow_error=cfg.flow_error)
     trainer = Trainer(tcfg, overwrite=True)  # the experiment owns its run directories: a re-run redoes them
     curve(method, 0, trainer.base_denoiser())
     step = 0
@@ -239,13 +250,14 @@ def align_one(method: str, base_dir: Path, out_dir: Path, feedback: Dict, cfg: A
         step = min(cfg.steps, step + cfg.eval_every)
         trainer.fit(stop_at=step)
         curve(method, step, trainer.base_denoiser())
-    return str(Path(tcfg["output_dir"]) / "unet")
+    return str(Path(tcfg["output_dir"]) / trainer.family.denoiser_subfolder)
 
 
 def align_spin(base_dir: Path, out_dir: Path, feedback: Dict, cfg: AlignConfig, curve: CurveRecorder,
                image_size: int = 16, progress: bool = False) -> str:
     """SPIN-Diffusion on the user's liked images (the "real" data), ``spin_iterations`` rounds."""
     from kto_lab.sd.components import load_denoiser
+    from kto_lab.sd.families import resolve_family
     from kto_lab.spin import spin
 
     steps = max(1, cfg.steps // cfg.spin_iterations)  # the same total budget as the other methods
@@ -254,16 +266,16 @@ def align_spin(base_dir: Path, out_dir: Path, feedback: Dict, cfg: AlignConfig, 
         steps=steps, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, warmup=cfg.warmup_steps,
         seed=cfg.seed, beta=cfg.beta, lr_scheduler=cfg.lr_scheduler, cache=False, progress=progress)
     gen_pipe = make_pipeline(base_dir)
-    base_unet = gen_pipe.unet
+    base_unet, family = denoiser(gen_pipe), resolve_family(base_dir)
 
     def generate(pretrained, unet_dir, captions, seeds):
-        gen_pipe.unet = base_unet if unet_dir is None else load_denoiser(unet_dir, B.FAMILY)
+        set_denoiser(gen_pipe, base_unet if unet_dir is None else load_denoiser(unet_dir, family))
         return sample(gen_pipe, captions, seeds, image_size=image_size)
 
     curve("spin", 0, base_unet)
 
     def on_iteration(it):
-        curve("spin", it.iteration * steps, load_denoiser(it.denoiser, B.FAMILY))
+        curve("spin", it.iteration * steps, load_denoiser(it.denoiser, family))
 
     its = spin(tcfg, feedback["records"], out_dir / "runs" / "spin", generate, iterations=cfg.spin_iterations,
                pairs_per_iteration=steps * cfg.batch_size // 2, seed=cfg.seed, on_iteration=on_iteration)
@@ -280,6 +292,7 @@ def run_comparison(base_dir: str | Path, out_dir: str | Path, cfg: Optional[Alig
     import pandas as pd
 
     from kto_lab.sd.components import load_denoiser
+    from kto_lab.sd.families import resolve_family
 
     cfg = (cfg or AlignConfig()).validate()
     base_dir, out_dir = Path(base_dir), Path(out_dir)
@@ -304,7 +317,7 @@ def run_comparison(base_dir: str | Path, out_dir: str | Path, cfg: Optional[Alig
 
     models = {"base": make_pipeline(base_dir)}
     for method, unet_dir in unets.items():
-        models[method] = make_pipeline(base_dir, load_denoiser(unet_dir, B.FAMILY))
+        models[method] = make_pipeline(base_dir, load_denoiser(unet_dir, resolve_family(base_dir)))
     # CSFT samples with the "good image, " prefix: evaluate it through a prompt-prefixing wrapper
     if "csft" in models:
         models["csft"] = _PrefixedPipeline(models["csft"], CSFT_SAMPLING_PREFIX)
@@ -322,11 +335,11 @@ class _PrefixedPipeline:
     """A pipeline whose prompts get a prefix (CSFT samples with "good image, ", sec. 5)."""
 
     def __init__(self, pipe, prefix: str):
-        self._pipe, self._prefix = pipe, prefix
+        self.wrapped, self._prefix = pipe, prefix
 
     def __getattr__(self, name):
-        return getattr(self._pipe, name)
+        return getattr(self.wrapped, name)
 
     def __call__(self, prompt, **kwargs):
         prompt = [self._prefix + p for p in ([prompt] if isinstance(prompt, str) else prompt)]
-        return self._pipe(prompt=prompt, **kwargs)
+        return self.wrapped(prompt=prompt, **kwargs)

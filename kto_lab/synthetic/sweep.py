@@ -3,8 +3,10 @@
     kto-lab synthetic sweep --plan frontier --base figures/synthetic/base/pipeline --out runs/sweeps/red
     kto-lab synthetic sweep --plan regimes  --base figures/synthetic/base/pipeline --out runs/sweeps/red
     kto-lab synthetic sweep-report --run runs/sweeps/red --out figures/kto_vs_dpo
+    kto-lab synthetic sweep --plan flow --base figures/synthetic/base_flow/pipeline --out runs/sweeps/flow
 
-A *cell* is one training run: (regime, method, beta, learning rate, seed). It
+A *cell* is one training run: (regime, method, beta, learning rate, seed; on a flow-matching base also the
+objective's ``flow_error``). It
 
 1. takes the regime's training data (:mod:`kto_lab.synthetic.regimes`) from the user's labelled
    pool; the pool's captions, the regime's draw and the training all follow the cell's seed;
@@ -38,12 +40,13 @@ import numpy as np
 from ..config import ConfigError, check_choice, check_range
 from ..data.tables import DataError
 from ..objectives import NEEDS_REFERENCE
+from ..schedule import FLOW_ERRORS
 from . import base as B
 from .experiment import AlignConfig, CurveRecorder, _method_objective, align_one, align_spin, user_feedback
 from .regimes import REGIMES, get_regime, regime_data
 from .users import USERS, get_user
 
-PLANS = ("frontier", "regimes")
+PLANS = ("frontier", "regimes", "flow")
 
 
 @dataclass
@@ -78,6 +81,11 @@ class SweepConfig:
     regime_kto: List[List[float]] = field(default_factory=lambda: [[1000.0, 1e-4]])
     # DPO also at a learning rate where its fidelity matches KTO's default (measured on the frontier)
     regime_dpo: List[List[float]] = field(default_factory=lambda: [[1000.0, 1e-4], [1000.0, 3e-6]])
+    # The flow plan (a flow-matching base, SD3's architecture): with each objective.flow_error (which error is a flow
+    # model's implicit reward, docs/toy.md), Diffusion-KTO and DiffusionNFT over beta and SFT, all at the default
+    # learning rate on the balanced regime.
+    flow_kto_betas: List[float] = field(default_factory=lambda: [100.0, 1000.0, 10000.0])
+    nft_betas: List[float] = field(default_factory=lambda: [0.3, 1.0])
 
     def validate(self) -> "SweepConfig":
         check_choice("sweep.user", self.user, list(USERS))
@@ -91,7 +99,8 @@ class SweepConfig:
             raise ConfigError("sweep.seeds=[] is empty; give at least one seed (>= 3 for intervals over seeds)")
         for name in ("beta", "learning_rate"):
             check_range(f"sweep.{name}", getattr(self, name), low=0.0, low_open=True)
-        for name in ("kto_betas", "dpo_betas", "preference_learning_rates", "learning_rates"):
+        for name in ("kto_betas", "dpo_betas", "preference_learning_rates", "learning_rates", "flow_kto_betas",
+                     "nft_betas"):
             for v in getattr(self, name):
                 check_range(f"sweep.{name}[]", v, low=0.0, low_open=True)
         for name in ("regime_kto", "regime_dpo"):
@@ -114,19 +123,22 @@ class Cell:
     seed: int
     beta: Optional[float]  # None for methods without beta (SFT, CSFT, BCE)
     learning_rate: float
+    flow_error: Optional[str] = None  # objective.flow_error (flow-matching bases; None: the default)
 
     @property
     def name(self) -> str:
         beta = "" if self.beta is None else f"_beta{self.beta:g}"
-        return f"{self.regime}_{self.method}{beta}_lr{self.learning_rate:g}_s{self.seed}"
+        error = "" if self.flow_error is None else f"_{self.flow_error}"
+        return f"{self.regime}_{self.method}{beta}{error}_lr{self.learning_rate:g}_s{self.seed}"
 
 
 def uses_beta(method: str) -> bool:
     return method == "spin" or NEEDS_REFERENCE[_method_objective(method)[0]]
 
 
-def make_cell(regime: str, method: str, seed: int, beta: float, learning_rate: float) -> Cell:
-    return Cell(regime, method, seed, float(beta) if uses_beta(method) else None, float(learning_rate))
+def make_cell(regime: str, method: str, seed: int, beta: float, learning_rate: float,
+              flow_error: Optional[str] = None) -> Cell:
+    return Cell(regime, method, seed, float(beta) if uses_beta(method) else None, float(learning_rate), flow_error)
 
 
 def plan_cells(plan: str, cfg: SweepConfig) -> List[Cell]:
@@ -142,6 +154,11 @@ def plan_cells(plan: str, cfg: SweepConfig) -> List[Cell]:
                       for lr in cfg.learning_rates]
             cells += [make_cell("balanced", m, seed, cfg.beta, cfg.learning_rate)
                       for m in ("kto_loss_averse", "kto_risk_seeking", "spin")]
+        elif plan == "flow":
+            for e in FLOW_ERRORS:
+                cells += [make_cell("balanced", "kto", seed, b, cfg.learning_rate, e) for b in cfg.flow_kto_betas]
+                cells += [make_cell("balanced", "nft", seed, b, cfg.learning_rate, e) for b in cfg.nft_betas]
+                cells += [make_cell("balanced", "sft", seed, cfg.beta, cfg.learning_rate, e)]
         else:
             for regime in [r for r in REGIMES if r != "balanced"] + ["balanced"]:  # the frontier plan runs balanced too
                 cells += [make_cell(regime, "kto", seed, b, lr) for b, lr in cfg.regime_kto]
@@ -193,7 +210,7 @@ def run_cell(cell: Cell, cfg: SweepConfig, base_dir: Path, out: Path, image_size
         user=cfg.user, methods=[cell.method], steps=cfg.steps, batch_size=cfg.batch_size,
         learning_rate=cell.learning_rate, warmup_steps=cfg.warmup_steps, lr_scheduler="cosine",
         beta=cfg.beta if cell.beta is None else cell.beta, gamma=cfg.gamma, spin_iterations=cfg.spin_iterations,
-        eval_every=cfg.eval_every, seed=cell.seed,
+        eval_every=cfg.eval_every, seed=cell.seed, flow_error=cell.flow_error,
     ).validate()
     spin = cell.method == "spin"
     curve = CurveRecorder(base_dir, get_user(cfg.user), cfg.n_eval_prompts, image_size,

@@ -75,7 +75,8 @@ class ModelFamily(abc.ABC):
     validation_guidance_scale: float  # logging.validation_guidance_scale when unset
     image_keys: Tuple[str, ...] = ()  # per-image geometry the conditioning needs (recorded by the data transform)
     # Where objective.beta is useful for this family's errors, and where that was measured: outside it a
-    # one-line warning (None: no warning)
+    # one-line warning (None: no warning). A family whose range depends on objective.flow_error overrides
+    # :meth:`beta_range_for` instead.
     beta_range: Optional[Tuple[float, float]] = None
     beta_range_source: str = ""
 
@@ -90,6 +91,11 @@ class ModelFamily(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}: {self.pipeline_class_name})"
+
+    def beta_range_for(self, flow_error: Optional[str]) -> Optional[Tuple[float, float, str]]:
+        """``(low, high, where it comes from)``: KTO's and DPO's useful ``objective.beta`` for this family's errors
+        of kind ``flow_error`` (the resolved ``objective.flow_error``; None for a DDPM family); None: no warning."""
+        return None if self.beta_range is None else (*self.beta_range, self.beta_range_source)
 
     # --- what each family says ---------------------------------------------------------
     @abc.abstractmethod

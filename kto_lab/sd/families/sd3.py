@@ -11,23 +11,25 @@ pipeline's flow-matching scheduler's (``num_train_timesteps``, a fixed ``shift``
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 
 from ...config import ConfigError
-from ...schedule import FlowMatchingSchedule
+from ...schedule import DEFAULT_FLOW_ERROR, FlowMatchingSchedule
 from ..encoding import model_dtype
 from .base import ModelFamily, TextTower
 
 Tensor = torch.Tensor
 
-# objective.beta's useful range for SD3's velocity errors: an ESTIMATE, not measured on SD3. SD 1.5's useful
-# beta is 2000-5000 (Diffusion-KTO D.3; Diffusion-DPO); the same change to a model gives implicit rewards 1x
-# (the 2-D toy's measured beta sweeps, docs/toy.md) to 9.8x (benchmarks/flow_beta_scale.py: exact denoisers of
-# Gaussian latents under SD3's timesteps) larger with velocity errors, so SD3's beta should lie in ~200-5000;
-# a beta 10x beyond that band on either side gets a one-line warning (docs/training.md, "SD3").
-SD3_BETA_RANGE = (20.0, 50000.0)
+# objective.beta's useful range for SD3, per objective.flow_error: an ESTIMATE, not measured on SD3. SD 1.5's
+# useful beta is 2000-5000 (Diffusion-KTO D.3; Diffusion-DPO); the same change to a model gives implicit rewards
+# a factor larger with SD3's errors, which benchmarks/flow_beta_scale.py bounds per flow_error (exact denoisers
+# of Gaussian latents under SD3's timesteps, and that model corrected by the 2-D toy's measured beta sweeps where
+# a factor fits them: velocity and epsilon; the toy's x0 curve fits none, so x0's range is the model's alone);
+# a beta 10x beyond that band on either side gets a one-line warning (docs/training.md, "SD3"). Recompute with
+# `python benchmarks/flow_beta_scale.py` ("sd3_beta_ranges"; tests/test_benchmarks.py checks this table).
+SD3_BETA_RANGES = {"velocity": (20.0, 50000.0), "epsilon": (200.0, 91000.0), "x0": (36.0, 50000.0)}
 
 
 class SD3Family(ModelFamily):
@@ -55,9 +57,13 @@ class SD3Family(ModelFamily):
     # module names, and SD3's loader drops the converted keys of a file that mixes both formats
     lora_diffusers_keys = False
     validation_guidance_scale = 7.5  # classifier-free guidance (the SD3 pipeline's own default is 7.0)
-    beta_range = SD3_BETA_RANGE
-    beta_range_source = ("for SD3's velocity errors by an estimate, not on SD3 (SD 1.5's 2000-5000 over the "
-                         "velocity/epsilon reward scale, 1 to 10, with a 10x margin; docs/training.md)")
+    beta_range_source = ("for SD3's {flow_error} errors by an estimate, not on SD3 (SD 1.5's 2000-5000 over the "
+                         "estimated reward scale, with a 10x margin; benchmarks/flow_beta_scale.py, docs/training.md)")
+
+    def beta_range_for(self, flow_error: Optional[str]) -> Tuple[float, float, str]:
+        """One range per ``objective.flow_error`` (:data:`SD3_BETA_RANGES`); unset: the default error's."""
+        flow_error = flow_error or DEFAULT_FLOW_ERROR
+        return (*SD3_BETA_RANGES[flow_error], self.beta_range_source.format(flow_error=flow_error))
 
     def scheduler_class(self):
         from diffusers import FlowMatchEulerDiscreteScheduler
