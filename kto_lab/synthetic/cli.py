@@ -6,10 +6,13 @@
     kto-lab synthetic samples --base figures/synthetic/base/pipeline --out figures/synthetic/base_samples.png
     kto-lab synthetic sweep --plan frontier --base figures/synthetic/base/pipeline --out runs/sweeps/red [sweep.steps=200 ...]
     kto-lab synthetic sweep-report --run runs/sweeps/red --out figures/kto_vs_dpo
+    kto-lab synthetic rounds --base figures/synthetic/base/pipeline --out runs/rounds_study [study.seeds=[0] ...]
+    kto-lab synthetic rounds-report --run runs/rounds_study --out figures/rounds
 
 Overrides are ``section.field=value`` on :class:`~kto_lab.synthetic.experiment.BaseConfig`
-(``base.``), :class:`~kto_lab.synthetic.experiment.AlignConfig` (``align.``) or
-:class:`~kto_lab.synthetic.sweep.SweepConfig` (``sweep.``); a bad value
+(``base.``), :class:`~kto_lab.synthetic.experiment.AlignConfig` (``align.``),
+:class:`~kto_lab.synthetic.sweep.SweepConfig` (``sweep.``) or
+:class:`~kto_lab.synthetic.rounds_study.RoundsStudyConfig` (``study.``); a bad value
 fails before anything is trained.
 """
 
@@ -61,6 +64,23 @@ def cmd_sweep(args) -> int:
     cfg = _load(SweepConfig, "sweep", args.overrides)
     _threads(args.threads)
     run_sweep(args.plan, args.base, args.out, cfg, progress=not args.quiet)
+    return 0
+
+
+def cmd_rounds(args) -> int:
+    from .rounds_study import RoundsStudyConfig, run_study
+
+    cfg = _load(RoundsStudyConfig, "study", args.overrides)
+    _threads(args.threads)
+    run_study(args.base, args.out, cfg, log=lambda line: print(line, flush=True))
+    return 0
+
+
+def cmd_rounds_report(args) -> int:
+    from .rounds_report import write_report
+
+    for path in write_report(args.run, args.out):
+        print(path)
     return 0
 
 
@@ -132,6 +152,21 @@ def add_parser(subparsers, name: str, help: str):
     r.add_argument("--run", required=True, help="the sweep directory")
     r.add_argument("--out", required=True, help="where the figures and tables go")
     r.set_defaults(func=cmd_sweep_report)
+
+    from .rounds_study import RoundsStudyConfig
+
+    q = sub.add_parser("rounds", help="one offline round vs rounds of labeling at equal label budgets (resumable cells)",
+                       epilog=fields + config_help(RoundsStudyConfig, "study."))
+    q.add_argument("--base", required=True, help="the base pipeline directory")
+    q.add_argument("--out", required=True, help="study directory (cells/*.json; finished cells are skipped)")
+    q.add_argument("overrides", nargs="*", metavar="study.key=value", help="RoundsStudyConfig fields to override")
+    common(q)
+    q.set_defaults(func=cmd_rounds)
+
+    qr = sub.add_parser("rounds-report", help="tables and plots of a rounds study directory")
+    qr.add_argument("--run", required=True, help="the study directory")
+    qr.add_argument("--out", required=True, help="where the figures and tables go")
+    qr.set_defaults(func=cmd_rounds_report)
 
     f = sub.add_parser("figures", help="plots and tables of a comparison run")
     f.add_argument("--run", required=True, help="the run directory of `synthetic compare`")
