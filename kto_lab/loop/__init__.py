@@ -17,7 +17,9 @@ See docs/rounds.md.
 
 from .config import GenerateConfig, LabelerConfig, RoundEvalConfig, RoundsConfig, load_rounds_config
 from .labelers import CallableLabeler, LabelsPending, PersonLabeler, ScorerLabeler
+from .report import plot_before_after, plot_round_log, read_round_log
 from .rounds import Rounds, rounds
 
 __all__ = ["Rounds", "rounds", "RoundsConfig", "LabelerConfig", "GenerateConfig", "RoundEvalConfig",
-           "load_rounds_config", "LabelsPending", "PersonLabeler", "ScorerLabeler", "CallableLabeler"]
+           "load_rounds_config", "LabelsPending", "PersonLabeler", "ScorerLabeler", "CallableLabeler", "plot_before_after",
+           "plot_round_log", "read_round_log"]

@@ -1,5 +1,7 @@
 """The round log: one row per round (round 0 is the base), as JSONL, CSV and a small plot.
 
+:func:`plot_before_after` shows the base's and a round's held-out images side by side (same prompt, same seed).
+
 Columns: ``round``, ``labels`` (decisions made in the round: likes, dislikes and skips), ``labels_spent``
 (so far), ``liked``, ``disliked``, ``skipped``, ``like_rate`` (liked / (liked + disliked)), ``threshold``
 (scorer and user labelers), ``pairs`` (DPO), ``objective``, ``train_steps``, ``reference``; from the
@@ -77,6 +79,40 @@ def plot_round_log(rows: List[Dict[str, Any]], path: Optional[Path] = None, titl
         ax.set(xlabel="labels spent", title=what, ylabel=label(key))
     if title:
         fig.suptitle(title, fontsize=9)
+    if path is not None:
+        fig.savefig(path, dpi=110)
+    return fig
+
+
+def plot_before_after(rounds, k: int, n: int = 8, *, before: int = 0, path: Optional[Path] = None):
+    """The first ``n`` held-out images of round ``before`` (the base) above round ``k``'s: same prompt, same seed
+    (``OUT/round-KK/eval``), with each image's reward under it. Returns the figure."""
+    import textwrap
+
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    frames = []
+    for j in (before, k):
+        d = rounds.round_dir(j) / "eval"
+        if not (d / "scores.csv").is_file():
+            raise FileNotFoundError(f"round {j} has no evaluation yet ({d}): run rounds.evaluate({j})")
+        frames.append(pd.read_csv(d / "scores.csv", dtype={"prompt_id": str}).sort_values(["prompt_id", "k"]).head(n))
+    reward = rounds.cfg.reward_scorer()
+    fig = new_figure(figsize=(1.6 * len(frames[0]), 4.2), layout="constrained")
+    axes = fig.subplots(2, len(frames[0]), squeeze=False)
+    for row, (j, frame) in enumerate(zip((before, k), frames)):
+        for col, (_, r) in enumerate(frame.iterrows()):
+            ax = axes[row, col]
+            with Image.open(rounds.round_dir(j) / "eval" / r["file"]) as im:
+                ax.imshow(np.asarray(im.convert("RGB")), interpolation="nearest")
+            ax.set(xticks=[], yticks=[])
+            if row == 0:
+                ax.set_title("\n".join(textwrap.wrap(r["prompt"], 22)), fontsize=6)
+            if reward is not None and reward in r:
+                ax.set_xlabel(f"{label(reward)} {r[reward]:.3f}", fontsize=6)
+        axes[row, 0].set_ylabel("base" if j == 0 else f"round {j}", fontsize=8)
     if path is not None:
         fig.savefig(path, dpi=110)
     return fig

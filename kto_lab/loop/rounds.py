@@ -435,19 +435,25 @@ class Rounds:
         _write_json(path, saved)
 
     def run_round(self, k: int) -> Dict[str, Any]:
-        """Every stage of round ``k`` (each skipped where done), then its row of the round log."""
+        """Every stage of round ``k`` (each skipped where done; earlier rounds first), then its row of the round
+        log. Round 0 is the base's evaluation."""
         if (self.round_dir(k) / "round.json").is_file():
             return json.loads((self.round_dir(k) / "round.json").read_text())
-        if k > 1 and not (self.round_dir(k - 1) / "round.json").is_file():
+        if k > 0 and not (self.round_dir(k - 1) / "round.json").is_file():
             self.run_round(k - 1)
-        self.log(f"round {k} of {self.cfg.rounds}: generating {len(self.round_prompts(k)) * self.cfg.images_per_prompt} "
-                 f"images from {'the base' if k == 1 else f'round {k - 1}'}")
-        self.generate(k)
-        labels = self.label(k)
-        self.log(f"round {k}: {labels['liked']} liked, {labels['disliked']} disliked, {labels['skipped']} skipped")
-        self.train(k)
-        evaluation = self.evaluate(k)
-        row = self._row(k, labels, evaluation)
+        self.round_dir(k).mkdir(parents=True, exist_ok=True)
+        if k == 0:
+            self.log(f"round 0: evaluating the base on {len(self.eval_prompts)} held-out prompts" if self.eval_prompts
+                     else "round 0: no eval_prompts, so no evaluation")
+            row = self._row(0, {}, self.evaluate(0))
+        else:
+            self.log(f"round {k} of {self.cfg.rounds}: generating {len(self.round_prompts(k)) * self.cfg.images_per_prompt} "
+                     f"images from {'the base' if k == 1 else f'round {k - 1}'}")
+            self.generate(k)
+            labels = self.label(k)
+            self.log(f"round {k}: {labels['liked']} liked, {labels['disliked']} disliked, {labels['skipped']} skipped")
+            self.train(k)
+            row = self._row(k, labels, self.evaluate(k))
         _write_json(self.round_dir(k) / "round.json", row)
         self.write_log()
         return row
@@ -484,16 +490,19 @@ class Rounds:
         lock = RunLock(self.out)
         lock.acquire()
         try:
-            if not (self.round_dir(0) / "round.json").is_file():
-                self.round_dir(0).mkdir(parents=True, exist_ok=True)
-                self.log(f"round 0: evaluating the base on {len(self.eval_prompts)} held-out prompts" if self.eval_prompts
-                         else "round 0: no eval_prompts, so no evaluation")
-                _write_json(self.round_dir(0) / "round.json", self._row(0, {}, self.evaluate(0)))
+            self.run_round(0)
             for k in range(1, self.cfg.rounds + 1):
                 self.run_round(k)
             return self.write_log()
         finally:
             lock.release()
+
+    def next_round(self) -> int:
+        """The first round (from 1) without its row in the log: the one to generate, label and train next."""
+        k = 1
+        while (self.round_dir(k) / "round.json").is_file():
+            k += 1
+        return k
 
     def rows(self) -> List[Dict[str, Any]]:
         """The round log so far: one row per finished round (round 0: the base)."""
