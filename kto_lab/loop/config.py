@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from ..config import ConfigError, check_choice, check_range, load_config
+from ..config import ConfigError, check_choice, check_range, load_config_from
 from ..eval.prompts import PROMPT_FORMATS
 from ..eval.run import DTYPES, ScorerSpec
 
@@ -268,15 +268,4 @@ class RoundsConfig:
 
 def load_rounds_config(config: Any = None, overrides: Sequence[str] | Dict[str, Any] = ()) -> RoundsConfig:
     """``RoundsConfig`` | YAML path | dict (+ ``key=value`` overrides) -> a validated ``RoundsConfig``."""
-    from ..config import _merge, parse_overrides
-
-    if isinstance(config, RoundsConfig):
-        if not overrides:
-            return config.validate()
-        config = dataclasses.asdict(config)
-    if config is None or isinstance(config, (str, Path)):
-        return load_config(RoundsConfig, config, overrides)
-    if isinstance(config, dict):
-        extra = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
-        return load_config(RoundsConfig, None, _merge(config, extra))
-    raise ConfigError(f"config must be a RoundsConfig, a YAML path or a dict, got {type(config).__name__}")
+    return load_config_from(RoundsConfig, config, overrides)

@@ -76,28 +76,21 @@ def cmd_rounds(args) -> int:
     return 0
 
 
-def cmd_rounds_report(args) -> int:
-    from .rounds_report import write_report
+def _writes_paths(module: str, function: str):
+    """A command that calls ``module.function(args.run, args.out)`` and prints the paths it wrote."""
+    def cmd(args) -> int:
+        import importlib
 
-    for path in write_report(args.run, args.out):
-        print(path)
-    return 0
+        for path in getattr(importlib.import_module(f"{__package__}.{module}"), function)(args.run, args.out):
+            print(path)
+        return 0
 
-
-def cmd_sweep_report(args) -> int:
-    from .sweep_report import write_report
-
-    for path in write_report(args.run, args.out):
-        print(path)
-    return 0
+    return cmd
 
 
-def cmd_figures(args) -> int:
-    from .figures import make_figures
-
-    for path in make_figures(args.run, args.out):
-        print(path)
-    return 0
+cmd_rounds_report = _writes_paths("rounds_report", "write_report")
+cmd_sweep_report = _writes_paths("sweep_report", "write_report")
+cmd_figures = _writes_paths("figures", "make_figures")
 
 
 def cmd_samples(args) -> int:

@@ -26,7 +26,7 @@ import numpy as np
 from ..eval.frontier import save_figure, summarize_over_seeds
 from ..eval.stats import mean_ci, outcomes
 from ..plotting import label, new_figure
-from .rounds_study import load_cells
+from .rounds_study import OBJECTIVES, load_cells
 
 METRICS = ("reward", "fidelity", "distance", "like_rate")
 SETTING = ["objective", "budget", "rounds"]
@@ -56,6 +56,11 @@ def _fmt(r, m: str, digits: int = 3) -> str:
     return f"{r[m]:.{digits}f} ({r[f'{m}_low']:.{digits}f}, {r[f'{m}_high']:.{digits}f})"
 
 
+def _ordered(df, by):
+    """Rows sorted by ``by``, objectives in the study's order (KTO, DPO, BCE, ...) rather than alphabetically."""
+    return df.sort_values(by, key=lambda col: col.map(OBJECTIVES.index) if col.name == "objective" else col)
+
+
 def final_table(df, base_reward: float):
     last = df[df["round"] == df["rounds"]]
     s = summarize_over_seeds(last, SETTING, METRICS)
@@ -64,7 +69,7 @@ def final_table(df, base_reward: float):
     s = s.merge(g[SETTING + ["gain", "gain_low", "gain_high"]], on=SETTING)
     lines = ["| objective | labels | schedule | seeds | reward | fidelity | distance from base | reward gain per 100 labels "
              "| like rate, last round |", "|---|---|---|---|---|---|---|---|---|"]
-    for _, r in s.sort_values(["budget", "objective", "rounds"]).iterrows():
+    for _, r in _ordered(s, ["budget", "objective", "rounds"]).iterrows():
         lines.append(f"| {label(r.objective)} | {r.budget:,} | {schedule(r.rounds)} | {r.n_seeds} | {_fmt(r, 'reward')} | "
                      f"{_fmt(r, 'fidelity')} | {_fmt(r, 'distance')} | {_fmt(r, 'gain', 4)} | {_fmt(r, 'like_rate', 2)} |")
     return s, "\n".join(lines)
@@ -111,7 +116,7 @@ def rounds_vs_offline(run):
 
     cells = _by_setting(run)
     rows = []
-    for (objective, budget, rounds), cs in sorted(cells.items()):
+    for (objective, budget, rounds), cs in sorted(cells.items(), key=lambda kv: (kv[0][1], OBJECTIVES.index(kv[0][0]), kv[0][2])):
         offline = cells.get((objective, budget, 1))
         if rounds == 1 or offline is None:
             continue
@@ -131,7 +136,7 @@ def head_to_head(run):
     import pandas as pd
 
     cells = _by_setting(run)
-    objectives = sorted({k[0] for k in cells})
+    objectives = sorted({k[0] for k in cells}, key=OBJECTIVES.index)
     rows = []
     for budget, rounds in sorted({(k[1], k[2]) for k in cells}):
         for a, b in combinations(objectives, 2):
@@ -154,7 +159,7 @@ def per_round_table(df):
     s = summarize_over_seeds(multi, SETTING + ["round", "labels_spent"], METRICS)
     lines = ["| objective | labels in all | round | labels spent | like rate of its labels | reward | fidelity | distance |",
              "|---|---|---|---|---|---|---|---|"]
-    for _, r in s.sort_values(["budget", "objective", "round"]).iterrows():
+    for _, r in _ordered(s, ["budget", "objective", "round"]).iterrows():
         lines.append(f"| {label(r.objective)} | {r.budget:,} | {r['round']} | {r.labels_spent:,} | {_fmt(r, 'like_rate', 2)} | "
                      f"{_fmt(r, 'reward')} | {_fmt(r, 'fidelity')} | {_fmt(r, 'distance')} |")
     return s, "\n".join(lines)
@@ -166,7 +171,7 @@ def plot_study(df, base: Dict[str, float], score_name: str, path=None):
     s = summarize_over_seeds(df[df["round"] > 0], SETTING + ["round", "labels_spent"], METRICS)
     fig = new_figure(figsize=(20, 5.2), layout="constrained")
     axes = fig.subplots(1, 4)
-    objectives = list(dict.fromkeys(s.objective))
+    objectives = sorted(set(s.objective), key=OBJECTIVES.index)
     for i, objective in enumerate(objectives):
         color = f"C{i}"
         for rounds, g in s[s.objective == objective].groupby("rounds"):
@@ -193,6 +198,7 @@ def plot_study(df, base: Dict[str, float], score_name: str, path=None):
                            (f"{score_name} (the user's reward)", "prompt fidelity", "distance from the base")):
         ax.axhline(base[m], color="k", lw=0.8, ls=":", label="base model")
         ax.set(xscale="log", xlabel="labels spent", ylabel=what, title=f"{what} per labels spent")
+        ax.minorticks_off()
         ax.set_xticks(sorted(set(s.labels_spent)), [f"{x:g}" for x in sorted(set(s.labels_spent))], fontsize=6, rotation=45)
     axes[3].scatter([base["fidelity"]], [base["reward"]], marker="*", s=140, color="k", label="base model", zorder=4)
     axes[3].set(xlabel="prompt fidelity", ylabel=score_name, title="end of each cell (labels annotated)")
