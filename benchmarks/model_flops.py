@@ -64,7 +64,7 @@ def count(models: sd_step.ModelSet, resolution: int) -> Dict[str, float]:
     fam = sd_step.family(models)
     targets = models.lora_targets or LORA_TARGETS
     with torch.device("meta"):
-        unet = sd_step.build_unet(models)
+        unet = sd_step.build_denoiser(models)
         vae = sd_step.build_vae(models)
         encoders = sd_step.build_text_encoders(models)
         base = {"unet": unet, "vae": vae, **encoders}

@@ -116,10 +116,10 @@ def tiny_sd_rows(fractions: Sequence[float], steps: int, finetune_steps: int, se
     from kto_lab.sd.components import Components
     from kto_lab.sd.trainer import Trainer
     from kto_lab.step import unrelated_pair_count
-    from sd_step import MODEL_SETS, build_text_encoders, build_unet, build_vae, family, make_batch, sd_schedule
+    from sd_step import MODEL_SETS, build_denoiser, build_text_encoders, build_vae, family, make_batch
 
     models = MODEL_SETS["tiny"]
-    base = {"unet": build_unet(models, seed), "vae": build_vae(models, seed), **build_text_encoders(models, seed)}
+    base = {"denoiser": build_denoiser(models, seed), "vae": build_vae(models, seed), **build_text_encoders(models, seed)}
     source = SimpleNamespace(manifest={"scaling_factor": float(base["vae"].config.scaling_factor)}, skipped=0)
 
     def batch(i: int):
@@ -132,19 +132,19 @@ def tiny_sd_rows(fractions: Sequence[float], steps: int, finetune_steps: int, se
                "objective": {"objective": "kto", "reference_point_fraction": fraction},
                "optim": {"batch_size": batch_size, "learning_rate": lr, "warmup_steps": 0, "max_steps": 10**6},
                "logging": {"progress_bar": False}, "checkpoint": {"every": 0}}
-        components = Components(unet=copy.deepcopy(policy), schedule=sd_schedule(), reference_unet=reference,
+        components = Components(denoiser=copy.deepcopy(policy), schedule=models.schedule(), reference_denoiser=reference,
                                 family=family(models))
         return Trainer(cfg, components=components, source=source)
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="kto_refpoint_") as tmp:
-        tuning = trainer(Path(tmp) / "finetune", base["unet"], None, 1e-4, 1.0)
+        tuning = trainer(Path(tmp) / "finetune", base["denoiser"], None, 1e-4, 1.0)
         for i in range(finetune_steps):
             tuning.step(batch(10_000 + i))
-        tuned = copy.deepcopy(tuning.base_unet())
+        tuned = copy.deepcopy(tuning.base_denoiser())
         tuning.close()
         for f in fractions:
-            run = trainer(Path(tmp) / f"f{f}", tuned, base["unet"], MEASURE_LR, f)
+            run = trainer(Path(tmp) / f"f{f}", tuned, base["denoiser"], MEASURE_LR, f)
             seconds, values = timed_steps(lambda i: float(run.step(batch(i))["z_ref"]), steps)
             run.close()
             rows.append(summarize(f, unrelated_pair_count(batch_size, f), seconds, values))

@@ -84,15 +84,31 @@ PRECISIONS = ("bf16", "fp16", "no")
 class ModelSet:
     """Where the architectures of one benchmark size come from (configs only, random weights)."""
 
-    unet: str  # a JSON in benchmarks/configs or the name of one in kto_lab/configs
+    family: str  # a name in kto_lab.sd.families.FAMILIES
+    denoiser: str  # a JSON in benchmarks/configs or the name of one in kto_lab/configs
     vae: str
     text_encoder: str
     resolution: int  # pixels; latents are resolution / VAE downsampling
     default_batch_size: int
+    schedule: Callable[[], Any]  # the training schedule its pipeline's scheduler config gives
     text_encoder_2: Optional[str] = None  # SDXL's and SD3's second text tower
-    family: str = "sd"  # a name in kto_lab.sd.families.FAMILIES
     text_encoder_3: Optional[str] = None  # SD3's T5 encoder
-    lora_targets: Optional[Tuple[str, ...]] = None  # LoRA target modules; None: the trainer's default (to_q/k/v/out.0)
+    lora_targets: Optional[Tuple[str, ...]] = None  # LoRA target modules; None: the family's (to_q/k/v/out.0)
+    baseline_checkpointing: bool = False  # the official script checkpoints this model's gradients always (SDXL)
+
+
+def ddpm_schedule():
+    """SD 1.x's and SDXL's DDPM: scaled_linear, 1000 steps, epsilon prediction."""
+    from kto_lab.schedule import NoiseSchedule
+
+    return NoiseSchedule.scaled_linear(1000)
+
+
+def flow_schedule():
+    """SD3's rectified flow: shift 3, logit-normal timesteps."""
+    from kto_lab.schedule import FlowMatchingSchedule
+
+    return FlowMatchingSchedule(shift=3.0)
 
 
 # diffusers' SD3 LoRA script's targets, as kto_lab/configs/sd3_kto_lora.yaml: both streams of every joint block
@@ -101,19 +117,19 @@ SD3_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_pro
 
 MODEL_SETS = {
     # SD 1.5: the UNet config shipped with kto_lab, VAE and CLIP ViT-L/14 text tower from benchmarks/configs.
-    "sd15": ModelSet("sd15_unet.json", "sd15_vae.json", "sd15_text_encoder.json", 512, 8),
-    "tiny": ModelSet("tiny_unet.json", "tiny_vae.json", "tiny_text_encoder.json", 32, 2),
+    "sd15": ModelSet("sd", "sd15_unet.json", "sd15_vae.json", "sd15_text_encoder.json", 512, 8, ddpm_schedule),
+    "tiny": ModelSet("sd", "tiny_unet.json", "tiny_vae.json", "tiny_text_encoder.json", 32, 2, ddpm_schedule),
     # SDXL base: its UNet config shipped with kto_lab; CLIP ViT-L/14 and OpenCLIP ViT-bigG/14 text towers.
-    "sdxl": ModelSet("sdxl_unet.json", "sdxl_vae.json", "sd15_text_encoder.json", 1024, 4,
-                     "sdxl_text_encoder_2.json", "sdxl"),
-    "tiny_sdxl": ModelSet("tiny_sdxl_unet.json", "tiny_vae.json", "tiny_text_encoder.json", 32, 2,
-                          "tiny_text_encoder_2.json", "sdxl"),
+    "sdxl": ModelSet("sdxl", "sdxl_unet.json", "sdxl_vae.json", "sd15_text_encoder.json", 1024, 4, ddpm_schedule,
+                     "sdxl_text_encoder_2.json", baseline_checkpointing=True),
+    "tiny_sdxl": ModelSet("sdxl", "tiny_sdxl_unet.json", "tiny_vae.json", "tiny_text_encoder.json", 32, 2,
+                          ddpm_schedule, "tiny_text_encoder_2.json", baseline_checkpointing=True),
     # SD3 medium: its transformer config shipped with kto_lab; CLIP ViT-L/14 and ViT-bigG/14 (with projections)
     # and the T5 v1.1 XXL encoder.
-    "sd3": ModelSet("sd3_transformer.json", "sd3_vae.json", "sd15_text_encoder.json", 1024, 4,
-                    "sdxl_text_encoder_2.json", "sd3", "sd3_text_encoder_3.json", SD3_LORA_TARGETS),
-    "tiny_sd3": ModelSet("tiny_sd3_transformer.json", "tiny_sd3_vae.json", "tiny_text_encoder.json", 32, 2,
-                         "tiny_text_encoder_2.json", "sd3", "tiny_sd3_text_encoder_3.json", SD3_LORA_TARGETS),
+    "sd3": ModelSet("sd3", "sd3_transformer.json", "sd3_vae.json", "sd15_text_encoder.json", 1024, 4, flow_schedule,
+                    "sdxl_text_encoder_2.json", "sd3_text_encoder_3.json", SD3_LORA_TARGETS),
+    "tiny_sd3": ModelSet("sd3", "tiny_sd3_transformer.json", "tiny_sd3_vae.json", "tiny_text_encoder.json", 32, 2,
+                         flow_schedule, "tiny_text_encoder_2.json", "tiny_sd3_text_encoder_3.json", SD3_LORA_TARGETS),
 }
 
 # Dense (no sparsity) peak tensor-core TFLOP/s per GPU from NVIDIA's datasheets. "tf32" is what fp32
@@ -145,10 +161,10 @@ def _read_config(name: str) -> Dict[str, Any]:
     return {k: v for k, v in json.loads(_config_path(name).read_text()).items() if k != "_comment"}
 
 
-def build_unet(models: ModelSet, seed: int = 0):
-    from kto_lab.sd.components import unet_from_config
+def build_denoiser(models: ModelSet, seed: int = 0):
+    from kto_lab.sd.components import denoiser_from_config
 
-    return unet_from_config(_read_config(models.unet), seed=seed)
+    return denoiser_from_config(_read_config(models.denoiser), seed=seed)
 
 
 def build_vae(models: ModelSet, seed: int = 0):
@@ -177,14 +193,6 @@ def build_text_encoders(models: ModelSet, seed: int = 0) -> Dict[str, Any]:
     return out
 
 
-def model_schedule(models: ModelSet):
-    """The family's training schedule as its pipeline's scheduler config gives it: SD 1.x's and SDXL's DDPM
-    (scaled_linear, 1000 steps, epsilon prediction), SD3's rectified flow (shift 3, logit-normal timesteps)."""
-    from kto_lab.schedule import FlowMatchingSchedule, NoiseSchedule
-
-    return FlowMatchingSchedule(shift=3.0) if family(models).flow_matching else NoiseSchedule.scaled_linear(1000)
-
-
 # ----------------------------------------------------------------------------------------------
 # synthetic batches (what the data source / latent cache would deliver, on the host)
 # ----------------------------------------------------------------------------------------------
@@ -196,8 +204,11 @@ def make_batch(base: Dict[str, Any], models: ModelSet, *, cached: bool, pairs: b
     family's text conditioning (``kto_lab.sd.cache``); not cached: pixels in [-1, 1] + token ids. SDXL
     adds each image's size and crop (the whole image, uncropped). Labels: desirable with probability
     ``gamma`` (sec. 4.2)."""
+    from kto_lab.sd.data import CroppedImage, geometry
+
     fam = family(models)
     vae = base["vae"].config
+    whole = CroppedImage(None, (resolution, resolution), (0, 0))  # each image's geometry: uncropped
     g = torch.Generator().manual_seed(seed)
     b, h = batch_size, resolution // 2 ** (len(vae.block_out_channels) - 1)
     batch: Dict[str, torch.Tensor] = {"labels": (torch.rand(b, generator=g) < gamma).long()}
@@ -211,8 +222,7 @@ def make_batch(base: Dict[str, Any], models: ModelSet, *, cached: bool, pairs: b
             batch["latent_moments" + s] = torch.cat([mean, logvar], 1)
         else:
             batch["pixel_values" + s] = torch.rand(b, 3, resolution, resolution, generator=g) * 2 - 1
-        batch.update({k + s: torch.tensor([[resolution, resolution] if k == "original_size" else [0, 0]] * b)
-                      for k in fam.image_keys})
+        batch.update(geometry([whole] * b, fam.image_keys, s))
     if cached:  # the text parts' shapes from one encode of one caption (on the meta device, shapes only)
         with torch.no_grad():
             text = fam.encode_ids([base[t.encoder] for t in fam.towers], {k: v[:1] for k, v in ids.items()})
@@ -255,7 +265,7 @@ def train_config(name: str, args, output_dir: str, batch_size: int) -> Dict[str,
 
 def build_trainer(name: str, args, base: Dict[str, Any], output_dir: str, batch_size: int, batch: Dict[str, Any]):
     """A ``kto_lab.sd.trainer.Trainer`` on fresh copies of the base models. With the cache only the
-    UNet is given (as a cached run loads it); without, also the VAE and text encoder. Its stand-in
+    denoiser is given (as a cached run loads it); without, also the VAE and text encoder. Its stand-in
     data source serves ``batch`` (a one-sample KTO step draws a batch once, for its unrelated captions)."""
     from kto_lab.sd.components import Components
     from kto_lab.sd.encoding import latent_scale
@@ -264,7 +274,7 @@ def build_trainer(name: str, args, base: Dict[str, Any], output_dir: str, batch_
     cached = not args.no_cache
     fam = family(MODEL_SETS[args.config])
     encoders = {} if cached else {t.encoder: copy.deepcopy(base[t.encoder]) for t in fam.towers}
-    components = Components(unet=copy.deepcopy(base["unet"]), schedule=model_schedule(MODEL_SETS[args.config]),
+    components = Components(denoiser=copy.deepcopy(base["denoiser"]), schedule=MODEL_SETS[args.config].schedule(),
                             family=fam, vae=None if cached else copy.deepcopy(base["vae"]), **encoders)
     shift, scale = latent_scale(base["vae"].config)
     source = SimpleNamespace(manifest={"scaling_factor": scale, "shift_factor": shift}, skipped=0, next_batch=lambda: batch)
@@ -272,11 +282,11 @@ def build_trainer(name: str, args, base: Dict[str, Any], output_dir: str, batch_
 
 
 @contextmanager
-def checkpointing_paused(unet):
+def checkpointing_paused(model):
     """Gradient checkpointing off inside the block (so the FLOP count has no recompute), restored after."""
     from kto_lab.sd.encoding import unwrap_model
 
-    base = unwrap_model(unet)
+    base = unwrap_model(model)
     was = bool(getattr(base, "is_gradient_checkpointing", False))
     if was:
         base.disable_gradient_checkpointing()
@@ -315,6 +325,7 @@ class OfficialLikeStep:
         from diffusers.training_utils import EMAModel
 
         from kto_lab.sd.config import OptimConfig
+        from kto_lab.sd.encoding import BatchEncoder
         from kto_lab.sd.trainer import DTYPES, make_optimizer
         from kto_lab.step import ObjectiveConfig
 
@@ -323,21 +334,24 @@ class OfficialLikeStep:
         weight_dtype = DTYPES.get(args.precision, torch.float32)  # "no" -> fp32
         if torch.cuda.is_available() and args.device == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True  # the script's --allow_tf32
-        self.family = fam = family(MODEL_SETS[args.config])
-        self.resolution = args.resolution
-        self.vae = copy.deepcopy(base["vae"]).to(self.device, torch.float32).requires_grad_(False).eval()
-        self.text_encoders = [copy.deepcopy(base[t.encoder]).to(self.device, weight_dtype).requires_grad_(False).eval()
-                              for t in fam.towers]
-        unet = copy.deepcopy(base["unet"]).to(self.device, torch.float32).train()
-        if fam.name == "sdxl":  # the official Diffusion-DPO script checkpoints SDXL always
-            unet.enable_gradient_checkpointing()
-        self.reference_weights = EMAModel(copy.deepcopy(base["unet"]).parameters())  # stays on the CPU
-        self.params = [p for p in unet.parameters()]
+        models = MODEL_SETS[args.config]
+        fam = family(models)
+        vae = copy.deepcopy(base["vae"]).to(self.device, torch.float32).requires_grad_(False).eval()
+        text_encoders = [copy.deepcopy(base[t.encoder]).to(self.device, weight_dtype).requires_grad_(False).eval()
+                         for t in fam.towers]
+        # posterior samples of the fp32 VAE, (z - shift) * scale, and the family's conditioning, as the trainer
+        self.inputs = BatchEncoder(fam, device=self.device, resolution=args.resolution, vae=vae,
+                                   text_encoders=text_encoders)
+        denoiser = copy.deepcopy(base["denoiser"]).to(self.device, torch.float32).train()
+        if models.baseline_checkpointing:  # the official Diffusion-DPO script checkpoints SDXL always
+            denoiser.enable_gradient_checkpointing()
+        self.reference_weights = EMAModel(copy.deepcopy(base["denoiser"]).parameters())  # stays on the CPU
+        self.params = [p for p in denoiser.parameters()]
         optimizer = make_optimizer(self.params, OptimConfig(optimizer=args.optimizer, learning_rate=1e-7,
                                                             weight_decay=0.0))
-        self.unet, self.optimizer = acc.prepare(unet, optimizer)
-        self.policy = fam.denoiser(self.unet)
-        self.schedule = model_schedule(MODEL_SETS[args.config])
+        self.denoiser, self.optimizer = acc.prepare(denoiser, optimizer)
+        self.policy = fam.denoiser(self.denoiser)
+        self.schedule = MODEL_SETS[args.config].schedule()
         self.objective = ObjectiveConfig(objective="kto", reference_point=args.reference_point,
                                          reference_point_fraction=args.reference_point_fraction).validate()
         self.generator = torch.Generator(device=self.device).manual_seed(args.seed)
@@ -352,19 +366,15 @@ class OfficialLikeStep:
             self.reference_weights.restore(self.params)  # policy weights CPU -> GPU
 
     def step(self, batch: Dict[str, torch.Tensor]) -> Dict[str, float]:
-        from kto_lab.sd.encoding import encode_images
         from kto_lab.step import objective_step
 
-        with torch.no_grad():  # posterior sample, (z - shift) * scale
-            latents = encode_images(self.vae, batch["pixel_values"].to(self.device, torch.float32), "sample", self.generator)
-            fam = self.family
-            text = fam.encode_ids(self.text_encoders, {t.ids_key: batch[t.ids_key].to(self.device) for t in fam.towers})
-            cond = fam.cond(text, {k: batch[k].to(self.device) for k in fam.image_keys}, self.resolution)
+        with torch.no_grad():
+            inputs = self.inputs(batch, self.generator)
         labels = batch["labels"].to(self.device)
         # the official script rolls the prompts inside the batch: at batch 1 that is the sample's own caption
         # (the trainer would use the previous micro-batch's; the work per step is the same)
-        own = cond if latents.shape[0] == 1 else None
-        out = objective_step(self.objective, self.schedule, self.policy, latents.float(), labels, cond,
+        own = inputs.cond if inputs.x0.shape[0] == 1 else None
+        out = objective_step(self.objective, self.schedule, self.policy, inputs.x0, labels, inputs.cond,
                              reference=self.reference, generator=self.generator, cond_unrelated=own)
         self.acc.backward(out.loss)
         self.acc.clip_grad_norm_(self.params, 1.0)
@@ -505,10 +515,10 @@ def measure(name: str, args, base: Dict[str, Any], output_dir: str, batch_size: 
     runner = OfficialLikeStep(args, base) if official else build_trainer(name, args, base, output_dir, batch_size, batch)
     after_build = torch.cuda.memory_allocated() if args.device == "cuda" else None
 
-    with checkpointing_paused(runner.unet):  # eager, no recompute: model FLOPs
+    with checkpointing_paused(runner.denoiser):  # eager, no recompute: model FLOPs
         flops = count_flops(lambda: runner.step(batch))
     if compile_how != "none":
-        runner.compile_unets(compile_how, backend=args.compile_backend)  # after the count: compiled kernels are invisible to it
+        runner.compile_denoisers(compile_how, backend=args.compile_backend)  # after the count: compiled kernels are invisible to it
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
@@ -699,7 +709,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     encoding = args.no_cache or BASELINE in args.configs  # else the encoders serve only the cached shapes
     with torch.device("cpu" if encoding else "meta"):
         encoders = {"vae": build_vae(models, args.seed), **build_text_encoders(models, args.seed)}
-    base = {"unet": build_unet(models, args.seed), **encoders}  # on the host; each configuration copies them
+    base = {"denoiser": build_denoiser(models, args.seed), **encoders}  # on the host; each configuration copies them
     meta = {
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name if argv is None else "sd_step.py",
@@ -713,7 +723,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "channels_last": args.channels_last, "reference_point": args.reference_point,
         "reference_point_fraction": args.reference_point_fraction, "torch": torch.__version__,
         "diffusers": diffusers.__version__, "transformers": transformers.__version__,
-        "unet_params_m": sum(p.numel() for p in base["unet"].parameters()) / 1e6,
+        "unet_params_m": sum(p.numel() for p in base["denoiser"].parameters()) / 1e6,  # the denoiser's (any family)
     }
     rows: List[Dict[str, Any]] = []
     profiles: Optional[Dict[str, Any]] = {} if args.profile else None

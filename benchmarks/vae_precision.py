@@ -39,17 +39,17 @@ def smooth_images(n: int, resolution: int, seed: int = 0) -> torch.Tensor:
 
 
 def build_vae(name: str):
-    if name == "sd15":
-        import sd_step
+    import sd_step
 
+    if name == "sd15":
         return sd_step.build_vae(sd_step.MODEL_SETS["sd15"])
     from diffusers import AutoencoderKL
 
-    from kto_lab.sd.models import build_tiny_sd, build_tiny_sdxl
+    from kto_lab.sd.families import FAMILIES
 
-    build = build_tiny_sdxl if name == "tiny_sdxl" else build_tiny_sd
+    family = FAMILIES[name.removeprefix("tiny_")]  # tiny_<family>: that family's tiny pipeline
     with tempfile.TemporaryDirectory() as tmp:
-        return AutoencoderKL.from_pretrained(build(Path(tmp) / name), subfolder="vae")
+        return AutoencoderKL.from_pretrained(family.build_tiny(Path(tmp) / name), subfolder="vae")
 
 
 @torch.no_grad()

@@ -8,6 +8,20 @@ Heavy parts (diffusers, transformers) are imported lazily by the sub-packages th
 __version__ = "0.1.0"
 
 
+def _quiet_torchvision_fallback() -> None:
+    """transformers logs once per process that each ``*ImageProcessor`` "requires torchvision (not
+    installed); falling back to ``*ImageProcessorPil``" (diffusers' pipelines name CLIP's and SigLIP's).
+    The PIL processors are the ones this project means to use: it never installs torchvision. So that
+    line, in every notebook and log, says nothing to act on; every other transformers message stays."""
+    import logging
+
+    logging.getLogger("transformers.utils.import_utils").addFilter(
+        lambda record: "requires torchvision (not installed); falling back to" not in record.getMessage())
+
+
+_quiet_torchvision_fallback()
+
+
 def train(config, **overrides):
     """Fine-tune Stable Diffusion: ``kto_lab.train(TrainConfig | "config.yaml" | dict)``.
 

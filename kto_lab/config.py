@@ -20,6 +20,7 @@ import dataclasses
 import inspect
 import io
 import math
+import os
 import re
 import tempfile
 import textwrap
@@ -60,6 +61,29 @@ YamlLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true
                                  list("tTfF"))
 
 
+def _mapping_without_duplicates(loader: YamlLoader, node: yaml.MappingNode, deep: bool = False):
+    """A mapping whose keys are unique: PyYAML keeps the last of two equal keys in silence (two
+    ``objective:`` sections, the first lost); this refuses them, naming both lines. Keys brought in
+    by a merge (``<<: *base``) may still be overridden, as YAML means them to be."""
+    seen: Dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            first = seen.setdefault(key, key_node.start_mark.line)
+        except TypeError:  # an unhashable key: PyYAML's own error follows
+            continue
+        if first != key_node.start_mark.line:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"found duplicate key {key!r} (first on line {first + 1}); keep one of them",
+                key_node.start_mark)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+YamlLoader.construct_mapping = _mapping_without_duplicates
+
+
 def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=YamlLoader)
 
@@ -77,17 +101,21 @@ def check_positive(name: str, value: Any) -> None:
     check_range(name, value, low=0.0, low_open=True)
 
 
-_WARNED: Dict[tuple, Any] = {}  # warn_outside's registry: each distinct warning once per process
+_WARNED: Dict[tuple, Any] = {}  # warn_once's registry: each distinct warning once per process
+
+
+def warn_once(message: str) -> None:
+    """A one-line ``UserWarning`` (no source line under it), once per process however often a config is
+    validated or resolved; the run goes on."""
+    warnings.warn_explicit(message, UserWarning, "kto-lab", 0, registry=_WARNED)
 
 
 def warn_outside(name: str, value: float, low: float, high: float, measured: str) -> bool:
-    """Warn when ``value`` lies outside ``[low, high]``, a range *measured* useful (``measured``
-    says where), not a hard limit: the run goes on. One line (no source line under it), once per
-    process however often a config is validated. Returns whether ``value`` is outside."""
+    """Warn (:func:`warn_once`) when ``value`` lies outside ``[low, high]``, a range *measured* useful
+    (``measured`` says where), not a hard limit. Returns whether ``value`` is outside."""
     if low <= value <= high:
         return False
-    warnings.warn_explicit(f"{name}={value:g} is outside [{low:g}, {high:g}], the range measured useful {measured}",
-                           UserWarning, "kto-lab", 0, registry=_WARNED)
+    warn_once(f"{name}={value:g} is outside [{low:g}, {high:g}], the range measured useful {measured}")
     return True
 
 
@@ -114,6 +142,14 @@ def check_output_dir(name: str, path: str | Path) -> Path:
     except OSError as exc:
         raise ConfigError(f"{name}={str(path)!r} is not a writable directory: {exc.strerror or exc}") from None
     return path
+
+
+def resolved_paths(value: Any) -> Any:
+    """A path (or a list of them) made absolute and real, for comparing: ``records.csv`` and its absolute
+    path give the same string. A hub id is treated alike on both sides, so equal ids stay equal."""
+    if isinstance(value, (list, tuple)):
+        return [resolved_paths(v) for v in value]
+    return os.path.realpath(os.path.expanduser(value)) if isinstance(value, str) else value
 
 
 # --- building dataclasses from dicts ----------------------------------------------------
@@ -143,8 +179,13 @@ def _convert(name: str, value: Any, tp: Any) -> Any:
             raise ConfigError(f"{name} must be a mapping, got {value!r}")
         return from_dict(tp, value, prefix=name + ".")
     if origin in (list, tuple, Sequence) or tp in (list, tuple):
-        if isinstance(value, str):
-            value = load_yaml(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+        if isinstance(value, str) and value.strip().startswith("["):
+            try:
+                value = load_yaml(value)
+            except yaml.YAMLError:
+                raise ConfigError(f"{name}={value!r} is not a valid list: write [a, b] (brackets closed)") from None
+        elif isinstance(value, str):
+            value = [v for v in value.split(",") if v]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{name} must be a list, got {value!r}")
         item_tp = args[0] if args else Any
@@ -165,12 +206,33 @@ def _convert(name: str, value: Any, tp: Any) -> Any:
             converted = tp(float(value)) if tp is int else float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{name} must be {'an integer' if tp is int else 'a number'}, got {value!r}") from None
+        except OverflowError:  # int(inf): .inf, 1e400
+            raise ConfigError(f"{name} must be a finite integer, got {value!r}") from None
         if tp is int and float(value) != converted:
             raise ConfigError(f"{name} must be an integer, got {value!r}")
         return converted
     if tp is str:
+        if value is None:  # "output_dir:" with nothing after it (str(None) would make a folder named None)
+            raise ConfigError(f"{name} is empty; give it a value")
         return str(value)
     return value
+
+
+def renamed_keys(cls: type, data: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """``data`` with the keys that ``cls.RENAMED`` maps (old name -> new) under their new names, each noted in one
+    line (a FutureWarning, once per process); both names at once is a :class:`ConfigError`."""
+    renamed = {old: new for old, new in getattr(cls, "RENAMED", {}).items() if old in data}
+    if not renamed:
+        return data
+    out = dict(data)
+    for old, new in renamed.items():
+        if new in data:
+            raise ConfigError(f"{prefix}{old} and {prefix}{new} are both set: {prefix}{old} is the old name of "
+                              f"{prefix}{new}; keep only {prefix}{new}")
+        out[new] = out.pop(old)
+        warnings.warn_explicit(f"{prefix}{old} is now called {prefix}{new}: read as {prefix}{new}", FutureWarning,
+                               "kto-lab", 0, registry=_WARNED)
+    return out
 
 
 def from_dict(cls: Type[T], data: Dict[str, Any], prefix: str = "") -> T:
@@ -179,6 +241,7 @@ def from_dict(cls: Type[T], data: Dict[str, Any], prefix: str = "") -> T:
         raise ConfigError(f"{prefix or cls.__name__} must be a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
+    data = renamed_keys(cls, data, prefix)
     unknown = sorted(set(data) - names)
     moved = [k for k in unknown if k in getattr(cls, "MOVED", {})]  # a retired key names its replacement
     if moved:
@@ -316,6 +379,16 @@ class ConfigField(typing.NamedTuple):
     default: Any
     help: str
     section: bool  # a nested config (its fields follow it)
+
+
+def renamed_fields(cls: type, prefix: str = "") -> Dict[str, str]:
+    """Dotted old name -> new name of every renamed field of a (nested) config dataclass (each section's
+    ``RENAMED``), e.g. ``{"model.unet": "model.denoiser"}``."""
+    out = {prefix + old: prefix + new for old, new in getattr(cls, "RENAMED", {}).items()}
+    for name, tp in typing.get_type_hints(cls).items():
+        if dataclasses.is_dataclass(tp):
+            out.update(renamed_fields(tp, f"{prefix}{name}."))
+    return out
 
 
 def config_fields(cls: type, prefix: str = "") -> Iterator[ConfigField]:

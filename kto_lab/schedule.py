@@ -1,7 +1,8 @@
 """The noise schedules and forward (noising) processes, shared by the toy and SD.
 
 Two schedules, one interface (``sample_timesteps`` / ``add_noise`` / ``target``, all that
-:func:`kto_lab.step.objective_step` calls):
+:func:`kto_lab.step.objective_step` calls; ``with_options`` applies a training config's ``schedule.*`` options
+of its kind, named by ``OPTIONS``):
 
 - :class:`NoiseSchedule`, DDPM: ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps`` (Ho et al. 2020;
   Diffusion-KTO sec. 3.1), integer timesteps, target eps (or v, or x0).
@@ -15,8 +16,9 @@ the numbers are the ones diffusers uses; the toy builds one directly (tiny-diffu
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, ClassVar, Dict, Optional, Tuple
 
 import math
 
@@ -33,6 +35,10 @@ PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 class NoiseSchedule:
     alphas_cumprod: Tensor  # (T,), float32
     prediction_type: str = "epsilon"
+
+    KIND: ClassVar[str] = "DDPM"  # what error messages call this kind of schedule
+    EXPLAIN: ClassVar[str] = ""
+    OPTIONS: ClassVar[Tuple[str, ...]] = ("prediction_type",)  # the training config's options for it (schedule.*)
 
     def __post_init__(self):
         if self.prediction_type not in PREDICTION_TYPES:
@@ -72,6 +78,18 @@ class NoiseSchedule:
             torch.as_tensor(scheduler.alphas_cumprod).float(),
             scheduler.config.get("prediction_type", "epsilon"),
         )
+
+    @classmethod
+    def default_options(cls) -> Dict[str, Any]:
+        """The values of :attr:`OPTIONS` a run uses when unset, if known before the pipeline loads: none (an unset
+        prediction type is the pipeline's)."""
+        return {}
+
+    def with_options(self, prediction_type: Optional[str] = None) -> "NoiseSchedule":
+        """This schedule trained with another prediction type (diffusers' ``--prediction_type``); unset: as is."""
+        if prediction_type is not None and prediction_type != self.prediction_type:
+            return dataclasses.replace(self, prediction_type=prediction_type)
+        return self
 
     @property
     def num_timesteps(self) -> int:
@@ -138,6 +156,10 @@ class FlowMatchingSchedule:
     mode_scale: float = 1.29  # SD3 sec. 3.1's "mode" density scale (diffusers' default)
     prediction_type: str = FLOW_PREDICTION  # the only one: eps / v / x0 are DDPM options
 
+    KIND: ClassVar[str] = "flow-matching"
+    EXPLAIN: ClassVar[str] = ": it predicts the velocity eps - x0"
+    OPTIONS: ClassVar[Tuple[str, ...]] = ("density", "logit_mean", "logit_std", "mode_scale")
+
     def __post_init__(self):
         if self.prediction_type != FLOW_PREDICTION:
             raise ConfigError(
@@ -154,18 +176,31 @@ class FlowMatchingSchedule:
         check_range("mode_scale", self.mode_scale, *MODE_SCALE_RANGE)
 
     @classmethod
-    def from_diffusers(cls, scheduler, **density) -> "FlowMatchingSchedule":
-        """``num_train_timesteps`` and ``shift`` from a ``FlowMatchEulerDiscreteScheduler``
-        (SD3/3.5: 1000 and 3.0); ``density`` takes the training-only fields (``density=``, ...)."""
+    def from_diffusers(cls, scheduler, shift: Optional[float] = None, **density) -> "FlowMatchingSchedule":
+        """``num_train_timesteps`` and ``shift`` from a ``FlowMatchEulerDiscreteScheduler`` (SD3/3.5: 1000 and
+        3.0). ``shift``: this one instead of the config's; a scheduler with ``use_dynamic_shifting`` (a shift that
+        depends on the image size, as Flux's) needs it, computed by its family for the resolution. ``density``
+        takes the training-only fields (``density=``, ...)."""
         config = scheduler.config
         name = type(scheduler).__name__
         if "shift" not in config or hasattr(scheduler, "alphas_cumprod"):
             raise ConfigError(f"{name} is not a flow-matching scheduler (no 'shift'); use NoiseSchedule.from_diffusers")
-        if config.get("use_dynamic_shifting"):
-            raise ConfigError(f"{name} uses use_dynamic_shifting (a shift that depends on the image size); "
-                              "only a fixed shift is supported")
-        return cls(num_train_timesteps=config["num_train_timesteps"], shift=float(config["shift"]),
+        if shift is None and config.get("use_dynamic_shifting"):
+            raise ConfigError(f"{name} uses use_dynamic_shifting (a shift that depends on the image size): "
+                              "pass the shift for the training resolution (shift=)")
+        return cls(num_train_timesteps=config["num_train_timesteps"],
+                   shift=float(config["shift"] if shift is None else shift),
                    prediction_type=config.get("prediction_type") or FLOW_PREDICTION, **density)
+
+    @classmethod
+    def default_options(cls) -> Dict[str, Any]:
+        """The values of :attr:`OPTIONS` a run uses when unset (SD3 sec. 3.1's logit-normal, m = 0, s = 1)."""
+        default = cls()
+        return {k: getattr(default, k) for k in cls.OPTIONS}
+
+    def with_options(self, **options) -> "FlowMatchingSchedule":
+        """This schedule with other training timestep options (:attr:`OPTIONS`; None: unchanged), checked."""
+        return dataclasses.replace(self, **{k: v for k, v in options.items() if v is not None})
 
     # --- timesteps ----------------------------------------------------------------------
     def shifted(self, u: Tensor) -> Tensor:

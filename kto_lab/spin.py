@@ -11,12 +11,12 @@ sec. 3.2 (iii)):
 3. the result is ``theta_k``; repeat.
 
 Nothing here is a second copy of the loss: each iteration is one ordinary ``kto_lab.train``
-run with ``objective.objective = dpo``, ``model.unet`` and ``model.reference`` set to the
-previous iteration's UNet, and ``data.train`` a pair table written here.
+run with ``objective.objective = dpo``, ``model.denoiser`` and ``model.reference`` set to the
+previous iteration's denoiser (a full fine-tune's), and ``data.train`` a pair table written here.
 
-The images are drawn by a caller-supplied ``generate(pretrained, unet_dir, captions, seeds)``
-returning ``(N, 3, H, W)`` float arrays in [0, 1] (``unet_dir`` None = the pipeline's own
-UNet), so SPIN works for any pipeline the trainer can train.
+The images are drawn by a caller-supplied ``generate(pretrained, denoiser_dir, captions, seeds)``
+returning ``(N, 3, H, W)`` float arrays in [0, 1] (``denoiser_dir`` None = the pipeline's own
+denoiser), so SPIN works for any pipeline the trainer can train.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ Generate = Callable[[str, Optional[str], Sequence[str], Sequence[int]], np.ndarr
 @dataclass
 class SpinIteration:
     iteration: int
-    unet: str  # the trained UNet of this iteration (diffusers dir)
-    reference: Optional[str]  # the UNet it was trained against (None = the pipeline's own)
+    denoiser: str  # the trained denoiser of this iteration (diffusers dir: OUTPUT_DIR/unet, .../transformer)
+    reference: Optional[str]  # the denoiser it was trained against (None = the pipeline's own)
     pairs: str  # the pair table it was trained on
     last_metrics: Dict[str, float] = field(default_factory=dict)
 
@@ -55,7 +55,7 @@ def spin(
     """Run ``iterations`` rounds of SPIN-Diffusion; return what each produced.
 
     ``train_config``: a ``TrainConfig`` as a dict (``model.pretrained`` the pipeline; optimiser,
-    ``objective.beta`` ...); ``objective``, ``data.train``, ``model.unet``, ``model.reference``
+    ``objective.beta`` ...); ``objective``, ``data.train``, ``model.denoiser``, ``model.reference``
     and ``output_dir`` are set here. ``real_records``: a record table whose desirable rows are
     the real (winner) images. ``pairs_per_iteration``: real images drawn per round (all if None).
     """
@@ -73,7 +73,7 @@ def spin(
         raise ValueError(f"spin: {real_records} has no desirable (real) record")
     pretrained = train_config["model"]["pretrained"]
     rng = np.random.default_rng(seed)
-    unet_dir: Optional[str] = train_config.get("model", {}).get("unet")
+    denoiser_dir: Optional[str] = train_config.get("model", {}).get("denoiser")
     done: List[SpinIteration] = []
     for k in range(1, iterations + 1):
         it_dir = out_dir / f"iteration-{k}"
@@ -82,7 +82,7 @@ def spin(
                                                                   replace=False)
         captions = [table.captions[int(i)] for i in pick]
         seeds = [int(s) for s in rng.integers(0, 2**31 - 1, size=len(pick))]
-        losers = generate(pretrained, unet_dir, captions, seeds)  # the current model's own images
+        losers = generate(pretrained, denoiser_dir, captions, seeds)  # the current model's own images
         if losers is None or len(losers) != len(captions):
             got = "None" if losers is None else f"{len(losers)} images"
             raise ValueError(f"spin: generate returned {got} for {len(captions)} captions (iteration {k})")
@@ -103,15 +103,15 @@ def spin(
         cfg.setdefault("objective", {})["objective"] = "dpo"
         cfg.setdefault("data", {})["train"] = [str(pairs)]
         cfg["data"].pop("cache_dir", None)  # new pairs every iteration
-        cfg["model"]["unet"] = unet_dir
-        cfg["model"]["reference"] = unet_dir  # the previous iteration (None: the pipeline's UNet = theta_0)
+        cfg["model"]["denoiser"] = denoiser_dir
+        cfg["model"]["reference"] = denoiser_dir  # the previous iteration (None: the pipeline's = theta_0)
         from kto_lab.sd.trainer import train
 
         result = train(cfg, overwrite=True)  # spin owns out_dir: a re-run redoes the iteration
-        record = SpinIteration(k, str(result.weights), unet_dir, str(pairs), dict(result.last_metrics))
+        record = SpinIteration(k, str(result.weights), denoiser_dir, str(pairs), dict(result.last_metrics))
         (it_dir / "spin.json").write_text(json.dumps(record.__dict__, indent=2))
         done.append(record)
         if on_iteration is not None:
             on_iteration(record)
-        unet_dir = record.unet
+        denoiser_dir = record.denoiser
     return done

@@ -24,29 +24,39 @@ TINY_WORDS = ("a", "red", "green", "blue", "circle", "square", "small", "large",
 
 
 @pytest.fixture(scope="session")
-def tiny_sd_path(tmp_path_factory) -> Path:
-    """A tiny Stable Diffusion pipeline (random weights) saved once per session; load it with
-    ``kto_lab.sd.models.load_pipeline(path)`` like a real one. Treat it as read-only."""
-    from kto_lab.sd.models import build_tiny_sd
+def tiny_pipeline(tmp_path_factory):
+    """``tiny_pipeline(family)``: the path of a tiny pipeline of that model family (its ``build_tiny``: random
+    weights, the tests' vocabulary), built once per session; load it with ``kto_lab.sd.models.load_pipeline(path)``
+    like a real one. Treat it as read-only."""
+    from kto_lab.sd.families import FAMILIES
 
-    return build_tiny_sd(tmp_path_factory.mktemp("tiny_sd"), words=TINY_WORDS)
+    built = {}
+
+    def path(family: str) -> Path:
+        if family not in built:
+            built[family] = FAMILIES[family].build_tiny(tmp_path_factory.mktemp(f"tiny_{family}"), words=TINY_WORDS)
+        return built[family]
+
+    return path
 
 
 @pytest.fixture(scope="session")
-def tiny_sdxl_path(tmp_path_factory) -> Path:
-    """A tiny SDXL pipeline (random weights; two text towers, text_time UNet), saved once per session."""
-    from kto_lab.sd.models import build_tiny_sdxl
-
-    return build_tiny_sdxl(tmp_path_factory.mktemp("tiny_sdxl"), words=TINY_WORDS)
+def tiny_sd_path(tiny_pipeline) -> Path:
+    """The tiny Stable Diffusion 1.x pipeline (UNet, one CLIP tower, DDPM)."""
+    return tiny_pipeline("sd")
 
 
 @pytest.fixture(scope="session")
-def tiny_sd3_path(tmp_path_factory) -> Path:
-    """A tiny SD3 pipeline (random weights; MMDiT transformer, two CLIP towers and a T5 encoder, 16-channel VAE
-    with a shift factor, flow-matching scheduler), saved once per session."""
-    from kto_lab.sd.models import build_tiny_sd3
+def tiny_sdxl_path(tiny_pipeline) -> Path:
+    """The tiny SDXL pipeline (two text towers, text_time UNet)."""
+    return tiny_pipeline("sdxl")
 
-    return build_tiny_sd3(tmp_path_factory.mktemp("tiny_sd3"), words=TINY_WORDS)
+
+@pytest.fixture(scope="session")
+def tiny_sd3_path(tiny_pipeline) -> Path:
+    """The tiny SD3 pipeline (MMDiT transformer, two CLIP towers and a T5 encoder, 16-channel VAE with a shift
+    factor, flow-matching scheduler)."""
+    return tiny_pipeline("sd3")
 
 
 @pytest.fixture(scope="session")

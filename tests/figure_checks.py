@@ -2,6 +2,8 @@
 
 from matplotlib.legend import Legend
 
+from kto_lab.plotting import point_labels
+
 
 def _figures(fig):
     yield fig
@@ -38,3 +40,16 @@ def overlapping_texts(fig):
     """Pairs of drawn texts whose boxes overlap: labels that collide."""
     boxes = [(t.get_text(), t.get_window_extent()) for t in drawn_texts(fig)]
     return [(a, b) for i, (a, box_a) in enumerate(boxes) for b, box_b in boxes[i + 1:] if box_a.overlaps(box_b)]
+
+
+def colliding_point_labels(fig):
+    """Pairs of point labels (``ax.annotate`` texts) whose boxes overlap each other or a legend, as drawn."""
+    fig.draw_without_rendering()
+    out = []
+    for ax in fig.get_axes():
+        boxes = [(t.get_text(), t.get_window_extent()) for t in point_labels(ax)]
+        legend = ax.get_legend()
+        out += [(a, b) for i, (a, box_a) in enumerate(boxes) for b, box_b in boxes[i + 1:] if box_a.overlaps(box_b)]
+        if legend is not None:
+            out += [(a, "legend") for a, box in boxes if box.overlaps(legend.get_window_extent())]
+    return out

@@ -140,7 +140,7 @@ def test_model_flops_counts_on_the_meta_device():
     sd3 = module.count(sd_step.MODEL_SETS["tiny_sd3"], 32)  # the transformer, three text towers, SD3's LoRA targets
     assert sd3["text_encoder_3_tflop"] > 0 and 2.5 < sd3["unet_forward_backward_tflop"] / sd3["unet_forward_tflop"] < 3.5
     with torch.device("meta"):
-        transformer = sd_step.build_unet(sd_step.MODEL_SETS["tiny_sd3"])
+        transformer = sd_step.build_denoiser(sd_step.MODEL_SETS["tiny_sd3"])
     image_stream = module.lora_params(transformer)  # the default targets: to_q/k/v/out.0 only
     assert sd3["lora_rank8_params_m"] * 1e6 > image_stream > 0
 

@@ -152,3 +152,43 @@ def test_help_comes_from_the_comments():
         "mode": "a string field", "on": "", "count": ""}
     text = config_help(WithMaps)
     assert "  per_method={dpo: {beta: 3.0}}\n      A comment line above" in text and "  mode=no\n      a string field" in text
+
+
+def test_duplicate_yaml_keys_are_refused_naming_both_lines(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: run\ninner:\n  rank: 8\nsteps: 3\ninner:\n  rank: 2\n")  # two sections: the first was lost
+    with pytest.raises(ConfigError, match=r"not valid YAML: found duplicate key 'inner' \(first on line 2\)") as err:
+        load_config(Outer, path)
+    assert "line 5" in str(err.value)
+    path.write_text("base: &b {rank: 8, alpha: 2.0}\ninner:\n  <<: *b\n  rank: 3\n")  # a merge may be overridden
+    from kto_lab.config import load_yaml
+
+    assert load_yaml(path.read_text())["inner"] == {"rank": 3, "alpha": 2.0}
+
+
+def test_unclosed_list_infinite_integer_and_empty_string_name_the_field(tmp_path):
+    with pytest.raises(ConfigError, match=r"tags='\[a.csv' is not a valid list: write \[a, b\]"):
+        load_config(Outer, overrides=["tags=[a.csv"])
+    for value in (".inf", "1e400", "-.inf"):
+        with pytest.raises(ConfigError, match=f"steps must be a finite integer, got"):
+            load_config(Outer, overrides=[f"steps={value}"])
+    path = tmp_path / "c.yaml"
+    path.write_text("name:\n")  # a string field left empty in YAML (it became the string 'None')
+    with pytest.raises(ConfigError, match="name is empty; give it a value"):
+        load_config(Outer, path)
+    assert load_config(Outer, overrides=["maybe=null"]).maybe is None  # Optional fields still take null
+
+
+def test_train_config_expands_home_and_checks_seeds(monkeypatch, tmp_path):
+    from kto_lab.sd.config import load_train_config
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = load_train_config(None, ["output_dir=~/runs/x", "data.train=[~/r.csv]", "model.denoiser=~/u"])
+    assert cfg.output_dir == str(tmp_path / "runs" / "x") and cfg.data.train == [str(tmp_path / "r.csv")]
+    assert cfg.model.denoiser == str(tmp_path / "u")
+    with pytest.raises(ConfigError, match=r"seed=-1 must be >= 0"):
+        load_train_config(None, ["seed=-1"])
+    with pytest.raises(ConfigError, match=r"data.seed=4294967296 must be <= 4294967295"):
+        load_train_config(None, ["data.seed=4294967296"])
+    with pytest.raises(ConfigError, match="optim.max_steps must be a finite integer"):
+        load_train_config(None, ["optim.max_steps=.inf"])

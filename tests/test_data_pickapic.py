@@ -240,3 +240,24 @@ def test_cli(tmp_path, shards, capsys):
     assert json.loads(capsys.readouterr().out) == {"tables": [str(tmp_path / "pairs.parquet")], "kind": "pairs", "rows": 4}
     assert cli_main(["data", "pickapic", "--shards", str(tmp_path / "nope"), "--out", str(out)]) == 2
     assert "kto-lab data: error: shard not found" in capsys.readouterr().err
+
+
+def test_out_that_is_an_input_is_refused_and_the_input_kept(tmp_path, shards, capsys):
+    """issue 21, 4b: ``--out`` equal to an input shard (given as another spelling of its path) replaced
+    the shard; ``data threshold``/``label`` with ``--out`` equal to their table did the same."""
+    before = shards[1].read_bytes()
+    spelled = shards[1].parent / ".." / shards[1].parent.name / shards[1].name
+    for command in ("pickapic", "pairs"):
+        assert cli_main(["data", command, "--shards", str(shards[0].parent), "--out", str(spelled)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert re.fullmatch(r"kto-lab data: error: out='.*train-00001\.parquet' is the input shards='.*train-00001"
+                            r"\.parquet': it would be replaced .*; choose another out", err), err
+        assert shards[1].read_bytes() == before
+    table = tmp_path / "scored.csv"
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
+    table.write_text("image,caption,score\na.png,a cat,7.5\n")
+    assert cli_main(["data", "threshold", str(table), "--out", str(table)]) == 2
+    assert "is the input table=" in capsys.readouterr().err
+    assert cli_main(["data", "label", str(table), "--out", str(table), "--fn", "json:dumps"]) == 2
+    assert "is the input table=" in capsys.readouterr().err
+    assert table.read_text() == "image,caption,score\na.png,a cat,7.5\n"

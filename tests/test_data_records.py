@@ -216,3 +216,28 @@ def test_gamma_sampler_resumes_its_sequence_and_refuses_another_gamma():
     assert torch.equal(b.sample(6), expected)
     with pytest.raises(ConfigError, match=r"gamma=0.5 differs from the resumed checkpoint's gamma=0.8"):
         GammaSampler(labels, gamma=0.5).load_state_dict(state)
+
+
+def test_an_extreme_image_is_refused_from_its_header_before_it_is_decoded(tmp_path, monkeypatch):
+    """A 1 x 20,000 px PNG (a few hundred bytes) would take gigabytes once resized to a training resolution."""
+    import PIL.ImageFile
+
+    from kto_lab.data.records import load_records
+    from kto_lab.data.tables import ImageLoadError, decode_image
+
+    Image.new("RGB", (1, 20_000), (255, 0, 0)).save(tmp_path / "strip.png")
+    Image.new("RGB", (64, 48), (0, 0, 255)).save(tmp_path / "ok.png")
+    (tmp_path / "r.csv").write_text("image,caption,label\nstrip.png,a,1\nok.png,b,0\n")
+    assert (tmp_path / "strip.png").stat().st_size < 1000
+    table = load_records(tmp_path / "r.csv")
+    real_load = PIL.ImageFile.ImageFile.load
+    with monkeypatch.context() as m:
+        m.setattr(PIL.ImageFile.ImageFile, "load", lambda self: pytest.fail("decoded"))
+        with pytest.raises(ImageLoadError, match=r"image '.*strip\.png' \(table .*r\.csv, row 0, column 'image'\) is "
+                                                 r"refused: it is 1 x 20000 pixels, an aspect ratio beyond 10:1"):
+            table.load_image(0)
+        with pytest.raises(ImageLoadError, match="aspect ratio beyond 10:1"):
+            decode_image(tmp_path / "strip.png", "strip.png", header_only=True)  # converters' header check
+    assert table.load_image(1).size == (64, 48) and PIL.ImageFile.ImageFile.load is real_load
+    skip = load_records(tmp_path / "r.csv", on_missing_image="skip")
+    assert skip.load_image(0) is None and skip.skipped[0][0] == 0  # under skip: counted, like an unreadable image

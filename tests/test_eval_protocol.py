@@ -2,6 +2,8 @@
 (shared seeds, resume, failures), hand-made score tables for the median-of-N rule and win rates,
 a tiny safety checker built from config."""
 
+import re
+import shutil
 from types import SimpleNamespace
 
 import numpy as np
@@ -184,7 +186,7 @@ def test_report_tables_and_plots(tmp_path):
     for m in ("kto", "base"):
         score_model(tmp_path / m, scorers, progress=False)
     df = load_scores(tmp_path, ["kto", "base"])
-    wins = win_rates(df, "kto", "base", n_bootstrap=100)
+    wins = win_rates(df, "kto", "base", n_bootstrap=100, min_prompts=1)  # 3 prompts: the intervals' arithmetic
     paths = write_report(tmp_path / "report", wins, mean_scores(df), nsfw_shares(df))
     text = paths["report"].read_text()
     assert "| kto vs base |" in text and "### Style: photo" in text and "Mean score" in text
@@ -194,8 +196,8 @@ def test_report_tables_and_plots(tmp_path):
     low, high = paper_interval(overall.win_rate / 100, 9)
     assert (overall.paper_ci_low, overall.paper_ci_high) == pytest.approx((100 * low, 100 * high))
     assert "papers' interval" in text and f"{overall.win_rate:.1f} ± {100 * (high - low) / 2:.2f}" in text
-    paper = win_rates(df, "kto", "base", method="paper")
-    assert paper.ci_low.tolist() == pytest.approx(paper.paper_ci_low.tolist())
+    paper = win_rates(df, "kto", "base", method="paper", min_prompts=1)
+    assert paper.ci_low.tolist() == pytest.approx(paper.paper_ci_low.clip(0, 100).tolist())  # ci_* are clipped
     assert pd.read_csv(paths["win_rates"]).shape[0] == len(wins)
     plot_win_rates(wins, tmp_path / "w.png")
     plot_score_distributions(df, ["redness", "saturation"], tmp_path / "d.png")
@@ -292,3 +294,120 @@ def test_plots_are_returned_titled_and_counted(svg_backend):
     assert fig.axes[0].get_title() == "PickScore" and fig.get_suptitle()
     assert legend_texts(fig) == ["Diffusion-KTO (n = 4)", "base model (n = 4)"]
     assert overlapping_texts(fig) == []
+
+
+def _fake_weights(root, name, content: bytes):
+    """A pipeline folder (model_index.json + unet/) and a LoRA file: what the generation key fingerprints."""
+    pipe = root / "pipe"
+    if not pipe.exists():
+        (pipe / "unet").mkdir(parents=True)
+        (pipe / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "U"]}')
+        (pipe / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"base weights")
+    (root / name).mkdir(exist_ok=True)
+    (root / name / "pytorch_lora_weights.safetensors").write_bytes(content)
+    return {"pipeline": str(pipe), "denoiser": None, "lora": str(root / name)}
+
+
+def test_resume_is_keyed_on_the_weights_and_sampling_settings(tmp_path, caplog):
+    """issue 21, 4a: pointing a model name at another LoRA, or changing the steps or guidance, skipped every
+    image and kept the old model's. Now such images are made again, saying what changed; the same weights
+    elsewhere (a copy) and the same settings are still skipped."""
+    run1, run2 = (_fake_weights(tmp_path, n, c) for n, c in (("run1", b"lora one"), ("run2", b"lora two")))
+    out = tmp_path / "eval"
+    first = run(FakePipe(), out, "kto", weights=run1)
+    assert first == {"ok": 9, "failed": 0, "skipped": 0}
+    assert run(FakePipe(), out, "kto", weights=run1)["skipped"] == 9
+    with caplog.at_level("WARNING"):
+        assert run(FakePipe(shift=0.3), out, "kto", weights=run2) == {"ok": 9, "failed": 0, "skipped": 0}
+    assert re.search(r"kto: 9 image\(s\) were made with other settings \(lora weights replaced \('.*run1' -> "
+                     r"'.*run2'\)\); making them again", caplog.text), caplog.text
+    copy = tmp_path / "copy_of_run2"
+    shutil.copytree(tmp_path / "run2", copy)
+    assert run(FakePipe(), out, "kto", weights={**run2, "lora": str(copy)})["skipped"] == 9  # same bytes: same model
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert run(FakePipe(), out, "kto", weights=run2, num_inference_steps=20)["ok"] == 9
+        assert run(FakePipe(), out, "kto", weights=run2, num_inference_steps=20, guidance_scale=3.0)["ok"] == 9
+    assert "steps 50 -> 20" in caplog.text and "guidance_scale 7.5 -> 3.0" in caplog.text
+    (tmp_path / "run2" / "pytorch_lora_weights.safetensors").write_bytes(b"lora two, trained again")
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # the same path with other bytes
+        assert run(FakePipe(), out, "kto", weights=run2, num_inference_steps=20, guidance_scale=3.0)["ok"] == 9
+    assert re.search(r"lora weights changed \('.*run2' -> '.*run2'\)", caplog.text), caplog.text
+
+
+def test_scores_are_keyed_on_the_image_content(tmp_path):
+    """issue 21, 4a: after images were made again, the score cache (keyed on file, seed and prompt) kept the
+    old images' scores. Now a regenerated image is always scored again."""
+    scorers = {"redness": get_scorer("redness")}
+    run1, run2 = (_fake_weights(tmp_path, n, c) for n, c in (("run1", b"lora one"), ("run2", b"lora two")))
+    run(FakePipe(), tmp_path / "eval", "kto", weights=run1)
+    before = score_model(tmp_path / "eval" / "kto", scorers, progress=False)
+    run(FakePipe(shift=0.3), tmp_path / "eval", "kto", weights=run2)
+    after = score_model(tmp_path / "eval" / "kto", scorers, progress=False)
+    for _, r in after.iterrows():  # each score is the score of the image on disk now
+        with Image.open(tmp_path / "eval" / "kto" / r["file"]) as image:
+            assert r["redness"] == pytest.approx(float(get_scorer("redness").score([image])[0]))
+    assert not np.allclose(before["redness"], after["redness"])
+
+
+def test_prompt_ids_and_model_names_stay_in_their_folder(tmp_path, capsys):
+    """issue 21, 4b: a prompt id ``../../../X`` (a JSONL prompt file) or ``--name ..`` wrote outside --out."""
+    from kto_lab.cli import main
+    from kto_lab.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"prompt id='\.\./\.\./x' cannot name a file or folder"):
+        generate_images(FakePipe(), [Prompt("../../x", "a")], tmp_path / "m", model_name="m", progress=False)
+    assert not (tmp_path / "x_0.png").exists() and not any(tmp_path.rglob("*.png"))
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"id": "../../../X", "text": "a cat"}\n')
+    (tmp_path / "pipe").mkdir()
+    (tmp_path / "pipe" / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    base = ["eval", "generate", "--pipeline", str(tmp_path / "pipe"), "--out", str(tmp_path / "out")]
+    assert main([*base, "--name", "m", "--prompts", str(prompts)]) == 2
+    assert re.search(r"prompt id='\.\./\.\./\.\./X' cannot name a file", capsys.readouterr().err)
+    prompts.write_text('{"id": "ok", "text": "a cat"}\n')
+    for name in ("..", ".", "a/b"):
+        assert main([*base, "--name", name, "--prompts", str(prompts)]) == 2
+        assert f"--name={name!r} cannot name a file or folder" in capsys.readouterr().err
+
+
+def test_disk_full_while_writing_images_is_one_line_and_keeps_what_was_written(tmp_path, monkeypatch, capsys):
+    """issue 21, 7b: a full disk while ``eval generate`` wrote images was a raw traceback."""
+    import errno
+
+    import kto_lab.sd.models
+    from kto_lab.cli import main
+
+    class LoadedPipe(FakePipe):
+        def to(self, device):
+            return self
+
+        def set_progress_bar_config(self, **kw):
+            pass
+
+    monkeypatch.setattr(kto_lab.sd.models, "load_pipeline", lambda *a, **k: LoadedPipe())
+    real_save, saved = Image.Image.save, []
+
+    def save(self, fp, *args, **kwargs):
+        if len(saved) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        saved.append(fp)
+        return real_save(self, fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", save)
+    (tmp_path / "pipe").mkdir()
+    (tmp_path / "pipe" / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    (tmp_path / "p.txt").write_text("a red circle\na blue square\n")
+    args = ["eval", "generate", "--pipeline", str(tmp_path / "pipe"), "--name", "m", "--prompts",
+            str(tmp_path / "p.txt"), "--out", str(tmp_path / "out"), "-n", "2", "--device", "cpu"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
+    assert re.fullmatch(r"kto-lab eval: error: no space left on the device while writing .*/out/m/images/"
+                        r"text-00001_0\.png; free some space and run again \(the images already written are kept "
+                        r"and skipped\)", err), err
+    assert sorted(p.name for p in (tmp_path / "out" / "m" / "images").iterdir()) == ["text-00000_0.png",
+                                                                                     "text-00000_1.png"]
+    monkeypatch.setattr(Image.Image, "save", real_save)
+    assert main(args) == 0
+    assert '"skipped": 2' in capsys.readouterr().out

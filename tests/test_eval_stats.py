@@ -111,3 +111,30 @@ def test_paper_ci_method_counts_images_not_prompts():
     assert (wr.high - wr.low) == pytest.approx((prompts_as_unit.high - prompts_as_unit.low) / np.sqrt(5))
     with pytest.raises(ValueError, match="needs n_images"):
         win_rate_from_outcomes(o, method="paper")
+
+
+def test_scores_within_the_tolerance_tie():
+    """issue 21, 8: score differences of ~1e-5 (a few pixels' rounding) counted as wins."""
+    a, b = [0.5, 0.50001, 0.6, 0.4], [0.5, 0.5, 0.5, 0.5]
+    np.testing.assert_array_equal(outcomes(a, b), [0.5, 1.0, 1.0, 0.0])
+    np.testing.assert_array_equal(outcomes(a, b, tolerance=0.5 / 255), [0.5, 0.5, 1.0, 0.0])
+    with pytest.raises(ValueError, match="tolerance"):
+        outcomes(a, b, tolerance=-1)
+    from kto_lab.eval.scorers import TIE_TOLERANCE, tie_tolerance
+
+    assert tie_tolerance("redness") == 0.5 / 255 and tie_tolerance("pickscore") == 0.025
+    assert tie_tolerance("fidelity") == 0.0 and tie_tolerance("redness", {"redness": 0.1}) == 0.1
+    assert set(TIE_TOLERANCE) >= {"redness", "saturation", "brightness", "contrast", "pickscore", "clip", "hpsv2",
+                                  "aesthetic", "imagereward"}
+
+
+def test_no_interval_from_too_few_prompts():
+    """issue 21, 8: 4 prompts gave 12.5 % [0.0, 37.5], an interval excluding 50 % for a LoRA that did nothing."""
+    o = np.array([0.5, 0.0, 0.0, 0.0])
+    for method in ("bootstrap", "wilson", "normal", "paper"):
+        wr = win_rate_from_outcomes(o, method, n_images=20)
+        assert wr.rate == 0.125 and np.isnan(wr.low) and np.isnan(wr.high)
+        assert wr.note == "no interval: 4 prompt(s) < 10"
+    wr = win_rate_from_outcomes(np.r_[o, o, [0.5, 0.5]], "bootstrap")
+    assert wr.n == 10 and wr.note == "" and wr.low <= wr.rate <= wr.high
+    assert not np.isnan(win_rate_from_outcomes(o, "wilson", min_prompts=4).low)

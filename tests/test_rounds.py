@@ -52,7 +52,7 @@ def test_two_scorer_rounds_log_labels_spent_and_train_from_the_previous_round(ti
     assert len(logged) == 6 and all("score" in d and d["labeler"] == "scorer:redness" for d in logged)
     # round 2 trains from round 1's weights on both rounds' labels, against the weights it starts from
     cfg2 = yaml.safe_load((out / "round-02" / "train" / "config.yaml").read_text())
-    assert cfg2["model"]["unet"] == str(out / "round-01" / "train" / "unet")
+    assert cfg2["model"]["denoiser"] == str(out / "round-01" / "train" / "unet")
     assert cfg2["model"]["reference"] is None
     assert [p.split("/")[-2] for p in cfg2["data"]["train"]] == ["round-01", "round-02"]
     # generation seeds differ between rounds; evaluation seeds do not
@@ -200,11 +200,11 @@ def test_lora_rounds_fuse_the_adapters_and_train_against_the_base(tiny_sd_path, 
     fused = out / "round-01" / "model" / "unet"
     assert (fused / "config.json").is_file() and len(rows) == 3
     cfg2 = yaml.safe_load((out / "round-02" / "train" / "config.yaml").read_text())
-    assert cfg2["model"]["unet"] == str(fused) and cfg2["model"]["reference"] == str(tiny_sd_path)
+    assert cfg2["model"]["denoiser"] == str(fused) and cfg2["model"]["reference"] == str(tiny_sd_path)
     # the fused denoiser draws what the base with round 1's adapters draws
     kw = dict(prompt=["a red circle"], num_inference_steps=2, height=32, width=32, output_type="np")
     lora = load_pipeline(tiny_sd_path, lora_path=out / "round-01" / "train" / "pytorch_lora_weights.safetensors")
-    merged = load_pipeline(tiny_sd_path, unet_path=fused)
+    merged = load_pipeline(tiny_sd_path, denoiser_path=fused)
     base = load_pipeline(tiny_sd_path)
     a, b, c = (p(generator=torch.Generator().manual_seed(0), **kw).images for p in (lora, merged, base))
     assert np.abs(a - b).max() < 1e-4 < np.abs(a - c).max()
@@ -218,13 +218,14 @@ def test_rounds_work_for_sd3_through_the_family_seam(tiny_sd3_path, tmp_path):
     rows = kto_lab.rounds(cfg, log=lambda s: None)
     out = tmp_path / "out"
     assert [r["labels_spent"] for r in rows] == [0, 6, 12]
-    assert yaml.safe_load((out / "round-02" / "train" / "config.yaml").read_text())["model"]["unet"] == \
+    assert yaml.safe_load((out / "round-02" / "train" / "config.yaml").read_text())["model"]["denoiser"] == \
         str(out / "round-01" / "train" / "transformer")
 
 
 @pytest.mark.parametrize("change, message", [
     ({"train": {"output_dir": "x"}}, "train.output_dir is set by the rounds themselves; set out_dir"),
     ({"train": {"model": {"reference": "x"}}}, "train.model.reference is set by the rounds themselves; set reference"),
+    ({"train": {"model": {"unet": "x"}}}, "train.model.unet is set by the rounds themselves; set nothing (round K"),
     ({"train": {"objective": {"objective": "csft"}}}, "csft samples with a prompt prefix"),
     ({"labeler": {"kind": "robot"}}, "labeler.kind='robot' is not allowed"),
     ({"labeler": {"quantile": None}}, "needs labeler.threshold or labeler.quantile"),

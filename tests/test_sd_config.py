@@ -86,3 +86,77 @@ def test_sd15_unet_config_is_sd15():
 def test_model_compile_is_a_choice_and_reads_the_old_booleans(value, meaning):
     assert load_train_config(None, {"model": {"compile": value}}).model.compile == meaning
     assert load_train_config(None, [f"model.compile={str(value).lower()}"]).model.compile == meaning
+
+
+def test_the_family_fills_what_it_decides():
+    """resolution, compile blocks, LoRA targets, validation guidance and the schedule's options: null until the
+    family is known, then the family's; a value set in the config stays."""
+    from kto_lab.sd.families import FAMILIES
+
+    plain = load_train_config(None).resolved()
+    assert (plain.data.resolution, plain.model.compile_blocks, plain.lora.target_modules,
+            plain.logging.validation_guidance_scale, plain.schedule.density) == (None, None, None, None, None)
+    for f in FAMILIES.values():
+        cfg = load_train_config(None).resolved(f)
+        assert cfg.data.resolution == f.default_resolution and cfg.model.compile_blocks == list(f.compile_blocks)
+        assert cfg.lora.target_modules == list(f.lora_target_modules)
+        assert cfg.logging.validation_guidance_scale == f.validation_guidance_scale == 7.5  # the CFG families' 7.5
+        assert {k: getattr(cfg.schedule, k) for k in f.schedule_type.default_options()} == \
+            f.schedule_type.default_options()
+    mine = load_train_config(None, ["logging.validation_guidance_scale=3.0", "lora.target_modules=[to_q]",
+                                    "model.compile_blocks=[ResnetBlock2D]"]).resolved(FAMILIES["sd3"])
+    assert (mine.logging.validation_guidance_scale, mine.lora.target_modules, mine.model.compile_blocks) == \
+        (3.0, ["to_q"], ["ResnetBlock2D"])
+
+
+def test_a_renamed_key_is_read_under_its_new_name_with_a_one_line_note():
+    import warnings
+
+    from kto_lab.eval.run import EvalConfig
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cfg = load_train_config(None, ["model.unet=/runs/a/unet"])
+    assert cfg.model.denoiser == "/runs/a/unet"
+    notes = [str(w.message) for w in caught if issubclass(w.category, FutureWarning)]
+    assert notes == ["model.unet is now called model.denoiser: read as model.denoiser"]
+    with pytest.raises(ConfigError, match=r"model\.unet and model\.denoiser are both set: .* keep only model\.denoi"):
+        load_train_config(None, ["model.unet=/a", "model.denoiser=/b"])
+    from kto_lab.config import load_config
+
+    evaluation = load_config(EvalConfig, None, {"prompts": "p.txt", "models": [{"name": "a", "pipeline": "p",
+                                                                                 "unet": "/runs/a/unet"}]})
+    assert evaluation.models[0].denoiser == "/runs/a/unet"  # an evaluation config's models[i].unet too
+
+
+def test_print_config_shows_the_familys_defaults(tiny_sd3_path, capsys):
+    import yaml
+
+    from kto_lab.cli import main
+
+    assert main(["train", "--print-config", f"model.pretrained={tiny_sd3_path}"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["compile_blocks"] == ["JointTransformerBlock"] and printed["data"]["resolution"] == 1024
+    assert printed["schedule"]["density"] == "logit_normal"
+    assert main(["train", "--print-config"]) == 0  # a hub id that is not cached: the family's fields stay null
+    assert yaml.safe_load(capsys.readouterr().out)["lora"]["target_modules"] is None
+
+
+def test_a_run_that_ends_inside_its_warm_up_is_a_one_line_warning():
+    import warnings
+
+    from kto_lab.sd.config import load_train_config
+
+    def warned(*overrides):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            load_train_config("sd15_kto_lora", list(overrides)).resolved()
+        return [str(w.message) for w in caught if "warm-up" in str(w.message)]
+
+    [message] = warned("optim.max_steps=10")  # the README's first run: warm-up 500
+    assert message == ("optim.warmup_steps=500 >= optim.max_steps=10: the run ends inside its warm-up, its learning rate "
+                       "peaking at 1.8e-06 (1.8% of optim.learning_rate=0.0001); the weights will barely move (close "
+                       "to a no-op): lower optim.warmup_steps or raise optim.max_steps")
+    [message] = warned("optim.max_steps=400")  # inside the warm-up, but at 80 % of the rate: no "no-op"
+    assert "peaking at 8e-05 (79.8%" in message and "no-op" not in message
+    assert warned("optim.max_steps=501") == [] and warned("optim.max_steps=10", "optim.warmup_steps=0") == []

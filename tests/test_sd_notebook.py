@@ -2,12 +2,13 @@
 
 import json
 
-from notebooks import run_notebook
+from notebooks import run_notebook, shows_an_image
 
 
 def test_sd_finetune_notebook(tmp_path):
-    run_notebook("sd_finetune.ipynb", tmp_path, timeout=600, DEMO=True, CPU=True, MAX_STEPS=3, BATCH_SIZE=2,
-                 RESOLUTION=32, MIXED_PRECISION="no", OUTPUT_DIR=str(tmp_path / "run"), TORCH_THREADS=1)
+    nb = run_notebook("sd_finetune.ipynb", tmp_path, timeout=600, DEMO=True, CPU=True, MAX_STEPS=3, BATCH_SIZE=2,
+                      RESOLUTION=32, MIXED_PRECISION="no", OUTPUT_DIR=str(tmp_path / "run"), TORCH_THREADS=1)
+    assert shows_an_image(nb, "plot_metrics(")  # the metrics, labelled (tests/test_metrics_log.py)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert (tmp_path / "run" / "pytorch_lora_weights.safetensors").is_file()

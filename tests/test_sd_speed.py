@@ -1,13 +1,12 @@
-"""The trainer's speed switches on CPU (kto_lab.sd.speed): torch.compile of the UNets, whole or block
-by block, in place; channels_last. Compiled and eager steps must give the same losses. Behaviour
-only: how long compiling takes is measured by benchmarks/sd_step.py, not asserted here."""
-
-import copy
+"""The trainer's speed switches on CPU (kto_lab.sd.speed) with SD's UNets: torch.compile, whole or block by block,
+in place; channels_last. Compiled and eager steps must give the same losses (every family's regional compile,
+traced like eager, is in tests/test_families.py). Behaviour only: how long compiling takes is measured by
+benchmarks/sd_step.py, not asserted here."""
 
 import pytest
 import torch
 
-from kto_lab.sd.speed import REPEATED_BLOCKS, compile_unet
+from kto_lab.sd.speed import compile_denoiser
 from kto_lab.sd.trainer import Trainer
 from sd_helpers import write_records
 
@@ -20,9 +19,9 @@ def records(tmp_path_factory):
 @pytest.fixture(scope="module")
 def one_level_sd(tmp_path_factory):
     """The smallest SD UNet with both block kinds (one cross-attention level): the fewest graphs to compile."""
-    from kto_lab.sd.models import build_tiny_sd
+    from kto_lab.sd.families import FAMILIES
 
-    return build_tiny_sd(tmp_path_factory.mktemp("one_level_sd"), block_out_channels=(32,), image_size=16)
+    return FAMILIES["sd"].build_tiny(tmp_path_factory.mktemp("one_level_sd"), block_out_channels=(32,), image_size=16)
 
 
 def _unet(path):
@@ -31,44 +30,13 @@ def _unet(path):
     return UNet2DConditionModel.from_pretrained(path, subfolder="unet")
 
 
-def _forward_backward(unet, x, t, cond):
-    out = unet(x, t, encoder_hidden_states=cond).sample
-    out.square().mean().backward()
-    with torch.no_grad():  # the reference's shape: twice the batch, no grad
-        ref = unet(torch.cat([x, x]), torch.cat([t, t]), encoder_hidden_states=torch.cat([cond, cond])).sample
-    return out.detach(), ref, [p.grad.clone() for p in unet.parameters()]
-
-
-def test_regional_compile_is_in_place_and_traces_every_block_like_eager(tiny_sd_path):
-    """aot_eager: dynamo and AOT autograd trace each block (no code generation), so results match
-    eager to float rounding; more block shapes than dynamo's default 8 graphs per block class must
-    not fall back to eager (the limit is raised)."""
-    eager = _unet(tiny_sd_path)
-    compiled = copy.deepcopy(eager)
-    names = list(eager.state_dict())
-    n = compile_unet(compiled, "regional", backend="aot_eager")
-    assert n == sum(type(m).__name__ in REPEATED_BLOCKS for m in eager.modules()) > 8
-    assert list(compiled.state_dict()) == names  # in place: checkpoints keep their keys
-    g = torch.Generator().manual_seed(0)
-    x, t, cond = torch.randn(2, 4, 16, 16, generator=g), torch.tensor([10, 700]), torch.randn(2, 16, 32, generator=g)
-    torch._dynamo.reset()
-    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
-        got = _forward_backward(compiled, x, t, cond)
-    want = _forward_backward(eager, x, t, cond)
-    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-6)
-    for a, b in zip(got[2], want[2]):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    torch._dynamo.reset()
-
-
-def test_compile_unet_names_what_is_wrong(tiny_sd_path):
+def test_compile_denoiser_names_what_is_wrong(tiny_sd_path):
     unet = _unet(tiny_sd_path)
     with pytest.raises(ValueError, match=r"model.compile_blocks=\['Transformer2DModelX'\] matched no module"):
-        compile_unet(unet, "regional", blocks=["Transformer2DModelX"])
+        compile_denoiser(unet, "regional", blocks=["Transformer2DModelX"])
     with pytest.raises(ValueError, match="compile='partial'"):
-        compile_unet(unet, "partial")
-    assert compile_unet(unet, "none") == 0
+        compile_denoiser(unet, "partial")
+    assert compile_denoiser(unet, "none") == 0
 
 
 def _config(sd, records, out, **model):
@@ -82,7 +50,7 @@ def _config(sd, records, out, **model):
 def _losses(cfg, steps=2):
     trainer = Trainer(cfg)
     losses = [float(trainer.step(trainer.source.next_batch())["loss"]) for _ in range(steps)]
-    keys = list(trainer.base_unet().state_dict())
+    keys = list(trainer.base_denoiser().state_dict())
     trainer.close()
     return losses, keys
 
@@ -117,7 +85,7 @@ def test_channels_last_keeps_the_losses(tiny_sd_path, records, tmp_path):
     want, _ = _losses(_config(tiny_sd_path, records, tmp_path / "a") | {"data": {"train": [str(records)], "resolution": 32}})
     cfg = _config(tiny_sd_path, records, tmp_path / "b", channels_last=True) | {"data": {"train": [str(records)], "resolution": 32}}
     trainer = Trainer(cfg)
-    for unet in (trainer.base_unet(), trainer.reference_unet):
+    for unet in (trainer.base_denoiser(), trainer.reference_denoiser):
         assert unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     trainer.close()
     got, _ = _losses(cfg | {"output_dir": str(tmp_path / "c")})

@@ -17,7 +17,7 @@ def test_synthetic_notebook_runs_a_tiny_comparison(tmp_path):
         pytest.fail(f"the committed base pipeline is missing: {BASE}")
     run_dir = tmp_path / "run"
     align = {"methods": ["kto", "csft", "spin"], "n_captions": 24, "renders_per_caption": 2, "steps": 4,
-             "batch_size": 4, "eval_every": 2, "n_curve_prompts": 2, "n_eval_prompts": 4, "n_per_prompt": 2,
+             "batch_size": 4, "warmup_steps": 1, "eval_every": 2, "n_curve_prompts": 2, "n_eval_prompts": 4, "n_per_prompt": 2,
              "spin_iterations": 2}
     nb = run_notebook("synthetic.ipynb", tmp_path, timeout=600, BASE=str(BASE), RUN_EXPERIMENT=True,
                       RUN_DIR=str(run_dir), ALIGN=align)

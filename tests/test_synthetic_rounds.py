@@ -39,7 +39,7 @@ def test_rounds_study_and_report(tmp_path, capsys):
         assert (figures / name).stat().st_size > 0, name
     vs = (figures / "rounds_vs_offline.md").read_text()
     assert "| Diffusion-KTO | 20 | 2 rounds | 1 |" in vs and "| BCE | 20 | 2 rounds | 1 |" in vs
-    assert "BCE vs Diffusion-KTO" in (figures / "head_to_head.md").read_text()
+    assert "Diffusion-KTO vs BCE" in (figures / "head_to_head.md").read_text()
 
 
 def test_study_budgets_must_divide_into_rounds():

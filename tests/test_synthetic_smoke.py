@@ -32,7 +32,8 @@ def test_kto_toward_red_raises_redness_far_outside_seed_noise(tmp_path):
     from kto_lab.synthetic.experiment import AlignConfig, CurveRecorder, align_one, write_feedback
     from kto_lab.synthetic.shapes import eval_captions
     from kto_lab.synthetic.users import get_user
-    from kto_lab.sd.components import load_unet
+    from kto_lab.sd.components import load_denoiser
+    from kto_lab.synthetic.base import FAMILY
 
     user = get_user("red")
     cfg = AlignConfig(user="red", methods=["kto"], n_captions=200, renders_per_caption=2, steps=100, batch_size=16,
@@ -44,7 +45,7 @@ def test_kto_toward_red_raises_redness_far_outside_seed_noise(tmp_path):
     caps, seeds = eval_set(eval_captions(64, seed=2024), 2)
     base_pipe = make_pipeline(BASE)
     base_runs = [measure(sample(base_pipe, caps, [s + 10_000 * r for s in seeds]), caps, user) for r in range(4)]
-    aligned = measure(sample(make_pipeline(BASE, load_unet(unet_dir)), caps, seeds), caps, user)
+    aligned = measure(sample(make_pipeline(BASE, load_denoiser(unet_dir, FAMILY)), caps, seeds), caps, user)
 
     base_red = np.array([m.score for m in base_runs])
     noise = float(base_red.std(ddof=1))

@@ -44,16 +44,16 @@ def test_spin_uses_real_winners_own_losers_and_the_previous_iteration_as_referen
     its = spin(cfg, records, tmp_path / "spin", generate, iterations=2, seed=0)
 
     assert [it.iteration for it in its] == [1, 2]
-    assert calls == [None, its[0].unet]  # iteration 2 draws its losers from iteration 1's model
-    assert its[0].reference is None and its[1].reference == its[0].unet
-    saved = yaml_config(Path(its[1].unet).parent)
-    assert saved["objective"]["objective"] == "dpo" and saved["model"]["reference"] == its[0].unet
-    assert saved["model"]["unet"] == its[0].unet
+    assert calls == [None, its[0].denoiser]  # iteration 2 draws its losers from iteration 1's model
+    assert its[0].reference is None and its[1].reference == its[0].denoiser
+    saved = yaml_config(Path(its[1].denoiser).parent)
+    assert saved["objective"]["objective"] == "dpo" and saved["model"]["reference"] == its[0].denoiser
+    assert saved["model"]["denoiser"] == its[0].denoiser
     pairs = load_pairs(its[0].pairs)
     assert len(pairs) == 5  # every desirable (real) record, none of the undesirable one
     for i in range(len(pairs)):
         assert "real/images" in pairs.raw_image(i, "image_w") and "self" in pairs.raw_image(i, "image_l")
-    a = UNet2DConditionModel.from_pretrained(its[1].unet).state_dict()
+    a = UNet2DConditionModel.from_pretrained(its[1].denoiser).state_dict()
     b = base_unet.state_dict()
     assert any(not torch.equal(a[k], b[k]) for k in b)
     assert json.loads((tmp_path / "spin" / "iteration-2" / "spin.json").read_text())["iteration"] == 2

@@ -1,6 +1,7 @@
 """Sweeps of the shapes world: data regimes, frontier helpers, and a tiny resumable sweep end to end."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -91,7 +92,7 @@ def test_tiny_sweep_runs_resumes_and_reports(tmp_path):
     logs.clear()
     run_sweep("regimes", BASE, out, cfg, log=logs.append)
     assert logs == ["12 of 12 cells were already done in " + str(out)]
-    with pytest.raises(ValueError, match="holds cells of another world"):
+    with pytest.raises(ValueError, match="holds cells of another world"):  # a ConfigError
         run_sweep("regimes", BASE, out, SweepConfig(steps=3, eval_every=1, n_last=2))
 
     paths = {p.name for p in write_report(out, tmp_path / "report")}
@@ -101,3 +102,79 @@ def test_tiny_sweep_runs_resumes_and_reports(tmp_path):
     assert ((0 <= regimes.win_score) & (regimes.win_score <= 1)).all()
     assert "| Diffusion-KTO | 1 |" in (tmp_path / "report" / "comparison.md").read_text()
     assert json.loads((tmp_path / "report" / "world.json").read_text())["pool_size"] == 80
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Stands in for a cell's training: records which cells ran (and writes their result file)."""
+    from kto_lab.synthetic import sweep
+
+    ran = []
+
+    def fake_run_cell(cell, cfg, base_dir, out, image_size=16, progress=False):
+        ran.append(cell.name)
+        result = {"cell": {}, "final": {k: 0.0 for k in ("score", "fidelity", "distance")}, "per_image": {}}
+        (out / "cells").mkdir(exist_ok=True)
+        (out / "cells" / f"{cell.name}.json").write_text(json.dumps(result))
+        return result
+
+    monkeypatch.setattr(sweep, "run_cell", fake_run_cell)
+    return ran
+
+
+def test_sweep_errors_are_one_line_before_any_training(tmp_path, tiny_sd_path, no_training, capsys):
+    """issue 21, 4b/7a/7b: a changed world, another --base (the world file did not record it: cells of two
+    base models were mixed), a too-large n_last and seeds=[] each end in one line, exit 2, before training."""
+    from kto_lab.cli import main
+
+    out = tmp_path / "sweep"
+    small = ["sweep.steps=2", "sweep.eval_every=1", "sweep.n_last=1", "sweep.seeds=[0]", "sweep.kto_betas=[1000]",
+             "sweep.dpo_betas=[]", "sweep.preference_learning_rates=[]", "sweep.learning_rates=[]"]
+    sweep = ["synthetic", "sweep", "--plan", "frontier", "--out", str(out)]
+
+    def one_line(argv, pattern):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and re.search(pattern, err), err
+
+    assert main([*sweep, "--base", str(BASE), *small]) == 0
+    capsys.readouterr()
+    n = len(no_training)
+    one_line([*sweep, "--base", str(tiny_sd_path), *small],
+             r"holds cells of another world \(base: '.*figures/synthetic/base/pipeline \(\w{12}\)' there, '.*tiny_sd.* "
+             r"\(\w{12}\)' here\); use another --out")
+    one_line([*sweep, "--base", str(BASE), *small, "sweep.pool_size=100"],
+             r"another world \(pool_size: 2000 there, 100 here\)")
+    one_line([*sweep, "--base", str(BASE), *small, "sweep.n_last=5"], r"sweep\.n_last=5 checkpoints every")
+    one_line([*sweep, "--base", str(BASE), *small, "sweep.seeds=[]"], r"sweep\.seeds=\[\] is empty")
+    assert len(no_training) == n
+
+
+def test_a_truncated_cell_is_run_again_and_a_report_names_it(tmp_path, no_training, capsys):
+    """issue 21, 7a: a truncated cell file counted as done (and the report died with JSONDecodeError)."""
+    from kto_lab.cli import main
+    from kto_lab.synthetic.sweep import SweepConfig, plan_cells, run_sweep
+
+    cfg = SweepConfig(steps=2, eval_every=1, n_last=1, seeds=[0], kto_betas=[1000.0], dpo_betas=[],
+                      preference_learning_rates=[], learning_rates=[])
+    out, logs = tmp_path / "sweep", []
+    run_sweep("frontier", BASE, out, cfg, log=logs.append)
+    cells = [c.name for c in plan_cells("frontier", cfg)]
+    assert no_training == cells
+    cut = out / "cells" / f"{cells[0]}.json"
+    cut.write_text(cut.read_text()[:20])
+    assert main(["synthetic", "sweep-report", "--run", str(out), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.fullmatch(rf"kto-lab synthetic: error: .*{cells[0]}\.json is truncated or not a sweep cell's result; "
+                        r"delete it and run the sweep again to redo that cell", err), err
+    logs.clear()
+    run_sweep("frontier", BASE, out, cfg, log=logs.append)
+    assert no_training == cells + [cells[0]]
+    assert f"[1/{len(cells)}] {cells[0]}: {cut} is truncated or not a cell's result; running it again" in logs
+    world = json.loads((out / "world.json").read_text())  # an earlier kto_lab's world.json, without the base
+    del world["base"], world["base_path"]
+    (out / "world.json").write_text(json.dumps(world))
+    logs.clear()
+    run_sweep("frontier", BASE, out, cfg, log=logs.append)
+    assert any("does not record the base model" in line for line in logs)
+    assert json.loads((out / "world.json").read_text())["base_path"] == str(BASE)

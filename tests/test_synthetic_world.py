@@ -130,7 +130,7 @@ def test_every_caption_word_and_csft_prefix_is_one_token(tmp_path):
     from transformers import CLIPTokenizer
 
     from kto_lab.objectives import csft_caption
-    from kto_lab.sd.models import write_clip_tokenizer
+    from kto_lab.sd.tiny import write_clip_tokenizer
     from kto_lab.synthetic.shapes import MAX_TOKENS
 
     tok = CLIPTokenizer.from_pretrained(write_clip_tokenizer(tmp_path, VOCABULARY, MAX_TOKENS))

@@ -262,6 +262,13 @@ def test_figure6_python_api_writes_the_files(tmp_path, tiny_figure6):
     with pytest.raises(ValueError, match="seeds must be an integer >= 1, got 0"):
         run_figure6(cfg, seeds=0)
 
+    from toy.figures import redraw_figure6  # the figure again from those files, no training
+
+    before = paths["png"].read_bytes()
+    paths["png"].unlink()
+    assert redraw_figure6(tmp_path) == paths["png"] and paths["png"].read_bytes() == before
+    assert main(["toy", "figure6", "--out", str(tmp_path / "none"), "--redraw"]) == 2  # nothing saved there: one line
+
 
 def test_plotting_modules_choose_no_backend():
     """A notebook's inline backend survives importing them (tested in a fresh interpreter)."""
@@ -384,3 +391,27 @@ def test_frontier_sweeps_every_method_and_writes_its_files(tmp_path):
     paths = write_frontier(rows, tmp_path, command="test", config=cfg)
     summary = pd.read_csv(paths["summary"])
     assert len(summary) == 4 and (summary.n_seeds == 2).all() and paths["png"].stat().st_size > 0
+
+
+def test_figure6_scatters_name_their_axes_and_figure9_says_z_ref(tiny_figure6, svg_backend):
+    from figure_checks import drawn_texts
+
+    from toy.figures import plot_figure6, plot_figure9
+
+    scatters = [ax for ax in plot_figure6(tiny_figure6).get_axes() if ax.get_aspect() == 1.0]  # the sample panels
+    assert len(scatters) == 3 and {(ax.get_xlabel(), ax.get_ylabel()) for ax in scatters} == {("x₁", "x₂")}
+    texts = " ".join(t.get_text() for t in drawn_texts(plot_figure9()))
+    assert "z_ref" in texts and "Q_ref" not in texts  # the project's name of the reference point
+
+
+def test_committed_toy_frontier_has_no_colliding_point_labels(svg_backend):
+    """Drawn from the committed results (figures/toy_frontier.csv), as `kto-lab toy frontier --redraw` does."""
+    import pandas as pd
+
+    from figure_checks import colliding_point_labels, overlapping_texts
+    from toy.frontier import frontier_summary, plot_toy_frontier
+
+    rows = pd.read_csv(Path(__file__).resolve().parents[1] / "figures" / "toy_frontier.csv")
+    fig = plot_toy_frontier(*frontier_summary(rows))
+    assert colliding_point_labels(fig) == [] and overlapping_texts(fig) == []
+    assert len([t for ax in fig.get_axes() for t in ax.texts]) >= 40  # every setting still labelled

@@ -2,9 +2,10 @@
 
     kto-lab toy figure6 --out figures --seeds 3 [--steps 600] [--pretrain-steps 1500] [beta=3 ...]
     kto-lab toy figure6 --out figures --seeds 3 --family flow     # the same under flow matching (SD3's schedule)
+    kto-lab toy figure6 --out figures --redraw [--family flow]    # the figure again from the saved results
     kto-lab toy figure9 --out figures
     kto-lab toy ablations --out figures [--seeds 2] [--family flow] [--betas 0.1 1 10]
-    kto-lab toy frontier --out figures [--seeds 3]
+    kto-lab toy frontier --out figures [--seeds 3] [--redraw]
 
 ``key=value`` (or ``--set key=value``) overrides any :class:`toy.train.ToyConfig` field
 (``--config C.yaml`` too); bad values and an unwritable ``--out`` fail before any training starts.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import shlex
 import sys
 import time
+from pathlib import Path
 
 from kto_lab.config import ConfigError, check_output_dir, load_config, parse_overrides
 
@@ -44,9 +46,12 @@ def _check_seeds(seeds):
 
 
 def cmd_figure6(args) -> int:
-    from .figures import write_figure6
+    from .figures import redraw_figure6, write_figure6
     from .run import run_figure6
 
+    if args.redraw:
+        print(f"figure 6 redrawn -> {redraw_figure6(Path(args.out), args.family or 'ddpm')}")
+        return 0
     _check_seeds(args.seeds)
     cfg = _config(args)
     out = check_output_dir("--out", args.out)  # results are written at the end: fail now, not then
@@ -58,8 +63,13 @@ def cmd_figure6(args) -> int:
 
 
 def cmd_figure9(args) -> int:
+    from kto_lab.config import check_choice
+    from kto_lab.objectives import UTILITIES
+
     from .figures import PAPER_UTILITIES, write_figure9
 
+    for name in args.utilities or ():
+        check_choice("--utilities", name, sorted(UTILITIES))
     path = write_figure9(check_output_dir("--out", args.out), args.utilities or PAPER_UTILITIES)
     print(f"figure 9 -> {path}")
     return 0
@@ -80,8 +90,11 @@ def cmd_ablations(args) -> int:
 
 
 def cmd_frontier(args) -> int:
-    from .frontier import run_frontier, write_frontier
+    from .frontier import redraw_frontier, run_frontier, write_frontier
 
+    if args.redraw:
+        print(f"frontier redrawn -> {redraw_frontier(Path(args.out))}")
+        return 0
     _check_seeds(args.seeds)
     cfg = _config(args)
     out = check_output_dir("--out", args.out)
@@ -108,6 +121,7 @@ def _common(p, seeds_default):
     p.add_argument("--config", default=None, help="YAML file of ToyConfig fields (listed below)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="ToyConfig fields to override, e.g. beta=3")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="the same as key=value (repeatable)")
+    p.set_defaults(config_fields=(ToyConfig, ""))  # an unknown --option is named by its field (kto_lab.cli)
 
 
 def add_parser(subparsers, name: str = "toy", help: str = "2-D Gaussian toy"):
@@ -117,6 +131,8 @@ def add_parser(subparsers, name: str = "toy", help: str = "2-D Gaussian toy"):
     p6 = sub.add_parser("figure6", help="Figure 6: every method on the 2-D toy, metrics over seeds")
     _common(p6, 3)
     p6.add_argument("--samples", type=int, default=None, help="points sampled per model (default: 3500, as sec. 6)")
+    p6.add_argument("--redraw", action="store_true", help="draw figure6.png (with --family flow: figure6_flow.png) "
+                                                          "again from --out's saved samples and metrics, without training")
     p6.set_defaults(func=cmd_figure6)
     p9 = sub.add_parser("figure9", help="Figure 9: utilities and their derivatives, centred")
     p9.add_argument("--out", required=True, help="output directory")
@@ -130,5 +146,7 @@ def add_parser(subparsers, name: str = "toy", help: str = "2-D Gaussian toy"):
     pf = sub.add_parser("frontier", help="every method over beta / learning rate: desirable vs undesirable share, "
                                          "distance moved (frontiers over seeds)")
     _common(pf, 3)
+    pf.add_argument("--redraw", action="store_true", help="draw toy_frontier.png again from --out's saved "
+                                                          "toy_frontier.csv, without training")
     pf.set_defaults(func=cmd_frontier)
     return parser

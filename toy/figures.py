@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.patches import Circle
 
-from kto_lab.config import to_dict  # noqa: E402
+from kto_lab.config import from_dict, to_dict  # noqa: E402
 from kto_lab.objectives import centered, get_utility  # noqa: E402
 from kto_lab.plotting import LABELS, UTILITY_LABELS, label, new_figure
 
@@ -73,6 +73,7 @@ def _scatter(ax, samples, sources):
         ax.add_patch(Circle(src.mean, REGION_RADIUS_STD * src.std, fill=False, color=color, lw=1.2, ls="--"))
         ax.plot(*src.mean, marker="+", color=color, ms=8)
     ax.set_xlim(-0.2, 1.2), ax.set_ylim(0.1, 1.5), ax.set_aspect("equal")
+    ax.set_xlabel("x₁", fontsize=8, labelpad=1), ax.set_ylabel("x₂", fontsize=8, labelpad=1)  # the toy's 2-D points
     ax.tick_params(labelsize=7)
 
 
@@ -134,6 +135,27 @@ def plot_figure6(result: Figure6Result, path: Optional[Path] = None):
     return fig
 
 
+def redraw_figure6(out: Path, family: str = "ddpm") -> Path:
+    """``figure6.png`` (``figure6_flow.png``) drawn again from the files :func:`write_figure6` saved in
+    ``out`` (the first seed's samples, the metrics over seeds, the run's config), without training:
+    ``kto-lab toy figure6 --out OUT --redraw [--family flow]``."""
+    from .train import ToyConfig
+
+    out = Path(out)
+    stem = _stem("figure6", ToyConfig(family=family))
+    files = {k: out / f"{stem}{s}" for k, s in (("npz", "_samples.npz"), ("json", "_metrics.json"), ("run", "_run.json"))}
+    missing = [str(f) for f in files.values() if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"--redraw needs the results of a figure6 run: {', '.join(missing)} missing")
+    run = json.loads(files["run"].read_text())
+    with np.load(files["npz"]) as npz:
+        samples = {m: torch.from_numpy(npz[m]) for m in npz.files}
+    result = Figure6Result(from_dict(ToyConfig, run["config"]), run["seeds"], json.loads(files["json"].read_text()),
+                           samples, run["seconds"])
+    plot_figure6(result, out / f"{stem}.png")
+    return out / f"{stem}.png"
+
+
 def _mean_sd(stat: Dict) -> str:
     """``mean ± sd``, or the mean alone for one seed (its sd would be a meaningless 0)."""
     return f"{stat['mean']:.3f} ± {stat['sd']:.3f}" if len(stat.get("values", ())) > 1 else f"{stat['mean']:.3f}"
@@ -186,7 +208,8 @@ def plot_figure9(path: Optional[Path] = None, utilities: Sequence[str] = PAPER_U
         ax_d.plot(x.detach(), du, label=text)
     for ax, title in ((ax_u, "U(x) - U(0)"), (ax_d, "U'(x)")):
         ax.axhline(0, color="k", lw=0.5), ax.axvline(0, color="k", lw=0.5)
-        ax.set_xlabel("x = w(x0) * (implicit reward - Q_ref)"), ax.set_title(title), ax.legend(fontsize=8)
+        ax.set_xlabel("x = w(x₀) · β (g − z_ref)   (w = +1 desirable, −1 undesirable; eq. 8)")
+        ax.set_title(title), ax.legend(fontsize=8)
     ax_u.set_ylim(-lim, lim)
     fig.suptitle("Figure 9: utility functions, centred so U(0) = 0, and their first derivatives")
     if path is not None:

@@ -1,6 +1,7 @@
 """Frontiers on the toy: every method over its strength knob and seeds.
 
     kto-lab toy frontier --out figures --seeds 3
+    kto-lab toy frontier --out figures --redraw     # the figure again from the saved toy_frontier.csv
 
 Diffusion-KTO and Diffusion-DPO are swept over beta, SFT, CSFT and BCE over the learning rate
 (the other fine-tuning settings are :class:`toy.train.ToyConfig`'s, without per-method overrides).
@@ -82,21 +83,38 @@ def plot_toy_frontier(summary, pretrained: Dict[str, float], path: Optional[Path
                                   "over seeds", dpi=110)
 
 
-def write_frontier(rows, out: Path, command: str = "", config: ToyConfig = None) -> Dict[str, Path]:
-    """``toy_frontier.csv`` (every run), ``toy_frontier_summary.csv`` (over seeds), ``toy_frontier.png``."""
+def frontier_summary(rows):
+    """:func:`run_frontier`'s rows -> (the tuned settings over seeds, the pretrained model's mean metrics);
+    diverged runs are left out."""
     from kto_lab.eval.frontier import summarize_over_seeds
 
+    ok = rows[rows["diverged"].isna()] if "diverged" in rows else rows
+    summary = summarize_over_seeds(ok[ok.method != PRETRAINED], ["method", "knob_name", "knob"], METRICS)
+    return summary, ok[ok.method == PRETRAINED][list(METRICS)].mean().to_dict()
+
+
+def write_frontier(rows, out: Path, command: str = "", config: ToyConfig = None) -> Dict[str, Path]:
+    """``toy_frontier.csv`` (every run), ``toy_frontier_summary.csv`` (over seeds), ``toy_frontier.png``."""
     out.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out / "toy_frontier.csv", "summary": out / "toy_frontier_summary.csv",
              "png": out / "toy_frontier.png", "run": out / "toy_frontier_run.json"}
     rows.to_csv(paths["csv"], index=False)
-    ok = rows[rows["diverged"].isna()] if "diverged" in rows else rows
-    tuned = ok[ok.method != PRETRAINED]
-    summary = summarize_over_seeds(tuned, ["method", "knob_name", "knob"], METRICS)
+    summary, pretrained = frontier_summary(rows)
     summary.to_csv(paths["summary"], index=False)
-    pretrained = ok[ok.method == PRETRAINED][list(METRICS)].mean().to_dict()
     plot_toy_frontier(summary, pretrained, paths["png"])
     meta = {"command": command, "config": dataclasses.asdict(config) if config else None,
             "diverged": rows[rows["diverged"].notna()].to_dict("records") if "diverged" in rows else []}
     paths["run"].write_text(json.dumps(meta, indent=1, default=str))
     return paths
+
+
+def redraw_frontier(out: Path) -> Path:
+    """``OUT/toy_frontier.png`` drawn again from the saved ``OUT/toy_frontier.csv`` (no training):
+    ``kto-lab toy frontier --out OUT --redraw``."""
+    import pandas as pd
+
+    csv = Path(out) / "toy_frontier.csv"
+    if not csv.is_file():
+        raise FileNotFoundError(f"--redraw needs the results of a frontier run: {csv} does not exist")
+    plot_toy_frontier(*frontier_summary(pd.read_csv(csv)), Path(out) / "toy_frontier.png")
+    return Path(out) / "toy_frontier.png"

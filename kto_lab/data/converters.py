@@ -25,9 +25,11 @@ from typing import Callable, Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..paths import check_not_input
 from .pickapic import pickapic_to_pairs, pickapic_to_records  # noqa: F401  (re-exported)
 from .records import ImageTable, RecordTable, check_on_missing_image, count_labels, open_image_table, write_records
-from .tables import PathLike
+from ..config import ConfigError
+from .tables import DataError, PathLike
 
 __all__ = ["pickapic_to_records", "pickapic_to_pairs", "threshold_records", "label_with_function", "pairs_from_labels"]
 
@@ -49,7 +51,8 @@ def threshold_records(
     ``caption`` and ``score_column`` (any existing ``label`` is replaced). The output keeps the
     score as ``score`` (and ``source_id`` if present). A missing or non-numeric score is an error."""
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
-        raise ValueError(f"threshold={threshold!r} must be a finite number")
+        raise ConfigError(f"threshold={threshold!r} must be a finite number (--threshold)")
+    check_not_input(out_path, {"table": None if isinstance(table_or_path, ImageTable) else table_or_path}, "out")
     if isinstance(table_or_path, ImageTable):
         table = table_or_path
         if isinstance(table, RecordTable) and score_column == "score":
@@ -57,7 +60,7 @@ def threshold_records(
         else:
             raw_scores = table.column(score_column)
         if raw_scores is None:
-            raise ValueError(f"the table has no column {score_column!r} to threshold")
+            raise DataError(f"the table has no column {score_column!r} to threshold")
     else:
         table = open_image_table(table_or_path, extra_columns=(score_column,), optional=("source_id",))
         raw_scores = table.column(score_column)
@@ -68,7 +71,7 @@ def threshold_records(
         except (TypeError, ValueError):
             scores[i] = math.nan
         if not math.isfinite(scores[i]):
-            raise ValueError(f"{_where(table, i, score_column)}: score {value!r} is not a finite number")
+            raise DataError(f"{_where(table, i, score_column)}: score {value!r} is not a finite number")
     ids = table.source_ids if isinstance(table, RecordTable) else table.column("source_id")
 
     def rows():
@@ -112,6 +115,7 @@ def label_with_function(
     if not callable(fn):
         raise TypeError(f"fn must be a callable fn(image, caption) -> bool, got {fn!r}")
     check_on_missing_image(on_missing_image)
+    check_not_input(out_path, {"table": None if isinstance(table_or_path, ImageTable) else table_or_path}, "out")
     if isinstance(table_or_path, ImageTable):
         table = copy.copy(table_or_path)  # this run's own mode and skip list; the caller's table is untouched
         table.on_missing_image, table.skipped, table._skipped_index = on_missing_image, [], set()

@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Union
 
 from ..config import ConfigError
+from ..paths import check_not_input, safe_name
 from .records import check_on_missing_image, count_labels, write_pairs, write_records
 from .tables import DataError, ImageLoadError, PathLike, decode_image, table_format
 
@@ -179,10 +180,7 @@ def is_desirable(wins: int, losses: int, partition: str = "at_least_once") -> bo
 
 
 def _safe_name(uid) -> str:
-    name = re.sub(r"[^A-Za-z0-9._-]", "_", str(uid))
-    if not name.strip("._"):
-        raise DataError(f"image uid {uid!r} cannot name a file")
-    return name
+    return safe_name(re.sub(r"[^A-Za-z0-9._-]", "_", str(uid)), "image uid")
 
 
 def _image_suffix(data: bytes) -> str:
@@ -247,6 +245,7 @@ def _setup(shards, out_path, image_dir, on_missing_image: str, drop_repeated_ran
     list (each checked for its columns), their optional columns, the image sink, the row counter."""
     out_path = Path(out_path)
     shards = expand_shards(shards)
+    check_not_input(out_path, {"shards": shards}, "out")
     optional = _check_shards(shards)
     sink = _ImageSink(out_path, image_dir, on_missing_image)
     return out_path, shards, optional, sink, _Comparisons(drop_repeated_rankings)

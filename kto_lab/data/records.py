@@ -37,6 +37,7 @@ Missing or unreadable images (``on_missing_image``):
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -44,7 +45,8 @@ import numpy as np
 
 from ..config import ConfigError
 from .decisions import is_decision_log, read_decision_table
-from .tables import DataError, ImageLoadError, PathLike, TableFile, read_table, write_table
+from .tables import (DataError, ImageLoadError, ParquetBytesColumn, PathImageColumn, PathLike, TableFile, read_table,
+                     write_table)
 
 __all__ = [
     "ImageLoadError", "RecordTable", "PairTable", "load_records", "load_pairs", "write_records", "write_pairs",
@@ -156,6 +158,11 @@ class ImageTable:
         f, row = self.locate(i)
         return f.images[column].describe(row)
 
+    def fingerprint(self) -> List[Dict[str, Any]]:
+        """Each file's :meth:`~kto_lab.data.tables.TableFile.fingerprint` (path, rows, SHA-256 of the rows):
+        what a latent cache is keyed on and what a resume compares (:func:`~kto_lab.data.tables.fingerprint_changes`)."""
+        return [f.fingerprint() for f in self.files]
+
     def is_skipped(self, i: int) -> bool:
         return int(i) in self._skipped_index
 
@@ -249,14 +256,41 @@ class PairTable(ImageTable):
 
     image_columns = ("image_w", "image_l")
 
+    distinct = False  # set by check_distinct: load_pair then refuses a pair of equal image bytes
+
+    def check_distinct(self) -> None:
+        """Training needs two images a pair (on one image twice Diffusion-DPO's loss stays at ln 2, whatever
+        the model): a row naming the same file twice is a :class:`DataError` naming it, now (paths only, no
+        file is touched), and a row of equal image bytes (Parquet) when :meth:`load_pair` reads it.
+        (Evaluation may pair an image with itself on purpose: an exact tie.)"""
+        for f in self.files:
+            w, l = f.images["image_w"], f.images["image_l"]
+            if isinstance(w, PathImageColumn) and isinstance(l, PathImageColumn):
+                folder = str(f.path.parent)
+                for row, (a, b) in enumerate(zip(w.values, l.values)):
+                    if os.path.normpath(os.path.join(folder, a)) == os.path.normpath(os.path.join(folder, b)):
+                        raise _same_image(f, row, repr(a))
+        self.distinct = True
+
     def load_pair(self, i: int):
         """``(winner, loser)`` RGB PIL images; ``None`` if either is unreadable under "skip"."""
+        if self.distinct:
+            f, row = self.locate(i)
+            w, l = f.images["image_w"], f.images["image_l"]
+            if isinstance(w, ParquetBytesColumn) and isinstance(l, ParquetBytesColumn) and w.raw(row) is not None \
+                    and w.raw(row) == l.raw(row):
+                raise _same_image(f, row, "equal bytes")
         winner = self._open(i, "image_w")
         loser = self._open(i, "image_l") if winner is not None else None
         return None if winner is None or loser is None else (winner, loser)
 
     def __repr__(self) -> str:
         return f"PairTable({len(self)} pairs, files={[str(f.path) for f in self.files]})"
+
+
+def _same_image(f: TableFile, row: int, what: str) -> DataError:
+    return DataError(f"{f.path}, row {row}: image_w and image_l are the same image ({what}); a pair needs two images "
+                     f"(Diffusion-DPO's loss would stay at ln 2 on it); fix or drop the row")
 
 
 def open_image_table(paths, *, extra_columns: Sequence[str] = (), optional: Sequence[str] = (),

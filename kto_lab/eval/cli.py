@@ -1,5 +1,6 @@
 """``kto-lab eval``: generate, score, compare (win rates), implicit reward accuracy, or all at once.
 
+    kto-lab eval init eval.yaml                          # a commented config to start from
     kto-lab eval run --config eval.yaml [key=value ...]
     kto-lab eval generate --pipeline SD --name base --prompts PartiPrompts.tsv --out runs/eval [-n 5]
     kto-lab eval generate --pipeline SD --lora out/lora --name kto --prompts PartiPrompts.tsv --out runs/eval
@@ -37,6 +38,20 @@ def parse_scorer(spec: str):
     return s
 
 
+TEMPLATE = "eval_template.yaml"  # in kto_lab/configs: the README's first run against its base model
+
+
+def cmd_init(args) -> int:
+    from kto_lab.config import CONFIG_DIR
+
+    out = Path(args.path)
+    if out.exists():
+        raise ConfigError(f"{out} already exists; edit it, or give kto-lab eval init another path")
+    out.write_text((CONFIG_DIR / TEMPLATE).read_text())
+    print(f"wrote {out}: set its prompts and models, then: kto-lab eval run --config {out}")
+    return 0
+
+
 def cmd_run(args) -> int:
     from kto_lab.config import load_config
     from kto_lab.eval.run import EvalConfig, run_evaluation
@@ -56,16 +71,22 @@ def _print_failures(generation: Dict[str, Dict[str, int]]) -> None:
 
 def cmd_generate(args) -> int:
     from kto_lab.eval.prompts import load_prompts, save_prompts
-    from kto_lab.eval.run import EvalConfig, ModelSpec, generate_all
+    from kto_lab.eval.run import EvalConfig, ModelSpec, check_out_dir, generate_all
+    from kto_lab.paths import safe_name
     from kto_lab.sd.models import check_model_paths
 
+    safe_name(args.name, "--name")
     cfg = EvalConfig(prompts=args.prompts, prompt_format=args.prompt_format, limit=args.limit, per_style=args.per_style,
                      per_style_seed=args.per_style_seed,
-                     models=[ModelSpec(args.name, args.pipeline, args.unet, args.lora)], out_dir=args.out,
+                     models=[ModelSpec(args.name, args.pipeline, args.denoiser, args.lora)], out_dir=args.out,
                      n_per_prompt=args.n, seed=args.seed, batch_size=args.batch_size, num_inference_steps=args.steps,
                      guidance_scale=args.guidance_scale, height=args.height, width=args.width, device=args.device,
                      dtype=args.dtype, safety_checker=args.safety_checker).validate()  # bad values fail before loading
-    check_model_paths(args.pipeline, args.unet, args.lora, prefix="--")
+    check_model_paths(args.pipeline, args.denoiser, args.lora, prefix="--")
+    check_out_dir(args.out, "--out", inputs={"--prompts": args.prompts, "--pipeline": args.pipeline,
+                                             "--denoiser": args.denoiser, "--lora": args.lora,
+                                             "--safety-checker": args.safety_checker},
+                  writes=["prompts.jsonl"], models=[args.name])
     prompts = load_prompts(cfg.prompts, cfg.prompt_format, limit=cfg.limit, per_style=cfg.per_style,
                            per_style_seed=cfg.per_style_seed)
     save_prompts(prompts, Path(cfg.out_dir) / "prompts.jsonl")
@@ -78,7 +99,10 @@ def cmd_generate(args) -> int:
 def cmd_score(args) -> int:
     from kto_lab.eval.protocol import score_model
     from kto_lab.eval.run import build_scorers, resolve_device
+    from kto_lab.paths import safe_name
 
+    for m in args.models:  # each names a folder under --out, where scores.csv is written
+        safe_name(m, "--models")
     scorers = build_scorers([parse_scorer(s) for s in args.scorer], resolve_device(args.device), args.batch_size)
     for m in args.models:
         df = score_model(Path(args.out) / m, scorers, batch_size=args.batch_size)
@@ -87,22 +111,44 @@ def cmd_score(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from kto_lab.eval.protocol import load_scores
-    from kto_lab.eval.run import EvalConfig, ModelSpec, compare_all
+    from kto_lab.data.tables import DataError
+    from kto_lab.eval.protocol import load_scores, metrics_in
+    from kto_lab.eval.run import REPORT_FILES, EvalConfig, ModelSpec, check_out_dir, compare_all
+    from kto_lab.paths import safe_name
 
     pairs = EvalConfig(compare=list(args.pair)).comparisons()  # each must be model_a:model_b (ConfigError)
-    models = list(dict.fromkeys(m for p in pairs for m in p))
+    models = [safe_name(m, "--pair model") for m in dict.fromkeys(m for p in pairs for m in p)]
+    check_out_dir(args.out, "--out", inputs={"--prompts-file": args.prompts_file}, writes=REPORT_FILES)
     scores = load_scores(args.out, models)
     if args.prompts_file:
         from kto_lab.eval.prompts import load_prompts
 
-        scores = scores[scores["prompt_id"].isin({p.id for p in load_prompts(args.prompts_file)})]
-    from kto_lab.eval.protocol import metrics_in
-
-    metrics = args.metrics or metrics_in(scores)
+        wanted = {p.id for p in load_prompts(args.prompts_file)}
+        kept = scores[scores["prompt_id"].isin(wanted)]
+        if not len(kept):
+            have = sorted(set(scores["prompt_id"]))
+            raise DataError(f"--prompts-file {args.prompts_file!r}: none of its {len(wanted)} prompt ids is among the "
+                            f"{len(have)} scored in {args.out!r} (e.g. {have[:3]}); pass the prompts.jsonl of this "
+                            "evaluation")
+        scores = kept
+    scored = metrics_in(scores)
+    missing = [m for m in args.metrics or [] if m not in scored]
+    if missing:
+        raise ConfigError(f"--metrics {missing} not scored in {args.out!r} for {models} (scored: {scored}); run "
+                          "`kto-lab eval score` with that scorer first")
+    metrics = args.metrics or scored
+    tolerances = {}
+    for item in args.tie_tolerance or []:
+        metric, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--tie-tolerance {item!r} must look like metric=value, e.g. redness=0.001")
+        try:
+            tolerances[metric] = float(value)
+        except ValueError:
+            raise ConfigError(f"--tie-tolerance {item!r}: {value!r} is not a number") from None
     cfg = EvalConfig(prompts="-", models=[ModelSpec(m, "-") for m in models], compare=list(args.pair),
                      out_dir=args.out, ci_method=args.ci, on_failure=args.on_failure, n_bootstrap=args.n_bootstrap,
-                     seed=args.seed)
+                     seed=args.seed, tie_tolerance=tolerances, min_prompts=args.min_prompts)
     cfg.validate()
     _, _, _, paths = compare_all(cfg, scores, metrics, make_plots=not args.no_plots)
     print(Path(paths["report"]).read_text())
@@ -114,12 +160,12 @@ def cmd_implicit(args) -> int:
     from kto_lab.eval.run import resolve_device
     from kto_lab.sd.models import check_model_paths
 
-    if not (args.unet or args.lora):
-        raise ConfigError("eval implicit compares a fine-tuned model with its base --pipeline: give --unet DIR "
-                          "(a fine-tuned UNet) or --lora PATH (LoRA weights)")
-    check_model_paths(args.pipeline, args.unet, args.lora, prefix="--")
+    if not (args.denoiser or args.lora):
+        raise ConfigError("eval implicit compares a fine-tuned model with its base --pipeline: give --denoiser DIR "
+                          "(a fine-tuned denoiser, e.g. a run's unet/) or --lora PATH (LoRA weights)")
+    check_model_paths(args.pipeline, args.denoiser, args.lora, prefix="--")
 
-    res = evaluate_implicit_accuracy(args.pipeline, args.records, pairs_path=args.pairs, unet_path=args.unet,
+    res = evaluate_implicit_accuracy(args.pipeline, args.records, pairs_path=args.pairs, denoiser_path=args.denoiser,
                                      lora_path=args.lora,
                                      beta=args.beta, n_draws=args.draws, seed=args.seed, batch_size=args.batch_size,
                                      device=resolve_device(args.device), limit=args.limit)
@@ -130,8 +176,9 @@ def cmd_implicit(args) -> int:
 def _model_args(p):
     p.add_argument("--pipeline", required=True, help="base diffusers pipeline directory (e.g. SD v1-5)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--unet", help="fine-tuned UNet directory (diffusers format, e.g. a run's OUTPUT_DIR/unet; "
-                   "SD3: OUTPUT_DIR/transformer)")
+    g.add_argument("--denoiser", "--unet", dest="denoiser",
+                   help="fine-tuned denoiser directory (diffusers format: a run's OUTPUT_DIR/unet, SD3's "
+                   "OUTPUT_DIR/transformer); --unet is its old name")
     g.add_argument("--lora", help="LoRA weights file or directory (e.g. a run's OUTPUT_DIR)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N or mps")
 
@@ -143,12 +190,17 @@ def add_parser(subparsers, name: str, help: str):
     from kto_lab.config import config_help
     from kto_lab.eval.run import EvalConfig
 
+    p = sub.add_parser("init", help="write a commented evaluation config to start from (the README's first run "
+                                    "against its base model)")
+    p.add_argument("path", nargs="?", default="eval.yaml", help="where to write it (an existing file is kept)")
+    p.set_defaults(func=cmd_init)
+
     p = sub.add_parser("run", help="generate + score + compare from one YAML config",
                        epilog="config fields (key=default, then what it means):\n" + config_help(EvalConfig))
     p.add_argument("--config", help="YAML file of EvalConfig fields (listed below)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config fields to override, e.g. n_per_prompt=2")
     p.add_argument("--no-plots", action="store_true", help="write the tables only, no PNG figures")
-    p.set_defaults(func=cmd_run)
+    p.set_defaults(func=cmd_run, config_fields=(EvalConfig, ""))  # unknown --options are named by its fields
 
     p = sub.add_parser("generate", help="N images per prompt for one model (resumable, manifest.jsonl)")
     _model_args(p)
@@ -190,6 +242,10 @@ def add_parser(subparsers, name: str, help: str):
     p.add_argument("--on-failure", default="loss", choices=["loss", "exclude"],
                    help="a prompt where a model has no image: a loss for it, or left out")
     p.add_argument("--n-bootstrap", type=int, default=2000, help="bootstrap resamples")
+    p.add_argument("--tie-tolerance", action="append", metavar="METRIC=VALUE",
+                   help="median scores closer than VALUE tie (repeatable; default: each scorer's resolution, "
+                        "docs/evaluation.md)")
+    p.add_argument("--min-prompts", type=int, default=10, help="no interval from fewer prompts (docs/evaluation.md)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     p.add_argument("--no-plots", action="store_true", help="write the tables only, no PNG figures")
     p.set_defaults(func=cmd_compare)

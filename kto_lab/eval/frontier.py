@@ -18,7 +18,7 @@ from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 
-from ..plotting import label
+from ..plotting import label, spread_labels
 from .stats import mean_ci
 
 
@@ -74,9 +74,11 @@ def plot_frontier(ax, summary, x: str, y: str, *, method_col: str = "method", kn
 
 def save_figure(fig, path=None, note: str = "", dpi: int = 120):
     """Put a one-line ``note`` under ``fig`` (a :func:`kto_lab.plotting.new_figure` with constrained
-    layout), save it to ``path`` if given, and return it."""
+    layout), move its point labels apart (:func:`kto_lab.plotting.spread_labels`), save it to ``path``
+    if given, and return it."""
     if note:
         fig.supxlabel(note, fontsize=7)
+    spread_labels(fig)
     if path is not None:
         fig.savefig(path, dpi=dpi)
     return fig

@@ -8,24 +8,35 @@ from the same noise for the same (prompt, k).
 Each model writes ``<out>/<model>/images/<prompt_id>_<k>.png`` and appends one JSON line per
 image to ``<out>/<model>/manifest.jsonl``::
 
-    {"model", "prompt_id", "prompt", "style", "k", "seed", "file", "status": "ok" | "failed", "error", "nsfw"}
+    {"model", "prompt_id", "prompt", "style", "k", "seed", "file", "status": "ok" | "failed", "error", "nsfw",
+     "generation"}
 
-Re-running skips images whose last manifest row is ``ok``, has this run's seed and prompt text
-and whose file exists (resume), and retries the failed ones; an image made with another seed (an
-earlier run with another ``n_per_prompt``, base seed or prompt order) or from another text (an
-edited prompt file) is made again, so the models compared always share their noise and prompts.
+``generation`` is the key of everything else that defines the image (:func:`generation_settings`): the
+weights' identity (a content fingerprint of the base pipeline's, denoiser's and LoRA's files,
+:mod:`kto_lab.fingerprint`; a hub id by its name), the scheduler and its config, the number of steps, the
+guidance scale, the size and the precision. ``<out>/<model>/generation.json`` maps each key to its
+settings (and the paths they came from). Re-running skips an image only if its last manifest row is
+``ok``, has this run's seed, prompt text and generation key, and its file exists (resume); failed images
+are retried. Anything else is made again, and the run says so, naming what changed (another LoRA
+behind the same model name, other steps or guidance, an edited prompt file, another ``n_per_prompt``,
+base seed or prompt order): the models compared always share their noise and prompts, and a report
+never shows an older model's images. The device is not part of the key (images made on a GPU and on a
+CPU differ in their last bits, not in what they show).
+
 A batch that raises is retried image by image; images that still fail are recorded
 with ``status="failed"`` and their error, never silently dropped (the protocol counts them; see
-:mod:`kto_lab.eval.protocol`).
+:mod:`kto_lab.eval.protocol`). A full disk while an image is written stops the run in one line; the
+images written before it are kept (run again to resume).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -35,6 +46,84 @@ from kto_lab.eval.prompts import Prompt, check_unique_ids
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.jsonl"
+GENERATION = "generation.json"
+
+
+def weights_identity(weights: Optional[Dict[str, Optional[str]]], known: Optional[Dict] = None):
+    """``({"pipeline", "denoiser", "lora"} -> fingerprint, file entries)`` of the paths a pipeline was loaded
+    from (a local path by its files' content, :func:`kto_lab.fingerprint.fingerprint`; a hub id by name;
+    a LoRA directory by its ``pytorch_lora_weights.safetensors``, the file that loads; a pipeline given as
+    the denoiser by its denoiser folder)."""
+    from kto_lab.fingerprint import fingerprint
+    from kto_lab.sd.components import LORA_WEIGHTS
+    from kto_lab.sd.families import DENOISER_FOLDERS
+
+    identity, entries = {}, {}
+    for part, path in (weights or {}).items():
+        if path is None:
+            identity[part] = None
+            continue
+        p = Path(path).expanduser()
+        if part == "lora" and p.is_dir():
+            p = p / LORA_WEIGHTS
+        if part == "denoiser" and p.is_dir() and not (p / "config.json").is_file():
+            p = next((p / s for s in DENOISER_FOLDERS if (p / s / "config.json").is_file()), p)
+        if not p.exists():
+            identity[part] = f"hub:{path}"
+            continue
+        digest, files = fingerprint(p, known)
+        identity[part] = digest
+        entries.update(files)
+    return identity, entries
+
+
+def generation_settings(pipe, weights_id: Dict[str, Any], *, num_inference_steps: int, guidance_scale: float,
+                        height: Optional[int], width: Optional[int]) -> Dict[str, Any]:
+    """Everything but the seed and prompt that defines an image (the module docstring); ``None`` height and
+    width are the pipeline's default size (its config, part of the weights' identity)."""
+    scheduler = getattr(pipe, "scheduler", None)
+    config = {k: v for k, v in dict(getattr(scheduler, "config", None) or {}).items() if not k.startswith("_")}
+    dtype = getattr(pipe, "dtype", None)
+    return {"weights": weights_id,
+            "scheduler": None if scheduler is None else {"class": type(scheduler).__name__, **config},
+            "steps": int(num_inference_steps), "guidance_scale": float(guidance_scale),
+            "height": height, "width": width, "dtype": None if dtype is None else str(dtype)}
+
+
+def generation_key(settings: Dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def read_generation_log(model_dir) -> Dict[str, Dict]:
+    """``generation.json``: ``{"settings": key -> {"settings", "paths"}, "files": fingerprint cache}``."""
+    path = Path(model_dir) / GENERATION
+    try:
+        log_ = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {"settings": {}, "files": {}}
+    return {"settings": dict(log_.get("settings", {})), "files": dict(log_.get("files", {}))}
+
+
+def _changes(old: Optional[Dict], new: Dict, paths: Dict) -> str:
+    """What differs between two generation settings, in words."""
+    if old is None:
+        return "settings not recorded (an earlier kto_lab, or another generation.json)"
+    out = []
+    for key in new["settings"]:
+        a, b = old["settings"].get(key), new["settings"][key]
+        if a == b:
+            continue
+        if key == "weights":
+            for part in b:
+                if (a or {}).get(part) != b[part]:
+                    was, now = old.get("paths", {}).get(part), paths.get(part)
+                    out.append(f"{part} weights {'changed' if was == now else 'replaced'} ({was!r} -> {now!r})"
+                               if (was or now) else f"{part} weights changed")
+        elif key == "scheduler":
+            out.append(f"scheduler {(a or {}).get('class')} -> {(b or {}).get('class')} or its config")
+        else:
+            out.append(f"{key} {a!r} -> {b!r}")
+    return ", ".join(out) or "settings changed"
 
 
 def image_seed(base_seed: int, prompt_index: int, k: int, n_per_prompt: int) -> int:
@@ -99,6 +188,45 @@ class SafetyChecker:
         return [bool(f) for f in flagged]
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+class _DiskFull:
+    """Turns a full disk while writing ``path`` into one :class:`~kto_lab.config.UserError` naming it
+    (what was written before is kept: a re-run resumes)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        from kto_lab.config import UserError
+        from kto_lab.sd.checkpoints import is_disk_full
+
+        if exc is not None and isinstance(exc, OSError) and is_disk_full(exc):
+            raise UserError(f"no space left on the device while writing {self.path}; free some space and run "
+                            "again (the images already written are kept and skipped)") from None
+        return False
+
+
+def save_image(image, path: Path) -> None:
+    """Write ``image`` as PNG through a temporary file (a file that exists is complete; a full disk is one
+    line naming the file)."""
+    tmp = path.with_name(path.name + ".tmp.png")
+    with _DiskFull(path):
+        try:
+            image.save(tmp)
+            tmp.replace(path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+
 def generate_images(
     pipe,
     prompts: Sequence[Prompt],
@@ -115,9 +243,12 @@ def generate_images(
     safety_checker: Optional[SafetyChecker] = None,
     generator_device: str = "cpu",
     progress: bool = True,
+    weights: Optional[Dict[str, Optional[str]]] = None,
 ) -> Dict[str, int]:
     """Generate the missing images of ``prompts`` x ``n_per_prompt`` into ``model_dir``.
 
+    ``weights``: the paths ``pipe`` was loaded from, ``{"pipeline", "denoiser", "lora"}`` (they key the images,
+    see the module docstring; None: the images are keyed on the sampling settings only).
     Returns counts ``{"ok", "failed", "skipped"}`` for this call (skipped = already done).
     """
     from tqdm.auto import tqdm
@@ -125,14 +256,33 @@ def generate_images(
     check_unique_ids(prompts)
     model_dir = Path(model_dir)
     (model_dir / "images").mkdir(parents=True, exist_ok=True)
-    done = {(r["prompt_id"], int(r["k"]), r.get("seed"), r.get("prompt")) for r in read_manifest(model_dir)
+    record = read_generation_log(model_dir)
+    weights_id, files = weights_identity(weights, record["files"])
+    settings = generation_settings(pipe, weights_id, num_inference_steps=num_inference_steps,
+                                   guidance_scale=guidance_scale, height=height, width=width)
+    key = generation_key(settings)
+    paths = {k: (None if v is None else str(v)) for k, v in (weights or {}).items()}
+    rows = {(r["prompt_id"], int(r["k"])): r for r in read_manifest(model_dir)
             if r["status"] == "ok" and (model_dir / r["file"]).is_file()}
-    todo = []
+    todo, stale = [], {}
     for i, pr in enumerate(prompts):
         for k in range(n_per_prompt):
             seed = image_seed(base_seed, i, k, n_per_prompt)
-            if (pr.id, k, seed, pr.text) not in done:
-                todo.append((pr, k, seed))
+            row = rows.get((pr.id, k))
+            if row is not None and row.get("seed") == seed and row.get("prompt") == pr.text \
+                    and row.get("generation") == key:
+                continue
+            todo.append((pr, k, seed))
+            if row is not None and row.get("seed") == seed and row.get("prompt") == pr.text:
+                old = row.get("generation")
+                stale[old] = stale.get(old, 0) + 1
+    for old, n in stale.items():
+        log.warning("%s: %d image(s) were made with other settings (%s); making them again", model_name, n,
+                    _changes(record["settings"].get(old), {"settings": settings}, paths))
+    record["settings"][key] = {"settings": settings, "paths": paths}
+    record["files"].update(files)
+    with _DiskFull(model_dir / GENERATION):
+        _write_atomic(model_dir / GENERATION, json.dumps(record, indent=1, default=str))
     counts = {"ok": 0, "failed": 0, "skipped": len(prompts) * n_per_prompt - len(todo)}
     extra = {k: v for k, v in (("height", height), ("width", width)) if v is not None}
 
@@ -149,7 +299,7 @@ def generate_images(
                 raise ValueError("pipeline returned an empty image")
         return images
 
-    with open(model_dir / MANIFEST, "a", encoding="utf-8") as manifest, \
+    with _DiskFull(model_dir / MANIFEST), open(model_dir / MANIFEST, "a", encoding="utf-8") as manifest, \
             tqdm(total=len(todo), desc=f"generate {model_name}", disable=not progress) as bar:
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]
@@ -169,11 +319,9 @@ def generate_images(
                 rel = f"images/{pr.id}_{k}.png"
                 row = {"model": model_name, "prompt_id": pr.id, "prompt": pr.text, "style": pr.style, "k": k,
                        "seed": seed, "file": rel, "status": "ok" if image is not None else "failed",
-                       "error": error, "nsfw": None}
+                       "error": error, "nsfw": None, "generation": key}
                 if image is not None:
-                    tmp = model_dir / (rel + ".tmp.png")
-                    image.save(tmp)
-                    tmp.replace(model_dir / rel)  # atomic: a file that exists is complete
+                    save_image(image, model_dir / rel)
                     if flags is not None:
                         row["nsfw"] = next(flags)
                     counts["ok"] += 1

@@ -141,7 +141,7 @@ def evaluate_implicit_accuracy(
     records_path=None,
     *,
     pairs_path=None,
-    unet_path=None,
+    denoiser_path=None,
     lora_path=None,
     beta: float = 5000.0,
     n_draws: int = 4,
@@ -152,29 +152,31 @@ def evaluate_implicit_accuracy(
     limit: Optional[int] = None,
     progress: bool = True,
 ):
-    """Implicit reward accuracy of a fine-tuned model (``unet_path`` or ``lora_path``) against the base
+    """Implicit reward accuracy of a fine-tuned model (``denoiser_path`` or ``lora_path``) against the base
     pipeline at ``pipeline_path``: on held-out pairs at ``pairs_path`` (caption, image_w, image_l) the
     pairwise accuracy of Diffusion-DPO Table 2 (:class:`PairwiseAccuracy`); on held-out records at
     ``records_path`` (image, caption, label) the per-image sign accuracy (:class:`SignAccuracy`).
 
-    With a LoRA the reference is the same UNet with its adapters disabled (exact); with a full UNet
-    the reference is the base pipeline's UNet. SD3: its transformer, and its flow schedule (velocity errors,
-    SD3's logit-normal timesteps). Unreadable images are skipped and counted.
+    With a LoRA the reference is the same denoiser with its adapters disabled (exact); with a full fine-tune
+    the reference is the base pipeline's denoiser. The family of the pipeline gives the rest: its conditioning,
+    denoiser call and training schedule (SD3: velocity errors under its logit-normal timesteps); images and
+    captions become latents and conditioning as in training (:class:`kto_lab.sd.encoding.BatchEncoder`, the
+    VAE posterior's mode). Unreadable images are skipped and counted.
     """
     from tqdm.auto import tqdm
 
     from kto_lab.config import ConfigError, check_positive, check_range
     from kto_lab.data.records import load_pairs, load_records
-    from kto_lab.sd.components import load_unet
-    from kto_lab.sd.data import crop_image, geometry
-    from kto_lab.sd.encoding import encode_images
+    from kto_lab.sd.components import load_denoiser
+    from kto_lab.sd.data import crop_image, image_batch
+    from kto_lab.sd.encoding import BatchEncoder
     from kto_lab.sd.families import family_of_pipeline
     from kto_lab.sd.models import check_model_paths, load_pipeline
 
     # every check before any model loads
-    if (unet_path is None) == (lora_path is None):
+    if (denoiser_path is None) == (lora_path is None):
         raise ConfigError("implicit reward accuracy compares a fine-tuned model with its base: give exactly one of "
-                          "unet (a fine-tuned UNet directory) or lora (LoRA weights)")
+                          "denoiser (a fine-tuned denoiser directory, e.g. a run's unet/) or lora (LoRA weights)")
     if (records_path is None) == (pairs_path is None):
         raise ConfigError("implicit reward accuracy needs exactly one of pairs_path (held-out pairs: the pairwise "
                           "accuracy of Diffusion-DPO Table 2) or records_path (per-image labels: sign accuracy)")
@@ -183,33 +185,30 @@ def evaluate_implicit_accuracy(
     check_positive("beta", beta)
     if limit is not None:
         check_range("limit", limit, low=1)
-    check_model_paths(pipeline_path, unet_path, lora_path)
+    check_model_paths(pipeline_path, denoiser_path, lora_path)
     pairs = pairs_path is not None
     table = load_pairs(pairs_path, on_missing_image="skip") if pairs else load_records(records_path, on_missing_image="skip")
     pipe = load_pipeline(pipeline_path, lora_path=lora_path)
-    family = family_of_pipeline(pipe)  # SD 1.x/2.x, SDXL or SD3: its text towers, conditioning, denoiser, schedule
+    family = family_of_pipeline(pipe)  # its text towers, conditioning, denoiser and schedule
     base = family.denoiser_of(pipe).to(device).eval()
-    if unet_path is not None:
+    if denoiser_path is not None:
         reference = family.denoiser(base)
-        policy_unet = load_unet(unet_path, family).to(device).eval()
-        family.check_unet(policy_unet.config, f"unet_path={str(unet_path)!r}")
-        policy = family.denoiser(policy_unet)
+        tuned = load_denoiser(denoiser_path, family).to(device).eval()
+        family.check_denoiser(tuned.config, f"denoiser_path={str(denoiser_path)!r}")
+        policy = family.denoiser(tuned)
     else:
         policy = family.denoiser(base)
         reference = family.adapters_disabled_denoiser(base)
     pipe.vae.to(device).eval()
     for encoder in family.text_encoders(pipe):
         encoder.to(device).eval()
-    schedule = family.schedule(pipe.scheduler)
     res = resolution or base.config.sample_size * pipe.vae_scale_factor
+    schedule = family.schedule(pipe.scheduler, res)
+    encode = BatchEncoder(family, device=device, resolution=res, latent_mode="mode", vae=pipe.vae,
+                          text_encoders=family.text_encoders(pipe))
+    tokenizers = family.tokenizers(pipe)
     generator = torch.Generator().manual_seed(seed)
     n = len(table) if limit is None else min(limit, len(table))
-
-    def encoded(ims, text):
-        """Latents of ``ims`` and the family's conditioning of them with their captions' ``text``."""
-        crops = [crop_image(im, res) for im in ims]
-        latents = encode_images(pipe.vae, torch.stack([c.pixels for c in crops]).to(device), mode="mode").float()
-        return latents, family.cond(text, {k: v.to(device) for k, v in geometry(crops, family.image_keys).items()}, res)
 
     rewards, labels, skipped = [], [], 0  # pairs: rewards of the winners, "labels" those of the losers
     for start in tqdm(range(0, n, batch_size), desc="implicit reward", disable=not progress):
@@ -219,17 +218,19 @@ def evaluate_implicit_accuracy(
         skipped += len(images) - len(good)
         if not good:
             continue
-        text = {k: v.to(device) for k, v in family.encode_captions(pipe, [table.captions[i] for i, _ in good]).items()}
+        captions = [table.captions[i] for i, _ in good]
         if pairs:
-            (lat_w, cond_w), (lat_l, cond_l) = (encoded([p[k] for _, p in good], text) for k in (0, 1))
-            r_w, r_l = implicit_reward_pairs(policy, reference, schedule, lat_w, lat_l, cond_w, cond_loser=cond_l,
-                                             beta=beta, n_draws=n_draws, generator=generator)
+            crops, crops_l = ([crop_image(p[k], res) for _, p in good] for k in (0, 1))
+            inputs = encode(image_batch(family, tokenizers, crops, captions, crops_l))
+            r_w, r_l = implicit_reward_pairs(policy, reference, schedule, inputs.x0, inputs.x0_loser, inputs.cond,
+                                             cond_loser=inputs.cond_loser, beta=beta, n_draws=n_draws,
+                                             generator=generator)
             rewards.append(r_w.numpy())
             labels.append(r_l.numpy())
             continue
-        latents, cond = encoded([im for _, im in good], text)
-        rewards.append(implicit_rewards(policy, reference, schedule, latents, cond, beta=beta, n_draws=n_draws,
-                                        generator=generator).numpy())
+        inputs = encode(image_batch(family, tokenizers, [crop_image(im, res) for _, im in good], captions))
+        rewards.append(implicit_rewards(policy, reference, schedule, inputs.x0, inputs.cond, beta=beta,
+                                        n_draws=n_draws, generator=generator).numpy())
         labels.append(np.asarray([table.labels[i] for i, _ in good]))
     if not rewards:
         from kto_lab.data.tables import DataError

@@ -29,6 +29,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from kto_lab.data.tables import DataError
 from kto_lab.eval.scorers import ImageBatch, to_pil_list
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -48,7 +49,7 @@ def require_clip_dir(path, what: str) -> Path:
         raise FileNotFoundError(f"{what}: {str(p)!r} has no config.json; expected a transformers CLIP model directory")
     model_type = json.loads(cfg.read_text()).get("model_type")
     if model_type != "clip":
-        raise ValueError(f"{what}: {str(cfg)!r} has model_type={model_type!r}; expected a CLIP model ('clip')")
+        raise DataError(f"{what}: {str(cfg)!r} has model_type={model_type!r}; expected a CLIP model ('clip')")
     if not any((p / f).is_file() for f in WEIGHT_FILES):
         raise FileNotFoundError(f"{what}: {str(p)!r} has no weights; expected one of {list(WEIGHT_FILES)}")
     return p
@@ -215,17 +216,23 @@ class AestheticMLP(torch.nn.Module):
 
 
 def load_state_dict_file(path: Path, what: str) -> Dict[str, torch.Tensor]:
-    """safetensors, or ``torch.load(weights_only=True)`` (never unpickles code)."""
+    """safetensors, or ``torch.load(weights_only=True)`` (never unpickles code). A file that is neither
+    (truncated, or not a checkpoint) is one :class:`~kto_lab.data.tables.DataError` naming it."""
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as e:  # SafetensorError (header or size) has no common base with OSError
+            raise DataError(f"{what}: {str(path)!r} is not a readable safetensors file ({type(e).__name__}: "
+                            f"{e}); download it again") from None
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"{what}: could not read {str(path)!r} as a weights-only torch checkpoint: {e}") from None
+        raise DataError(f"{what}: could not read {str(path)!r} as a weights-only torch checkpoint "
+                        f"({type(e).__name__}: {e}); is it the right, complete file?") from None
     if not isinstance(sd, dict):
-        raise ValueError(f"{what}: {str(path)!r} holds a {type(sd).__name__}, expected a state dict")
+        raise DataError(f"{what}: {str(path)!r} holds a {type(sd).__name__}, expected a state dict")
     return sd
 
 
@@ -240,7 +247,7 @@ class AestheticScorer:
         weights = require_file(path, "aesthetic predictor", "the MLP weights sac+logos+ava1-l14-linearMSE.pth")
         sd = load_state_dict_file(weights, "aesthetic predictor")
         if "layers.0.weight" not in sd:
-            raise ValueError(f"aesthetic predictor: {str(weights)!r} lacks 'layers.0.weight'; expected the "
+            raise DataError(f"aesthetic predictor: {str(weights)!r} lacks 'layers.0.weight'; expected the "
                              f"improved-aesthetic-predictor MLP state dict, got keys {sorted(sd)[:6]}")
         self.mlp = AestheticMLP(sd["layers.0.weight"].shape[1])
         self.mlp.load_state_dict(sd)
@@ -388,7 +395,11 @@ class HPSv2Scorer(CLIPPairScorer):
         processor = load_processor(clip_dir, "HPS v2 processor")
         raw = load_state_dict_file(ckpt, "HPS v2 checkpoint")
         sd = raw.get("state_dict", raw)
-        model = clip_from_state_dict(CLIPConfig.from_pretrained(clip_dir), openclip_to_hf(sd), dtype)
+        try:
+            model = clip_from_state_dict(CLIPConfig.from_pretrained(clip_dir), openclip_to_hf(sd), dtype)
+        except (KeyError, ValueError) as e:  # another checkpoint than an open_clip ViT-H-14
+            raise DataError(f"HPS v2 checkpoint: {str(ckpt)!r} is not an open_clip ViT-H-14 state dict matching "
+                            f"{str(clip_dir / 'config.json')!r}: {e}") from None
         super().__init__(model, processor, device=device, dtype=dtype, batch_size=batch_size)
 
 

@@ -170,12 +170,17 @@ def load_prompts(path, fmt: str = "auto", limit: Optional[int] = None, per_style
 
 
 def check_unique_ids(prompts: Sequence[Prompt], where: str = "the prompts") -> None:
-    """Prompt ids name the image files and key the resume: each must be unique."""
+    """Prompt ids name the image files and key the resume: each must be unique, and a plain name
+    (:func:`kto_lab.paths.safe_name`: an id such as ``../../x`` would write outside the image folder)."""
     from collections import Counter
+
+    from kto_lab.paths import safe_name
 
     dupes = sorted(i for i, c in Counter(pr.id for pr in prompts).items() if c > 1)
     if dupes:
         raise DataError(f"{where}: prompt ids must be unique (they name the image files); repeated: {dupes[:10]}")
+    for pr in prompts:
+        safe_name(pr.id, f"{where}: prompt id")
 
 
 def save_prompts(prompts: Sequence[Prompt], path) -> Path:

@@ -1,12 +1,15 @@
 """The paper's automatic-evaluation protocol (Diffusion-KTO sec. 5, appendices A.2, B, F).
 
 1. :func:`score_model`: every generated image of a model gets one column per metric
-   (``<model_dir>/scores.csv``; already-scored images are not scored again).
+   (``<model_dir>/scores.csv``). Scores are keyed on the image's content (``image_sha256``, the hash of
+   the file's bytes): an image already scored is not scored again, a regenerated one always is.
 2. :func:`median_table`: for each model, prompt and metric, the median-scoring image of its N
    (lower median for even N; :func:`kto_lab.eval.stats.median_index`).
 3. :func:`win_rates`: model A vs model B per metric (and per style): per-prompt outcome from
-   the two median images, ties count half, 95% CI (Tables 1, 3-5), and beside it always the
-   paper's interval (normal approximation over all images, ``paper_ci_low``/``paper_ci_high``).
+   the two median images, ties (scores closer than the scorer's tie tolerance,
+   :func:`kto_lab.eval.scorers.tie_tolerance`) count half, 95% CI (Tables 1, 3-5), and beside it always
+   the paper's interval (normal approximation over all images, ``paper_ci_low``/``paper_ci_high``).
+   Neither interval is computed from fewer than ``min_prompts`` prompts (``ci_note`` says so).
 4. :func:`mean_scores`: mean score over all images with the t-based 95% CI (Table 2).
 5. :func:`nsfw_shares`: share of images the safety checker flagged (appendix F).
 
@@ -28,12 +31,15 @@ import pandas as pd
 
 from kto_lab.data.tables import DataError
 from kto_lab.eval.generate import read_manifest
-from kto_lab.eval.scorers import Scorer
-from kto_lab.eval.stats import mean_ci, median_index, outcomes, paper_interval, share_ci, win_rate_from_outcomes
+from kto_lab.eval.scorers import Scorer, tie_tolerance
+from kto_lab.eval.stats import (MIN_PROMPTS, mean_ci, median_index, outcomes, paper_interval, share_ci,
+                                win_rate_from_outcomes)
+from kto_lab.fingerprint import file_sha256
 
 ON_FAILURE = ("loss", "exclude")
 SCORES = "scores.csv"
-_META = {"model", "prompt_id", "prompt", "style", "k", "seed", "file", "status", "error", "nsfw"}
+_META = {"model", "prompt_id", "prompt", "style", "k", "seed", "file", "status", "error", "nsfw", "generation",
+         "image_sha256"}
 
 
 def _load_images(model_dir: Path, files: Sequence[str]):
@@ -58,13 +64,16 @@ def score_model(model_dir, scorers: Dict[str, Scorer], batch_size: int = 16, pro
         raise FileNotFoundError(f"no generations in {str(model_dir)!r}: expected {model_dir / 'manifest.jsonl'} "
                                 f"(run `kto-lab eval generate` first)")
     df = pd.DataFrame(rows).sort_values(["prompt_id", "k"]).reset_index(drop=True)
-    old_path = model_dir / SCORES
-    if old_path.is_file():  # keep every earlier metric; reuse scores of the same image (file, seed and prompt)
-        old = pd.read_csv(old_path, dtype={"prompt_id": str, "file": str})
-        key = ["prompt_id", "k", "file"] + [c for c in ("seed", "prompt") if c in old.columns and c in df.columns]
-        metrics = [c for c in old.columns if c not in _META]
-        df = df.merge(old[key + metrics], on=key, how="left") if metrics else df
     ok = df["status"] == "ok"
+    df["image_sha256"] = [file_sha256(model_dir / f) if good else "" for f, good in zip(df["file"], ok)]
+    old_path = model_dir / SCORES
+    if old_path.is_file():  # keep every earlier metric; reuse the scores of the same image (bytes) and prompt
+        old = pd.read_csv(old_path, dtype={"prompt_id": str, "file": str, "image_sha256": str, "prompt": str})
+        metrics = [c for c in old.columns if c not in _META]
+        if metrics and "image_sha256" in old:  # an older scores.csv has no hashes: everything is scored again
+            key = ["image_sha256", "prompt"]
+            old = old[old["image_sha256"].notna()].drop_duplicates(key)
+            df = df.merge(old[key + metrics], on=key, how="left")
     for name, scorer in scorers.items():
         if name not in df:
             df[name] = np.nan
@@ -114,11 +123,11 @@ def metrics_in(df: pd.DataFrame) -> List[str]:
     return [c for c in df.columns if c not in _META]
 
 
-def _pair_outcomes(ma: pd.DataFrame, mb: pd.DataFrame, on_failure: str):
+def _pair_outcomes(ma: pd.DataFrame, mb: pd.DataFrame, on_failure: str, tolerance: float = 0.0):
     both = ma.merge(mb, on="prompt_id", how="outer", suffixes=("_a", "_b"))
     a, b = both["median_a"].to_numpy(), both["median_b"].to_numpy()
     fa, fb = np.isnan(a), np.isnan(b)
-    o = outcomes(np.where(fa, 0, a), np.where(fb, 0, b))
+    o = outcomes(np.where(fa, 0, a), np.where(fb, 0, b), tolerance)
     o = np.where(fa & fb, 0.5, np.where(fa, 0.0, np.where(fb, 1.0, o)))
     keep = ~(fa | fb) if on_failure == "exclude" else np.ones_like(fa)
     style = both["style_a"].fillna(both["style_b"]).fillna("").to_numpy()
@@ -143,8 +152,10 @@ def check_same_prompts(df: pd.DataFrame, models: Sequence[str]) -> None:
 
 def win_rates(df: pd.DataFrame, model_a: str, model_b: str, metrics: Optional[Sequence[str]] = None, *,
               method: str = "bootstrap", on_failure: str = "loss", by_style: bool = True, level: float = 0.95,
-              n_bootstrap: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """Win rate (%) of ``model_a`` over ``model_b`` per metric (and per style), with CI and failure counts."""
+              n_bootstrap: int = 2000, seed: int = 0, tie_tolerances: Optional[Dict[str, float]] = None,
+              min_prompts: int = MIN_PROMPTS) -> pd.DataFrame:
+    """Win rate (%) of ``model_a`` over ``model_b`` per metric (and per style), with CI and failure counts.
+    ``tie_tolerances``: metric -> tolerance, overriding :data:`kto_lab.eval.scorers.TIE_TOLERANCE`."""
     if on_failure not in ON_FAILURE:
         raise ValueError(f"on_failure={on_failure!r}; choose one of {list(ON_FAILURE)}")
     for m in (model_a, model_b):
@@ -156,14 +167,16 @@ def win_rates(df: pd.DataFrame, model_a: str, model_b: str, metrics: Optional[Se
     for metric in metrics or metrics_in(df):
         med = median_table(df, metric)
         ma, mb = med[med.model == model_a], med[med.model == model_b]
-        o, keep, fa, fb, style, prompt_ids = _pair_outcomes(ma, mb, on_failure)
+        tol = tie_tolerance(metric, tie_tolerances)
+        o, keep, fa, fb, style, prompt_ids = _pair_outcomes(ma, mb, on_failure, tol)
         groups = [("all", np.ones_like(keep))]
         if by_style:
             groups += [(s, style == s) for s in sorted(set(style)) if s]
         for name, sel in groups:
             n_images = int(images_per_prompt.reindex(prompt_ids[sel & keep]).fillna(0).sum())
-            wr = win_rate_from_outcomes(o[sel & keep], method, level, n_bootstrap, seed, n_images=n_images)
-            paper = paper_interval(wr.rate, n_images, level)
+            wr = win_rate_from_outcomes(o[sel & keep], method, level, n_bootstrap, seed, n_images=n_images,
+                                        min_prompts=min_prompts)
+            paper = paper_interval(wr.rate, n_images, level) if not wr.note else (np.nan, np.nan)
             rows.append({
                 "metric": metric, "model_a": model_a, "model_b": model_b, "style": name,
                 "win_rate": 100 * wr.rate, "ci_low": 100 * wr.low, "ci_high": 100 * wr.high, "n_prompts": wr.n,
@@ -171,6 +184,7 @@ def win_rates(df: pd.DataFrame, model_a: str, model_b: str, metrics: Optional[Se
                 "failed_a": int((fa & sel).sum()), "failed_b": int((fb & sel).sum()),
                 "excluded": int((sel & ~keep).sum()), "ci_method": method, "on_failure": on_failure,
                 "n_images": n_images, "paper_ci_low": 100 * paper[0], "paper_ci_high": 100 * paper[1],
+                "tie_tolerance": tol, "min_prompts": min_prompts, "ci_note": wr.note,
             })
     return pd.DataFrame(rows)
 

@@ -37,11 +37,26 @@ def win_rate_wide(wins: pd.DataFrame, style: str = "all", paper: bool = False) -
     paper's interval over all images as ``62.5 ± 1.90`` (Diffusion-KTO Tables 3-5)."""
     w = wins[wins["style"] == style].copy()
     w["pair"] = w["model_a"] + " vs " + w["model_b"]
-    if paper:
-        w["cell"] = [f"{r:.1f} ± {(hi - lo) / 2:.2f}" for r, lo, hi in zip(w.win_rate, w.paper_ci_low, w.paper_ci_high)]
-    else:
-        w["cell"] = [f"{r:.1f} [{lo:.1f}, {hi:.1f}]" for r, lo, hi in zip(w.win_rate, w.ci_low, w.ci_high)]
+    lows, highs = (w.paper_ci_low, w.paper_ci_high) if paper else (w.ci_low, w.ci_high)
+    cells = []
+    for r, lo, hi, n in zip(w.win_rate, lows, highs, w.n_prompts):
+        if np.isnan(lo) or np.isnan(hi):  # too few prompts for an interval (stats.MIN_PROMPTS)
+            cells.append(f"{r:.1f} [no interval: {n} prompts]")
+        else:
+            cells.append(f"{r:.1f} ± {(hi - lo) / 2:.2f}" if paper else f"{r:.1f} [{lo:.1f}, {hi:.1f}]")
+    w["cell"] = cells
     return w.pivot(index="pair", columns="metric", values="cell")
+
+
+def _tie_line(wins: pd.DataFrame) -> str:
+    """The tie rule and each metric's tolerance, for the report."""
+    if "tie_tolerance" not in wins:
+        return ""
+    tol = wins.drop_duplicates("metric").set_index("metric")["tie_tolerance"]
+    few = wins.get("ci_note", pd.Series(dtype=str)).fillna("").astype(bool).any()
+    least = f" No interval from fewer than {int(wins['min_prompts'].max())} prompts." if few and "min_prompts" in wins else ""
+    return ("Ties (count half): median scores within the scorer's tie tolerance, " +
+            ", ".join(f"{m} {t:.3g}" for m, t in tol.items()) + f" (docs/evaluation.md).{least}\n")
 
 
 def mean_wide(means: pd.DataFrame, style: str = "all") -> pd.DataFrame:
@@ -64,7 +79,7 @@ def write_report(out_dir, wins: pd.DataFrame, means: pd.DataFrame, nsfw: Optiona
     if len(wins):
         method = wins["ci_method"].iloc[0]
         md += [f"## Win rate (%) of A over B, median of N images per prompt, ties count half; 95% CI ({method})\n",
-               markdown_table(win_rate_wide(wins))]
+               _tie_line(wins), markdown_table(win_rate_wide(wins))]
         if "paper_ci_low" in wins:
             md += ["\n### The same win rates with the papers' interval: normal approximation over all generated "
                    "images (Diffusion-KTO Tables 3-5; narrower: it counts every image as an independent trial)\n",

@@ -11,36 +11,39 @@ The same as ``kto-lab eval run --config eval.yaml n_per_prompt=2``. Defaults fol
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import ClassVar, Dict, List, Optional, Sequence
 
 import pandas as pd
 
 from kto_lab.config import ConfigError, check_choice, check_range, to_dict
 from kto_lab.eval.prompts import PROMPT_FORMATS
 from kto_lab.eval.scorers import MODEL_SCORERS, Scorer, check_scorer_options, get_scorer, known_scorers
-from kto_lab.eval.stats import CI_METHODS
+from kto_lab.eval.stats import CI_METHODS, MIN_PROMPTS
+from kto_lab.paths import check_not_input, safe_name
 
 DTYPES = ("float32", "float16", "bfloat16")
 
 
 @dataclass
 class ModelSpec:
-    """A model to evaluate: a base pipeline, optionally with a fine-tuned UNet or a LoRA."""
+    """A model to evaluate: a base pipeline, optionally with a fine-tuned denoiser or a LoRA."""
+
+    RENAMED: ClassVar[Dict[str, str]] = {"unet": "denoiser"}  # old key -> its name now (read with a note)
 
     name: str = ""
     pipeline: str = ""  # local diffusers pipeline dir (or hub id when online), e.g. SD v1-5
-    unet: Optional[str] = None  # a fine-tuned UNet directory (diffusers format; SD3: its transformer directory)
+    # a fine-tuned denoiser directory (diffusers format: a run's OUTPUT_DIR/unet, SD3's OUTPUT_DIR/transformer)
+    denoiser: Optional[str] = None
     lora: Optional[str] = None  # pytorch_lora_weights.safetensors or its directory
 
     def validate(self, where: str) -> None:
-        if not self.name or "/" in self.name:
-            raise ConfigError(f"{where}.name={self.name!r} must be a non-empty name without '/'")
+        safe_name(self.name, f"{where}.name")  # it names the model's folder under out_dir
         if not self.pipeline:
             raise ConfigError(f"{where}.pipeline is required (a diffusers pipeline directory)")
-        if self.unet and self.lora:
-            raise ConfigError(f"{where}: give unet or lora, not both")
+        if self.denoiser and self.lora:
+            raise ConfigError(f"{where}: give denoiser or lora, not both")
         if (Path(self.pipeline) / "model_index.json").is_file():  # an unsupported family fails before any model loads
             from kto_lab.sd.families import resolve_family
 
@@ -77,7 +80,7 @@ class EvalConfig:
     limit: Optional[int] = None  # first n prompts (quick runs)
     per_style: Optional[int] = None  # n random prompts per style (the paper's user study, A.2: 25 per HPS style)
     per_style_seed: int = 0  # the seed of that random draw
-    models: List[ModelSpec] = field(default_factory=list)  # each {name, pipeline[, unet | lora]}
+    models: List[ModelSpec] = field(default_factory=list)  # each {name, pipeline[, denoiser | lora]}
     # pairs to compare as "a:b"; empty: the FIRST model against each of the others
     compare: List[str] = field(default_factory=list)
     scorers: List[ScorerSpec] = field(default_factory=lambda: [ScorerSpec("redness")])  # each {name[, path, ...]}
@@ -97,6 +100,10 @@ class EvalConfig:
     ci_method: str = "bootstrap"
     n_bootstrap: int = 2000  # resamples of the bootstrap CI
     on_failure: str = "loss"  # a prompt with no image counts as a loss ("loss") or is left out ("exclude")
+    # median scores closer than a scorer's tolerance tie (count half); overrides per metric, e.g. {redness: 0.001}
+    # (defaults: kto_lab.eval.scorers.TIE_TOLERANCE, docs/evaluation.md)
+    tie_tolerance: Dict[str, float] = field(default_factory=dict)
+    min_prompts: int = MIN_PROMPTS  # no win-rate interval from fewer prompts (docs/evaluation.md)
     score_batch_size: int = 16  # images per scorer call
 
     def validate(self) -> "EvalConfig":
@@ -104,7 +111,7 @@ class EvalConfig:
             raise ConfigError("prompts is required (a prompt file or directory)")
         check_choice("prompt_format", self.prompt_format, PROMPT_FORMATS)
         if not self.models:
-            raise ConfigError("models must list at least one model (name, pipeline[, unet | lora])")
+            raise ConfigError("models must list at least one model (name, pipeline[, denoiser | lora])")
         names = [m.name for m in self.models]
         for i, m in enumerate(self.models):
             m.validate(f"models[{i}]")
@@ -118,8 +125,11 @@ class EvalConfig:
             raise ConfigError("scorers must list at least one scorer")
         for i, s in enumerate(self.scorers):
             s.validate(f"scorers[{i}]")
-        for name in ("n_per_prompt", "batch_size", "num_inference_steps", "n_bootstrap", "score_batch_size"):
+        for name in ("n_per_prompt", "batch_size", "num_inference_steps", "n_bootstrap", "score_batch_size",
+                     "min_prompts"):
             check_range(name, getattr(self, name), low=1)
+        for metric, tol in self.tie_tolerance.items():
+            check_range(f"tie_tolerance[{metric!r}]", tol, low=0)
         check_range("guidance_scale", self.guidance_scale, low=0)
         check_choice("dtype", self.dtype, DTYPES)
         check_choice("ci_method", self.ci_method, CI_METHODS)
@@ -157,6 +167,55 @@ def resolve_device(device: str) -> str:
     return device
 
 
+# Files an evaluation writes directly under its out_dir (a model's files go to out_dir/<model>/).
+REPORT_FILES = ("report.md", "win_rates.csv", "mean_scores.csv", "nsfw.csv", "win_rates.png", "score_distributions.png")
+RUN_FILES = ("config.yaml", "prompts.jsonl") + REPORT_FILES
+
+
+def _is_eval_config(path: Path) -> bool:
+    import yaml
+
+    try:
+        saved = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(saved, dict) and set(saved) <= {f.name for f in fields(EvalConfig)}
+
+
+def check_out_dir(out_dir, field: str, *, inputs: Dict[str, object], writes: Sequence[str] = RUN_FILES,
+                  models: Sequence[str] = ()) -> Path:
+    """``out_dir`` may hold this evaluation: a folder (or none yet), not a training run's output_dir (an
+    evaluation there replaced its config.yaml), not an input or inside one, and none of the inputs is a file
+    it writes (``writes``, e.g. ``prompts.jsonl``) or a model's folder ``out_dir/<model>`` (``models``). One
+    ConfigError naming ``field`` otherwise."""
+    from kto_lab.sd.families import DENOISER_FOLDERS
+    from kto_lab.sd.run_dir import used_by
+
+    out = Path(out_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{field}={str(out_dir)!r} is a file; give a folder (made if missing) for the images and "
+                          "the report")
+    if out.is_dir():
+        run_files = [name for name in used_by(out)
+                     if not (name == "config.yaml" and _is_eval_config(out / name))
+                     and not (name in DENOISER_FOLDERS and (out / name / "manifest.jsonl").is_file())]
+        if run_files:
+            raise ConfigError(f"{field}={str(out_dir)!r} is a training run's folder (it holds {run_files}); an "
+                              "evaluation there would replace the run's files: choose another folder")
+    check_not_input(out, inputs, field, replaces=[*writes, *models])
+    return out
+
+
+def eval_inputs(cfg: "EvalConfig") -> Dict[str, object]:
+    """The paths an evaluation reads, by the config field that names them."""
+    inputs: Dict[str, object] = {"prompts": cfg.prompts, "safety_checker": cfg.safety_checker}
+    for i, m in enumerate(cfg.models):
+        inputs.update({f"models[{i}].pipeline": m.pipeline, f"models[{i}].denoiser": m.denoiser, f"models[{i}].lora": m.lora})
+    for i, s in enumerate(cfg.scorers):
+        inputs.update({f"scorers[{i}].{k}": v for k, v in s.kwargs().items()})
+    return inputs
+
+
 def build_scorers(specs: List[ScorerSpec], device: str = "cpu", batch_size: int = 16) -> Dict[str, Scorer]:
     out = {}
     for s in specs:
@@ -174,19 +233,19 @@ def generate_all(cfg: EvalConfig, prompts, progress: bool = True) -> Dict[str, D
     from kto_lab.sd.models import check_model_paths, load_pipeline
 
     for i, m in enumerate(cfg.models):  # every model's paths before the first one loads
-        check_model_paths(m.pipeline, m.unet, m.lora, prefix=f"models[{i}].")
+        check_model_paths(m.pipeline, m.denoiser, m.lora, prefix=f"models[{i}].")
     device = resolve_device(cfg.device)
     dtype = None if cfg.dtype == "float32" else getattr(torch, cfg.dtype)
     checker = SafetyChecker.from_pretrained(cfg.safety_checker, device=device) if cfg.safety_checker else None
     counts = {}
     for m in cfg.models:
-        pipe = load_pipeline(m.pipeline, torch_dtype=dtype, unet_path=m.unet, lora_path=m.lora).to(device)
+        pipe = load_pipeline(m.pipeline, torch_dtype=dtype, denoiser_path=m.denoiser, lora_path=m.lora).to(device)
         pipe.set_progress_bar_config(disable=True)
         counts[m.name] = generate_images(
             pipe, prompts, Path(cfg.out_dir) / m.name, model_name=m.name, n_per_prompt=cfg.n_per_prompt,
             base_seed=cfg.seed, batch_size=cfg.batch_size, num_inference_steps=cfg.num_inference_steps,
             guidance_scale=cfg.guidance_scale, height=cfg.height, width=cfg.width, safety_checker=checker,
-            progress=progress,
+            progress=progress, weights={"pipeline": m.pipeline, "denoiser": m.denoiser, "lora": m.lora},
         )
         del pipe
     return counts
@@ -197,7 +256,8 @@ def compare_all(cfg: EvalConfig, scores: pd.DataFrame, metrics: List[str], make_
     from kto_lab.eval.report import plot_score_distributions, plot_win_rates, write_report
 
     wins = pd.concat([win_rates(scores, a, b, metrics, method=cfg.ci_method, on_failure=cfg.on_failure,
-                                n_bootstrap=cfg.n_bootstrap, seed=cfg.seed) for a, b in cfg.comparisons()]
+                                n_bootstrap=cfg.n_bootstrap, seed=cfg.seed, tie_tolerances=cfg.tie_tolerance,
+                                min_prompts=cfg.min_prompts) for a, b in cfg.comparisons()]
                      or [pd.DataFrame()], ignore_index=True)
     means = mean_scores(scores, metrics)
     nsfw = nsfw_shares(scores)
@@ -219,10 +279,10 @@ def run_evaluation(cfg: EvalConfig, *, progress: bool = True, make_plots: bool =
     from kto_lab.eval.protocol import load_scores, score_model
 
     cfg.validate()
+    out = check_out_dir(cfg.out_dir, "out_dir", inputs=eval_inputs(cfg), models=[m.name for m in cfg.models])
     prompts = load_prompts(cfg.prompts, cfg.prompt_format, limit=cfg.limit, per_style=cfg.per_style,
                            per_style_seed=cfg.per_style_seed)
     scorers = build_scorers(cfg.scorers, resolve_device(cfg.device), cfg.score_batch_size)  # fail before generating
-    out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     save_prompts(prompts, out / "prompts.jsonl")

@@ -159,12 +159,38 @@ MODEL_SCORERS: Dict[str, str] = {
 
 PROGRAMMATIC = ("redness", "saturation", "brightness", "contrast")
 
+# The smallest score difference each scorer resolves: two median images closer than this are a TIE in a
+# win rate (kto_lab.eval.stats.outcomes). Justified in docs/evaluation.md ("Ties"):
+# * pixel statistics of 8-bit images: half of one 8-bit level (0.5 / 255). The smallest change of a
+#   whole 8-bit image is one level; a smaller difference is a few pixels' rounding (a LoRA that changed
+#   98 of 61,440 pixel values by one level moved redness by ~1e-5 and was counted a win, issue 21);
+# * model scorers: the spacing of float16 numbers at the score's typical size (what a half-precision run of
+#   the scorer cannot tell apart): a cosine in [0.25, 0.5) has spacing 2**-12 = 2.4e-4, so 2.5e-4 for HPS v2
+#   (the cosine) and 0.025 for PickScore and CLIP score (100 x the cosine); aesthetic scores lie in [4, 8)
+#   (spacing 2**-8 = 0.0039): 0.004; ImageReward's standardised scores in [1, 2) (2**-10): 0.001.
+TIE_TOLERANCE: Dict[str, float] = {
+    "redness": 0.5 / 255, "saturation": 0.5 / 255, "brightness": 0.5 / 255, "contrast": 0.5 / 255,
+    "pickscore": 0.025, "clip": 0.025, "hpsv2": 2.5e-4, "aesthetic": 0.004, "imagereward": 0.001,
+}
 
-def register_scorer(name: str, factory: Callable[..., Scorer]) -> None:
-    """Add a scorer (e.g. ``register_scorer("blueness", lambda: FunctionScorer("blueness", fn))``)."""
+
+def tie_tolerance(metric: str, overrides: Optional[Dict[str, float]] = None) -> float:
+    """The tie tolerance of ``metric`` (``overrides`` first, then :data:`TIE_TOLERANCE`; 0 = exact ties for a
+    metric not known here, e.g. a discrete score)."""
+    if overrides and metric in overrides:
+        return float(overrides[metric])
+    return TIE_TOLERANCE.get(metric, 0.0)
+
+
+def register_scorer(name: str, factory: Callable[..., Scorer], tie_tolerance: float = 0.0) -> None:
+    """Add a scorer (e.g. ``register_scorer("blueness", lambda: FunctionScorer("blueness", fn), 0.5 / 255)``);
+    ``tie_tolerance``: the smallest score difference it resolves (0: only equal scores tie)."""
     if name in SCORERS or name in MODEL_SCORERS:
         raise ValueError(f"scorer {name!r} is already registered")
+    if not tie_tolerance >= 0:
+        raise ValueError(f"tie_tolerance={tie_tolerance!r} must be >= 0")
     SCORERS[name] = factory
+    TIE_TOLERANCE[name] = float(tie_tolerance)
 
 
 def known_scorers() -> List[str]:

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-from kto_lab.sd.models import write_clip_tokenizer
+from kto_lab.sd.tiny import write_clip_tokenizer
 
 OPENAI_MEAN = [0.48145466, 0.4578275, 0.40821073]
 OPENAI_STD = [0.26862954, 0.26130258, 0.27577711]

@@ -33,7 +33,7 @@ OWNED_TRAIN_FIELDS = {
     "data.train": "prompts and labeler (a round trains on every label so far)",
     "data.cache_dir": "nothing (each round caches its own table under its train directory when train_cache is true)",
     "model.pretrained": "base",
-    "model.unet": "nothing (round K starts from round K-1's weights)",
+    "model.denoiser": "nothing (round K starts from round K-1's weights)",
     "model.reference": "reference (previous | base)",
     "checkpoint.resume": "nothing (an interrupted round resumes from its latest checkpoint)",
 }
@@ -232,18 +232,18 @@ class RoundsConfig:
         """The validated :class:`~kto_lab.sd.config.TrainConfig` of one round: ``train_config`` + ``train``, then
         the fields the round owns (where it trains, on which tables, from which weights, against which reference)."""
         from ..config import _merge
-        from ..sd.config import load_train_config
+        from ..sd.config import RENAMED_FIELDS, load_train_config
         from ..sd.run_dir import flatten
 
         if not isinstance(self.train, dict):
             raise ConfigError(f"train must be a mapping of trainer overrides, got {self.train!r}")
-        owned = [k for k in flatten(self.train) if any(k == f or k.startswith(f + ".") for f in OWNED_TRAIN_FIELDS)]
-        owned += [k for k in self.train if k in OWNED_TRAIN_FIELDS and not isinstance(self.train[k], dict)]
-        if owned:
-            key = next(f for f in OWNED_TRAIN_FIELDS if owned[0] == f or owned[0].startswith(f + "."))
-            raise ConfigError(f"train.{owned[0]} is set by the rounds themselves; set {OWNED_TRAIN_FIELDS[key]}")
+        for k in flatten(self.train):  # under the field's name today (``model.unet`` is ``model.denoiser``'s old name)
+            key = next((f for f in OWNED_TRAIN_FIELDS if RENAMED_FIELDS.get(k, k) == f
+                        or RENAMED_FIELDS.get(k, k).startswith(f + ".")), None)
+            if key is not None:
+                raise ConfigError(f"train.{k} is set by the rounds themselves; set {OWNED_TRAIN_FIELDS[key]}")
         own = {"output_dir": str(output_dir), "data": {"train": [str(t) for t in tables]},
-               "model": {"pretrained": self.base, "unet": None if start is None else str(start), "reference": reference},
+               "model": {"pretrained": self.base, "denoiser": None if start is None else str(start), "reference": reference},
                "checkpoint": {"resume": "latest"}}
         if self.train_cache:
             own["data"]["cache_dir"] = str(Path(output_dir) / "cache")

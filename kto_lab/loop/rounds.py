@@ -184,7 +184,7 @@ class Rounds:
         dtype = None if g.dtype == "float32" else getattr(torch, g.dtype)
         model = self.model_of(k)
         with quiet_loading(not self.cfg.progress_bar):
-            pipe = load_pipeline(self.cfg.base, torch_dtype=dtype, unet_path=model)
+            pipe = load_pipeline(self.cfg.base, torch_dtype=dtype, denoiser_path=model)
         if g.sampler is not None:
             import diffusers
 
@@ -200,7 +200,8 @@ class Rounds:
         counts = generate_images(self.pipeline(k), prompts, directory, model_name=directory.name, n_per_prompt=n,
                                  base_seed=base_seed, batch_size=g.batch_size, num_inference_steps=g.num_inference_steps,
                                  guidance_scale=g.guidance_scale, height=g.height, width=g.width,
-                                 progress=self.cfg.progress_bar)
+                                 progress=self.cfg.progress_bar,
+                                 weights={"pipeline": self.cfg.base, "denoiser": self.model_of(k), "lora": None})
         if counts["failed"]:
             raise RuntimeError(f"{counts['failed']} image(s) failed to generate in {directory} (see its manifest.jsonl)")
 
@@ -347,7 +348,7 @@ class Rounds:
 
         self._pipe = None
         with quiet_loading(not self.cfg.progress_bar):
-            pipe = load_pipeline(self.cfg.base, unet_path=self.model_of(k - 1) if k > 1 else None, lora_path=lora)
+            pipe = load_pipeline(self.cfg.base, denoiser_path=self.model_of(k - 1) if k > 1 else None, lora_path=lora)
         family = family_of_pipeline(pipe)
         pipe.fuse_lora(components=[family.denoiser_subfolder])
         pipe.unload_lora_weights()

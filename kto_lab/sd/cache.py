@@ -1,4 +1,4 @@
-"""Encode VAE latents and text embeddings once, so a training step runs only the UNets.
+"""Encode VAE latents and text embeddings once, so a training step runs only the denoisers.
 
 :func:`build_cache` reads a record table (or a pair table for DPO) once, encodes every image
 with the VAE and every caption with the text encoder(s), and writes safetensors shards:
@@ -12,6 +12,14 @@ with the VAE and every caption with the text encoder(s), and writes safetensors 
                                           original_size, crop_top_left (n,2)), labels (n,), index (n,)
                                           [+ latent_moments_l and the losers' geometry for pairs]
     cache_dir/empty_caption.safetensors   the text conditioning of "" (for data.caption_dropout)
+
+A cache is keyed on what it was built from: the model (pipeline, VAE), family, resolution, crop,
+objective kind, storage dtype, and the fingerprint of each table of ``data.train`` (its resolved path
+and a hash of its rows, :meth:`~kto_lab.data.tables.TableFile.fingerprint`). A run whose config or data
+differ from a cache's is refused in one line before any model loads (:func:`check_cache_dir`): a
+cache directory may be the user's, so it is never rebuilt in silence. ``data.cache_dir=auto`` names
+the directory after that key, ``<output_dir's parent>/latent_cache/<family>-<resolution>px-<key>``:
+runs on the same data and model share one cache, and other data gets another.
 
 It stores the VAE posterior's *moments* (mean and log-variance), not one latent, so training
 still draws a fresh latent per step (``data.latent_mode="sample"``, as diffusers' scripts do) or
@@ -27,6 +35,7 @@ the sampled rows are read.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -36,12 +45,15 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from ..config import ConfigError
+from ..config import ConfigError, resolved_paths
+from ..data.tables import DataError, fingerprint_changes
 from ..objectives import csft_caption
+from .checkpoints import raise_if_disk_full
 from .data import ImageTransform, gamma_sampler, geometry, open_table
 
 Tensor = torch.Tensor
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: records the data's fingerprint
+AUTO = "auto"  # data.cache_dir=auto: a directory named after the cache's key (auto_cache_dir)
 EMPTY_CAPTION = "empty_caption.safetensors"
 STORAGE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 # what a manifest written before a key existed meant by it
@@ -53,11 +65,12 @@ def cache_kind(objective: str) -> str:
 
 
 def _expected_manifest(cfg, family) -> Dict[str, object]:
+    """The settings a cache depends on (beside its data), as its manifest records them."""
     return {
         "kind": cache_kind(cfg.objective.objective),
         "family": family.name,
-        "pretrained": str(cfg.model.pretrained),
-        "vae": cfg.model.vae,
+        "pretrained": _model_path(cfg.model.pretrained),
+        "vae": _model_path(cfg.model.vae),
         "vae_dtype": cfg.model.vae_dtype,
         "dtype": str(STORAGE_DTYPES[cfg.data.cache_dtype]).replace("torch.", ""),
         "resolution": cfg.data.resolution,
@@ -65,10 +78,77 @@ def _expected_manifest(cfg, family) -> Dict[str, object]:
     }
 
 
+def _model_path(path: Optional[str]) -> Optional[str]:
+    """A local model directory as its resolved path (so a relative and an absolute path are one model); a hub id as given."""
+    return resolved_paths(str(path)) if path is not None and os.path.exists(path) else path
+
+
+def cache_key(cfg, family, data: List[dict]) -> str:
+    """SHA-256 of what a cache is built from: :func:`_expected_manifest` and the tables' row hashes."""
+    what = {**_expected_manifest(cfg, family), "data": [f["sha256"] for f in data]}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+
+
+def auto_cache_dir(cfg, family, data: List[dict]) -> Path:
+    """Where ``data.cache_dir=auto`` puts the cache: beside the run directory (so on its disk), named
+    after :func:`cache_key`, so that other data or another model never find this cache."""
+    name = f"{family.name}-{cfg.data.resolution}px-{cache_key(cfg, family, data)[:16]}"
+    return Path(cfg.output_dir).parent / "latent_cache" / name
+
+
+def check_cache_dir(cfg, family, data: Optional[List[dict]]) -> Optional[str]:
+    """``data.cache_dir`` as the run will use it (``auto`` resolved), checked before any model loads:
+    a built cache must match the config and ``data`` (the fingerprint of ``data.train``; None: not
+    compared); a directory that is not a cache must be empty, so the cache can be built there at the end
+    of encoding. Returns the directory (None: no cache)."""
+    d = cfg.data
+    if not d.cache_dir:
+        return None
+    if d.cache_dir == AUTO:
+        if data is None:
+            raise ConfigError("data.cache_dir=auto names the cache after data.train's content, but data.train is "
+                              "empty: give data.train, or the directory of a built cache")
+        out = auto_cache_dir(cfg, family, data)
+    else:
+        out = Path(d.cache_dir)
+    if (out / "cache.json").is_file():
+        check_manifest(read_manifest(out), cfg, out, family, data)
+    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"data.cache_dir={str(out)!r} is {'a file' if not out.is_dir() else 'a folder that is not a latent cache'} "
+                          f"(no cache.json); give a new or empty directory, where the cache is built, or data.cache_dir=auto")
+    elif not d.train:
+        raise ConfigError(f"data.cache_dir={str(out)!r} holds no cache and data.train is empty")
+    return str(out)
+
+
 @torch.no_grad()
 def build_cache(cfg, components, *, batch_size: int = 8, progress: bool = True) -> Path:
     """Encode ``cfg.data.train`` into ``cfg.data.cache_dir`` (see the module docstring) with the VAE and
-    text towers of ``components`` (:class:`~kto_lab.sd.components.Components`, its family's encoding)."""
+    text towers of ``components`` (:class:`~kto_lab.sd.components.Components`, its family's encoding).
+    A full disk removes the partial directory and stops in one line."""
+    out = Path(cfg.data.cache_dir)
+    batch_size = min(batch_size, cfg.data.cache_shard_size)
+    if (out / "cache.json").is_file():
+        return out
+    if not cfg.data.train:
+        raise ConfigError(f"data.cache_dir={str(out)!r} holds no cache and data.train is empty")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"data.cache_dir={str(out)!r} is not empty and not a latent cache; give a new or empty directory")
+    objective = cfg.objective.objective
+    table = open_table(cfg.data.train, objective, cfg.data.on_missing_image)
+    partial = out.with_name(out.name + ".partial")
+    try:
+        _encode(cfg, components, table, partial, batch_size, progress)
+    except BaseException as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise_if_disk_full(exc, partial, "free some space, or set data.cache_dir on another disk")
+        raise
+    os.replace(partial, out)  # onto a missing or an empty directory
+    return out
+
+
+def _encode(cfg, components, table, partial: Path, batch_size: int, progress: bool) -> None:
+    """Write every shard, the empty caption and the manifest into ``partial`` (see :func:`build_cache`)."""
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
@@ -76,19 +156,11 @@ def build_cache(cfg, components, *, batch_size: int = 8, progress: bool = True) 
 
     family, vae = components.family, components.vae
     dtype = STORAGE_DTYPES[cfg.data.cache_dtype]
-    out = Path(cfg.data.cache_dir)
-    batch_size = min(batch_size, cfg.data.cache_shard_size)
-    if (out / "cache.json").is_file():
-        return out
-    if not cfg.data.train:
-        raise ConfigError(f"data.cache_dir={str(out)!r} holds no cache and data.train is empty")
     objective = cfg.objective.objective
-    table = open_table(cfg.data.train, objective, cfg.data.on_missing_image)
     transform = ImageTransform(cfg.data.resolution, cfg.data.center_crop, random_flip=False)
     pairs = objective == "dpo"
     labels_all = np.ones(len(table), dtype=np.int64) if pairs else np.asarray(table.labels, dtype=np.int64)
 
-    partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     g = torch.Generator().manual_seed(0)  # unused by center crops; random crops are fixed once
@@ -150,12 +222,10 @@ def build_cache(cfg, components, *, batch_size: int = 8, progress: bool = True) 
     bar.close()
     save_file({k: v.contiguous() for k, v in text([""]).items()}, str(partial / EMPTY_CAPTION))
     manifest = dict(_expected_manifest(cfg, family), version=CACHE_VERSION, count=sum(s["count"] for s in shards),
-                    shards=shards, sources=[str(p) for p in cfg.data.train], text_keys=list(family.text_keys),
-                    scaling_factor=float(vae.config.scaling_factor), shift_factor=latent_scale(vae.config)[0],
-                    skipped=[list(s) for s in getattr(table, "skipped", [])])
+                    shards=shards, sources=[str(p) for p in cfg.data.train], data=table.fingerprint(),
+                    text_keys=list(family.text_keys), scaling_factor=float(vae.config.scaling_factor),
+                    shift_factor=latent_scale(vae.config)[0], skipped=[list(s) for s in getattr(table, "skipped", [])])
     (partial / "cache.json").write_text(json.dumps(manifest, indent=1))
-    os.replace(partial, out)
-    return out
 
 
 def read_manifest(cache_dir: str | Path) -> Dict[str, object]:
@@ -165,41 +235,61 @@ def read_manifest(cache_dir: str | Path) -> Dict[str, object]:
     return json.loads(path.read_text())
 
 
-def check_manifest(manifest: Dict[str, object], cfg, cache_dir, family) -> None:
-    """The cache must have been made for this model family, model, VAE, precision, resolution and objective kind."""
+def check_manifest(manifest: Dict[str, object], cfg, cache_dir, family, data: Optional[List[dict]] = None) -> None:
+    """The cache must have been made for this model family, model, VAE, precision, resolution and objective
+    kind, and, given ``data`` (the fingerprint of ``data.train``), from the same tables with the same rows."""
+    fix = "use another data.cache_dir (data.cache_dir=auto: one per dataset and model), or delete this one to rebuild it"
     for key, want in _expected_manifest(cfg, family).items():
         found = manifest.get(key, LEGACY_MANIFEST.get(key))
+        if key in ("pretrained", "vae"):
+            found = _model_path(found)
         if found != want:
-            raise ConfigError(
-                f"latent cache {str(cache_dir)!r} was built with {key}={found!r}, but the config "
-                f"has {want!r}; use another data.cache_dir or delete this one"
-            )
+            raise ConfigError(f"latent cache {str(cache_dir)!r} was built with {key}={found!r}, but the config "
+                              f"has {want!r}; {fix}")
+    if data is None:
+        return
+    if "data" not in manifest:
+        raise ConfigError(f"latent cache {str(cache_dir)!r} was built by an older kto_lab, which did not record its data's "
+                          f"content, so it cannot be checked against data.train: delete it to rebuild it, or set "
+                          f"data.train=[] to train on it as it is")
+    changes = fingerprint_changes(manifest["data"], data)
+    if changes:
+        raise ConfigError(f"latent cache {str(cache_dir)!r} was built from other data than data.train: "
+                          f"{'; '.join(changes)}; {fix}")
+
+
+def _open_shard(path: Path, cache_dir: Path):
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        return safe_open(str(path), framework="pt")
+    except (SafetensorError, OSError) as exc:
+        raise DataError(f"latent cache shard {path} cannot be read ({exc}): it is truncated or corrupt; delete "
+                        f"{cache_dir} to rebuild the cache") from None
 
 
 class CachedSource:
     """Batches from a cache: ``latent_moments`` (+ ``_l``), the family's text conditioning and image
     geometry, ``labels``; captions dropped (``data.caption_dropout``) become the cached empty caption."""
 
-    def __init__(self, cache_dir: str | Path, cfg, *, batch_size: int, seed: int = 0, family=None):
-        from safetensors import safe_open
+    def __init__(self, cache_dir: str | Path, cfg, *, family, batch_size: int, seed: int = 0):
         from safetensors.torch import load_file
 
         from ..data.sampler import sampling_gamma
-        from .families import FAMILIES
 
         self.dir = Path(cache_dir)
         self.manifest = read_manifest(self.dir)
-        check_manifest(self.manifest, cfg, self.dir, family or FAMILIES["sd"])
+        check_manifest(self.manifest, cfg, self.dir, family)
         self.batch_size = batch_size
         self.pairs = self.manifest["kind"] == "pairs"
-        self.files = [safe_open(str(self.dir / s["file"]), framework="pt") for s in self.manifest["shards"]]
+        self.files = [_open_shard(self.dir / s["file"], self.dir) for s in self.manifest["shards"]]
         counts = [s["count"] for s in self.manifest["shards"]]
         self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         if self.offsets[-1] == 0:
             raise ValueError(f"latent cache {str(self.dir)!r} holds no records")
         self.labels = torch.cat([f.get_tensor("labels") for f in self.files]).numpy()
         self.keys = sorted(set(self.files[0].keys()) - {"labels", "index"})
-        self.text_keys = self.manifest.get("text_keys", ["encoder_hidden_states"])
+        self.text_keys = self.manifest.get("text_keys", list(family.text_keys))  # caches older than SDXL: SD's
         self.caption_dropout = cfg.data.caption_dropout
         self.empty_caption = None
         if self.caption_dropout > 0:
@@ -242,16 +332,3 @@ class CachedSource:
         self.generator.set_state(state["generator"])
         if self.sampler is not None:
             self.sampler.load_state_dict(state["sampler"])
-
-
-def sample_latents(moments: Tensor, scaling_factor: float, mode: str = "sample",
-                   generator: Optional[torch.Generator] = None, shift_factor: float = 0.0) -> Tensor:
-    """VAE posterior moments (mean, logvar along channels) -> latents ``(z - shift_factor) * scaling_factor``
-    (diffusers' ``DiagonalGaussianDistribution``: logvar clamped to [-30, 20]; only SD3's VAE has a shift)."""
-    mean, logvar = torch.chunk(moments.float(), 2, dim=1)
-    if mode == "mode":
-        z = mean
-    else:
-        std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
-        z = mean + std * torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-    return (z - shift_factor) * scaling_factor if shift_factor else z * scaling_factor

@@ -30,7 +30,8 @@ MANIFEST = "manifest.json"
 
 
 class CheckpointError(UserError, RuntimeError):
-    """A checkpoint cannot be written (no space left) or no complete one can be read (one line from kto-lab)."""
+    """A checkpoint, the final weights or the latent cache cannot be written (no space left), or no complete
+    checkpoint can be read (one line from kto-lab)."""
 
 
 def crc32(path: Path, chunk: int = 16 << 20) -> int:
@@ -48,27 +49,42 @@ def _files(directory: Path) -> Iterator[Tuple[str, Path]]:
             yield p.relative_to(directory).as_posix(), p
 
 
-def write_manifest(directory: Path, *, run_id: str, step: int, num_processes: int, config: Dict[str, Any]) -> None:
-    """List every file of ``directory`` (size, CRC-32) with the run's id, step and resolved config.
-    Call it after every file is written and before the rename: a manifest means "complete"."""
+def write_manifest(directory: Path, *, run_id: str, step: int, num_processes: int, config: Dict[str, Any],
+                   data: Optional[List[Dict[str, Any]]] = None) -> None:
+    """List every file of ``directory`` (size, CRC-32) with the run's id, step, resolved config and the
+    fingerprint of its data (``data``: :meth:`~kto_lab.data.records.ImageTable.fingerprint`, which a resume
+    compares). Call it after every file is written and before the rename: a manifest means "complete"."""
     files = {name: {"size": p.stat().st_size, "crc32": crc32(p)} for name, p in _files(directory)}
     manifest = {"run_id": run_id, "step": step, "num_processes": num_processes, "config": config, "files": files}
+    if data is not None:
+        manifest["data"] = data
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=1))
 
 
 def read_manifest(directory: Path) -> Optional[Dict[str, Any]]:
-    """The checkpoint's manifest, or None if it has none or an unreadable one."""
+    """The checkpoint's manifest, or None if it has none, an unreadable one, or one without the fields
+    :func:`write_manifest` writes (a kill while it was written can leave ``{}``)."""
     try:
-        return json.loads((Path(directory) / MANIFEST).read_text())
+        manifest = json.loads((Path(directory) / MANIFEST).read_text())
     except (OSError, ValueError):
         return None
+    return manifest if _well_formed(manifest) else None
+
+
+def _well_formed(manifest: Any) -> bool:
+    m = manifest
+    types = {"run_id": str, "step": int, "num_processes": int, "config": dict, "files": dict}
+    return (isinstance(m, dict) and all(isinstance(m.get(k), t) and not isinstance(m.get(k), bool) for k, t in types.items())
+            and all(isinstance(f, dict) and isinstance(f.get("size"), int) and isinstance(f.get("crc32"), int)
+                    for f in m["files"].values()))
 
 
 def problem(directory: Path) -> Optional[str]:
     """Why ``directory`` is not a complete checkpoint (naming the file), or None if it is one."""
     manifest = read_manifest(directory)
     if manifest is None:
-        return f"{directory} has no readable {MANIFEST} (written partly, or by an older kto_lab)"
+        return (f"{directory} has no complete {MANIFEST} (missing, cut short or malformed: a crash while it was "
+                f"written, or an older kto_lab)")
     for name, expected in manifest["files"].items():
         p = directory / name
         if not p.is_file():
@@ -132,6 +148,27 @@ def is_disk_full(exc: BaseException) -> bool:
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return True
     return "No space left on device" in str(exc)
+
+
+def raise_if_disk_full(exc: BaseException, written: Path, then: str) -> None:
+    """A full disk while writing ``written`` (already removed) as one line saying what to do or what is
+    still usable (``then``); any other error is left to the caller."""
+    if is_disk_full(exc):
+        raise CheckpointError(f"no space left on device while writing {written} (removed it); {then}") from exc
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """``dst`` made of hard links to the files of ``src`` (a file or a directory tree): the same bytes on
+    disk once. Where the file system refuses a hard link, a copy; a full disk is raised as it is."""
+    pairs = [(src, dst)] if src.is_file() else [(p, dst / p.relative_to(src)) for p in sorted(src.rglob("*")) if p.is_file()]
+    for a, b in pairs:
+        b.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(a, b)
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise
+            shutil.copy2(a, b)
 
 
 def commit(tmp: Path, final: Path) -> None:

@@ -19,7 +19,7 @@ def add_parser(subparsers, name: str, help: str) -> argparse.ArgumentParser:
     from ..config import CONFIG_DIR, config_help
     from .config import TrainConfig
 
-    packaged = ", ".join(sorted(q.stem for q in CONFIG_DIR.glob("*.yaml") if not q.stem.startswith("accelerate")))
+    packaged = ", ".join(sorted(q.stem for q in CONFIG_DIR.glob("*.yaml") if not q.stem.startswith(("accelerate", "eval"))))
     p = subparsers.add_parser(name, help=help, description=DESCRIPTION,
                               epilog="config fields (key=default, then what it means):\n" + config_help(TrainConfig))
     p.add_argument("--config", help=f"a YAML file, or a packaged config's name ({packaged}: kto_lab/configs); "
@@ -29,7 +29,7 @@ def add_parser(subparsers, name: str, help: str) -> argparse.ArgumentParser:
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--overwrite", action="store_true",
                    help="delete an earlier run's files in output_dir first (default: refuse a used output_dir)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, config_fields=(TrainConfig, ""))  # unknown --options are named by its fields
     return p
 
 
@@ -40,8 +40,13 @@ def run(args) -> int:
     from .config import load_train_config
 
     cfg = load_train_config(args.config, args.overrides)  # bad keys/values: one line from kto_lab.cli
-    if args.print_config:
-        print(yaml.safe_dump(asdict(cfg.resolved()), sort_keys=False))
+    if args.print_config:  # with the family's defaults where its model_index.json can be read
+        from .families import resolve_family
+        from .hub import pipeline_class_name
+
+        readable = cfg.model.family != "auto" or pipeline_class_name(cfg.model.pretrained) is not None
+        family = resolve_family(cfg.model.pretrained, cfg.model.family) if readable else None
+        print(yaml.safe_dump(asdict(cfg.resolved(family)), sort_keys=False))
         return 0
     from .trainer import Trainer
 

@@ -5,8 +5,9 @@ lr 1e-7, 1,000 warm-up steps, 10,000 steps, beta 5000, gamma 0.8, batch 2 per GP
 and, for LoRA runs, from the LoRA study (lora-preference-alignment-study, sec. 3.3/4: rank 8,
 AdamW with weight decay 0.01, lr 1e-4, 500 warm-up steps). Fields whose paper value depends
 on full vs LoRA fine-tuning, or on the model family (SD 1.x/2.x, SDXL or SD3), default to ``None`` and
-are resolved by :meth:`TrainConfig.resolved`, which also refuses an option of the other kind of noise
-schedule (DDPM vs SD3's rectified flow) and warns about a beta far outside the family's useful range.
+are resolved by :meth:`TrainConfig.resolved` from the family's defaults, which also refuses an option of the
+other kind of noise schedule (DDPM vs rectified flow) and warns about a beta far outside the family's useful
+range. A renamed key (``model.unet``, now ``model.denoiser``) is read under its new name with a one-line note.
 
 Load with ``load_config(TrainConfig, "config.yaml", ["objective.beta=2000"])`` or
 :func:`load_train_config`; every check runs before any model is loaded.
@@ -15,18 +16,19 @@ Load with ``load_config(TrainConfig, "config.yaml", ["objective.beta=2000"])`` o
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Optional, Sequence
 
-from ..config import ConfigError, check_choice, check_positive, check_range, load_config_from, warn_outside
+from ..config import (ConfigError, check_choice, check_positive, check_range, load_config_from, renamed_fields,
+                      warn_once, warn_outside)
 from ..data.sampler import check_gamma
-from ..schedule import PREDICTION_TYPES, FlowMatchingSchedule
+from ..schedule import PREDICTION_TYPES, FlowMatchingSchedule, NoiseSchedule
 from ..step import ObjectiveConfig
 from . import metrics_log
 from .encoding import LATENT_MODES
 from .families import FAMILY_CHOICES
-from .speed import COMPILE_ALIASES, COMPILE_CHOICES, COMPILE_MODES, REPEATED_BLOCKS
+from .speed import COMPILE_ALIASES, COMPILE_CHOICES, COMPILE_MODES
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 REFERENCE_DTYPES = ("auto", "fp32", "fp16", "bf16")
@@ -36,10 +38,17 @@ OPTIMIZERS = ("adamw", "adam", "adafactor")
 VAE_DTYPES = ("fp32", "auto")
 CACHE_DTYPES = ("fp32", "fp16")
 LR_SCHEDULERS = ("constant_with_warmup", "linear", "cosine")
+MAX_SEED = 2**32 - 1  # numpy's (accelerate's set_seed) largest seed
+# A run whose learning rate peaks below this share of optim.learning_rate is flagged as close to a no-op
+# (issue 21: warm-up 500, max_steps 10 peaked at 1.8e-6 of 1e-4; the LoRA changed 98 of 61,440 pixel values
+# of its images by one level).
+NO_OP_LR_SHARE = 0.1
 
 
 @dataclass
 class ModelConfig:
+    RENAMED: ClassVar[Dict[str, str]] = {"unet": "denoiser"}  # old key -> its name now (read with a note)
+
     # A diffusers SD 1.x/2.x, SDXL or SD3 pipeline: a local directory or a hub id (read with from_pretrained).
     pretrained: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
     # The model family: auto = from model_index.json's _class_name (StableDiffusionPipeline -> sd,
@@ -51,27 +60,27 @@ class ModelConfig:
     # Precision of the VAE encoder (training and cache). fp32 as the official KTO and diffusers SDXL
     # scripts; auto = the mixed-precision dtype (SDXL's own VAE stays fp32 under fp16: it overflows).
     vae_dtype: str = "fp32"
-    # Start the policy from this UNet (a diffusers UNet dir, or a pipeline dir with unet/; SD3: a
-    # transformer dir, or a pipeline with transformer/) instead.
-    unet: Optional[str] = None
-    # The reference: None = a frozen copy of the initial policy (the paper). A path (UNet dir or
+    # Start the policy from this denoiser instead of the pipeline's: a diffusers model dir (SD's UNet, SD3's
+    # transformer), or a pipeline dir with one (unet/, transformer/). Formerly model.unet.
+    denoiser: Optional[str] = None
+    # The reference: None = a frozen copy of the initial policy (the paper). A path (denoiser dir or
     # pipeline dir) = that model, e.g. the previous SPIN iteration. Always a frozen copy then.
     reference: Optional[str] = None
     # Precision of a frozen reference copy kept on the device. auto = the mixed-precision dtype
     # (bf16/fp16), fp32 without mixed precision. The official DPO script swaps it CPU<->GPU; we don't.
     reference_dtype: str = "auto"
     gradient_checkpointing: bool = False  # recompute activations in the backward: less memory, one more forward
-    # torch.compile the policy UNet (and a frozen reference copy) in place after accelerate.prepare:
-    # none | regional (each ResNet/transformer block, compiled once per shape) | full (the whole UNet);
+    # torch.compile the policy denoiser (and a frozen reference copy) in place after accelerate.prepare:
+    # none | regional (each repeated block, compiled once per shape) | full (the whole denoiser);
     # true/false read as full/none. The first step pays the compilation. Off until a GPU measurement
     # says which helps (benchmarks/README.md; kto_lab.sd.speed).
     compile: str = "none"
     # torch.compile's mode: default | reduce-overhead (CUDA graphs) | max-autotune | max-autotune-no-cudagraphs.
     compile_mode: str = "default"
-    # Block classes that compile=regional compiles one by one (diffusers' own list for this UNet,
-    # _repeated_blocks, has only BasicTransformerBlock). SD3: its JointTransformerBlock where this is the default.
-    compile_blocks: List[str] = field(default_factory=lambda: list(REPEATED_BLOCKS))
-    # Keep the UNets' weights (and so their convolutions' activations) in the channels-last memory
+    # Block classes that compile=regional compiles one by one; null = the family's (SD, SDXL: ResnetBlock2D,
+    # BasicTransformerBlock, where diffusers' own _repeated_blocks has only the latter; SD3: JointTransformerBlock).
+    compile_blocks: Optional[List[str]] = None
+    # Keep the denoisers' weights (and so their convolutions' activations) in the channels-last memory
     # format, as MLPerf's SD recipe does; off until measured on a GPU.
     channels_last: bool = False
 
@@ -86,7 +95,7 @@ class ModelConfig:
         check_choice("model.compile_mode", self.compile_mode, COMPILE_MODES)
         if isinstance(self.compile_blocks, str):
             self.compile_blocks = [self.compile_blocks]
-        if self.compile == "regional" and not self.compile_blocks:
+        if self.compile == "regional" and self.compile_blocks == []:
             raise ConfigError("model.compile_blocks is empty; model.compile=regional needs block class names")
         return self
 
@@ -105,7 +114,7 @@ class DataConfig:
     # model); the official KTO and Diffusion-DPO scripts use 0.2 (--proportion_empty_prompts).
     caption_dropout: float = 0.0
     # Optional cache of VAE latent moments and text embeddings (kto_lab.sd.cache): built once,
-    # then a training step runs only the UNets. Built here if the directory does not exist.
+    # then a training step runs only the denoisers. Built here if the directory does not exist.
     cache_dir: Optional[str] = None
     cache_shard_size: int = 1024  # records per cache shard file
     # Storage dtype of the cached VAE moments and text embeddings: fp32 keeps what the VAE gave;
@@ -127,6 +136,7 @@ class DataConfig:
         except ConfigError as e:
             raise ConfigError(f"data.{e}") from None
         check_range("data.cache_shard_size", self.cache_shard_size, low=1)
+        check_range("data.seed", self.seed, low=0, high=MAX_SEED)
         check_choice("data.latent_mode", self.latent_mode, LATENT_MODES)
         if isinstance(self.train, str):
             self.train = [self.train]
@@ -176,19 +186,21 @@ class OptimConfig:
 
 @dataclass
 class LoraConfig:
-    enabled: bool = False  # true: train LoRA adapters only (the LoRA study); false: the full UNet (A.1)
+    enabled: bool = False  # true: train LoRA adapters only (the LoRA study); false: the full denoiser (A.1)
     rank: int = 8  # LoRA study 3.1: rank 8 in the UNet's attention
     alpha: Optional[float] = None  # None: = rank (scale 1, diffusers' examples)
-    target_modules: List[str] = field(default_factory=lambda: ["to_k", "to_q", "to_v", "to_out.0"])  # attention projections
-    # The reference of a LoRA run: the same UNet with adapters disabled (exact, no extra memory,
-    # a few % slower) or a frozen low-precision copy of the base UNet (more memory, faster).
+    # The modules that get adapters; null = the family's (SD, SDXL, SD3: to_k, to_q, to_v, to_out.0, the
+    # attention projections; SD3's shipped config adds the text stream's, as diffusers' SD3 LoRA script)
+    target_modules: Optional[List[str]] = None
+    # The reference of a LoRA run: the same denoiser with adapters disabled (exact, no extra memory,
+    # a few % slower) or a frozen low-precision copy of the base denoiser (more memory, faster).
     reference: str = "disabled_adapters"
 
     def validate(self) -> "LoraConfig":
         check_range("lora.rank", self.rank, low=1)
         if self.alpha is not None:
             check_positive("lora.alpha", self.alpha)
-        if not self.target_modules:
+        if self.target_modules is not None and not self.target_modules:
             raise ConfigError("lora.target_modules is empty")
         check_choice("lora.reference", self.reference, LORA_REFERENCES)
         return self
@@ -206,39 +218,34 @@ class ScheduleConfig:
     logit_std: Optional[float] = None  # flow only: the logit-normal std s (SD3 sec. 3.1: 1); null = 1
     mode_scale: Optional[float] = None  # flow only: the "mode" density's scale (SD3 sec. 3.1; diffusers 1.29); null = 1.29
 
-    FLOW_FIELDS: ClassVar[tuple] = ("density", "logit_mean", "logit_std", "mode_scale")
+    KINDS: ClassVar[tuple] = (NoiseSchedule, FlowMatchingSchedule)  # each names the fields above it takes (OPTIONS)
 
     def validate(self) -> "ScheduleConfig":
         if self.prediction_type is not None:
             check_choice("schedule.prediction_type", self.prediction_type, PREDICTION_TYPES)
-        self._flow_schedule()  # the flow fields' values, checked where FlowMatchingSchedule checks them
+        self._options(FlowMatchingSchedule(), FlowMatchingSchedule.OPTIONS)  # checked where the schedule checks them
         return self
 
-    def _flow_schedule(self, base: Optional[FlowMatchingSchedule] = None) -> FlowMatchingSchedule:
-        values = {k: getattr(self, k) for k in self.FLOW_FIELDS if getattr(self, k) is not None}
+    def _options(self, schedule, names):
+        """``schedule`` with the options ``names`` set here; a bad value is one line naming ``schedule.<field>``."""
         try:
-            return dataclasses.replace(base or FlowMatchingSchedule(), **values)
+            return schedule.with_options(**{k: getattr(self, k) for k in names if getattr(self, k) is not None})
         except ConfigError as e:
             raise ConfigError(f"schedule.{e}") from None
 
     def check_family(self, family) -> None:
-        """An option of the other kind of schedule is a mistake, not something to ignore: one line."""
-        if family.flow_matching and self.prediction_type is not None:
-            raise ConfigError(f"schedule.prediction_type={self.prediction_type!r} is a DDPM option, but "
-                              f"{family.pipeline_class_name} ({family.name}) is a flow-matching model: it predicts the "
-                              f"velocity eps - x0; leave schedule.prediction_type unset")
-        flow_set = [k for k in self.FLOW_FIELDS if getattr(self, k) is not None]
-        if not family.flow_matching and flow_set:
-            raise ConfigError(f"schedule.{flow_set[0]} is a flow-matching option, but {family.pipeline_class_name} "
-                              f"({family.name}) is a DDPM model; leave schedule.{', schedule.'.join(flow_set)} unset")
+        """An option of another kind of schedule than the family's is a mistake, not something to ignore: one line."""
+        kind = family.schedule_type
+        for other in self.KINDS:
+            wrong = [k for k in other.OPTIONS if k not in kind.OPTIONS and getattr(self, k) is not None]
+            if wrong:
+                raise ConfigError(f"schedule.{wrong[0]}={getattr(self, wrong[0])!r} is a {other.KIND} option, but "
+                                  f"{family.pipeline_class_name} ({family.name}) is a {kind.KIND} model{kind.EXPLAIN}; "
+                                  f"leave schedule.{', schedule.'.join(wrong)} unset")
 
     def apply(self, schedule):
-        """``schedule`` (the pipeline's: NoiseSchedule or FlowMatchingSchedule) with the options set here."""
-        if isinstance(schedule, FlowMatchingSchedule):
-            return self._flow_schedule(schedule)
-        if self.prediction_type is not None and self.prediction_type != schedule.prediction_type:
-            return dataclasses.replace(schedule, prediction_type=self.prediction_type)
-        return schedule
+        """``schedule`` (the pipeline's, of its family's kind) with the options of its kind set here."""
+        return self._options(schedule, type(schedule).OPTIONS)
 
 
 @dataclass
@@ -247,26 +254,34 @@ class LoggingConfig:
 
     log_every: int = 10  # optimizer steps between metric rows (the only host syncs for metrics)
     # Experiment trackers through accelerate, beside metrics.jsonl/.csv: any of tensorboard, wandb,
-    # mlflow (each an extra: pip install "kto-lab[wandb]"); [] = none (like diffusers' report_to).
+    # mlflow (each an extra: pip install "kto-lab[wandb]"); [all] = every one of them installed; [] = none
+    # (like diffusers' report_to).
     report_to: List[str] = field(default_factory=list)
     project: str = "kto-lab"  # the trackers' project (W&B project, MLflow experiment, folder under OUTPUT_DIR/logs)
     progress_bar: bool = True  # a tqdm bar on the main process
     validation_prompts: List[str] = field(default_factory=list)  # prompts rendered every validation_every steps
     validation_every: int = 0  # optimizer steps; 0 = off
     validation_inference_steps: int = 25  # sampler steps per validation image (DPM-Solver++; SD3: its flow Euler sampler)
-    validation_guidance_scale: float = 7.5  # classifier-free guidance of the validation images
+    # The validation images' guidance; null = the family's (SD, SDXL, SD3: classifier-free guidance 7.5)
+    validation_guidance_scale: Optional[float] = None
     validation_seed: int = 0  # image i uses seed + i
 
     def validate(self) -> "LoggingConfig":
         check_range("logging.log_every", self.log_every, low=1)
-        self.report_to = [name for name in self.report_to if name != "none"]
+        names = [name for name in self.report_to if name != "none"]
+        if "all" in names:  # as diffusers' --report_to all: every tracker that is installed
+            names = [n for n in names if n != "all"] + [n for n in metrics_log.TRACKER_PACKAGES
+                                                        if metrics_log.tracker_installed(n)]
+        self.report_to = list(dict.fromkeys(names))
         for name in self.report_to:
             check_choice("logging.report_to", name, metrics_log.TRACKER_PACKAGES)
             if not metrics_log.tracker_installed(name):
                 raise ConfigError(f"logging.report_to: {name} is not installed; pip install 'kto-lab[{name}]'")
+            metrics_log.check_tracker(name)
         check_range("logging.validation_every", self.validation_every, low=0)
         check_range("logging.validation_inference_steps", self.validation_inference_steps, low=1)
-        check_range("logging.validation_guidance_scale", self.validation_guidance_scale, low=0.0)
+        if self.validation_guidance_scale is not None:
+            check_range("logging.validation_guidance_scale", self.validation_guidance_scale, low=0.0)
         return self
 
 
@@ -299,37 +314,56 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         if not self.output_dir:
             raise ConfigError("output_dir must be set")
+        check_range("seed", self.seed, low=0, high=MAX_SEED)
         for name in ("model", "data", "optim", "lora", "schedule", "logging", "checkpoint"):
             getattr(self, name).validate()
         try:
             self.objective.validate()
         except (ValueError, ConfigError) as e:
             raise ConfigError(f"objective: {e}") from None
+        self._expand_home()
         if self.model.reference is not None and self.lora.enabled and self.lora.reference == "disabled_adapters":
             raise ConfigError(
-                "model.reference is set but lora.reference=disabled_adapters uses the base UNet; "
+                "model.reference is set but lora.reference=disabled_adapters uses the base denoiser; "
                 "set lora.reference=frozen_copy to use the given reference"
             )
         return self
 
+    def _expand_home(self) -> None:
+        """``~`` in a path field is the user's home (a shell expands it only at a word's start, so
+        ``output_dir=~/runs/x`` would otherwise make a folder named ``~``)."""
+        def home(path: Optional[str]) -> Optional[str]:
+            return None if path is None else os.path.expanduser(path)
+
+        self.output_dir = home(self.output_dir)
+        self.data.train = [home(p) for p in self.data.train]
+        self.data.cache_dir = home(self.data.cache_dir)
+        self.checkpoint.resume = home(self.checkpoint.resume)
+        for name in ("pretrained", "denoiser", "reference", "vae"):
+            setattr(self.model, name, home(getattr(self.model, name)))
+
     def resolved(self, family=None) -> "TrainConfig":
         """A copy with the mode-dependent paper defaults filled in (full: A.1; LoRA: the study), and with
-        ``family`` (a :class:`~kto_lab.sd.families.ModelFamily`) the family's default resolution and timestep
-        density; a ``schedule.*`` option of the other kind of schedule is a one-line error, a beta outside
-        the family's useful range a one-line warning."""
+        ``family`` (a :class:`~kto_lab.sd.families.ModelFamily`) the family's defaults where unset (resolution,
+        compile blocks, LoRA targets, validation guidance, the schedule's timestep options); a ``schedule.*``
+        option of another kind of schedule is a one-line error, a beta outside the family's useful range a
+        one-line warning."""
         cfg = dataclasses.replace(self, optim=dataclasses.replace(self.optim), lora=dataclasses.replace(self.lora),
                                   data=dataclasses.replace(self.data), schedule=dataclasses.replace(self.schedule),
-                                  model=dataclasses.replace(self.model))
+                                  model=dataclasses.replace(self.model), logging=dataclasses.replace(self.logging))
         if family is not None:
             if cfg.data.resolution is None:
                 cfg.data.resolution = family.default_resolution
-            if cfg.model.compile_blocks == list(REPEATED_BLOCKS):  # the UNets' blocks: the family's own
+            if cfg.model.compile_blocks is None:
                 cfg.model.compile_blocks = list(family.compile_blocks)
+            if cfg.lora.target_modules is None:
+                cfg.lora.target_modules = list(family.lora_target_modules)
+            if cfg.logging.validation_guidance_scale is None:
+                cfg.logging.validation_guidance_scale = family.validation_guidance_scale
             cfg.schedule.check_family(family)
-            if family.flow_matching:  # the values the run uses, in config.yaml and the resume check
-                flow = cfg.schedule._flow_schedule()
-                for k in ScheduleConfig.FLOW_FIELDS:
-                    setattr(cfg.schedule, k, getattr(flow, k))
+            for k, v in family.schedule_type.default_options().items():  # what the run uses, in config.yaml
+                if getattr(cfg.schedule, k) is None:
+                    setattr(cfg.schedule, k, v)
             if family.beta_range and cfg.objective.objective in ("kto", "dpo"):
                 warn_outside("objective.beta", cfg.objective.beta, *family.beta_range, family.beta_range_source)
         lora = cfg.lora.enabled
@@ -341,9 +375,33 @@ class TrainConfig:
             cfg.optim.weight_decay = 0.01 if lora else 0.0
         if cfg.lora.alpha is None:
             cfg.lora.alpha = float(cfg.lora.rank)
+        message = schedule_warning(cfg.optim)
+        if message:
+            warn_once(message)
         return cfg
+
+
+def schedule_warning(o: OptimConfig) -> Optional[str]:
+    """What to say about a run that ends inside its warm-up (``optim.warmup_steps >= optim.max_steps``; None
+    otherwise). The warm-up of every schedule here (diffusers') is linear from 0, optimizer step k using
+    ``(k - 1) / warmup_steps`` of ``learning_rate``, so the peak is ``(max_steps - 1) / warmup_steps`` of it;
+    below :data:`NO_OP_LR_SHARE` the run is also called close to a no-op. After the warm-up every schedule
+    starts at the full rate, so a run longer than its warm-up gets no warning."""
+    if o.warmup_steps < o.max_steps:
+        return None
+    share = (o.max_steps - 1) / o.warmup_steps
+    message = (f"optim.warmup_steps={o.warmup_steps} >= optim.max_steps={o.max_steps}: the run ends inside its warm-up, "
+               f"its learning rate peaking at {share * o.learning_rate:.2g} ({share:.1%} of optim.learning_rate="
+               f"{o.learning_rate:g})")
+    if share < NO_OP_LR_SHARE:
+        message += "; the weights will barely move (close to a no-op)"
+    return message + ": lower optim.warmup_steps or raise optim.max_steps"
 
 
 def load_train_config(config: Any = None, overrides: Sequence[str] | Dict[str, Any] = ()) -> TrainConfig:
     """``TrainConfig`` | YAML path | dict (+ overrides) -> a validated ``TrainConfig``."""
     return load_config_from(TrainConfig, config, overrides)
+
+
+# dotted old name -> new name of each renamed field (a resumed run's checkpoint may hold the old names)
+RENAMED_FIELDS = renamed_fields(TrainConfig)

@@ -1,6 +1,7 @@
 """Batches for the SD trainer: images -> tensors, gamma sampling, the missing-image policy.
 
-A *batch* is a dict of tensors (what :meth:`kto_lab.sd.trainer.Trainer.step` takes):
+A *batch* is a dict of tensors (what :meth:`kto_lab.sd.trainer.Trainer.step` takes, and
+:class:`kto_lab.sd.encoding.BatchEncoder` turns into the step's latents and conditioning):
 
     pixel_values (B,3,H,W) in [-1,1]   or  latents (B,C,h,w)  or  latent_moments (B,2C,h,w)
     input_ids (B,L)                    or  encoder_hidden_states (B,L,D)
@@ -41,7 +42,6 @@ from ..config import ConfigError
 from ..data.sampler import GammaSampler, check_classes, sampling_gamma
 from ..data.tables import DataError
 from ..objectives import csft_caption
-from .families import FAMILIES
 
 Tensor = torch.Tensor
 
@@ -100,6 +100,19 @@ def geometry(crops: Sequence[CroppedImage], keys: Sequence[str], suffix: str = "
     return {k + suffix: torch.tensor([getattr(c, k) for c in crops], dtype=torch.long) for k in keys}
 
 
+def image_batch(family, tokenizers: Sequence, crops: Sequence[CroppedImage], captions: Sequence[str],
+                crops_l: Optional[Sequence[CroppedImage]] = None) -> Dict[str, Tensor]:
+    """Cropped images and their captions as a batch for ``family`` (:class:`kto_lab.sd.encoding.BatchEncoder`
+    reads it): ``pixel_values``, each text tower's token ids and the images' geometry; ``crops_l``: the losers
+    of pairs (``pixel_values_l`` and their geometry, ``_l``)."""
+    batch = {"pixel_values": torch.stack([c.pixels for c in crops]),
+             **family.tokenize(tokenizers, captions), **geometry(crops, family.image_keys)}
+    if crops_l is not None:
+        batch["pixel_values_l"] = torch.stack([c.pixels for c in crops_l])
+        batch.update(geometry(crops_l, family.image_keys, "_l"))
+    return batch
+
+
 def drop_caption(caption: str, p: float, generator: torch.Generator) -> str:
     """The empty caption with probability ``p`` (no random draw when ``p`` is 0)."""
     return "" if p > 0 and float(torch.rand((), generator=generator)) < p else caption
@@ -139,18 +152,13 @@ class _TableSource:
     table = None
 
     def _setup(self, tokenizer, family, caption_dropout: float) -> None:
-        """``tokenizer``: one tokenizer, or one per text tower of ``family`` (default SD 1.x/2.x)."""
-        self.family = family or FAMILIES["sd"]
+        """``tokenizer``: one tokenizer, or one per text tower of ``family``."""
+        self.family = family
         self.tokenizers = tuple(tokenizer) if isinstance(tokenizer, (list, tuple)) else (tokenizer,)
         self.caption_dropout = caption_dropout
 
     def _batch(self, crops: List[CroppedImage], captions: List[str], crops_l=None) -> Dict[str, Tensor]:
-        batch = {"pixel_values": torch.stack([c.pixels for c in crops]),
-                 **self.family.tokenize(self.tokenizers, captions), **geometry(crops, self.family.image_keys)}
-        if crops_l is not None:
-            batch["pixel_values_l"] = torch.stack([c.pixels for c in crops_l])
-            batch.update(geometry(crops_l, self.family.image_keys, "_l"))
-        return batch
+        return image_batch(self.family, self.tokenizers, crops, captions, crops_l)
 
     @property
     def skipped(self) -> int:
@@ -161,8 +169,8 @@ class RecordSource(_TableSource):
     """Gamma-sampled batches of per-image feedback records (KTO, SFT, CSFT, BCE)."""
 
     def __init__(
-        self, table, tokenizer, transform: ImageTransform, *, batch_size: int, gamma: float = 0.8,
-        seed: int = 0, csft: bool = False, family=None, caption_dropout: float = 0.0,
+        self, table, tokenizer, transform: ImageTransform, *, family, batch_size: int, gamma: float = 0.8,
+        seed: int = 0, csft: bool = False, caption_dropout: float = 0.0,
     ):
         self.table, self.transform = table, transform
         self._setup(tokenizer, family, caption_dropout)
@@ -217,7 +225,7 @@ class RecordSource(_TableSource):
 class PairSource(_TableSource):
     """Uniformly drawn (winner, loser) pairs sharing a caption (Diffusion-DPO, SPIN)."""
 
-    def __init__(self, table, tokenizer, transform: ImageTransform, *, batch_size: int, seed: int = 0, family=None,
+    def __init__(self, table, tokenizer, transform: ImageTransform, *, family, batch_size: int, seed: int = 0,
                  caption_dropout: float = 0.0):
         if len(table) == 0:
             raise DataError(f"pair table {table!r} is empty")
@@ -272,8 +280,11 @@ def open_table(paths: List[str], objective: str, on_missing_image: str):
             raise DataError(f"objective={objective} trains on per-image labels, but {path} is a pair table "
                             f"({', '.join(PAIR_COLUMNS)}); give a record table ({', '.join(RECORD_COLUMNS)}), "
                             "e.g. from `kto-lab data pickapic`, or set objective.objective=dpo")
-    loader = load_pairs if pairs else load_records
-    return loader(paths if len(paths) > 1 else paths[0], on_missing_image=on_missing_image)
+    if not pairs:
+        return load_records(paths if len(paths) > 1 else paths[0], on_missing_image=on_missing_image)
+    table = load_pairs(paths if len(paths) > 1 else paths[0], on_missing_image=on_missing_image)
+    table.check_distinct()  # a pair of one image teaches nothing
+    return table
 
 
 def open_train_table(cfg):

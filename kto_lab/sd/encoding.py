@@ -1,24 +1,28 @@
-"""From Stable Diffusion components to what :func:`kto_lab.step.objective_step` consumes.
+"""From a batch to what :func:`kto_lab.step.objective_step` consumes, for any model family.
 
-* :func:`encode_prompts`: captions -> CLIP text embeddings (the UNet's ``encoder_hidden_states``).
-* :func:`encode_images`: pixels in [-1, 1] -> VAE latents ``(z - shift_factor) * scaling_factor``
-  (the ``x_0`` of latent diffusion, Diffusion-KTO sec. 3.1; only SD3's VAE has a shift).
-* :func:`unet_denoiser` / :func:`transformer_denoiser` / :func:`reference_denoiser`: wrap a
-  ``UNet2DConditionModel`` or SD3's ``SD3Transformer2DModel`` as a denoiser ``fn(x_t, t, cond) ->
-  prediction``; the reference variant runs the same model with its LoRA adapters disabled (an exact,
-  free reference for LoRA runs; ``DESIGN.md``).
+* :class:`BatchEncoder`: a batch dict (``kto_lab.sd.data``'s sources, the latent cache, a benchmark's tensors)
+  -> :class:`StepInputs`: latents and the family's conditioning, the losers' too for pairs. The trainer and the
+  implicit-reward evaluation both use it, so a step's inputs are made one way.
+* :func:`encode_images`: pixels in [-1, 1] -> VAE latents ``(z - shift_factor) * scaling_factor`` (the ``x_0`` of
+  latent diffusion, Diffusion-KTO sec. 3.1; SD3's and Flux's VAEs have a shift); :func:`sample_latents` draws
+  them from cached posterior moments.
+* :func:`tokenize`, :func:`embed_input_ids`: the text towers' common steps.
+* :func:`reference_denoiser`: a denoiser run with the model's LoRA adapters disabled (an exact, free reference for
+  LoRA runs; ``DESIGN.md``); :func:`unwrap_model`, :func:`model_dtype`.
 
-These are used by the trainer, the latent cache and the evaluation (implicit-reward accuracy).
+What differs between families (their text towers, conditioning and denoiser call) is in
+:mod:`kto_lab.sd.families`; nothing here names a family.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
-from ..step import Denoiser
+from ..step import Cond, Denoiser
 
 Tensor = torch.Tensor
 
@@ -36,18 +40,6 @@ def tokenize(tokenizer, captions: Sequence[str], max_length: Optional[int] = Non
 def embed_input_ids(text_encoder, input_ids: Tensor) -> Tensor:
     """``input_ids`` -> last hidden state of the text encoder (what SD's UNet cross-attends to)."""
     return text_encoder(input_ids.to(text_encoder.device), return_dict=False)[0]
-
-
-@torch.no_grad()
-def encode_prompts(tokenizer, text_encoder, captions: Sequence[str], device=None) -> Tensor:
-    """Captions -> ``encoder_hidden_states`` of shape ``(B, max_length, hidden)``, no grad.
-
-    ``device``: where the result goes (default: the text encoder's device).
-    """
-    if isinstance(captions, str):
-        raise TypeError("encode_prompts expects a sequence of captions, not a single string")
-    hidden = embed_input_ids(text_encoder, tokenize(tokenizer, captions))
-    return hidden if device is None else hidden.to(device)
 
 
 def latent_scale(vae_config) -> Tuple[float, float]:
@@ -73,59 +65,119 @@ def encode_images(vae, pixel_values: Tensor, mode: str = "sample", generator: Op
     return (latents - shift) * scale if shift else latents * scale
 
 
-def unet_denoiser(unet) -> Denoiser:
-    """``UNet2DConditionModel`` -> ``fn(x_t, t, cond) -> prediction``.
+def sample_latents(moments: Tensor, scaling_factor: float, mode: str = "sample",
+                   generator: Optional[torch.Generator] = None, shift_factor: float = 0.0) -> Tensor:
+    """VAE posterior moments (mean, logvar along channels) -> latents ``(z - shift_factor) * scaling_factor``
+    (diffusers' ``DiagonalGaussianDistribution``: logvar clamped to [-30, 20]; only SD3's VAE has a shift)."""
+    mean, logvar = torch.chunk(moments.float(), 2, dim=1)
+    if mode == "mode":
+        z = mean
+    else:
+        std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
+        z = mean + std * torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+    return (z - shift_factor) * scaling_factor if shift_factor else z * scaling_factor
 
-    ``cond``: the ``encoder_hidden_states`` tensor (SD 1.x/2.x), or a dict of them plus the UNet's added
-    conditions (SDXL: ``text_embeds``, ``time_ids``; see :mod:`kto_lab.sd.families`). Inputs are cast to
-    the UNet's dtype (a bf16 reference takes fp32 latents), except ``time_ids``, which stay exact; the
-    prediction keeps the UNet's dtype (errors are computed in fp32 by ``denoising_error``).
+
+# --- a batch -> the step's inputs ---------------------------------------------------------
+
+
+@dataclass
+class StepInputs:
+    """A batch as :func:`kto_lab.step.objective_step` takes it."""
+
+    x0: Tensor  # latents (B, C, h, w), fp32
+    cond: Cond  # the family's conditioning, batch-first
+    x0_loser: Optional[Tensor] = None  # pairs (DPO): the losers' latents
+    cond_loser: Cond = None  # the losers' conditioning where it differs from ``cond`` (their own geometry), else None
+
+
+class BatchEncoder:
+    """Turns a batch into :class:`StepInputs` for ``family``.
+
+    Latents come from ``latents`` (ready), ``latent_moments`` (a cache's VAE posterior moments, sampled here)
+    or ``pixel_values`` (encoded by ``vae``); the text part of the conditioning from the family's ``text_keys``
+    (cached) or from each tower's token ids (encoded by ``text_encoders``); the conditioning adds the images'
+    geometry (the family's ``image_keys``). A pair's losers have the same keys with the suffix ``_l``.
+    Random draws (posterior samples) come from the ``generator`` of each call, in a fixed order: winners'
+    latents, losers', then the text.
     """
 
-    def denoise(x_t: Tensor, t: Tensor, cond) -> Tensor:
-        dtype = _dtype_of(unet)
-        if isinstance(cond, dict):
-            added = {k: v if k == "time_ids" else v.to(dtype) for k, v in cond.items() if k != "encoder_hidden_states"}
-            return unet(x_t.to(dtype), t, encoder_hidden_states=cond["encoder_hidden_states"].to(dtype),
-                        added_cond_kwargs=added, return_dict=False)[0]
-        cond = None if cond is None else cond.to(dtype)
-        return unet(x_t.to(dtype), t, encoder_hidden_states=cond, return_dict=False)[0]
+    def __init__(self, family, *, device, resolution: int, latent_mode: str = "sample", vae=None,
+                 text_encoders: Sequence = (), scaling_factor: Optional[float] = None, shift_factor: float = 0.0):
+        self.family, self.device, self.resolution, self.latent_mode = family, device, resolution, latent_mode
+        self.vae, self.text_encoders = vae, list(text_encoders)
+        self.scaling_factor, self.shift_factor = scaling_factor, shift_factor  # of cached moments
 
-    return denoise
+    def latents(self, batch: Dict[str, Tensor], suffix: str = "",
+                generator: Optional[torch.Generator] = None) -> Optional[Tensor]:
+        """The images' latents ``x0`` (``suffix="_l"``: the losers', None when the batch has none)."""
+        if "latents" + suffix in batch:
+            return batch["latents" + suffix].to(self.device, torch.float32)
+        if "latent_moments" + suffix in batch:
+            if self.scaling_factor is None:
+                raise ValueError("batch has latent_moments but no VAE scaling factor is known (no VAE, no manifest)")
+            return sample_latents(batch["latent_moments" + suffix].to(self.device), self.scaling_factor,
+                                  self.latent_mode, generator, self.shift_factor)
+        if "pixel_values" + suffix in batch:
+            if self.vae is None:
+                raise ValueError("batch has pixel_values but no VAE was loaded")
+            return encode_images(self.vae, batch["pixel_values" + suffix], self.latent_mode, generator).float()
+        if suffix:
+            return None
+        raise KeyError(f"batch needs latents, latent_moments or pixel_values; got keys {sorted(batch)}")
+
+    def text(self, batch: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        """The text part of the conditioning: cached, or encoded from the token ids."""
+        f = self.family
+        if all(k in batch for k in f.text_keys):
+            return {k: batch[k].to(self.device) for k in f.text_keys}
+        ids = [t.ids_key for t in f.towers]
+        if all(k in batch for k in ids):
+            if not self.text_encoders or any(e is None for e in self.text_encoders):
+                raise ValueError(f"batch has {ids} but no text encoder was loaded")
+            with torch.no_grad():
+                return f.encode_ids(self.text_encoders, {k: batch[k].to(self.device) for k in ids})
+        raise KeyError(f"batch needs {list(f.text_keys)} or {ids}; got keys {sorted(batch)}")
+
+    def cond(self, batch: Dict[str, Tensor], text: Dict[str, Tensor], suffix: str = ""):
+        """The family's conditioning of the images ``suffix`` ("" or the losers' "_l") of ``batch``."""
+        keys = [k + suffix for k in self.family.image_keys]
+        missing = [k for k in keys if k not in batch]
+        if missing:
+            raise KeyError(f"batch needs the images' geometry {missing} ({self.family.name}); got keys {sorted(batch)}")
+        geometry = {k: batch[k + suffix].to(self.device) for k in self.family.image_keys}
+        return self.family.cond(text, geometry, self.resolution)
+
+    def __call__(self, batch: Dict[str, Tensor], generator: Optional[torch.Generator] = None) -> StepInputs:
+        x0 = self.latents(batch, generator=generator)
+        x0_loser = self.latents(batch, "_l", generator)
+        text = self.text(batch)
+        cond = self.cond(batch, text)
+        # losers share their winner's caption; only per-image geometry can make their conditioning differ
+        cond_loser = self.cond(batch, text, "_l") if x0_loser is not None and self.family.image_keys else None
+        return StepInputs(x0, cond, x0_loser, cond_loser)
 
 
-def transformer_denoiser(transformer) -> Denoiser:
-    """SD3's ``SD3Transformer2DModel`` -> ``fn(x_t, t, cond) -> velocity``; ``cond``: a dict with
-    ``encoder_hidden_states`` and ``pooled_projections``, ``t`` in the model's units (``t * 1000``, as
-    the pipeline passes its scheduler's timesteps). Casts as :func:`unet_denoiser`."""
-
-    def denoise(x_t: Tensor, t: Tensor, cond) -> Tensor:
-        dtype = _dtype_of(transformer)
-        return transformer(hidden_states=x_t.to(dtype), timestep=t,
-                           encoder_hidden_states=cond["encoder_hidden_states"].to(dtype),
-                           pooled_projections=cond["pooled_projections"].to(dtype), return_dict=False)[0]
-
-    return denoise
+# --- LoRA reference, wrappers ---------------------------------------------------------------
 
 
 @contextmanager
-def adapters_disabled(unet):
-    """Run ``unet`` as its base model: LoRA adapters off inside the block, back on after."""
-    base = unwrap_model(unet)
+def adapters_disabled(model):
+    """Run ``model`` as its base model: LoRA adapters off inside the block, back on after."""
+    base = unwrap_model(model)
     base.disable_adapters()
     try:
-        yield unet
+        yield model
     finally:
         base.enable_adapters()
 
 
-def reference_denoiser(unet, policy: Optional[Denoiser] = None) -> Denoiser:
-    """The reference for a LoRA run: the policy UNet (called by ``policy``, default
-    :func:`unet_denoiser`) with its adapters disabled (exact)."""
-    policy = policy or unet_denoiser(unet)
+def reference_denoiser(model, policy: Denoiser) -> Denoiser:
+    """The reference for a LoRA run: the policy denoiser ``policy`` (which calls ``model``) with ``model``'s adapters
+    disabled (exact)."""
 
     def denoise(x_t: Tensor, t: Tensor, cond) -> Tensor:
-        with adapters_disabled(unet):
+        with adapters_disabled(model):
             return policy(x_t, t, cond)
 
     return denoise
@@ -142,7 +194,8 @@ def unwrap_model(model):
             return model
 
 
-def _dtype_of(model) -> torch.dtype:
+def model_dtype(model) -> torch.dtype:
+    """The dtype of ``model``'s weights (under DDP / torch.compile wrappers): what a family casts its inputs to."""
     base = unwrap_model(model)
     dtype = getattr(base, "dtype", None)
     return dtype if isinstance(dtype, torch.dtype) else next(base.parameters()).dtype

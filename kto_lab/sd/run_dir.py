@@ -6,7 +6,8 @@ may do with ``cfg.output_dir``:
 * a directory without a run's files: a new run (a fresh run id);
 * a used one (config, metrics, checkpoints or weights of an earlier run): refused, unless
   ``checkpoint.resume`` continues that run or ``overwrite=True`` (``kto-lab train --overwrite``)
-  deletes its files first;
+  deletes its files first: only what a run wrote, and nothing before every check has passed
+  (:mod:`kto_lab.sd.run_files`: the ledger, the user's files, links, inputs);
 * a resume continues the same run or is refused: the run-defining fields of the config
   (everything but :data:`MAY_CHANGE_ON_RESUME`) are compared with the ones saved in the
   checkpoint, and every difference is listed with its old and new value;
@@ -20,7 +21,6 @@ import dataclasses
 import gc
 import json
 import os
-import shutil
 import socket
 import sys
 import time
@@ -31,21 +31,24 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
-from ..config import ConfigError
+from ..config import ConfigError, resolved_paths
+from ..data.tables import fingerprint_changes
+from . import run_files
 from .checkpoints import latest_checkpoint, problem, read_manifest
 from .components import LORA_WEIGHTS
+from .families import DENOISER_FOLDERS
 
 LOCK = "run.lock"
-# Files that mark output_dir as used by a run, and everything a run writes there (what
-# ``overwrite`` deletes; other files stay).
-# (a full fine-tune's weights: unet/, SD3's transformer/)
-RUN_MARKERS = ("config.yaml", "metrics.jsonl", "metrics.csv", "checkpoints", "unet", "transformer", LORA_WEIGHTS)
-RUN_FILES = RUN_MARKERS + ("validation", "logs", "README.md", ".tmp-unet", ".tmp-transformer")
+# Files that mark output_dir as used by a run (a full fine-tune's weights: the family's denoiser folder, unet/,
+# transformer/, ...); what a run writes and what --overwrite deletes: kto_lab.sd.run_files
+RUN_MARKERS = ("config.yaml", "metrics.jsonl", "metrics.csv", "checkpoints", *DENOISER_FOLDERS, LORA_WEIGHTS)
 # Config fields a resumed run may change (prefixes end with a dot); every other field defines the run.
 MAY_CHANGE_ON_RESUME = ("output_dir", "cpu", "optim.max_steps", "optim.allow_tf32", "model.compile",
                         "model.compile_mode", "model.compile_blocks", "model.channels_last",
                         "model.gradient_checkpointing", "logging.", "checkpoint.")
 RESUME_HINT = "resume with checkpoint.resume=latest, or choose another output_dir, or pass --overwrite"
+# Fields holding local paths (or hub ids): equal when they name the same file, however written.
+PATH_FIELDS = ("data.train", "data.cache_dir", "model.pretrained", "model.denoiser", "model.reference", "model.vae")
 
 
 class RunDirError(ConfigError):
@@ -53,24 +56,19 @@ class RunDirError(ConfigError):
 
 
 def final_weights(output_dir: str | Path) -> Optional[Path]:
-    """A finished run's weights in ``output_dir`` (``unet/``, SD3's ``transformer/`` or the LoRA file), if any."""
+    """A finished run's weights in ``output_dir`` (its denoiser folder, ``unet/``, ``transformer/``, ..., or the
+    LoRA file), if any."""
     out = Path(output_dir)
-    for denoiser in ("unet", "transformer"):
+    for denoiser in DENOISER_FOLDERS:
         if (out / denoiser / "config.json").is_file():
             return out / denoiser
     return out / LORA_WEIGHTS if (out / LORA_WEIGHTS).is_file() else None
 
 
 def used_by(output_dir: Path) -> List[str]:
-    """The files of an earlier run found in ``output_dir`` (empty: the directory is free)."""
-    return [name for name in RUN_MARKERS if (output_dir / name).exists()]
-
-
-def clear(output_dir: Path) -> None:
-    """Delete what a run writes in ``output_dir`` (:data:`RUN_FILES`); keep everything else."""
-    for name in RUN_FILES:
-        p = output_dir / name
-        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    """The files of an earlier kto_lab run found in ``output_dir`` (empty: the directory is free)."""
+    mine = run_files.owned(output_dir)
+    return [name for name in RUN_MARKERS if name in mine and (output_dir / name).exists()]
 
 
 # ----------------------------------------------------------------------------------------
@@ -168,17 +166,21 @@ def flatten(config: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
 
 def config_differences(old: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
     """``"field: old -> new"`` for each run-defining field that differs, and for a smaller
-    ``optim.max_steps``. Fields the old config lacks (added to kto_lab since) count as their default."""
-    from .config import TrainConfig
+    ``optim.max_steps``. Fields the old config lacks (added to kto_lab since) count as their default; a field
+    renamed since (``model.unet``) is compared under its new name; path fields (:data:`PATH_FIELDS`) are
+    compared as resolved paths, so ``records.csv`` and its absolute path are the same file."""
+    from .config import RENAMED_FIELDS, TrainConfig
 
     defaults = flatten(dataclasses.asdict(TrainConfig()))
-    old_flat, new_flat = flatten(old), flatten(new)
+    old_flat, new_flat = {RENAMED_FIELDS.get(k, k): v for k, v in flatten(old).items()}, flatten(new)
     out = []
     for key, value in new_flat.items():
         before = old_flat.get(key, defaults.get(key))
         if key == "optim.max_steps":
             if value < before:
                 out.append(f"optim.max_steps: {before} -> {value} (it may only grow)")
+        elif key in PATH_FIELDS and resolved_paths(before) == resolved_paths(value):
+            continue
         elif before != value and not any(key == m or (m.endswith(".") and key.startswith(m))
                                           for m in MAY_CHANGE_ON_RESUME):
             out.append(f"{key}: {before!r} -> {value!r}")
@@ -186,10 +188,14 @@ def config_differences(old: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
 
 
 def _check_same_run(old: Dict[str, Any], cfg, source: str, num_processes: Optional[int] = None,
-                    now_processes: int = 1) -> None:
+                    now_processes: int = 1, old_data: Optional[list] = None, data: Optional[list] = None) -> None:
+    """Refuse a resume that would make another run: other settings, processes or data content
+    (``old_data``/``data``: the tables' fingerprints then and now; compared when both are known)."""
     diffs = config_differences(old, dataclasses.asdict(cfg))
     if num_processes is not None and num_processes != now_processes:
         diffs.append(f"number of processes: {num_processes} -> {now_processes}")
+    if old_data is not None and data is not None and not any(d.startswith("data.train:") for d in diffs):
+        diffs += [f"data.train: {change}" for change in fingerprint_changes(old_data, data)]
     if diffs:
         finished = final_weights(cfg.output_dir)
         keep = f"; the final weights in {finished} are kept" if finished else ""
@@ -220,16 +226,18 @@ def check_resume_path(cfg) -> Optional[Path]:
     return Path(resume)
 
 
-def claim_output_dir(cfg, *, overwrite: bool = False, num_processes: int = 1) -> Claim:
+def claim_output_dir(cfg, *, overwrite: bool = False, num_processes: int = 1, data: Optional[list] = None) -> Claim:
     """Lock ``cfg.output_dir`` and decide: a new run, a continued one, or a one-line refusal.
-    Main process only; touches no model. The lock is released again if the claim is refused."""
+    ``data``: the fingerprint of ``data.train`` (:meth:`~kto_lab.data.records.ImageTable.fingerprint`),
+    compared with the one a checkpoint holds. Main process only; touches no model. The lock is released
+    again if the claim is refused."""
     out = Path(cfg.output_dir)
     explicit = check_resume_path(cfg)
+    run_files.check(cfg, out)
     lock = RunLock(out)
     lock.acquire()
     try:
-        if overwrite:
-            clear(out)
+        written = run_files.prepare(cfg, out, overwrite=overwrite)
         checkpoint = None
         if explicit is not None:
             why = problem(explicit)
@@ -250,27 +258,31 @@ def claim_output_dir(cfg, *, overwrite: bool = False, num_processes: int = 1) ->
                 _check_same_run(yaml.safe_load((out / "config.yaml").read_text()), cfg, f"{out} (its config.yaml)")
             print(f"kto_lab: {out} has no checkpoint yet: the run starts again from step 0", file=sys.stderr)
         if checkpoint is None:
-            return Claim(uuid.uuid4().hex[:12], None, lock)
-        manifest = read_manifest(checkpoint)
-        _check_same_run(manifest["config"], cfg, str(checkpoint), manifest["num_processes"], num_processes)
-        return Claim(manifest["run_id"], checkpoint, lock)
+            claim = Claim(uuid.uuid4().hex[:12], None, lock)
+        else:
+            manifest = read_manifest(checkpoint)
+            _check_same_run(manifest["config"], cfg, str(checkpoint), manifest["num_processes"], num_processes,
+                            manifest.get("data"), data)
+            claim = Claim(manifest["run_id"], checkpoint, lock)
+        run_files.record(out, written)
+        return claim
     except BaseException:
         lock.release()
         raise
 
 
-def claim_on_main(cfg, accelerator, *, overwrite: bool = False) -> Claim:
+def claim_on_main(cfg, accelerator, *, overwrite: bool = False, data: Optional[list] = None) -> Claim:
     """:func:`claim_output_dir` on the main process; the other processes get its decision (or its
     message), so every rank resumes the same checkpoint or stops with the same error."""
     acc = accelerator
     if acc.num_processes == 1:
-        return claim_output_dir(cfg, overwrite=overwrite)
+        return claim_output_dir(cfg, overwrite=overwrite, data=data)
     from accelerate.utils import broadcast_object_list
 
     claim, error, payload = None, None, [None]
     if acc.is_main_process:
         try:
-            claim = claim_output_dir(cfg, overwrite=overwrite, num_processes=acc.num_processes)
+            claim = claim_output_dir(cfg, overwrite=overwrite, num_processes=acc.num_processes, data=data)
             payload = [(claim.run_id, None if claim.checkpoint is None else str(claim.checkpoint), None)]
         except Exception as exc:  # re-raised below, once the other ranks have the message
             error, payload = exc, [(None, None, str(exc))]

@@ -13,11 +13,11 @@ from .cache import CachedSource
 from .data import ImageTransform, PairSource, RecordSource, open_table
 
 
-def make_source(cfg, tokenizer, rank: int = 0, table=None, family=None):
+def make_source(cfg, tokenizer, rank: int = 0, table=None, *, family):
     """The configured source: a cache if ``data.cache_dir`` holds one, else the table(s) (``table``:
     already opened by :func:`open_train_table`).
 
-    ``tokenizer``: one per text tower of ``family`` (default SD 1.x/2.x). Each process gets its own
+    ``tokenizer``: one per text tower of ``family`` (the run's model family). Each process gets its own
     seed (``data.seed + 1000 * rank``) so ranks draw different samples.
     """
     seed = cfg.data.seed + 1000 * rank

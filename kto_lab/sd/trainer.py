@@ -4,13 +4,12 @@
     trainer.fit()                                            # or: kto_lab.train(config)
 
 One step (:meth:`Trainer.step`) takes a batch dict (``kto_lab.sd.data``), turns it into latents
-and the model family's conditioning (SD 1.x/2.x: text embeddings; SDXL: text states, pooled
-embedding and size/crop time ids; SD3: CLIP and T5 states and pooled projections;
+and the model family's conditioning (:class:`kto_lab.sd.encoding.BatchEncoder`, with the family of
 :mod:`kto_lab.sd.families`; the encoders are skipped when the batch comes cached), and calls the shared
-:func:`kto_lab.step.objective_step` with the UNet (SD3: its transformer, a rectified flow whose
-errors are velocity errors) as the policy and, for KTO and DPO, the
+:func:`kto_lab.step.objective_step` with the family's denoiser (SD's UNet, SD3's transformer) as the policy
+and, for KTO and DPO, the
 reference: a frozen low-precision copy kept on the device (full fine-tune, or LoRA with
-``lora.reference=frozen_copy``) or the same UNet with its LoRA adapters disabled. The
+``lora.reference=frozen_copy``) or the same denoiser with its LoRA adapters disabled. The
 reference point comes from unrelated pairs (captions rolled inside the batch; with one sample per
 device, another process's or the previous micro-batch's captions) and is averaged across processes
 (Diffusion-KTO sec. 4.1). Mixed precision, gradient accumulation and
@@ -32,6 +31,9 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import signal
+import sys
+import time
 import weakref
 from dataclasses import dataclass, asdict
 from pathlib import Path
@@ -43,15 +45,15 @@ import yaml
 from .. import objectives as O
 from ..config import ConfigError
 from ..step import cond_batch_size, map_cond, objective_step, roll_cond
-from .cache import sample_latents
-from .checkpoints import CHECKPOINT_PREFIX, CheckpointError, commit, is_disk_full, prune, write_manifest
+from .checkpoints import CHECKPOINT_PREFIX, commit, link_or_copy, prune, raise_if_disk_full, write_manifest
 from .components import (Components, LORA_WEIGHTS, add_lora, cast_trainable_to_fp32, check_model_config, frozen_reference,
-                         load_components, load_lora, move, save_lora, save_unet)
+                         load_components, load_lora, move, save_denoiser, save_lora)
 from .config import TrainConfig, load_train_config
-from .encoding import encode_images, latent_scale, unwrap_model
+from .encoding import BatchEncoder, latent_scale, unwrap_model
 from .families import resolve_family
+from .interrupts import ASSUMED_WRITE_SPEED, SAVE_BUDGET_S, TrainingInterrupted, on_sigterm
 from .run_dir import check_resume_path, claim_on_main, flatten
-from .speed import compile_unet
+from .speed import compile_denoiser
 
 Tensor = torch.Tensor
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -65,7 +67,7 @@ class TrainingDiverged(FloatingPointError):
 class TrainResult:
     output_dir: str
     global_step: int
-    weights: Optional[str]  # output_dir/unet (full; SD3: output_dir/transformer) or output_dir/pytorch_lora_weights.safetensors (LoRA)
+    weights: Optional[str]  # output_dir/<the family's denoiser folder: unet, transformer> (full) or the LoRA file
     metrics_path: str
     last_metrics: Dict[str, float]
     skipped_images: int
@@ -117,7 +119,6 @@ class Trainer:
         cfg = load_train_config(config, overrides).resolved()
         self.cfg = cfg
         check_resume_path(cfg)  # a bad path fails before loading
-        cache_ready = bool(cfg.data.cache_dir) and (Path(cfg.data.cache_dir) / "cache.json").is_file()
         family = components.family if components is not None else None
         if components is None:  # a missing local model, or one of another family, is named before anything loads
             family = check_model_config(cfg.model)
@@ -126,24 +127,40 @@ class Trainer:
         self.family = family
         # the family's defaults where unset (resolution, flow timesteps); its options only (schedule.*)
         self.cfg = cfg = cfg.resolved(family)
-        table = None
-        if source is None and not cache_ready:  # the table(s), checked before any model loads
-            from .data import open_train_table
-
-            table = open_train_table(cfg)
+        table, self.data_fingerprint = None, None
+        if source is None:  # the table(s) and the cache, checked before any model loads
+            table = self._check_data(cfg, family)
+        cache_ready = bool(cfg.data.cache_dir) and (Path(cfg.data.cache_dir) / "cache.json").is_file()
 
         if accelerator is not None and (trackers or cfg.logging.report_to):
             raise ConfigError("logging.report_to and trackers= need an Accelerator built by kto_lab; "
                               "with your own, pass log_with= to it")
         self.accelerator = acc = accelerator or make_accelerator(cfg, trackers)
         # output_dir is this run's (new, resumed, or refused) before any model loads
-        self.run = claim_on_main(cfg, acc, overwrite=overwrite)
+        self.run = claim_on_main(cfg, acc, overwrite=overwrite, data=self.data_fingerprint)
         weakref.finalize(self, self.run.release)  # an abandoned Trainer frees its output_dir
         try:
-            self._build(cfg, acc, components, source, cache_ready, table)
+            with on_sigterm(self._stop_now):  # while the models load: stop at once, releasing the lock
+                self._build(cfg, acc, components, source, cache_ready, table)
         except BaseException:
             self.close()
             raise
+
+    def _check_data(self, cfg: TrainConfig, family):
+        """Open and check ``data.train`` (:func:`~kto_lab.sd.data.open_train_table`; only its rows, when a built
+        cache is used), take its fingerprint (the run's and the cache's identity of the data) and check the
+        cache directory (``auto`` resolved in ``cfg``). Returns the table to train on, if any."""
+        from .cache import AUTO, check_cache_dir
+        from .data import open_table, open_train_table
+
+        d = cfg.data
+        built = bool(d.cache_dir) and d.cache_dir != AUTO and (Path(d.cache_dir) / "cache.json").is_file()
+        table = open_train_table(cfg) if not built else None
+        rows = table if table is not None else (open_table(d.train, cfg.objective.objective, d.on_missing_image)
+                                                if d.train else None)
+        self.data_fingerprint = None if rows is None else rows.fingerprint()
+        d.cache_dir = check_cache_dir(cfg, family, self.data_fingerprint)
+        return table
 
     def _build(self, cfg: TrainConfig, acc, components: Optional[Components], source, cache_ready: bool,
                table=None) -> None:
@@ -164,7 +181,8 @@ class Trainer:
         validating = cfg.logging.validation_every > 0 and bool(cfg.logging.validation_prompts)
         if components is None:
             need_encoders = validating or not cache_ready
-            components = load_components(cfg.model, need_text=need_encoders, need_vae=need_encoders, family=family)
+            components = load_components(cfg.model, need_text=need_encoders, need_vae=need_encoders, family=family,
+                                         resolution=cfg.data.resolution)
         self.components = c = components
         self.schedule = cfg.schedule.apply(c.schedule)  # schedule.* on the pipeline's schedule
         if cfg.schedule.prediction_type and c.scheduler_config is not None:  # validation samples what is trained
@@ -178,28 +196,28 @@ class Trainer:
         # x0 = (z - shift) * scale: from the VAE, or from the cache's manifest below
         self.shift_factor, self.scaling_factor = latent_scale(c.vae.config) if c.vae is not None else (0.0, None)
 
-        unet = c.unet
+        denoiser = c.denoiser
         needs_reference = O.NEEDS_REFERENCE[cfg.objective.objective]
         ref_dtype = self.weight_dtype if cfg.model.reference_dtype == "auto" else DTYPES[cfg.model.reference_dtype]
-        self.reference_unet = None
+        self.reference_denoiser = None
         if cfg.lora.enabled:
-            move(unet, self.device, self.weight_dtype)  # the frozen base in low precision
+            move(denoiser, self.device, self.weight_dtype)  # the frozen base in low precision
             if needs_reference and cfg.lora.reference == "frozen_copy":
-                self.reference_unet = frozen_reference(c.reference_unet or unet, ref_dtype, self.device)
-            add_lora(unet, cfg.lora.rank, cfg.lora.alpha, cfg.lora.target_modules)
-            cast_trainable_to_fp32(unet)
+                self.reference_denoiser = frozen_reference(c.reference_denoiser or denoiser, ref_dtype, self.device)
+            add_lora(denoiser, cfg.lora.rank, cfg.lora.alpha, cfg.lora.target_modules)
+            cast_trainable_to_fp32(denoiser)
         else:
             if needs_reference:  # copied before the policy moves: no transient fp32 copy on the device
-                self.reference_unet = frozen_reference(c.reference_unet or unet, ref_dtype, self.device)
-            move(unet, self.device, torch.float32).requires_grad_(True)
-        unet.train()
+                self.reference_denoiser = frozen_reference(c.reference_denoiser or denoiser, ref_dtype, self.device)
+            move(denoiser, self.device, torch.float32).requires_grad_(True)
+        denoiser.train()
         if cfg.model.gradient_checkpointing:
-            unet.enable_gradient_checkpointing()
+            denoiser.enable_gradient_checkpointing()
         if cfg.model.channels_last:  # in place: the optimizer below gets the same parameters
-            for model in (unet, self.reference_unet):
+            for model in (denoiser, self.reference_denoiser):
                 if model is not None:
                     model.to(memory_format=torch.channels_last)
-        self.trainable = [p for p in unet.parameters() if p.requires_grad]
+        self.trainable = [p for p in denoiser.parameters() if p.requires_grad]
 
         o = cfg.optim
         optimizer = make_optimizer(self.trainable, o, fused=self.device.type == "cuda")
@@ -207,19 +225,19 @@ class Trainer:
 
         self.lr_scheduler = get_scheduler(o.lr_scheduler, optimizer, num_warmup_steps=o.warmup_steps,
                                           num_training_steps=o.max_steps)
-        self.unet, self.optimizer = acc.prepare(unet, optimizer)
+        self.denoiser, self.optimizer = acc.prepare(denoiser, optimizer)
         if cfg.model.compile != "none":
-            self.compile_unets()
+            self.compile_denoisers()
         acc.register_save_state_pre_hook(self._save_model_hook)
         acc.register_load_state_pre_hook(self._load_model_hook)
 
-        self.policy = family.denoiser(self.unet)
+        self.policy = family.denoiser(self.denoiser)
         if not needs_reference:
             self.reference = None
-        elif self.reference_unet is not None:
-            self.reference = family.denoiser(self.reference_unet)
+        elif self.reference_denoiser is not None:
+            self.reference = family.denoiser(self.reference_denoiser)
         else:
-            self.reference = family.adapters_disabled_denoiser(self.unet)
+            self.reference = family.adapters_disabled_denoiser(self.denoiser)
         multi = acc.num_processes > 1
         self.reduce_mean = (lambda t: acc.reduce(t, "mean")) if multi else None
 
@@ -227,6 +245,8 @@ class Trainer:
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed * 1000 + acc.process_index)
         self.global_step = 0
         self.last_checkpoint: Optional[Path] = None
+        self._last_save_seconds: Optional[float] = None  # how long this process's last checkpoint took
+        self._sigterm = False  # a SIGTERM came during fit: stop after this step
         self._grad_norm: Optional[Tensor] = None
         self._lr = 0.0
         self._previous_cond = None  # unrelated captions for a one-sample batch on one process (_unrelated_cond)
@@ -247,63 +267,26 @@ class Trainer:
         if self.scaling_factor is None and manifest is not None:
             self.scaling_factor = float(manifest["scaling_factor"])
             self.shift_factor = float(manifest.get("shift_factor", 0.0))  # caches older than SD3 had none
+        self.inputs = BatchEncoder(family, device=self.device, resolution=cfg.data.resolution,
+                                   latent_mode=cfg.data.latent_mode, vae=c.vae, text_encoders=family.text_encoders(c),
+                                   scaling_factor=self.scaling_factor, shift_factor=self.shift_factor)
 
         if self.run.checkpoint is not None:
             self.load_checkpoint(self.run.checkpoint)
 
-    def compile_unets(self, how: Optional[str] = None, backend: str = "inductor") -> None:
-        """``torch.compile`` the policy UNet and a frozen reference copy as ``model.compile`` says
-        (``how`` overrides it: none | regional | full), in place (:func:`kto_lab.sd.speed.compile_unet`):
+    def compile_denoisers(self, how: Optional[str] = None, backend: str = "inductor") -> None:
+        """``torch.compile`` the policy denoiser and a frozen reference copy as ``model.compile`` says
+        (``how`` overrides it: none | regional | full), in place (:func:`kto_lab.sd.speed.compile_denoiser`):
         the denoisers, the adapters switch and the checkpoints keep seeing the same modules.
         ``backend``: torch.compile's (``benchmarks/sd_step.py --compile-backend``)."""
         m = self.cfg.model
-        for unet in (unwrap_model(self.unet), self.reference_unet):
-            if unet is not None:
-                compile_unet(unet, how or m.compile, mode=m.compile_mode, blocks=m.compile_blocks, backend=backend)
+        for model in (unwrap_model(self.denoiser), self.reference_denoiser):
+            if model is not None:
+                compile_denoiser(model, how or m.compile, mode=m.compile_mode, blocks=m.compile_blocks, backend=backend)
 
     # ------------------------------------------------------------------------------------
     # one step
     # ------------------------------------------------------------------------------------
-
-    def _latents(self, batch: Dict[str, Tensor], suffix: str = "") -> Optional[Tensor]:
-        mode = self.cfg.data.latent_mode
-        if "latents" + suffix in batch:
-            return batch["latents" + suffix].to(self.device, torch.float32)
-        if "latent_moments" + suffix in batch:
-            if self.scaling_factor is None:
-                raise ValueError("batch has latent_moments but the trainer has no VAE scaling factor")
-            return sample_latents(batch["latent_moments" + suffix].to(self.device), self.scaling_factor, mode,
-                                  self.generator, self.shift_factor)
-        if "pixel_values" + suffix in batch:
-            if self.components.vae is None:
-                raise ValueError("batch has pixel_values but the trainer has no VAE")
-            return encode_images(self.components.vae, batch["pixel_values" + suffix], mode, self.generator).float()
-        if suffix:
-            return None
-        raise KeyError(f"batch needs latents, latent_moments or pixel_values; got keys {sorted(batch)}")
-
-    def _text(self, batch: Dict[str, Tensor]) -> Dict[str, Tensor]:
-        """The text part of the conditioning: cached, or encoded from the token ids."""
-        f = self.family
-        if all(k in batch for k in f.text_keys):
-            return {k: batch[k].to(self.device) for k in f.text_keys}
-        ids = [t.ids_key for t in f.towers]
-        if all(k in batch for k in ids):
-            encoders = f.text_encoders(self.components)
-            if any(e is None for e in encoders):
-                raise ValueError(f"batch has {ids} but the trainer has no text encoder")
-            with torch.no_grad():
-                return f.encode_ids(encoders, {k: batch[k].to(self.device) for k in ids})
-        raise KeyError(f"batch needs {list(f.text_keys)} or {ids}; got keys {sorted(batch)}")
-
-    def _cond(self, batch: Dict[str, Tensor], text: Dict[str, Tensor], suffix: str = ""):
-        """The family's conditioning of the images ``suffix`` ("" or the losers' "_l") of ``batch``."""
-        keys = [k + suffix for k in self.family.image_keys]
-        missing = [k for k in keys if k not in batch]
-        if missing:
-            raise KeyError(f"batch needs the images' geometry {missing} ({self.family.name}); got keys {sorted(batch)}")
-        geometry = {k: batch[k + suffix].to(self.device) for k in self.family.image_keys}
-        return self.family.cond(text, geometry, self.cfg.data.resolution)
 
     def _unrelated_cond(self, cond):
         """Captions for the unrelated pairs of a one-sample batch (rolling it would pair the sample with
@@ -319,7 +302,7 @@ class Trainer:
             return map_cond(lambda c: c[acc.process_index:acc.process_index + 1], every)
         if self._previous_cond is None:
             first = self.source.next_batch()
-            self._previous_cond = self._cond(first, self._text(first))
+            self._previous_cond = self.inputs.cond(first, self.inputs.text(first))
         previous, self._previous_cond = self._previous_cond, map_cond(lambda c: c.detach(), cond)
         return previous
 
@@ -327,17 +310,13 @@ class Trainer:
         """One micro-batch: loss (shared ``objective_step``), backward, and on the last micro-batch
         of an accumulation window, clipping, optimizer and LR-schedule steps."""
         acc, cfg = self.accelerator, self.cfg
-        with acc.accumulate(self.unet):
-            x0 = self._latents(batch)
-            x0_l = self._latents(batch, "_l")
-            text = self._text(batch)
-            cond = self._cond(batch, text)
-            cond_l = self._cond(batch, text, "_l") if x0_l is not None and self.family.image_keys else None
+        with acc.accumulate(self.denoiser):
+            inputs = self.inputs(batch, self.generator)
             labels = batch["labels"].to(self.device)
-            out = objective_step(cfg.objective, self.schedule, self.policy, x0, labels, cond,
-                                 reference=self.reference, x0_loser=x0_l, cond_loser=cond_l,
+            out = objective_step(cfg.objective, self.schedule, self.policy, inputs.x0, labels, inputs.cond,
+                                 reference=self.reference, x0_loser=inputs.x0_loser, cond_loser=inputs.cond_loser,
                                  generator=self.generator, reduce_mean=self.reduce_mean,
-                                 cond_unrelated=self._unrelated_cond(cond))
+                                 cond_unrelated=self._unrelated_cond(inputs.cond))
             acc.backward(out.loss)
             self._check_finite(out.metrics["loss"])  # the step's one host sync, before the update
             if acc.sync_gradients and cfg.optim.max_grad_norm > 0:
@@ -384,47 +363,28 @@ class Trainer:
             if not self.run.lock.held:  # fit after close(): the directory must still be free
                 self.run.lock.acquire()
             out.mkdir(parents=True, exist_ok=True)
+            try:  # first: a tracker that fails to start leaves no config.yaml (nor the lock) to block a rerun
+                self._start_trackers()
+            except BaseException:
+                self.close()
+                raise
             (out / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
-            self._start_trackers()
             logger = MetricsLogger(out, resume_step=self.global_step, trackers=acc.trackers)
         bar = tqdm(total=cfg.optim.max_steps, initial=self.global_step, desc=f"train {cfg.objective.objective}",
                    disable=not (acc.is_main_process and cfg.logging.progress_bar), dynamic_ncols=True)
-        sums: Dict[str, Tensor] = {}  # on the device; NaN entries (a class absent from a batch) skipped
-        counts: Dict[str, Tensor] = {}
-        last: Dict[str, float] = {}
         end = cfg.optim.max_steps if stop_at is None else min(stop_at, cfg.optim.max_steps)
+        if acc.is_main_process and 0 < cfg.optim.max_steps <= self.global_step:
+            print(f"kto_lab: the run in {out} finished at step {self.global_step} (optim.max_steps): nothing to "
+                  f"train; raise optim.max_steps to train more steps", file=sys.stderr)
+        self._sigterm = False
         try:
-            while self.global_step < end:
-                metrics = self.step(self.source.next_batch())
-                for k, v in metrics.items():
-                    sums[k] = sums.get(k, 0.0) + torch.nan_to_num(v, nan=0.0)
-                    counts[k] = counts.get(k, 0.0) + (~torch.isnan(v)).float()
-                if not acc.sync_gradients:
-                    continue
-                step = self.global_step
-                bar.update(1)
-                if step % cfg.logging.log_every == 0 or step == cfg.optim.max_steps:
-                    means = self._log_means(sums, counts)
-                    if self._grad_norm is not None:
-                        means["grad_norm"] = self._grad_norm
-                    last = {k: v for k, v in O.metrics_to_floats(means).items() if not math.isnan(v)}
-                    last["lr"] = self._lr
-                    last["skipped_images"] = float(getattr(self.source, "skipped", 0))
-                    sums, counts = {}, {}
-                    if logger is not None:
-                        logger.log(step, last)
-                    bar.set_postfix(loss=f"{last['loss']:.4g}")
-                if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < cfg.optim.max_steps:
-                    self.save_checkpoint()
-                if cfg.logging.validation_every and step % cfg.logging.validation_every == 0:
-                    self.validate(logger)
-            weights = None
-            if self.global_step >= cfg.optim.max_steps:
-                weights = self.save_final()
-                if acc.is_main_process:
-                    from .model_card import data_counts, write_model_card
-
-                    write_model_card(out, asdict(cfg), metrics=last, counts=data_counts(self.source), family=self.family)
+            with on_sigterm(self._stop_after_step if acc.num_processes == 1 else self._stop_now):
+                weights, last = self._loop(end, bar, logger)
+        except KeyboardInterrupt as exc:  # Ctrl-C: one line naming what to resume
+            self.close()
+            if isinstance(exc, TrainingInterrupted):
+                raise
+            raise TrainingInterrupted(f"stopped by Ctrl-C at step {self.global_step}; {self._resume_hint()}") from None
         except BaseException:
             self.close()
             raise
@@ -436,6 +396,82 @@ class Trainer:
             self.close()
         return TrainResult(str(out), self.global_step, weights, str(out / "metrics.jsonl"), last,
                            int(getattr(self.source, "skipped", 0)))
+
+    def _loop(self, end: int, bar, logger):
+        """The steps of :meth:`fit` up to ``end``, then the final weights and card at ``optim.max_steps``.
+        Returns the weights' path (None before the end) and the last logged metrics."""
+        cfg, acc = self.cfg, self.accelerator
+        out = Path(cfg.output_dir)
+        sums: Dict[str, Tensor] = {}  # on the device; NaN entries (a class absent from a batch) skipped
+        counts: Dict[str, Tensor] = {}
+        last: Dict[str, float] = {}
+        while self.global_step < end:
+            metrics = self.step(self.source.next_batch())
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + torch.nan_to_num(v, nan=0.0)
+                counts[k] = counts.get(k, 0.0) + (~torch.isnan(v)).float()
+            if not acc.sync_gradients:
+                continue
+            step = self.global_step
+            bar.update(1)
+            if step % cfg.logging.log_every == 0 or step == cfg.optim.max_steps:
+                means = self._log_means(sums, counts)
+                if self._grad_norm is not None:
+                    means["grad_norm"] = self._grad_norm
+                last = {k: v for k, v in O.metrics_to_floats(means).items() if not math.isnan(v)}
+                last["lr"] = self._lr
+                last["skipped_images"] = float(getattr(self.source, "skipped", 0))
+                sums, counts = {}, {}
+                if logger is not None:
+                    logger.log(step, last)
+                bar.set_postfix(loss=f"{last['loss']:.4g}")
+            if cfg.checkpoint.every and (step % cfg.checkpoint.every == 0 or step == cfg.optim.max_steps):
+                self.save_checkpoint()  # the last step too: a finished run can be extended (resume, more max_steps)
+            if cfg.logging.validation_every and step % cfg.logging.validation_every == 0:
+                self.validate(logger)
+            if self._sigterm:
+                self._stop_for_sigterm()
+        weights = None
+        if self.global_step >= cfg.optim.max_steps:
+            weights = self.save_final()
+            if acc.is_main_process:
+                from .model_card import data_counts, write_model_card
+
+                write_model_card(out, asdict(cfg), metrics=last, counts=data_counts(self.source), family=self.family)
+        return weights, last
+
+    # ------------------------------------------------------------------------------------
+    # Ctrl-C and SIGTERM (kto_lab.sd.interrupts)
+    # ------------------------------------------------------------------------------------
+
+    def _resume_hint(self) -> str:
+        where = getattr(self, "last_checkpoint", None) or self.run.checkpoint  # (the one being resumed, while loading)
+        return (f"last checkpoint: {where} (resume with checkpoint.resume=latest)" if where is not None
+                else "no checkpoint written yet")
+
+    def _stop_now(self) -> None:
+        raise TrainingInterrupted(f"stopped by SIGTERM at step {getattr(self, 'global_step', 0)}; {self._resume_hint()}",
+                                  signal.SIGTERM)
+
+    def _stop_after_step(self) -> None:
+        self._sigterm = True
+
+    def _stop_for_sigterm(self) -> None:
+        """After the step during which SIGTERM came: a checkpoint if steps are unsaved and it fits (see
+        :mod:`kto_lab.sd.interrupts`), then stop."""
+        cfg = self.cfg
+        if cfg.checkpoint.every and not self._checkpointed():
+            state_bytes = 3 * 4 * sum(p.numel() for p in self.trainable)  # fp32 weights and two Adam moments
+            expected = self._last_save_seconds if self._last_save_seconds is not None else state_bytes / ASSUMED_WRITE_SPEED
+            if expected <= SAVE_BUDGET_S:
+                self.save_checkpoint()
+        raise TrainingInterrupted(f"stopped by SIGTERM after step {self.global_step}; {self._resume_hint()}",
+                                  signal.SIGTERM)
+
+    def _checkpointed(self) -> bool:
+        """Whether :attr:`last_checkpoint` is of the current step."""
+        last = self.last_checkpoint
+        return last is not None and last.name == f"{CHECKPOINT_PREFIX}{self.global_step:07d}"
 
     def _start_trackers(self) -> None:
         """``accelerator.init_trackers`` once per run (main process), with the resolved config."""
@@ -469,10 +505,10 @@ class Trainer:
     # checkpoints and weights
     # ------------------------------------------------------------------------------------
 
-    def base_unet(self):
-        """The policy UNet itself, under accelerate's and torch.compile's wrappers (with its LoRA
+    def base_denoiser(self):
+        """The policy denoiser itself, under accelerate's and torch.compile's wrappers (with its LoRA
         adapters, if any): what checkpoints save and what a caller evaluates mid-run."""
-        return unwrap_model(self.accelerator.unwrap_model(self.unet))
+        return unwrap_model(self.accelerator.unwrap_model(self.denoiser))
 
     def _save_model_hook(self, models, weights, output_dir):
         if self.accelerator.is_main_process:
@@ -480,19 +516,19 @@ class Trainer:
                 if self.cfg.lora.enabled:
                     save_lora(unwrap_model(model), output_dir, self.family)
                 else:
-                    save_unet(unwrap_model(model), Path(output_dir) / self.family.denoiser_subfolder)
+                    save_denoiser(unwrap_model(model), Path(output_dir) / self.family.denoiser_subfolder)
                 if weights:
                     weights.pop()
 
     def _load_model_hook(self, models, input_dir):
-        from .components import load_unet
+        from .components import load_denoiser
 
         while models:
             model = unwrap_model(models.pop())
             if self.cfg.lora.enabled:
                 load_lora(model, input_dir, self.family)
             else:
-                loaded = load_unet(Path(input_dir) / self.family.denoiser_subfolder, self.family)
+                loaded = load_denoiser(Path(input_dir) / self.family.denoiser_subfolder, self.family)
                 model.load_state_dict(loaded.state_dict())
                 del loaded
 
@@ -520,23 +556,22 @@ class Trainer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
+        started = time.perf_counter()
         try:
             acc.save_state(str(tmp))
             torch.save(self.state_dict(), tmp / f"trainer_state_{acc.process_index}.pt")
             acc.wait_for_everyone()
             if acc.is_main_process:
                 write_manifest(tmp, run_id=self.run.run_id, step=self.global_step, num_processes=acc.num_processes,
-                               config=asdict(self.cfg))
+                               config=asdict(self.cfg), data=self.data_fingerprint)
                 commit(tmp, final)
                 prune(root, self.run.run_id, self.cfg.checkpoint.keep)
         except Exception as exc:
             shutil.rmtree(tmp, ignore_errors=True)
-            if is_disk_full(exc):
-                raise CheckpointError(f"no space left on device while writing {tmp} (removed it); the last "
-                                      f"complete checkpoint is {self.last_checkpoint or 'none'}") from exc
+            raise_if_disk_full(exc, tmp, f"the last complete checkpoint is {self.last_checkpoint or 'none'}")
             raise
         acc.wait_for_everyone()
-        self.last_checkpoint = final
+        self.last_checkpoint, self._last_save_seconds = final, time.perf_counter() - started
         return final
 
     def load_checkpoint(self, path: str | Path) -> None:
@@ -556,21 +591,36 @@ class Trainer:
         self.last_checkpoint = path
 
     def save_final(self) -> Optional[str]:
-        """``output_dir/unet`` (SD3: ``output_dir/transformer``; diffusers format) or
-        ``output_dir/pytorch_lora_weights.safetensors``."""
+        """``output_dir/<the family's denoiser folder>`` (``unet``, ``transformer``; diffusers format) or
+        ``output_dir/pytorch_lora_weights.safetensors``. When a checkpoint of this step holds them (a run
+        checkpoints its last step), they are hard links of its files: no second copy on disk (a copy where
+        the file system has no hard links). Written under a temp name and renamed, so a full disk leaves
+        nothing that looks finished and stops in one line, as a checkpoint does."""
         acc = self.accelerator
         acc.wait_for_everyone()
         out = Path(self.cfg.output_dir)
-        denoiser = self.family.denoiser_subfolder
-        target = out / (LORA_WEIGHTS if self.cfg.lora.enabled else denoiser)
+        lora, denoiser = self.cfg.lora.enabled, self.family.denoiser_subfolder
+        name = LORA_WEIGHTS if lora else denoiser
+        target, tmp = out / name, out / (".tmp-lora" if lora else f".tmp-{denoiser}")
         if acc.is_main_process:
-            if self.cfg.lora.enabled:
-                save_lora(self.base_unet(), out, self.family)
-            else:
-                tmp = out / f".tmp-{denoiser}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            saved = self.last_checkpoint / name if self._checkpointed() else None
+            try:
+                if saved is not None and saved.exists():
+                    link_or_copy(saved, tmp / LORA_WEIGHTS if lora else tmp)
+                elif lora:
+                    save_lora(self.base_denoiser(), tmp, self.family)
+                else:
+                    save_denoiser(self.base_denoiser(), tmp)
+                if lora:
+                    os.replace(tmp / LORA_WEIGHTS, target)
+                    shutil.rmtree(tmp)
+                else:
+                    commit(tmp, target)
+            except Exception as exc:
                 shutil.rmtree(tmp, ignore_errors=True)
-                save_unet(self.base_unet(), tmp)
-                commit(tmp, target)
+                raise_if_disk_full(exc, tmp, f"the last complete checkpoint is {self.last_checkpoint or 'none'}")
+                raise
         acc.wait_for_everyone()
         return str(target)
 
@@ -586,13 +636,13 @@ class Trainer:
             return None
         if c.vae is None or any(e is None for e in self.family.text_encoders(c)) or c.scheduler_config is None:
             raise ValueError("validation images need the VAE, text encoder(s) and scheduler config")
-        pipe = self.family.pipeline(c, self.base_unet(), self.family.sampling_scheduler(c.scheduler_config))
+        pipe = self.family.pipeline(c, self.base_denoiser(), self.family.sampling_scheduler(c.scheduler_config))
         pipe.set_progress_bar_config(disable=True)
         out = Path(cfg.output_dir) / "validation" / f"step-{self.global_step:07d}"
         out.mkdir(parents=True, exist_ok=True)
         images = []
-        was_training = self.unet.training
-        self.unet.eval()
+        was_training = self.denoiser.training
+        self.denoiser.eval()
         for i, prompt in enumerate(cfg.logging.validation_prompts):
             g = torch.Generator(device=self.device).manual_seed(cfg.logging.validation_seed + i)
             with acc.autocast():
@@ -601,7 +651,7 @@ class Trainer:
                              height=cfg.data.resolution, width=cfg.data.resolution).images[0]
             image.save(out / f"{i:02d}.png")
             images.append(image)
-        self.unet.train(was_training)
+        self.denoiser.train(was_training)
         if logger is not None:
             logger.log_images(self.global_step, "validation", images)
         return out

@@ -2,7 +2,7 @@
 
 Three steps, each a plain function:
 
-1. :func:`build_skeleton`: a tiny SD pipeline from config (:func:`kto_lab.sd.models.build_tiny_sd`:
+1. :func:`build_skeleton`: a tiny SD pipeline from config (SD's :meth:`~kto_lab.sd.families.sd.SDFamily.build_tiny`:
    ``UNet2DConditionModel`` with cross-attention, ``AutoencoderKL`` with one 2x down-sampling,
    a 2-layer ``CLIPTextModel``, a CLIP tokenizer built here in which every word of the shapes
    grammar is one token, a DDPM scheduler).
@@ -30,21 +30,21 @@ import numpy as np
 import torch
 
 from ..images import to_pil
+from ..sd.families.sd import SDFamily
 from .shapes import MAX_TOKENS, VOCABULARY, ShapesDataset
 
+FAMILY = SDFamily()  # the shapes world's pipeline is an SD 1.x one (a UNet, one CLIP tower, DDPM)
 KL_WEIGHT = 1e-6  # SD's VAE weighs its KL term by 1e-6 against the reconstruction
 
 
 def build_skeleton(
     path: str | Path, *, image_size: int = 16, block_out_channels: Sequence[int] = (32, 64), seed: int = 0,
 ) -> Path:
-    """The pipeline to train: ``build_tiny_sd`` with the shapes vocabulary, and a smaller VAE
-    (16 channels, no attention; 4 latent channels at half resolution) that trains in a minute."""
+    """The pipeline to train: SD's tiny pipeline (``SDFamily.build_tiny``) with the shapes vocabulary, and a
+    smaller VAE (16 channels, no attention; 4 latent channels at half resolution) that trains in a minute."""
     from diffusers import AutoencoderKL
 
-    from kto_lab.sd.models import build_tiny_sd
-
-    path = build_tiny_sd(
+    path = FAMILY.build_tiny(
         path, image_size=image_size, words=VOCABULARY, block_out_channels=tuple(block_out_channels),
         text_hidden_size=32, text_layers=2, max_text_length=MAX_TOKENS, latent_channels=4, seed=seed,
     )

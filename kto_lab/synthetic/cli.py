@@ -67,6 +67,19 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def cmd_sweep_report(args) -> int:
+    from kto_lab.config import ConfigError
+
+    from .sweep_report import redraw_report, write_report
+
+    if not args.redraw and not args.run:
+        raise ConfigError("sweep-report needs --run (the sweep directory), or --redraw to draw --out's figures "
+                          "again from its tables")
+    for path in (redraw_report(args.out) if args.redraw else write_report(args.run, args.out)):
+        print(path)
+    return 0
+
+
 def cmd_rounds(args) -> int:
     from .rounds_study import RoundsStudyConfig, run_study
 
@@ -89,7 +102,6 @@ def _writes_paths(module: str, function: str):
 
 
 cmd_rounds_report = _writes_paths("rounds_report", "write_report")
-cmd_sweep_report = _writes_paths("sweep_report", "write_report")
 cmd_figures = _writes_paths("figures", "make_figures")
 
 
@@ -106,6 +118,7 @@ def add_parser(subparsers, name: str, help: str):
     from kto_lab.config import config_help
 
     from .experiment import AlignConfig, BaseConfig
+    from .sweep import SweepConfig
 
     fields = "config fields (key=default, then what it means):\n"
     p = subparsers.add_parser(name, help=help, description="The synthetic shapes world: a base text-to-image model "
@@ -122,7 +135,7 @@ def add_parser(subparsers, name: str, help: str):
     b.add_argument("--out", required=True, help="output directory (the pipeline goes to OUT/pipeline)")
     b.add_argument("overrides", nargs="*", metavar="base.key=value", help="BaseConfig fields to override (listed below)")
     common(b)
-    b.set_defaults(func=cmd_base)
+    b.set_defaults(func=cmd_base, config_fields=(BaseConfig, "base."))  # unknown --options are named by its fields
 
     c = sub.add_parser("compare", help="align the base to a synthetic user with every method; evaluate vs base",
                        epilog=fields + config_help(AlignConfig, "align."))
@@ -130,7 +143,7 @@ def add_parser(subparsers, name: str, help: str):
     c.add_argument("--out", required=True, help="run directory (curves.csv, win_rates.csv, mean_scores.csv, ...)")
     c.add_argument("overrides", nargs="*", metavar="align.key=value", help="AlignConfig fields to override (listed below)")
     common(c)
-    c.set_defaults(func=cmd_compare)
+    c.set_defaults(func=cmd_compare, config_fields=(AlignConfig, "align."))
 
     w = sub.add_parser("sweep", help="a resumable sweep over methods, settings, regimes and seeds (one cell per run)")
     w.add_argument("--plan", required=True, choices=["frontier", "regimes"],
@@ -139,11 +152,13 @@ def add_parser(subparsers, name: str, help: str):
     w.add_argument("--out", required=True, help="sweep directory (cells/*.json; finished cells are skipped)")
     w.add_argument("overrides", nargs="*", help="sweep.FIELD=VALUE")
     common(w)
-    w.set_defaults(func=cmd_sweep)
+    w.set_defaults(func=cmd_sweep, config_fields=(SweepConfig, "sweep."))
 
     r = sub.add_parser("sweep-report", help="frontier and regime plots and tables of a sweep directory")
-    r.add_argument("--run", required=True, help="the sweep directory")
+    r.add_argument("--run", help="the sweep directory")
     r.add_argument("--out", required=True, help="where the figures and tables go")
+    r.add_argument("--redraw", action="store_true", help="draw the figures again from --out's tables (frontier.csv, "
+                                                         "regimes.csv, comparison.md), without --run")
     r.set_defaults(func=cmd_sweep_report)
 
     from .rounds_study import RoundsStudyConfig
@@ -154,7 +169,7 @@ def add_parser(subparsers, name: str, help: str):
     q.add_argument("--out", required=True, help="study directory (cells/*.json; finished cells are skipped)")
     q.add_argument("overrides", nargs="*", metavar="study.key=value", help="RoundsStudyConfig fields to override")
     common(q)
-    q.set_defaults(func=cmd_rounds)
+    q.set_defaults(func=cmd_rounds, config_fields=(RoundsStudyConfig, "study."))
 
     qr = sub.add_parser("rounds-report", help="tables and plots of a rounds study directory")
     qr.add_argument("--run", required=True, help="the study directory")

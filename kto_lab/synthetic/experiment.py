@@ -105,7 +105,7 @@ def _train_config(pretrained: str, out_dir: Path, records: Path, *, resolution: 
     """A ``TrainConfig`` dict for the SD trainer on the shapes pipeline (full UNet fine-tune on CPU)."""
     cfg = {
         "output_dir": str(out_dir), "seed": seed, "cpu": True,
-        "model": {"pretrained": pretrained, "unet": None, "reference": None},
+        "model": {"pretrained": pretrained, "denoiser": None, "reference": None},
         "data": {"train": [str(records)], "resolution": resolution, "gamma": gamma, "seed": seed},
         "objective": {"objective": objective, "utility": utility, "beta": beta},
         "optim": {"max_steps": steps, "batch_size": batch_size, "learning_rate": learning_rate,
@@ -233,19 +233,19 @@ def align_one(method: str, base_dir: Path, out_dir: Path, feedback: Dict, cfg: A
         warmup=cfg.warmup_steps, seed=cfg.seed, gamma=cfg.gamma, beta=cfg.beta,
         lr_scheduler=cfg.lr_scheduler, progress=progress)
     trainer = Trainer(tcfg, overwrite=True)  # the experiment owns its run directories: a re-run redoes them
-    curve(method, 0, trainer.base_unet())
+    curve(method, 0, trainer.base_denoiser())
     step = 0
     while step < cfg.steps:
         step = min(cfg.steps, step + cfg.eval_every)
         trainer.fit(stop_at=step)
-        curve(method, step, trainer.base_unet())
+        curve(method, step, trainer.base_denoiser())
     return str(Path(tcfg["output_dir"]) / "unet")
 
 
 def align_spin(base_dir: Path, out_dir: Path, feedback: Dict, cfg: AlignConfig, curve: CurveRecorder,
                image_size: int = 16, progress: bool = False) -> str:
     """SPIN-Diffusion on the user's liked images (the "real" data), ``spin_iterations`` rounds."""
-    from kto_lab.sd.components import load_unet
+    from kto_lab.sd.components import load_denoiser
     from kto_lab.spin import spin
 
     steps = max(1, cfg.steps // cfg.spin_iterations)  # the same total budget as the other methods
@@ -257,17 +257,17 @@ def align_spin(base_dir: Path, out_dir: Path, feedback: Dict, cfg: AlignConfig, 
     base_unet = gen_pipe.unet
 
     def generate(pretrained, unet_dir, captions, seeds):
-        gen_pipe.unet = base_unet if unet_dir is None else load_unet(unet_dir)
+        gen_pipe.unet = base_unet if unet_dir is None else load_denoiser(unet_dir, B.FAMILY)
         return sample(gen_pipe, captions, seeds, image_size=image_size)
 
     curve("spin", 0, base_unet)
 
     def on_iteration(it):
-        curve("spin", it.iteration * steps, load_unet(it.unet))
+        curve("spin", it.iteration * steps, load_denoiser(it.denoiser, B.FAMILY))
 
     its = spin(tcfg, feedback["records"], out_dir / "runs" / "spin", generate, iterations=cfg.spin_iterations,
                pairs_per_iteration=steps * cfg.batch_size // 2, seed=cfg.seed, on_iteration=on_iteration)
-    return its[-1].unet
+    return its[-1].denoiser
 
 
 def run_comparison(base_dir: str | Path, out_dir: str | Path, cfg: Optional[AlignConfig] = None, *,
@@ -279,7 +279,7 @@ def run_comparison(base_dir: str | Path, out_dir: str | Path, cfg: Optional[Alig
     """
     import pandas as pd
 
-    from kto_lab.sd.components import load_unet
+    from kto_lab.sd.components import load_denoiser
 
     cfg = (cfg or AlignConfig()).validate()
     base_dir, out_dir = Path(base_dir), Path(out_dir)
@@ -304,7 +304,7 @@ def run_comparison(base_dir: str | Path, out_dir: str | Path, cfg: Optional[Alig
 
     models = {"base": make_pipeline(base_dir)}
     for method, unet_dir in unets.items():
-        models[method] = make_pipeline(base_dir, load_unet(unet_dir))
+        models[method] = make_pipeline(base_dir, load_denoiser(unet_dir, B.FAMILY))
     # CSFT samples with the "good image, " prefix: evaluate it through a prompt-prefixing wrapper
     if "csft" in models:
         models["csft"] = _PrefixedPipeline(models["csft"], CSFT_SAMPLING_PREFIX)

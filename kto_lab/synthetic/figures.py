@@ -108,13 +108,14 @@ def sample_grid(pipeline_dir: str | Path, path: Optional[str | Path] = None, *, 
 
     Returns the figure (a notebook shows it); saves it too when ``path`` is given.
     """
-    from kto_lab.sd.components import load_unet
+    from kto_lab.sd.components import load_denoiser
 
+    from .base import FAMILY
     from .evaluate import make_pipeline, sample
     from .fidelity import check
     from .shapes import eval_captions
 
-    pipe = make_pipeline(pipeline_dir, load_unet(unet) if unet else None)
+    pipe = make_pipeline(pipeline_dir, load_denoiser(unet, FAMILY) if unet else None)
     caps = eval_captions(n, seed=seed)
     images = sample(pipe, caps, list(range(n)))
     cols = min(4, n)

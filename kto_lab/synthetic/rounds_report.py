@@ -27,6 +27,7 @@ from ..eval.frontier import save_figure, summarize_over_seeds
 from ..eval.stats import mean_ci, outcomes
 from ..plotting import label, new_figure
 from .rounds_study import OBJECTIVES, load_cells
+from .sweep_report import tie_tolerances
 
 METRICS = ("reward", "fidelity", "distance", "like_rate")
 SETTING = ["objective", "budget", "rounds"]
@@ -79,16 +80,17 @@ def _last(cell: Dict) -> Dict[str, List[float]]:
     return cell["per_image"][str(cell["cell"]["rounds"])]
 
 
-def win_rate(a: Dict, b: Dict, metric: str) -> float:
-    """Cell A's last round over cell B's, image by image on ``metric`` (same caption and seed), ties half."""
-    return float(outcomes(np.asarray(_last(a)[metric]), np.asarray(_last(b)[metric])).mean())
+def win_rate(a: Dict, b: Dict, metric: str, tolerance: float = 0.0) -> float:
+    """Cell A's last round over cell B's, image by image on ``metric`` (same caption and seed), ties
+    (``|a - b| <= tolerance``, the scorer's :func:`~kto_lab.eval.scorers.tie_tolerance`) half."""
+    return float(outcomes(np.asarray(_last(a)[metric]), np.asarray(_last(b)[metric]), tolerance).mean())
 
 
-def _pair_row(cells_a: Dict[int, Dict], cells_b: Dict[int, Dict]) -> Dict[str, float]:
+def _pair_row(cells_a: Dict[int, Dict], cells_b: Dict[int, Dict], tolerance: Dict[str, float]) -> Dict[str, float]:
     seeds = sorted(set(cells_a) & set(cells_b))
     row: Dict[str, float] = {"n_seeds": len(seeds)}
     for metric in ("score", "fidelity"):
-        ci = mean_ci([win_rate(cells_a[s], cells_b[s], metric) for s in seeds])
+        ci = mean_ci([win_rate(cells_a[s], cells_b[s], metric, tolerance[metric]) for s in seeds])
         row.update({f"win_{metric}": ci.mean, f"win_{metric}_low": max(0.0, ci.low) if ci.n > 1 else np.nan,
                     f"win_{metric}_high": min(1.0, ci.high) if ci.n > 1 else np.nan})
     for side, cs in (("a", cells_a), ("b", cells_b)):
@@ -114,13 +116,13 @@ def _pct(r, m: str) -> str:
 def rounds_vs_offline(run):
     import pandas as pd
 
-    cells = _by_setting(run)
+    cells, tolerance = _by_setting(run), tie_tolerances(run)
     rows = []
     for (objective, budget, rounds), cs in sorted(cells.items(), key=lambda kv: (kv[0][1], OBJECTIVES.index(kv[0][0]), kv[0][2])):
         offline = cells.get((objective, budget, 1))
         if rounds == 1 or offline is None:
             continue
-        row = _pair_row(cs, offline)
+        row = _pair_row(cs, offline, tolerance)
         if row["n_seeds"]:
             rows.append({"objective": objective, "budget": budget, "rounds": rounds, **row})
     t = pd.DataFrame(rows)
@@ -135,13 +137,13 @@ def rounds_vs_offline(run):
 def head_to_head(run):
     import pandas as pd
 
-    cells = _by_setting(run)
+    cells, tolerance = _by_setting(run), tie_tolerances(run)
     objectives = sorted({k[0] for k in cells}, key=OBJECTIVES.index)
     rows = []
     for budget, rounds in sorted({(k[1], k[2]) for k in cells}):
         for a, b in combinations(objectives, 2):
             if (a, budget, rounds) in cells and (b, budget, rounds) in cells:
-                row = _pair_row(cells[(a, budget, rounds)], cells[(b, budget, rounds)])
+                row = _pair_row(cells[(a, budget, rounds)], cells[(b, budget, rounds)], tolerance)
                 if row["n_seeds"]:
                     rows.append({"a": a, "b": b, "budget": budget, "rounds": rounds, **row})
     t = pd.DataFrame(rows)

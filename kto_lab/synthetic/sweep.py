@@ -35,7 +35,8 @@ from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 
-from ..config import check_choice, check_range
+from ..config import ConfigError, check_choice, check_range
+from ..data.tables import DataError
 from ..objectives import NEEDS_REFERENCE
 from . import base as B
 from .experiment import AlignConfig, CurveRecorder, _method_objective, align_one, align_spin, user_feedback
@@ -84,10 +85,10 @@ class SweepConfig:
                      "eval_every", "n_last", "n_eval_prompts"):
             check_range(f"sweep.{name}", getattr(self, name), low=1)
         if self.n_last * self.eval_every > self.steps:
-            raise ValueError(f"sweep.n_last={self.n_last} checkpoints every sweep.eval_every={self.eval_every} "
-                             f"steps need sweep.steps >= {self.n_last * self.eval_every}, got {self.steps}")
+            raise ConfigError(f"sweep.n_last={self.n_last} checkpoints every sweep.eval_every={self.eval_every} "
+                              f"steps need sweep.steps >= {self.n_last * self.eval_every}, got {self.steps}")
         if not self.seeds:
-            raise ValueError("sweep.seeds is empty")
+            raise ConfigError("sweep.seeds=[] is empty; give at least one seed (>= 3 for intervals over seeds)")
         for name in ("beta", "learning_rate"):
             check_range(f"sweep.{name}", getattr(self, name), low=0.0, low_open=True)
         for name in ("kto_betas", "dpo_betas", "preference_learning_rates", "learning_rates"):
@@ -96,7 +97,7 @@ class SweepConfig:
         for name in ("regime_kto", "regime_dpo"):
             for setting in getattr(self, name):
                 if len(setting) != 2:
-                    raise ValueError(f"sweep.{name}: each setting is [beta, learning_rate], got {setting!r}")
+                    raise ConfigError(f"sweep.{name}: each setting is [beta, learning_rate], got {setting!r}")
                 for v in setting:
                     check_range(f"sweep.{name}[]", v, low=0.0, low_open=True)
         return self
@@ -239,7 +240,7 @@ def run_sweep(plan: str, base_dir: str | Path, out: str | Path, cfg: Optional[Sw
     image_size = int(json.loads((base_dir / "shapes_world.json").read_text())["config"]["image_size"]) \
         if (base_dir / "shapes_world.json").is_file() else 16
     out.mkdir(parents=True, exist_ok=True)
-    _check_same_world(out, cfg)
+    _check_same_world(out, cfg, base_dir, log)
     cells = plan_cells(plan, cfg)
     (out / "plans").mkdir(exist_ok=True)  # what each plan asked for: the report shows those settings
     (out / "plans" / f"{plan}.json").write_text(json.dumps([dataclasses.asdict(c) for c in cells]))
@@ -247,8 +248,10 @@ def run_sweep(plan: str, base_dir: str | Path, out: str | Path, cfg: Optional[Sw
     for k, cell in enumerate(cells):
         path = out / "cells" / f"{cell.name}.json"
         if path.is_file():
-            done += 1
-            continue
+            if read_cell(path, strict=False) is not None:
+                done += 1
+                continue
+            log(f"[{k + 1}/{len(cells)}] {cell.name}: {path} is truncated or not a cell's result; running it again")
         if not _claim(out, cell):
             log(f"[{k + 1}/{len(cells)}] {cell.name}: another sweep process is running it; skipped")
             continue
@@ -297,17 +300,33 @@ _WORLD_FIELDS = ("user", "n_captions", "renders_per_caption", "pool_size", "step
                  "gamma", "spin_iterations", "eval_every", "n_last", "n_eval_prompts")
 
 
-def _check_same_world(out: Path, cfg: SweepConfig) -> None:
+def _check_same_world(out: Path, cfg: SweepConfig, base_dir: Path, log=print) -> None:
+    """``OUT/world.json`` records the world (the fields above and the base model: its path and the content
+    fingerprint of its files, :mod:`kto_lab.fingerprint`); a sweep resumed with another world or another base
+    is refused in one line. A world.json of an older kto_lab, without the base, gets this one (said so)."""
+    from ..fingerprint import fingerprint
+
     world = {k: getattr(cfg, k) for k in _WORLD_FIELDS}
+    world["base"] = fingerprint(base_dir)[0]
     path = out / "world.json"
     if path.is_file():
-        saved = json.loads(path.read_text())
+        try:
+            saved = json.loads(path.read_text())
+        except ValueError:
+            raise DataError(f"{path} is not valid JSON (truncated?): it records what this sweep's cells were made "
+                            "with; restore it, or use another --out") from None
+        if "base" not in saved:
+            log(f"{path} does not record the base model (an earlier kto_lab); recording --base {str(base_dir)!r}")
+            saved.update(base=world["base"], base_path=str(base_dir))
+            path.write_text(json.dumps(saved, indent=2))
         diff = {k: (saved.get(k), v) for k, v in world.items() if saved.get(k) != v}
+        if "base" in diff:
+            diff["base"] = (f"{saved.get('base_path')} ({saved['base'][:12]})", f"{base_dir} ({world['base'][:12]})")
         if diff:
-            raise ValueError(f"{out} holds cells of another world ({', '.join(f'{k}: {a!r} there, {b!r} here' for k, (a, b) in diff.items())}); "
-                             "use another --out")
+            raise ConfigError(f"{out} holds cells of another world ({', '.join(f'{k}: {a!r} there, {b!r} here' for k, (a, b) in diff.items())}); "
+                              "use another --out")
     else:
-        path.write_text(json.dumps(world, indent=2))
+        path.write_text(json.dumps({**world, "base_path": str(base_dir)}, indent=2))
 
 
 def plan_settings(out: str | Path, plan: str) -> Optional[set]:
@@ -318,7 +337,21 @@ def plan_settings(out: str | Path, plan: str) -> Optional[set]:
     return {(c["regime"], c["method"], c["beta"], c["learning_rate"]) for c in json.loads(path.read_text())}
 
 
+def read_cell(path: Path, strict: bool = True) -> Optional[Dict]:
+    """A cell's result file; a truncated or foreign one is a DataError naming it (None if not ``strict``)."""
+    try:
+        cell = json.loads(Path(path).read_text())
+        if isinstance(cell, dict) and {"cell", "final", "per_image"} <= set(cell):
+            return cell
+    except ValueError:
+        pass
+    if strict:
+        raise DataError(f"{path} is truncated or not a sweep cell's result; delete it and run the sweep again "
+                        "to redo that cell")
+    return None
+
+
 def load_cells(out: str | Path) -> Iterator[Dict]:
     """Every finished cell's result in ``out`` (any plan)."""
     for path in sorted((Path(out) / "cells").glob("*.json")):
-        yield json.loads(path.read_text())
+        yield read_cell(path)

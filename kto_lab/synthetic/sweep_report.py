@@ -1,6 +1,7 @@
 """Figures and tables of a sweep directory (:mod:`kto_lab.synthetic.sweep`), from its cell files only.
 
     kto-lab synthetic sweep-report --run runs/sweeps/red --out figures/kto_vs_dpo
+    kto-lab synthetic sweep-report --out figures/kto_vs_dpo --redraw    # the figures again, from its tables
 
 * ``comparison.md`` / ``.csv``: every method at the default setting on balanced feedback, mean and
   95 % interval over seeds of its final score (mean over its last checkpoints);
@@ -118,12 +119,24 @@ def plot_frontiers(summary, base: Dict[str, float], score_name: str, path: Optio
                                   "seeds; each point: mean over the last checkpoints")
 
 
-def head_to_head(cell_a: Dict, cell_b: Dict, metric: str) -> float:
+def head_to_head(cell_a: Dict, cell_b: Dict, metric: str, tolerance: float = 0.0) -> float:
     """Win rate of cell A over cell B on ``metric``: image by image (same caption and seed), ties
-    count half, the i-th last checkpoint of A against the i-th last of B, averaged."""
+    (``|a - b| <= tolerance``, the scorer's :func:`~kto_lab.eval.scorers.tie_tolerance`) count half, the i-th
+    last checkpoint of A against the i-th last of B, averaged."""
     a, b = cell_a["per_image"], cell_b["per_image"]
     pairs = zip(sorted(a, key=int), sorted(b, key=int))
-    return float(np.mean([outcomes(a[i][metric], b[j][metric]).mean() for i, j in pairs]))
+    return float(np.mean([outcomes(a[i][metric], b[j][metric], tolerance).mean() for i, j in pairs]))
+
+
+def tie_tolerances(run) -> Dict[str, float]:
+    """The head-to-head tie tolerances of a study directory's world (its ``world.json``'s user): the user's
+    score ties within its scorer's tolerance; fidelity is a share of attributes (discrete), so only equal ones tie."""
+    import json
+
+    from kto_lab.eval.scorers import tie_tolerance
+
+    scorer = get_user(json.loads((Path(run) / "world.json").read_text())["user"]).scorer
+    return {"score": tie_tolerance(scorer), "fidelity": 0.0}
 
 
 def regime_table(run, methods=("kto", "dpo")):
@@ -131,6 +144,7 @@ def regime_table(run, methods=("kto", "dpo")):
     (score, fidelity) over seeds, and each method's mean score and fidelity."""
     import pandas as pd
 
+    tolerance = tie_tolerances(run)
     wanted = plan_settings(run, "regimes")  # the frontier's balanced cells take part only where this plan asked
     cells = {}
     for c in load_cells(run):
@@ -150,7 +164,7 @@ def regime_table(run, methods=("kto", "dpo")):
                 row = {"regime": regime, "kto_beta": bk, "kto_lr": lk, "dpo_beta": bd, "dpo_lr": ld,
                        "n_seeds": len(seeds), "counts": a[seeds[0]]["feedback"]["counts"]}
                 for metric in ("score", "fidelity"):
-                    ci = mean_ci([head_to_head(a[s], b[s], metric) for s in seeds])  # t interval, clipped to [0, 1]
+                    ci = mean_ci([head_to_head(a[s], b[s], metric, tolerance[metric]) for s in seeds])  # t, clipped
                     row.update({f"win_{metric}": ci.mean, f"win_{metric}_low": max(0.0, ci.low),
                                 f"win_{metric}_high": min(1.0, ci.high)})
                 for metric in ("score", "fidelity", "distance"):
@@ -218,6 +232,36 @@ def regime_markdown(table, score_name: str) -> str:
                      f"{r.dpo_beta:g}, {r.dpo_lr:g} | {r.n_seeds} | {pct('win_score')} | {pct('win_fidelity')} | "
                      + " | ".join(_fmt(r, m) for m in ("kto_score", "dpo_score", "kto_fidelity", "dpo_fidelity")) + " |")
     return "\n".join(lines)
+
+
+def base_of_report(out: str | Path) -> Dict[str, float]:
+    """The base model's means as :func:`write_report` wrote them in ``OUT/comparison.md`` (3 decimals)."""
+    import re
+
+    text = (Path(out) / "comparison.md").read_text()
+    m = re.search(r"Base model: \S+ (-?\d+\.\d+), fidelity (-?\d+\.\d+), all attributes right (-?\d+\.\d+)", text)
+    if m is None:
+        raise ValueError(f"{Path(out) / 'comparison.md'} has no 'Base model: ...' line (written by sweep-report)")
+    return {"score": float(m[1]), "fidelity": float(m[2]), "fidelity_all": float(m[3]), "distance": 0.0}
+
+
+def redraw_report(out: str | Path) -> List[Path]:
+    """``frontier.png`` and ``regimes.png`` drawn again from the tables :func:`write_report` saved in ``out``
+    (``frontier.csv``, ``regimes.csv``, ``comparison.md``'s base line, ``world.json``), without the sweep
+    directory: ``kto-lab synthetic sweep-report --out OUT --redraw``. The base model's star is placed at
+    its means as ``comparison.md`` rounds them (3 decimals)."""
+    import json
+
+    import pandas as pd
+
+    out = Path(out)
+    score_name = get_user(json.loads((out / "world.json").read_text())["user"]).scorer
+    plot_frontiers(pd.read_csv(out / "frontier.csv"), base_of_report(out), score_name, out / "frontier.png")
+    paths = [out / "frontier.png"]
+    if (out / "regimes.csv").is_file():
+        plot_regimes(pd.read_csv(out / "regimes.csv"), score_name, out / "regimes.png")
+        paths.append(out / "regimes.png")
+    return paths
 
 
 def write_report(run: str | Path, out: str | Path) -> List[Path]:
