@@ -20,7 +20,7 @@ def test_eval_init_writes_the_template_of_the_readme_first_run(tmp_path, capsys,
     assert "kto-lab eval run --config eval.yaml" in capsys.readouterr().out
     cfg = load_config(EvalConfig, tmp_path / "eval.yaml")  # every key is an EvalConfig field, and valid
     readme = (REPO / "README.md").read_text()
-    train = re.search(r"kto-lab train --config (\S+) .*output_dir=(\S+)", readme)
+    train = re.search(r"kto-lab train --config (\S+) .*output_dir=(\S+)\nkto-lab eval init", readme)
     trained = yaml.safe_load((REPO / "kto_lab" / "configs" / f"{train.group(1)}.yaml").read_text())
     kto, base = cfg.models
     assert kto.lora == train.group(2) and kto.pipeline == base.pipeline == trained["model"]["pretrained"]
