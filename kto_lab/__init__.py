@@ -30,3 +30,14 @@ def train(config, **overrides):
     from .sd.trainer import train as _train
 
     return _train(config, **overrides)
+
+
+def rounds(config, overrides=(), **kwargs):
+    """Align a model in rounds of generate -> label -> train -> evaluate: ``kto_lab.rounds(RoundsConfig |
+    "rounds.yaml" | dict, labeler=None, scorers=None)``; returns the round log's rows.
+
+    See :func:`kto_lab.loop.rounds.rounds` and docs/rounds.md.
+    """
+    from .loop.rounds import rounds as _rounds
+
+    return _rounds(config, overrides, **kwargs)

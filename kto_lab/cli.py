@@ -5,6 +5,7 @@
     kto-lab push RUN_DIR REPO_ID                -> kto_lab.sd.push
     kto-lab data ...                            -> kto_lab.data.cli
     kto-lab label serve|progress ...            -> kto_lab.label.cli
+    kto-lab rounds --config C.yaml [k=v ...]    -> kto_lab.loop.cli
     kto-lab eval ...                            -> kto_lab.eval.cli
     kto-lab synthetic ...                       -> kto_lab.synthetic.cli
 
@@ -40,6 +41,7 @@ COMMANDS = {
     "push": ("kto_lab.sd.push", "upload a finished training run to the Hugging Face Hub"),
     "data": ("kto_lab.data.cli", "convert preference data to binary-feedback records"),
     "label": ("kto_lab.label.cli", "label images by hand in a browser: likes and dislikes become records"),
+    "rounds": ("kto_lab.loop.cli", "align a model to a labeler's taste in rounds: generate, label, train, evaluate"),
     "eval": ("kto_lab.eval.cli", "generate, score and compare models (win rates)"),
     "synthetic": ("kto_lab.synthetic.cli", "the synthetic shapes world: base model, synthetic users, comparison"),
 }

@@ -329,6 +329,22 @@ def load_config(
     return cfg
 
 
+def load_config_from(cls: Type[T], config: Any = None, overrides: Sequence[str] | Dict[str, Any] = ()) -> T:
+    """``cls`` instance | YAML path or packaged name | dict (+ overrides) -> a validated ``cls``: what
+    ``kto_lab.train(config)`` and ``kto_lab.rounds(config)`` take."""
+    if isinstance(config, cls):
+        if not overrides:
+            validate = getattr(config, "validate", None)
+            return validate() if validate is not None else config
+        config = dataclasses.asdict(config)
+    if config is None or isinstance(config, (str, Path)):
+        return load_config(cls, config, overrides)
+    if isinstance(config, dict):
+        extra = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
+        return load_config(cls, None, _merge(config, extra))
+    raise ConfigError(f"config must be a {cls.__name__}, a YAML path or a dict, got {type(config).__name__}")
+
+
 # --- help text from the dataclasses' comments -------------------------------------------
 
 

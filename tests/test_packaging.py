@@ -70,7 +70,8 @@ def test_gitignore_covers_what_the_notebooks_write():
     if shutil.which("git") is None or not (REPO / ".git").exists():
         pytest.skip("not a git checkout")
     written = [_notebook_parameters("evaluation.ipynb")["OUT_DIR"], _notebook_parameters("synthetic.ipynb")["RUN_DIR"],
-               _notebook_parameters("sd_finetune.ipynb")["OUTPUT_DIR"], "demo"]  # sd_finetune's DEMO data
+               _notebook_parameters("sd_finetune.ipynb")["OUTPUT_DIR"], _notebook_parameters("align_to_my_taste.ipynb")["OUT"],
+               "demo"]  # sd_finetune's DEMO data
     probes = [f"notebooks/{d}/x.png" for d in written]
     ignored = subprocess.run(["git", "check-ignore", *probes], cwd=REPO, capture_output=True, text=True).stdout.split()
     assert sorted(ignored) == sorted(probes), f"not ignored: {sorted(set(probes) - set(ignored))}"

@@ -5,6 +5,8 @@
 * A scalar score with a threshold: :func:`threshold_records`. Diffusion-KTO appendix C uses
   "images with an aesthetics score >= 7 as desirable samples and ... the remaining images as
   undesirable"; the LoRA study (sec. 3) derives its labels from LAION aesthetic scores the same way.
+* Per-image labels -> Diffusion-DPO pairs within a caption: :func:`pairs_from_labels` (what the
+  shapes world's regimes and :mod:`kto_lab.rounds` train DPO on).
 * A user-supplied labelling function ``fn(image, caption) -> bool``: :func:`label_with_function`
   (appendix C's synthetic users, e.g. "redder is better" with a threshold on
   :func:`kto_lab.eval.scorers` redness; this module takes any callable and implements no scorer).
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Callable, Dict, Union
+from typing import Callable, Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -29,7 +31,7 @@ from .records import ImageTable, RecordTable, check_on_missing_image, count_labe
 from ..config import ConfigError
 from .tables import DataError, PathLike
 
-__all__ = ["pickapic_to_records", "pickapic_to_pairs", "threshold_records", "label_with_function"]
+__all__ = ["pickapic_to_records", "pickapic_to_pairs", "threshold_records", "label_with_function", "pairs_from_labels"]
 
 AESTHETIC_THRESHOLD = 7.0  # Diffusion-KTO appendix C: LAION aesthetic score >= 7 is desirable
 
@@ -138,3 +140,16 @@ def label_with_function(
     counts = {"desirable": 0, "undesirable": 0}
     write_records(count_labels(rows(), counts), out_path)
     return {"out": str(out_path), "records": sum(counts.values()), "images_skipped": len(table.skipped), **counts}
+
+
+def pairs_from_labels(group: Sequence, labels: Sequence[int]) -> List[Tuple[int, int]]:
+    """Same-caption (liked, disliked) index pairs for Diffusion-DPO from per-image labels: within each
+    ``group`` (a caption; groups in sorted order), the i-th liked image is paired with the i-th disliked
+    one, in input order, so each image is in at most one pair (labels only: no score decides who wins)."""
+    group, labels = np.asarray(group), np.asarray(labels)
+    pairs = []
+    for g in np.unique(group):
+        idx = np.nonzero(group == g)[0]
+        liked, disliked = idx[labels[idx] == 1], idx[labels[idx] == 0]
+        pairs += [(int(w), int(l)) for w, l in zip(liked, disliked)]
+    return pairs

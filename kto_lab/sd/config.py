@@ -18,11 +18,10 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Optional, Sequence
 
-from ..config import (ConfigError, check_choice, check_positive, check_range, load_config, renamed_fields, warn_once,
-                      warn_outside)
+from ..config import (ConfigError, check_choice, check_positive, check_range, load_config_from, renamed_fields,
+                      warn_once, warn_outside)
 from ..data.sampler import check_gamma
 from ..objectives import FLOW_ONLY
 from ..schedule import DEFAULT_FLOW_ERROR, PREDICTION_TYPES, FlowMatchingSchedule, NoiseSchedule
@@ -425,18 +424,7 @@ def schedule_warning(o: OptimConfig) -> Optional[str]:
 
 def load_train_config(config: Any = None, overrides: Sequence[str] | Dict[str, Any] = ()) -> TrainConfig:
     """``TrainConfig`` | YAML path | dict (+ overrides) -> a validated ``TrainConfig``."""
-    if isinstance(config, TrainConfig):
-        if not overrides:
-            return config.validate()
-        config = dataclasses.asdict(config)
-    if config is None or isinstance(config, (str, Path)):
-        return load_config(TrainConfig, config, overrides)
-    if isinstance(config, dict):
-        from ..config import _merge, parse_overrides
-
-        extra = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
-        return load_config(TrainConfig, None, _merge(config, extra))
-    raise ConfigError(f"config must be a TrainConfig, a YAML path or a dict, got {type(config).__name__}")
+    return load_config_from(TrainConfig, config, overrides)
 
 
 # dotted old name -> new name of each renamed field (a resumed run's checkpoint may hold the old names)

@@ -7,10 +7,13 @@
     kto-lab synthetic sweep --plan frontier --base figures/synthetic/base/pipeline --out runs/sweeps/red [sweep.steps=200 ...]
     kto-lab synthetic sweep-report --run runs/sweeps/red --out figures/kto_vs_dpo
     kto-lab synthetic sweep --plan flow --base figures/synthetic/base_flow/pipeline --out runs/sweeps/flow
+    kto-lab synthetic rounds --base figures/synthetic/base/pipeline --out runs/rounds_study [study.seeds=[0] ...]
+    kto-lab synthetic rounds-report --run runs/rounds_study --out figures/rounds
 
 Overrides are ``section.field=value`` on :class:`~kto_lab.synthetic.experiment.BaseConfig`
-(``base.``), :class:`~kto_lab.synthetic.experiment.AlignConfig` (``align.``) or
-:class:`~kto_lab.synthetic.sweep.SweepConfig` (``sweep.``); a bad value
+(``base.``), :class:`~kto_lab.synthetic.experiment.AlignConfig` (``align.``),
+:class:`~kto_lab.synthetic.sweep.SweepConfig` (``sweep.``) or
+:class:`~kto_lab.synthetic.rounds_study.RoundsStudyConfig` (``study.``); a bad value
 fails before anything is trained.
 """
 
@@ -78,12 +81,29 @@ def cmd_sweep_report(args) -> int:
     return 0
 
 
-def cmd_figures(args) -> int:
-    from .figures import make_figures
+def cmd_rounds(args) -> int:
+    from .rounds_study import RoundsStudyConfig, run_study
 
-    for path in make_figures(args.run, args.out):
-        print(path)
+    cfg = _load(RoundsStudyConfig, "study", args.overrides)
+    _threads(args.threads)
+    run_study(args.base, args.out, cfg, log=lambda line: print(line, flush=True))
     return 0
+
+
+def _writes_paths(module: str, function: str):
+    """A command that calls ``module.function(args.run, args.out)`` and prints the paths it wrote."""
+    def cmd(args) -> int:
+        import importlib
+
+        for path in getattr(importlib.import_module(f"{__package__}.{module}"), function)(args.run, args.out):
+            print(path)
+        return 0
+
+    return cmd
+
+
+cmd_rounds_report = _writes_paths("rounds_report", "write_report")
+cmd_figures = _writes_paths("figures", "make_figures")
 
 
 def cmd_samples(args) -> int:
@@ -144,6 +164,21 @@ def add_parser(subparsers, name: str, help: str):
     r.add_argument("--redraw", action="store_true", help="draw the figures again from --out's tables (frontier.csv, "
                                                          "regimes.csv, comparison.md), without --run")
     r.set_defaults(func=cmd_sweep_report)
+
+    from .rounds_study import RoundsStudyConfig
+
+    q = sub.add_parser("rounds", help="one offline round vs rounds of labeling at equal label budgets (resumable cells)",
+                       epilog=fields + config_help(RoundsStudyConfig, "study."))
+    q.add_argument("--base", required=True, help="the base pipeline directory")
+    q.add_argument("--out", required=True, help="study directory (cells/*.json; finished cells are skipped)")
+    q.add_argument("overrides", nargs="*", metavar="study.key=value", help="RoundsStudyConfig fields to override")
+    common(q)
+    q.set_defaults(func=cmd_rounds, config_fields=(RoundsStudyConfig, "study."))
+
+    qr = sub.add_parser("rounds-report", help="tables and plots of a rounds study directory")
+    qr.add_argument("--run", required=True, help="the study directory")
+    qr.add_argument("--out", required=True, help="where the figures and tables go")
+    qr.set_defaults(func=cmd_rounds_report)
 
     f = sub.add_parser("figures", help="plots and tables of a comparison run")
     f.add_argument("--run", required=True, help="the run directory of `synthetic compare`")

@@ -23,6 +23,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import torch
 
+from ..images import image_distance  # noqa: F401  (re-exported)
 from .fidelity import fidelity
 
 INFERENCE_STEPS = 20
@@ -141,15 +142,6 @@ def per_image_scores(images: np.ndarray, captions: Sequence[str], user) -> Dict[
 
 def measure(images: np.ndarray, captions: Sequence[str], user) -> Measurement:
     return Measurement(**{k: float(v.mean()) for k, v in per_image_scores(images, captions, user).items()})
-
-
-def image_distance(images: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """Per image, the RMS pixel difference (in [0, 1] units) from the reference image drawn for the
-    same caption and seed: how far a fine-tuned model's outputs moved from the base model's."""
-    images, reference = np.asarray(images, dtype=np.float64), np.asarray(reference, dtype=np.float64)
-    if images.shape != reference.shape:
-        raise ValueError(f"image_distance: shapes differ, {images.shape} vs {reference.shape}")
-    return np.sqrt(((images - reference) ** 2).reshape(len(images), -1).mean(axis=1))
 
 
 def evaluate_models(

@@ -29,6 +29,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 
 from ..config import check_range
+from ..data.converters import pairs_from_labels  # noqa: F401  (re-exported: the regimes' DPO pairs)
 from ..data.pickapic import is_desirable
 from .users import Feedback
 
@@ -77,16 +78,6 @@ def get_regime(name: str) -> Regime:
         return REGIMES[name]
     except KeyError:
         raise ValueError(f"unknown regime {name!r}; known regimes: {', '.join(REGIMES)}") from None
-
-
-def pairs_from_labels(group: np.ndarray, labels: np.ndarray) -> List[Tuple[int, int]]:
-    """Same-caption (liked, disliked) pairs, each image in at most one pair, in pool order."""
-    pairs = []
-    for g in np.unique(group):
-        idx = np.nonzero(group == g)[0]
-        liked, disliked = idx[labels[idx] == 1], idx[labels[idx] == 0]
-        pairs += [(int(w), int(l)) for w, l in zip(liked, disliked)]
-    return pairs
 
 
 def _flip(values: np.ndarray, p: float, rng: np.random.Generator) -> np.ndarray:

@@ -128,18 +128,23 @@ def head_to_head(cell_a: Dict, cell_b: Dict, metric: str, tolerance: float = 0.0
     return float(np.mean([outcomes(a[i][metric], b[j][metric], tolerance).mean() for i, j in pairs]))
 
 
+def tie_tolerances(run) -> Dict[str, float]:
+    """The head-to-head tie tolerances of a study directory's world (its ``world.json``'s user): the user's
+    score ties within its scorer's tolerance; fidelity is a share of attributes (discrete), so only equal ones tie."""
+    import json
+
+    from kto_lab.eval.scorers import tie_tolerance
+
+    scorer = get_user(json.loads((Path(run) / "world.json").read_text())["user"]).scorer
+    return {"score": tie_tolerance(scorer), "fidelity": 0.0}
+
+
 def regime_table(run, methods=("kto", "dpo")):
     """Per regime and pair of settings (KTO's beta and learning rate, DPO's): win rate of KTO over DPO
     (score, fidelity) over seeds, and each method's mean score and fidelity."""
     import pandas as pd
 
-    import json
-
-    from kto_lab.eval.scorers import tie_tolerance
-
-    # the user's score ties within its scorer's tolerance; fidelity is a share of attributes (discrete): exact
-    scorer = get_user(json.loads((Path(run) / "world.json").read_text())["user"]).scorer
-    tolerance = {"score": tie_tolerance(scorer), "fidelity": 0.0}
+    tolerance = tie_tolerances(run)
     wanted = plan_settings(run, "regimes")  # the frontier's balanced cells take part only where this plan asked
     cells = {}
     for c in load_cells(run):
