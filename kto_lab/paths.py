@@ -21,6 +21,15 @@ from .config import ConfigError
 PathLike = Union[str, Path]
 
 
+def write_text_atomic(path: PathLike, text: str, tmp: Optional[PathLike] = None) -> None:
+    """Write ``text`` to ``path`` through a temporary file (``tmp``, by default ``PATH.tmp``) renamed over it, so a
+    reader, or a command killed while writing, never sees half a file."""
+    path = Path(path)
+    tmp = Path(tmp) if tmp is not None else path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
 def safe_name(name: str, field: str) -> str:
     """``name`` if it is a single path component (so ``folder / name`` stays in ``folder``); else a
     ConfigError naming ``field``."""

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from kto_lab.eval.prompts import Prompt, check_unique_ids
+from kto_lab.paths import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -188,12 +189,6 @@ class SafetyChecker:
         return [bool(f) for f in flagged]
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 class _DiskFull:
     """Turns a full disk while writing ``path`` into one :class:`~kto_lab.config.UserError` naming it
     (what was written before is kept: a re-run resumes)."""
@@ -282,7 +277,7 @@ def generate_images(
     record["settings"][key] = {"settings": settings, "paths": paths}
     record["files"].update(files)
     with _DiskFull(model_dir / GENERATION):
-        _write_atomic(model_dir / GENERATION, json.dumps(record, indent=1, default=str))
+        write_text_atomic(model_dir / GENERATION, json.dumps(record, indent=1, default=str))
     counts = {"ok": 0, "failed": 0, "skipped": len(prompts) * n_per_prompt - len(todo)}
     extra = {k: v for k, v in (("height", height), ("width", width)) if v is not None}
 

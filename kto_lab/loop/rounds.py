@@ -41,6 +41,7 @@ import numpy as np
 from ..config import ConfigError
 from ..data.decisions import DecisionLog
 from ..label import LabelSession, Queue
+from ..paths import write_text_atomic
 from .config import MAY_CHANGE, RoundsConfig, load_rounds_config
 from .labelers import LabelsPending, make_labeler
 
@@ -73,9 +74,7 @@ def quiet_loading(quiet: bool = True):
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=float))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=1, default=float))
 
 
 class Rounds:
@@ -132,9 +131,7 @@ class Rounds:
             if diffs:
                 raise ConfigError(f"{self.out} holds rounds made with other settings ({'; '.join(diffs)}); "
                                   "use those settings to continue them, or another out_dir")
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(yaml.safe_dump(now, sort_keys=False))
-        os.replace(tmp, path)
+        write_text_atomic(path, yaml.safe_dump(now, sort_keys=False))
 
     def _build_scorers(self) -> Dict[str, Any]:
         """Every scorer the rounds use, built once: the labeler's, ``eval.scorers``, and those given in Python."""

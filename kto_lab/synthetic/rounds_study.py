@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from typing import Dict, Iterator, List, Optional
 import numpy as np
 
 from ..config import ConfigError, check_choice, check_range
+from ..paths import write_text_atomic
 from .users import USERS, get_user
 
 OBJECTIVES = ("kto", "dpo", "bce", "sft", "nft")
@@ -125,9 +125,7 @@ def prompt_pool(n: int, seed: int, exclude) -> List[str]:
 
 def _write_prompts(path: Path, captions: List[str]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(c + "\n" for c in captions))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(c + "\n" for c in captions))
     return path
 
 
@@ -208,9 +206,7 @@ def run_cell(cell: Cell, cfg: RoundsStudyConfig, base_dir: Path, out: Path, thre
               "seconds": round(time.time() - t0, 1)}
     path = out / "cells" / f"{cell.name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.partial")
-    tmp.write_text(json.dumps(result, default=float))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(result, default=float), tmp=path.with_suffix(".json.partial"))
     for k in range(1, cell.rounds + 1):  # the weights (3 MB a round) are not needed once measured; images and labels stay
         shutil.rmtree(r.round_dir(k) / "train", ignore_errors=True)
     return result

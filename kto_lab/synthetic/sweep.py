@@ -40,6 +40,7 @@ import numpy as np
 from ..config import ConfigError, check_choice, check_range
 from ..data.tables import DataError
 from ..objectives import NEEDS_REFERENCE
+from ..paths import write_text_atomic
 from ..schedule import FLOW_ERRORS
 from . import base as B
 from .experiment import AlignConfig, CurveRecorder, _method_objective, align_one, align_spin, user_feedback
@@ -234,9 +235,7 @@ def run_cell(cell: Cell, cfg: SweepConfig, base_dir: Path, out: Path, image_size
     }
     path = out / "cells" / f"{cell.name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.partial")
-    tmp.write_text(json.dumps(result))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(result), tmp=path.with_suffix(".json.partial"))
     shutil.rmtree(work, ignore_errors=True)  # the trained UNet and cache: not needed once measured
     return result
 
