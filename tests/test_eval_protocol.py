@@ -411,3 +411,32 @@ def test_disk_full_while_writing_images_is_one_line_and_keeps_what_was_written(t
     monkeypatch.setattr(Image.Image, "save", real_save)
     assert main(args) == 0
     assert '"skipped": 2' in capsys.readouterr().out
+
+
+def test_sd3_images_read_captions_at_the_t5_length_the_family_trains_with(tiny_sd3_path, tmp_path):
+    """The SD3 family trains with 77 T5 tokens (its tower's max_length); the pipeline's own default is 256, and the
+    MMDiT attends to the padding too, so an image drawn at 256 is not the trained model's. The harness draws with
+    the family's length, and keys its images on it."""
+    import json
+
+    from kto_lab.sd.families import family_of_pipeline
+    from kto_lab.sd.models import load_pipeline
+
+    pipe = load_pipeline(tiny_sd3_path)
+    pipe.set_progress_bar_config(disable=True)
+    assert family_of_pipeline(pipe).sampling_kwargs() == {"max_sequence_length": 77}
+    prompt = Prompt(id="p0", text="a red circle")
+    generate_images(pipe, [prompt], tmp_path / "m", model_name="m", n_per_prompt=1, base_seed=3,
+                    num_inference_steps=2, guidance_scale=1.0, height=32, width=32, progress=False)
+    got = np.asarray(Image.open(tmp_path / "m" / "images" / "p0_0.png"), dtype=np.int16)
+
+    def direct(length):
+        out = pipe(prompt=[prompt.text], generator=[torch.Generator().manual_seed(image_seed(3, 0, 0, 1))],
+                   num_inference_steps=2, guidance_scale=1.0, height=32, width=32, output_type="pil",
+                   max_sequence_length=length)
+        return np.asarray(out.images[0], dtype=np.int16)
+
+    assert np.abs(got - direct(77)).max() == 0
+    assert np.abs(direct(256) - direct(77)).max() > 0  # the length matters, so the check above can fail
+    record = json.loads((tmp_path / "m" / "generation.json").read_text())
+    assert [s["settings"]["call"] for s in record["settings"].values()] == [{"max_sequence_length": 77}]

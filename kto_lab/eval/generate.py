@@ -78,17 +78,35 @@ def weights_identity(weights: Optional[Dict[str, Optional[str]]], known: Optiona
     return identity, entries
 
 
+def family_sampling_kwargs(pipe) -> Dict[str, Any]:
+    """The arguments ``pipe``'s model family samples with (:meth:`~kto_lab.sd.families.base.ModelFamily.sampling_kwargs`:
+    SD3's T5 length); a wrapper's (``wrapped``, CSFT's prompt prefix) are its pipeline's; a pipeline of no known
+    family (a test's stand-in) has none."""
+    from kto_lab.config import ConfigError
+    from kto_lab.sd.families import family_of_pipeline
+
+    try:
+        return dict(family_of_pipeline(getattr(pipe, "wrapped", pipe)).sampling_kwargs())
+    except ConfigError:
+        return {}
+
+
 def generation_settings(pipe, weights_id: Dict[str, Any], *, num_inference_steps: int, guidance_scale: float,
                         height: Optional[int], width: Optional[int]) -> Dict[str, Any]:
     """Everything but the seed and prompt that defines an image (the module docstring); ``None`` height and
-    width are the pipeline's default size (its config, part of the weights' identity)."""
+    width are the pipeline's default size (its config, part of the weights' identity). The family's sampling
+    arguments (:func:`family_sampling_kwargs`) are part of it where it has any (``call``)."""
     scheduler = getattr(pipe, "scheduler", None)
     config = {k: v for k, v in dict(getattr(scheduler, "config", None) or {}).items() if not k.startswith("_")}
     dtype = getattr(pipe, "dtype", None)
-    return {"weights": weights_id,
-            "scheduler": None if scheduler is None else {"class": type(scheduler).__name__, **config},
-            "steps": int(num_inference_steps), "guidance_scale": float(guidance_scale),
-            "height": height, "width": width, "dtype": None if dtype is None else str(dtype)}
+    settings = {"weights": weights_id,
+                "scheduler": None if scheduler is None else {"class": type(scheduler).__name__, **config},
+                "steps": int(num_inference_steps), "guidance_scale": float(guidance_scale),
+                "height": height, "width": width, "dtype": None if dtype is None else str(dtype)}
+    call = family_sampling_kwargs(pipe)
+    if call:  # absent where empty, so the keys of images made before this field stay as they were
+        settings["call"] = call
+    return settings
 
 
 def generation_key(settings: Dict[str, Any]) -> str:
@@ -280,6 +298,7 @@ def generate_images(
         write_text_atomic(model_dir / GENERATION, json.dumps(record, indent=1, default=str))
     counts = {"ok": 0, "failed": 0, "skipped": len(prompts) * n_per_prompt - len(todo)}
     extra = {k: v for k, v in (("height", height), ("width", width)) if v is not None}
+    extra.update(settings.get("call", {}))  # e.g. SD3's T5 length: the captions read as the family trains
 
     def run(items):
         gens = [torch.Generator(generator_device).manual_seed(seed) for _, _, seed in items]

@@ -645,7 +645,8 @@ class Trainer:
             with acc.autocast():
                 image = pipe(prompt, num_inference_steps=cfg.logging.validation_inference_steps,
                              guidance_scale=cfg.logging.validation_guidance_scale, generator=g,
-                             height=cfg.data.resolution, width=cfg.data.resolution).images[0]
+                             height=cfg.data.resolution, width=cfg.data.resolution,
+                             **self.family.sampling_kwargs()).images[0]  # e.g. SD3's T5 length, as trained
             image.save(out / f"{i:02d}.png")
             images.append(image)
         self.denoiser.train(was_training)

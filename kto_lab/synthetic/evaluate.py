@@ -45,19 +45,24 @@ class FidelityScorer:
         return fidelity(arr, list(prompts))["score"].astype(np.float64)
 
 
-def make_pipeline(pipeline_dir: str | Path, unet=None, *, device: str = "cpu"):
-    """The shapes pipeline (optionally with another denoiser, e.g. one being trained), DDIM scheduler
-    (a flow-matching pipeline keeps its flow Euler sampler)."""
-    from diffusers import DDIMScheduler
+def world_sampler(pipeline_dir: str | Path) -> str:
+    """The diffusers scheduler class the shapes world samples with, by name: its family's ODE sampler
+    (:meth:`~kto_lab.sd.families.base.ModelFamily.ode_sampler_class`: DDIM for the DDPM world, the flow Euler
+    sampler for the flow-matching one). Reads ``model_index.json`` only."""
+    from kto_lab.sd.families import resolve_family
 
-    from kto_lab.sd.families import family_of_pipeline
+    return resolve_family(pipeline_dir, field="pipeline").ode_sampler_class().__name__
+
+
+def make_pipeline(pipeline_dir: str | Path, unet=None, *, device: str = "cpu"):
+    """The shapes pipeline (optionally with another denoiser, e.g. one being trained) with the world's sampler
+    (:func:`world_sampler`)."""
     from kto_lab.sd.models import load_pipeline
 
     pipe = load_pipeline(pipeline_dir)
     if unet is not None:
         set_denoiser(pipe, unet)
-    if not family_of_pipeline(pipe).schedule_type.FLOW_MATCHING:
-        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.scheduler = _family(pipe).ode_sampler_class().from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
@@ -79,10 +84,10 @@ def set_denoiser(pipe, model) -> None:
 
 
 def _sampling_kwargs(pipe) -> Dict[str, int]:
-    """SD3 samples with the T5 length its family trains with (its pipeline's default is 256 tokens): the MMDiT
-    attends to every text token, padding included, so another length is another input."""
-    lengths = [t.max_length for t in _family(pipe).towers if t.tokenizer_class == "T5TokenizerFast"]
-    return {"max_sequence_length": lengths[0]} if lengths else {}
+    """The family's sampling arguments (SD3: the T5 length it trains with), as the evaluation harness passes them."""
+    from kto_lab.eval.generate import family_sampling_kwargs
+
+    return family_sampling_kwargs(pipe)
 
 
 def image_size_of(pipe) -> int:

@@ -66,7 +66,7 @@ class RoundsStudyConfig:
     n_eval_prompts: int = 64  # held-out captions (the sweeps' set), eval_images_per_prompt images each
     eval_images_per_prompt: int = 2
     n_calibration_prompts: int = 200  # captions whose base images set the user's bar (median score)
-    inference_steps: int = 20  # DDIM steps (the world's sampler, kto_lab.synthetic.evaluate)
+    inference_steps: int = 20  # steps of the world's sampler (DDIM; the flow world: flow Euler; synthetic.evaluate)
 
     def validate(self) -> "RoundsStudyConfig":
         check_choice("study.user", self.user, list(USERS))
@@ -150,7 +150,10 @@ def calibrate_user(base_dir: Path, out: Path, cfg: RoundsStudyConfig) -> Dict:
 
 
 def rounds_config(cell: Cell, cfg: RoundsStudyConfig, base_dir: Path, work: Path, threshold: float) -> Dict:
-    """The :class:`~kto_lab.loop.config.RoundsConfig` (as a dict) of one cell."""
+    """The :class:`~kto_lab.loop.config.RoundsConfig` (as a dict) of one cell: its images drawn with the world's
+    sampler (:func:`~kto_lab.synthetic.evaluate.world_sampler`), as the calibration's are."""
+    from .evaluate import world_sampler
+
     held_out = held_out_captions(cfg)
     n_prompts = cell.budget // cfg.images_per_prompt
     prompts = _write_prompts(work / "prompts.txt", prompt_pool(n_prompts, cell.seed, held_out))
@@ -169,7 +172,7 @@ def rounds_config(cell: Cell, cfg: RoundsStudyConfig, base_dir: Path, work: Path
         "prompts_per_round": n_prompts // cell.rounds, "reference": cfg.reference, "seed": 1_000_000 + cell.seed * 100_000,
         "labeler": {"kind": "user", "user": cfg.user, "threshold": threshold},
         "generate": {"num_inference_steps": cfg.inference_steps, "guidance_scale": 1.0, "height": 16, "width": 16,
-                     "sampler": "DDIMScheduler", "batch_size": 64, "device": "cpu"},
+                     "sampler": world_sampler(base_dir), "batch_size": 64, "device": "cpu"},
         "train": train,
         "eval": {"n_per_prompt": cfg.eval_images_per_prompt, "seed": 0, "reward": get_user(cfg.user).scorer,
                  "fidelity": "fidelity", "batch_size": 256},
@@ -216,8 +219,14 @@ _WORLD_FIELDS = ("user", "images_per_prompt", "steps", "batch_size", "warmup_ste
                  "n_eval_prompts", "eval_images_per_prompt", "n_calibration_prompts", "inference_steps")
 
 
-def _check_same_world(out: Path, cfg: RoundsStudyConfig) -> None:
+def _check_same_world(out: Path, cfg: RoundsStudyConfig, base_dir: Path) -> None:
+    """``OUT/world.json``: the study's world (its base's pipeline class and sampler too, so that a flow base's cells
+    never join a DDPM base's, nor read its user's bar); another world in the same OUT is refused."""
+    from ..sd.hub import pipeline_class_name
+    from .evaluate import world_sampler
+
     world = {k: getattr(cfg, k) for k in _WORLD_FIELDS}
+    world.update({"pipeline": pipeline_class_name(base_dir), "sampler": world_sampler(base_dir)})
     path = out / "world.json"
     if path.is_file():
         saved = json.loads(path.read_text())
@@ -237,7 +246,7 @@ def run_study(base_dir: str | Path, out: str | Path, cfg: Optional[RoundsStudyCo
     if not (base_dir / "model_index.json").is_file():
         raise FileNotFoundError(f"--base {str(base_dir)!r} is not a pipeline directory (no model_index.json)")
     out.mkdir(parents=True, exist_ok=True)
-    _check_same_world(out, cfg)
+    _check_same_world(out, cfg, base_dir)
     threshold = calibrate_user(base_dir, out, cfg)["threshold"]
     cells = plan_cells(cfg)
     (out / "plan.json").write_text(json.dumps({"config": dataclasses.asdict(cfg),

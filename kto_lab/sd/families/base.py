@@ -17,7 +17,8 @@ A family is a subclass of :class:`ModelFamily` in a file of its own, registered 
   step, the cache and the schedule never see it;
 * the training schedule it builds from its pipeline's scheduler for a resolution (:meth:`schedule`; its kind,
   ``schedule_type``, decides which ``schedule.*`` options apply; a resolution-dependent shift is computed here)
-  and the sampler of its validation images (:meth:`sampling_scheduler`);
+  and the sampler of its validation images (:meth:`sampling_scheduler`) and of measurements (:meth:`ode_sampler_class`);
+* the pipeline-call arguments that make sampling read captions as training does (:meth:`sampling_kwargs`);
 * the precision its VAE is safe in (:meth:`vae_dtype`); the latents' shift and scale are the VAE config's own
   (``shift_factor``, ``scaling_factor``: what every diffusers pipeline reads), so no family restates them;
 * its LoRA targets and file format (``lora_target_modules``, ``lora_diffusers_keys``, :meth:`save_lora_weights`);
@@ -158,6 +159,22 @@ class ModelFamily(abc.ABC):
     def sampling_scheduler(self, scheduler_config: Dict[str, Any]):
         """The scheduler of validation images (default: the pipeline's own kind)."""
         return self.scheduler_class().from_config(scheduler_config)
+
+    def ode_sampler_class(self):
+        """The deterministic sampler of the family's probability-flow ODE, for measurements at few steps (the
+        shapes world's 20): a flow-matching family's own Euler scheduler (the ODE it trains, SD3 sec. 2), a DDPM
+        family's DDIM with eta 0 (Song et al. 2021, sec. 4.1). Built with ``.from_config`` of the pipeline's
+        scheduler config."""
+        if self.schedule_type.FLOW_MATCHING:
+            return self.scheduler_class()
+        from diffusers import DDIMScheduler
+
+        return DDIMScheduler
+
+    def sampling_kwargs(self) -> Dict[str, Any]:
+        """Extra keyword arguments of the pipeline's ``__call__`` so that it samples with the inputs the family
+        trains with (default: none)."""
+        return {}
 
     def denoiser_class(self):
         import diffusers

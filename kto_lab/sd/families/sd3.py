@@ -65,6 +65,11 @@ class SD3Family(ModelFamily):
         flow_error = flow_error or DEFAULT_FLOW_ERROR
         return (*SD3_BETA_RANGES[flow_error], self.beta_range_source.format(flow_error=flow_error))
 
+    def sampling_kwargs(self) -> Dict[str, Any]:
+        """The T5 length SD3 trains with (its tower's ``max_length``, 77): the pipeline's own default is 256, and the
+        MMDiT attends to every text token, padding included, so another length is another input."""
+        return {"max_sequence_length": self.towers[2].max_length}
+
     def scheduler_class(self):
         from diffusers import FlowMatchEulerDiscreteScheduler
 
