@@ -7,6 +7,7 @@ import pytest
 import kto_lab.sd.models
 import kto_lab.sd.trainer
 from kto_lab.cli import main
+from kto_lab.data.records import write_pairs as write_pair_table
 from sd_helpers import write_pairs, write_records
 
 
@@ -45,6 +46,9 @@ def world(tmp_path_factory):
     (d / "desirable_missing.csv").write_text("image,caption,label\ngone0.png,a,1\ngone1.png,b,1\nblue0.png,c,0\n")
     (d / "fake.parquet").write_text("image,caption,label\nred0.png,a,1\n")  # a CSV under a .parquet name
     (d / "pairs_same.csv").write_text("caption,image_w,image_l\na,red0.png,./red0.png\n")
+    red = (d / "red0.png").read_bytes()  # one image given by bytes as winner and loser (issue 21, 7a)
+    write_pair_table([{"caption": "a", "image_w": red, "image_l": (d / "blue0.png").read_bytes()},
+                      {"caption": "b", "image_w": red, "image_l": red}], d / "pairs_same_bytes.parquet")
     (d / "scored_nan.csv").write_text("image,caption,score\nred0.png,a,7.5\nblue0.png,b,nan\n")
     (root / "badpipe").mkdir()
     (root / "badpipe" / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline",')  # cut short
@@ -130,6 +134,9 @@ CASES = {
                                        r"badpipe/model_index\.json is not valid JSON .*: the pipeline's download or copy is damaged"),
     "train dpo pair of one image": (lambda w: train(w, w["d"] / "pairs_same.csv", "objective.objective=dpo"),
                                     r"pairs_same\.csv, row 0: image_w and image_l are the same image \('red0\.png'\)"),
+    "train dpo parquet pair of one image's bytes": (
+        lambda w: train(w, w["d"] / "pairs_same_bytes.parquet", "objective.objective=dpo"),
+        r"pairs_same_bytes\.parquet, row 1: image_w and image_l are the same image \(equal bytes\)"),
     # eval
     "generate bad JSONL": (lambda w: generate(w, w["root"] / "bad.jsonl"), r"bad\.jsonl' line 2 is not valid JSON"),
     "generate not UTF-8": (lambda w: generate(w, w["root"] / "latin1.txt"), r"latin1\.txt, line 1: not UTF-8 text"),

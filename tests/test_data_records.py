@@ -3,12 +3,13 @@
 import pickle
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
 
 from kto_lab.data.records import (
-    ImageLoadError, PairTable, RecordTable, load_pairs, load_records, parse_label, write_pairs, write_records,
+    DataError, ImageLoadError, PairTable, RecordTable, load_pairs, load_records, parse_label, write_pairs, write_records,
 )
 from kto_lab.data.sampler import GammaSampler
 from kto_lab.data.tables import ParquetBytesColumn
@@ -241,3 +242,24 @@ def test_an_extreme_image_is_refused_from_its_header_before_it_is_decoded(tmp_pa
     assert table.load_image(1).size == (64, 48) and PIL.ImageFile.ImageFile.load is real_load
     skip = load_records(tmp_path / "r.csv", on_missing_image="skip")
     assert skip.load_image(0) is None and skip.skipped[0][0] == 0  # under skip: counted, like an unreadable image
+
+
+def test_a_parquet_pair_of_one_image_given_by_bytes_is_refused_in_one_line(tmp_path):
+    """Issue 21, 7a: a DPO pair whose winner and loser are the same bytes (Diffusion-DPO's loss stays at ln 2)."""
+    import pyarrow.parquet as pq
+
+    red, blue = png_bytes(COLORS[0]), png_bytes(COLORS[1])
+    rows = [{"caption": "p0", "image_w": red, "image_l": blue}, {"caption": "p1", "image_w": blue, "image_l": red},
+            {"caption": "p2", "image_w": blue, "image_l": None},  # a null cell is no match (it is unreadable)
+            {"caption": "p3", "image_w": red, "image_l": bytes(red)}]
+    path = tmp_path / "pairs.parquet"  # written by pandas, as a user's own table would be
+    pd.DataFrame(rows).to_parquet(path, row_group_size=2)
+    assert pq.ParquetFile(path).num_row_groups == 2 and pq.read_table(path).column("image_w").type == "binary"
+    pairs = load_pairs(path)
+    with pytest.raises(DataError) as err:
+        pairs.check_distinct()
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"{path}, row 3: image_w and image_l are the same image "
+                                                      "(equal bytes)")
+    pd.DataFrame(rows[:3]).to_parquet(tmp_path / "fine.parquet", row_group_size=2)
+    load_pairs(tmp_path / "fine.parquet").check_distinct()  # two images a pair: accepted

@@ -67,6 +67,22 @@ def test_shipped_configs_load(name):
     assert isinstance(cfg, TrainConfig)
 
 
+TRAIN_CONFIGS = ["sd15_dpo.yaml", "sd15_kto_full.yaml", "sd15_kto_lora.yaml", "sd3_kto_lora.yaml", "sdxl_kto_full.yaml",
+                 "sdxl_kto_lora.yaml", "tiny_kto.yaml"]
+
+
+def test_no_packaged_config_shares_one_cache_path_across_datasets():
+    """Issue 21, 1: sd15/sdxl/sd3_kto_lora fixed cache_dir: runs/cache_sd15_records, so a second dataset trained
+    on the first one's latents and labels. A packaged config caches per dataset and model (auto) or not at all."""
+    import yaml
+
+    assert sorted(TRAIN_CONFIGS) == sorted(p.name for p in CONFIGS.glob("*.yaml")
+                                           if p.name not in ("eval_template.yaml", "accelerate_deepspeed_zero2.yaml"))
+    for name in TRAIN_CONFIGS:
+        assert load_train_config(CONFIGS / name).data.cache_dir in (None, "auto"), name
+        assert yaml.safe_load((CONFIGS / name).read_text()).get("data", {}).get("cache_dir") in (None, "auto"), name
+
+
 def test_cli_rejects_unknown_key_with_exit_code(capsys):
     from kto_lab.cli import main
 

@@ -6,6 +6,7 @@ import errno
 import json
 import re
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -633,26 +634,40 @@ def test_an_output_dir_that_overlaps_an_input_is_refused_before_anything_is_dele
         Trainer(short(pipe, records, read_only))
 
 
-def test_symbolic_links_in_a_run_are_refused_and_the_card_never_follows_one(tiny_sd_path, records, tmp_path, capsys):
+@pytest.mark.parametrize("name", ["checkpoints", "validation", "unet"])
+def test_overwrite_refuses_a_symlinked_run_folder_and_deletes_nothing(tiny_sd_path, records, tmp_path, capsys, name):
+    """Issue 21, 7b: a symbolic link at checkpoints/, validation/ or the denoiser folder (unet/) of a run, with
+    --overwrite: one line naming it, and nothing deleted, neither in the run nor where the link points."""
     from kto_lab.cli import main
+
+    run = tmp_path / "run"
+    validating = {"validation_prompts": ["a red square"], "validation_every": 2, "validation_inference_steps": 2}
+    Trainer(short(tiny_sd_path, records, run, logging=validating, checkpoint={"every": 2})).fit()
+    assert (run / name).is_dir() and not (run / name).is_symlink()
+    shutil.rmtree(run / name)
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "sub").mkdir(parents=True)
+    (elsewhere / "keep.txt").write_text("keep")
+    (run / name).symlink_to(elsewhere, target_is_directory=True)
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    tiny_kto = Path(__file__).resolve().parents[1] / "kto_lab" / "configs" / "tiny_kto.yaml"
+    argv = ["train", "--config", str(tiny_kto), f"model.pretrained={tiny_sd_path}", f"data.train=[{records}]",
+            f"output_dir={run}", "optim.max_steps=1", "logging.validation_prompts=[a red square]",
+            "logging.validation_every=2", "--overwrite"]
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"{run / name} is a symbolic link" in err
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before  # nothing deleted
+    assert (elsewhere / "keep.txt").read_text() == "keep" and (elsewhere / "sub").is_dir()
+    assert not (run / "run.lock").exists()
+
+
+def test_the_model_card_never_follows_a_symbolic_link(tiny_sd_path, records, tmp_path):
     from kto_lab.sd.model_card import write_model_card
 
     cfg = short(tiny_sd_path, records, tmp_path / "run")
     Trainer(cfg).fit()
-    elsewhere = tmp_path / "elsewhere"
-    (elsewhere / "checkpoint-0000001").mkdir(parents=True)
-    (elsewhere / "keep.txt").write_text("keep")
-    (tmp_path / "run" / "checkpoints").symlink_to(elsewhere, target_is_directory=True)
-    tiny_kto = Path(__file__).resolve().parents[1] / "kto_lab" / "configs" / "tiny_kto.yaml"
-    argv = ["train", "--config", str(tiny_kto), f"model.pretrained={tiny_sd_path}", f"data.train=[{records}]",
-            f"output_dir={tmp_path / 'run'}", "optim.max_steps=1", "--overwrite"]
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and f"{tmp_path / 'run' / 'checkpoints'} is a symbolic link" in err
-    assert (elsewhere / "keep.txt").read_text() == "keep" and (elsewhere / "checkpoint-0000001").is_dir()
-    assert (tmp_path / "run" / "unet").is_dir()  # nothing deleted
-
     target = tmp_path / "someone_elses.md"
     target.write_text("theirs")
     card = tmp_path / "run" / "README.md"

@@ -256,13 +256,12 @@ class PairTable(ImageTable):
 
     image_columns = ("image_w", "image_l")
 
-    distinct = False  # set by check_distinct: load_pair then refuses a pair of equal image bytes
-
     def check_distinct(self) -> None:
         """Training needs two images a pair (on one image twice Diffusion-DPO's loss stays at ln 2, whatever
-        the model): a row naming the same file twice is a :class:`DataError` naming it, now (paths only, no
-        file is touched), and a row of equal image bytes (Parquet) when :meth:`load_pair` reads it.
-        (Evaluation may pair an image with itself on purpose: an exact tie.)"""
+        the model): a row naming the same file twice, or of equal image bytes in both Parquet columns, is a
+        :class:`DataError` naming it. Paths are compared as written (no file is touched); Parquet bytes are
+        read one row group at a time (docs/data.md gives the cost). (Evaluation may pair an image with itself
+        on purpose: an exact tie.)"""
         for f in self.files:
             w, l = f.images["image_w"], f.images["image_l"]
             if isinstance(w, PathImageColumn) and isinstance(l, PathImageColumn):
@@ -270,16 +269,13 @@ class PairTable(ImageTable):
                 for row, (a, b) in enumerate(zip(w.values, l.values)):
                     if os.path.normpath(os.path.join(folder, a)) == os.path.normpath(os.path.join(folder, b)):
                         raise _same_image(f, row, repr(a))
-        self.distinct = True
+            elif isinstance(w, ParquetBytesColumn) and isinstance(l, ParquetBytesColumn):
+                row = w.first_equal_row(l)
+                if row is not None:
+                    raise _same_image(f, row, "equal bytes")
 
     def load_pair(self, i: int):
         """``(winner, loser)`` RGB PIL images; ``None`` if either is unreadable under "skip"."""
-        if self.distinct:
-            f, row = self.locate(i)
-            w, l = f.images["image_w"], f.images["image_l"]
-            if isinstance(w, ParquetBytesColumn) and isinstance(l, ParquetBytesColumn) and w.raw(row) is not None \
-                    and w.raw(row) == l.raw(row):
-                raise _same_image(f, row, "equal bytes")
         winner = self._open(i, "image_w")
         loser = self._open(i, "image_l") if winner is not None else None
         return None if winner is None or loser is None else (winner, loser)

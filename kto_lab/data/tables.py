@@ -203,6 +203,21 @@ class ParquetBytesColumn:
             self._cached = (group, array)
         return self._cached[1][row - int(self.offsets[group])].as_py()
 
+    def first_equal_row(self, other: "ParquetBytesColumn") -> Optional[int]:
+        """The first row whose bytes equal ``other``'s (a column of the same file), or None: both columns
+        read one row group at a time and compared by pyarrow (null cells never match)."""
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        file = pq.ParquetFile(self.table)
+        for group in range(file.num_row_groups):
+            both = file.read_row_group(group, columns=[self.column, other.column])
+            same = pc.fill_null(pc.equal(both.column(0), both.column(1)), False).combine_chunks()
+            hits = pc.indices_nonzero(same)
+            if len(hits):
+                return int(self.offsets[group]) + hits[0].as_py()
+        return None
+
     def describe(self, row: int) -> str:
         return f"<bytes in {self.table}, row {row}, column {self.column!r}>"
 
