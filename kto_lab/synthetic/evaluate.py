@@ -83,13 +83,6 @@ def set_denoiser(pipe, model) -> None:
     setattr(pipe, _family(pipe).denoiser_subfolder, model)
 
 
-def _sampling_kwargs(pipe) -> Dict[str, int]:
-    """The family's sampling arguments (SD3: the T5 length it trains with), as the evaluation harness passes them."""
-    from kto_lab.eval.generate import family_sampling_kwargs
-
-    return family_sampling_kwargs(pipe)
-
-
 def image_size_of(pipe) -> int:
     """The pixel size a pipeline draws at: its denoiser's latent size times the VAE's down-sampling."""
     return denoiser(pipe).config.sample_size * pipe.vae_scale_factor
@@ -98,7 +91,10 @@ def image_size_of(pipe) -> int:
 @torch.no_grad()
 def sample(pipe, captions: Sequence[str], seeds: Sequence[int], *, batch_size: int = 64,
            steps: int = INFERENCE_STEPS, image_size: Optional[int] = None) -> np.ndarray:
-    """``(N, 3, H, W)`` float images in [0, 1]; image i from ``torch.Generator().manual_seed(seeds[i])``."""
+    """``(N, 3, H, W)`` float images in [0, 1]; image i from ``torch.Generator().manual_seed(seeds[i])``, with the
+    family's sampling arguments as the evaluation harness passes them (SD3: the T5 length it trains with)."""
+    from kto_lab.eval.generate import family_sampling_kwargs
+
     if len(captions) != len(seeds):
         raise ValueError(f"sample: {len(captions)} captions but {len(seeds)} seeds")
     size = image_size or image_size_of(pipe)
@@ -110,7 +106,7 @@ def sample(pipe, captions: Sequence[str], seeds: Sequence[int], *, batch_size: i
         caps = list(captions[start:start + batch_size])
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds[start:start + batch_size]]
         res = pipe(prompt=caps, generator=gens, num_inference_steps=steps, guidance_scale=GUIDANCE_SCALE,
-                   height=size, width=size, output_type="np", **_sampling_kwargs(pipe))
+                   height=size, width=size, output_type="np", **family_sampling_kwargs(pipe))
         out.append(np.asarray(res.images, dtype=np.float32).transpose(0, 3, 1, 2))
     model.train(was_training)
     return np.clip(np.concatenate(out), 0.0, 1.0)
