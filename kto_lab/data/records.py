@@ -260,7 +260,7 @@ class PairTable(ImageTable):
         """Training needs two images a pair (on one image twice Diffusion-DPO's loss stays at ln 2, whatever
         the model): a row naming the same file twice, or of equal image bytes in both Parquet columns, is a
         :class:`DataError` naming it. Paths are compared as written (no file is touched); Parquet bytes are
-        read one row group at a time (docs/data.md gives the cost). (Evaluation may pair an image with itself
+        read once, one row group at a time (docs/data.md). (Evaluation may pair an image with itself
         on purpose: an exact tie.)"""
         for f in self.files:
             w, l = f.images["image_w"], f.images["image_l"]
